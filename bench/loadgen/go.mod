@@ -1,0 +1,3 @@
+module headrace/bench/loadgen
+
+go 1.21

@@ -1,0 +1,1209 @@
+"""Storage benchmark: headrace side by side with nginx (dav + dav-ext) and wsgidav (cheroot).
+
+Run from the repository root::
+
+    .venv/bin/python bench/storage.py [--quick] [--only nginx,wsgidav,headrace] [--out PATH]
+
+One run starts each server in turn on a free 127.0.0.1 port with a fresh, empty data directory under
+a temporary directory, and measures
+
+1. PUT of one large file (1 GiB; 64 MiB with --quick) with ``curl -T`` from a pre-generated random
+   file, N runs, median MB/s (best and every run are in the JSON),
+2. GET of that file to /dev/null with curl, N runs, median MB/s,
+3. PUT then GET of many small files (5,000 x 4 KiB; 500 with --quick) with 16 parallel clients,
+   each on its own persistent keep-alive connection, in files/s,
+4. the peak RSS of the server process and all its children, sampled with psutil every 50 ms during
+   each large-file PUT and GET,
+
+then writes every number plus the ratios headrace/nginx and headrace/wsgidav to --out (JSON) and
+renders bench/RESULTS.md from it (full runs only unless --md is given).
+
+Small-file load generator
+-------------------------
+The machine has 2 cores shared by the server and the generator, so the generator has to be cheap
+per request or it measures itself. Before the servers are compared, every available generator is
+run against a separate nginx instance (the fastest server here) and the numbers it reaches are
+reported as the "generator ceiling":
+
+* ``go``: bench/loadgen, a small Go program (16 goroutines, one single-connection http.Transport
+  each), built with the installed Go toolchain into the temp dir. It costs a few microseconds of CPU
+  per request and is the one that reaches the highest rate against nginx.
+* ``py-procs``: 16 forked Python processes, one http.client keep-alive connection each.
+* ``py-threads``: 16 Python threads, one http.client keep-alive connection each; the GIL caps it
+  well below nginx.
+
+``--generator auto`` (the default) picks whichever reached the highest rate against nginx, which in
+practice is ``go`` whenever the Go toolchain is installed; the Python ones are fallbacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import http.client
+import importlib.metadata
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+VENV_BIN = Path(sys.prefix) / "bin"
+LOADGEN_DIR = BENCH_DIR / "loadgen"
+
+HOST = "127.0.0.1"
+USER = "admin"
+PASSWORD = "benchkey"
+AUTH_HEADER = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+NGINX_BIN = "/usr/sbin/nginx"
+DAV_EXT_MODULE = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")
+
+MiB = 1 << 20
+GiB = 1 << 30
+RSS_INTERVAL_S = 0.05
+#: A server counts as "flat" when its RSS grows by no more than this during one large transfer.
+FLAT_RSS_GROWTH = 64 * MiB
+SERVER_NAMES = ("nginx", "wsgidav", "headrace")
+GENERATOR_NAMES = ("go", "py-procs", "py-threads")
+
+
+class BenchError(Exception):
+    """A benchmark step failed; the message says which and why."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    big_bytes: int
+    small_files: int
+    small_size: int
+    clients: int
+    runs: int
+    quick: bool
+
+    @property
+    def big_label(self) -> str:
+        return f"{self.big_bytes // GiB} GiB" if self.big_bytes >= GiB else f"{self.big_bytes // MiB} MiB"
+
+    @property
+    def small_label(self) -> str:
+        return f"{self.small_files:,} x {self.small_size // 1024} KiB"
+
+
+FULL_PLAN = Plan(big_bytes=GiB, small_files=5000, small_size=4096, clients=16, runs=3, quick=False)
+QUICK_PLAN = Plan(big_bytes=64 * MiB, small_files=500, small_size=4096, clients=16, runs=3, quick=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(cannot read {path}: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def http_request(
+    port: int, method: str, path: str, body: bytes | None = None, timeout: float = 30.0
+) -> tuple[int, bytes]:
+    """One control request (MKCOL, warm-up, readiness) on a fresh connection."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers={"Authorization": AUTH_HEADER})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def mkcol(port: int, path: str) -> None:
+    """Create a collection; the trailing slash is what nginx's dav module insists on."""
+    path = path.rstrip("/") + "/"
+    status, body = http_request(port, "MKCOL", path)
+    if status not in (200, 201):
+        raise BenchError(f"MKCOL {path} -> {status}: {body[:200]!r}")
+
+
+def tree_processes(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def tree_rss(pid: int) -> int:
+    total = 0
+    for proc in tree_processes(pid):
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    total = 0.0
+    for proc in tree_processes(pid):
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_text(cmd: Sequence[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    return (proc.stdout + proc.stderr).strip()
+
+
+class RssSampler:
+    """Samples the RSS of a process tree every 50 ms on a background thread while in a `with` block."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(RSS_INTERVAL_S):
+            self.samples.append(tree_rss(self.pid))
+
+    def __enter__(self) -> RssSampler:
+        self.samples.append(tree_rss(self.pid))
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(tree_rss(self.pid))
+
+    @property
+    def start(self) -> int:
+        return self.samples[0]
+
+    @property
+    def peak(self) -> int:
+        return max(self.samples)
+
+
+# --------------------------------------------------------------------------------------------------
+# Servers
+
+
+class Server(ABC):
+    """One server under test: its own directory, data directory, port and log file."""
+
+    name: str = ""
+    ready_timeout_s: float = 30.0
+
+    def __init__(self, workdir: Path, label: str | None = None) -> None:
+        self.label = label or self.name
+        self.dir = workdir / self.label
+        self.data = self.dir / "data"
+        self.log_path = self.dir / "server.log"
+        self.port = free_port()
+        self.root = "/"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @abstractmethod
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """Write any config files and return (argv, environment)."""
+
+    @abstractmethod
+    def is_ready(self) -> bool:
+        """True once the server answers requests."""
+
+    @abstractmethod
+    def version(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]:
+        """Settings worth recording next to the numbers."""
+        return {}
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise BenchError(f"{self.label} is not running")
+        return self.proc.pid
+
+    def url(self, path: str) -> str:
+        return f"http://{HOST}:{self.port}{self.path(path)}"
+
+    def path(self, path: str) -> str:
+        return self.root.rstrip("/") + path
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.data.mkdir()
+        argv, env = self.command()
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir
+            )
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                raise BenchError(
+                    f"{self.label} exited with status {code} before it became ready; "
+                    f"last lines of {self.log_path}:\n{tail(self.log_path)}"
+                )
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                if self.is_ready():
+                    return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BenchError(
+                    f"{self.label} not ready after {self.ready_timeout_s:.0f} s; "
+                    f"last lines of {self.log_path}:\n{tail(self.log_path)}"
+                )
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        children = tree_processes(proc.pid)[1:]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            print(f"  {self.label}: no exit 20 s after SIGTERM, killing pid {proc.pid}", file=sys.stderr)
+            proc.kill()
+            proc.wait()
+        for child in children:  # anything the server started and left behind
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+
+class NginxServer(Server):
+    """nginx with the stock dav module plus dav-ext for PROPFIND/OPTIONS.
+
+    master_process on with 2 workers (``worker_processes auto`` on this 2-core machine): with 16
+    clients, two workers beat a single master_process-off worker on the small-file runs while the
+    large transfers are the same, so this is nginx's best setting here.
+    """
+
+    name = "nginx"
+    master_process = True
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        if not DAV_EXT_MODULE.exists():
+            raise BenchError(f"{DAV_EXT_MODULE} is missing (apt-get install libnginx-mod-http-dav-ext)")
+        tmp = self.dir / "tmp"
+        for sub in ("proxy", "fastcgi", "uwsgi", "scgi"):
+            (tmp / sub).mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "nginx.conf"
+        conf.write_text(
+            f"""load_module {DAV_EXT_MODULE};
+user root;
+daemon off;
+master_process {"on" if self.master_process else "off"};
+worker_processes auto;
+pid {self.dir / "nginx.pid"};
+error_log {self.dir / "error.log"} warn;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    default_type application/octet-stream;
+    client_max_body_size 0;
+    client_body_temp_path {self.data / ".nginx-body"};
+    proxy_temp_path {tmp / "proxy"};
+    fastcgi_temp_path {tmp / "fastcgi"};
+    uwsgi_temp_path {tmp / "uwsgi"};
+    scgi_temp_path {tmp / "scgi"};
+
+    server {{
+        listen {HOST}:{self.port};
+        server_name localhost;
+
+        location / {{
+            root {self.data};
+            dav_methods PUT DELETE MKCOL COPY MOVE;
+            dav_ext_methods PROPFIND OPTIONS;
+            create_full_put_path on;
+            dav_access user:rw group:rw all:r;
+        }}
+    }}
+}}
+"""
+        )
+        argv = [NGINX_BIN, "-p", str(self.dir), "-e", str(self.dir / "error.log"), "-c", str(conf)]
+        return argv, dict(os.environ)
+
+    def is_ready(self) -> bool:
+        http_request(self.port, "OPTIONS", "/", timeout=2)
+        return True
+
+    def version(self) -> str:
+        return run_text([NGINX_BIN, "-v"]).removeprefix("nginx version: ")
+
+    def describe(self) -> dict[str, Any]:
+        return {"master_process": "on" if self.master_process else "off", "worker_processes": "auto", "cpus": os.cpu_count(), "sendfile": "on"}
+
+
+class WsgidavServer(Server):
+    """wsgidav on cheroot, filesystem provider, anonymous access, verbose 1 and no access log."""
+
+    name = "wsgidav"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        config = {
+            "host": HOST,
+            "port": self.port,
+            "server": "cheroot",
+            "provider_mapping": {"/": str(self.data)},
+            "simple_dc": {"user_mapping": {"*": True}},
+            # 1 = only application exceptions: no per-request log lines.
+            "verbose": 1,
+            "logging": {"enable": False, "enable_loggers": []},
+            "dir_browser": {"enable": False},
+        }
+        conf = self.dir / "wsgidav.json"
+        conf.write_text(json.dumps(config, indent=2))
+        return [str(VENV_BIN / "wsgidav"), "--config", str(conf)], dict(os.environ)
+
+    def is_ready(self) -> bool:
+        http_request(self.port, "OPTIONS", "/", timeout=2)
+        return True
+
+    def version(self) -> str:
+        return importlib.metadata.version("wsgidav")
+
+    def describe(self) -> dict[str, Any]:
+        return {"server": "cheroot " + importlib.metadata.version("cheroot"), "verbose": 1, "auth": "anonymous"}
+
+
+class HeadraceServer(Server):
+    """`headrace up`; WebDAV on the door port, readiness from GET /healthz on the API port."""
+
+    name = "headrace"
+    ready_timeout_s = 120.0
+
+    def __init__(self, workdir: Path, extra_env: dict[str, str], root: str) -> None:
+        super().__init__(workdir)
+        self.api_port = free_port()
+        self.root = root
+        self.env_settings = {
+            "HEADRACE_ADMIN_KEY": PASSWORD,
+            "HEADRACE_CONFIG": str(self.dir / "cli.json"),
+            # Quiet like wsgidav's verbose 1, so per-request logging is not what is measured.
+            "HEADRACE_LOG_LEVEL": "warning",
+            **extra_env,
+        }
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        exe = VENV_BIN / "headrace"
+        if not exe.exists():
+            raise BenchError(f"{exe} not found: install the project into the venv (pip install -e .)")
+        # Only the settings chosen here: no HEADRACE_* leaking in from the caller's shell.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEADRACE_")}
+        env.update(self.env_settings)
+        argv = [
+            str(exe),
+            "up",
+            "--data",
+            str(self.data),
+            "--door-port",
+            str(self.port),
+            "--api-port",
+            str(self.api_port),
+            "--host",
+            HOST,
+        ]
+        return argv, env
+
+    def is_ready(self) -> bool:
+        status, _ = http_request(self.api_port, "GET", "/healthz", timeout=2)
+        if status != 200:
+            return False
+        http_request(self.port, "OPTIONS", self.path("/"), timeout=2)  # the door is listening too
+        return True
+
+    def version(self) -> str:
+        try:
+            version = importlib.metadata.version("headrace")
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        rev = run_text(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"])
+        if not rev or " " in rev or "\n" in rev:
+            return f"{version} (no commit yet)"
+        dirty = run_text(["git", "-C", str(REPO_DIR), "status", "--porcelain", "--", "src"])
+        return f"{version} (git {rev}{'+dirty' if dirty else ''})"
+
+    def describe(self) -> dict[str, Any]:
+        shown = {k: v for k, v in self.env_settings.items() if k != "HEADRACE_CONFIG"}
+        shown.setdefault("HEADRACE_FSYNC", "(default)")
+        return {"env": shown, "webdav_root": self.root}
+
+
+# --------------------------------------------------------------------------------------------------
+# Large file: curl
+
+
+def curl_transfer(method: str, url: str, src: Path | None, expect_bytes: int) -> float:
+    """PUT `src` to `url` (or GET `url` to /dev/null) with curl; returns curl's own total time in s."""
+    cmd = [
+        "curl",
+        "--silent",
+        "--show-error",
+        "--http1.1",
+        "--max-time",
+        "1800",
+        "--output",
+        "/dev/null",
+        "--write-out",
+        "%{http_code} %{time_total} %{size_upload} %{size_download}",
+        "--header",
+        f"Authorization: {AUTH_HEADER}",
+    ]
+    if method == "PUT":
+        assert src is not None
+        # No "Expect: 100-continue": curl would otherwise wait up to 1 s for servers that skip it.
+        cmd += ["--header", "Expect:", "--upload-file", str(src)]
+    proc = subprocess.run([*cmd, url], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"curl {method} {url} failed ({proc.returncode}): {proc.stderr.strip()}")
+    code_s, time_s, up_s, down_s = proc.stdout.split()
+    code = int(code_s)
+    moved = float(up_s) if method == "PUT" else float(down_s)
+    ok_codes = (200, 201, 204) if method == "PUT" else (200,)
+    if code not in ok_codes or int(moved) != expect_bytes:
+        raise BenchError(f"curl {method} {url}: status {code}, {int(moved)} of {expect_bytes} bytes")
+    return float(time_s)
+
+
+def sha256_of_get(port: int, path: str) -> str:
+    conn = http.client.HTTPConnection(HOST, port, timeout=600)
+    try:
+        conn.request("GET", path, headers={"Authorization": AUTH_HEADER})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise BenchError(f"verification GET {path} -> {resp.status}")
+        digest = hashlib.sha256()
+        while chunk := resp.read(4 * MiB):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        conn.close()
+
+
+def make_source_file(path: Path, size: int) -> str:
+    digest = hashlib.sha256()
+    chunk = 4 * MiB
+    with path.open("wb") as out:
+        left = size
+        while left:
+            block = os.urandom(min(chunk, left))
+            digest.update(block)
+            out.write(block)
+            left -= len(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Small files: load generators
+
+
+@dataclass
+class SmallResult:
+    generator: str
+    method: str
+    files: int
+    ok: int
+    errors: int
+    seconds: float
+    files_per_s: float
+    connections: int
+    first_error: str = ""
+    generator_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
+
+    def check(self, label: str) -> None:
+        if self.errors or self.ok != self.files:
+            raise BenchError(
+                f"{label}: {self.method} of {self.files} small files had {self.errors} errors "
+                f"(first: {self.first_error})"
+            )
+
+
+class Generator(ABC):
+    name: str = ""
+
+    @abstractmethod
+    def run(self, port: int, collection: str, method: str, plan: Plan) -> SmallResult:
+        """`method` every file `<collection>/f<i>` with plan.clients parallel keep-alive connections."""
+
+
+class GoGenerator(Generator):
+    name = "go"
+
+    def __init__(self, binary: Path) -> None:
+        self.binary = binary
+
+    @classmethod
+    def build(cls, workdir: Path) -> GoGenerator:
+        go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+        if go is None:
+            raise BenchError("no Go toolchain (go not on PATH)")
+        binary = workdir / "loadgen"
+        env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-buildvcs=false", "CGO_ENABLED": "0"}
+        proc = subprocess.run(
+            [go, "build", "-o", str(binary), "."],
+            cwd=LOADGEN_DIR,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise BenchError(f"go build of {LOADGEN_DIR} failed:\n{proc.stderr.strip()}")
+        return cls(binary)
+
+    def run(self, port: int, collection: str, method: str, plan: Plan) -> SmallResult:
+        cmd = [
+            str(self.binary),
+            f"-base=http://{HOST}:{port}{collection}",
+            f"-method={method}",
+            f"-n={plan.small_files}",
+            f"-size={plan.small_size}",
+            f"-c={plan.clients}",
+            f"-user={USER}",
+            f"-password={PASSWORD}",
+        ]
+        cpu0 = children_cpu_seconds()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+        cpu = children_cpu_seconds() - cpu0
+        if proc.returncode != 0:
+            raise BenchError(f"loadgen failed ({proc.returncode}): {proc.stderr.strip()}")
+        out = json.loads(proc.stdout)
+        return SmallResult(
+            generator=self.name,
+            method=method,
+            files=int(out["files"]),
+            ok=int(out["ok"]),
+            errors=int(out["errors"]),
+            seconds=float(out["seconds"]),
+            files_per_s=float(out["files_per_s"]),
+            connections=int(out["connections"]),
+            first_error=str(out.get("first_error", "")),
+            generator_cpu_s=cpu,
+        )
+
+
+@dataclass
+class _ClientTally:
+    start: float = 0.0
+    end: float = 0.0
+    ok: int = 0
+    errors: int = 0
+    connections: int = 0
+    first_error: str = ""
+
+
+def _py_client(port: int, method: str, paths: Sequence[str], body: bytes, size: int) -> _ClientTally:
+    """One client: every path in order over one keep-alive connection (reopened only if closed)."""
+    tally = _ClientTally(start=time.monotonic())
+    headers = {"Authorization": AUTH_HEADER}
+    conn: http.client.HTTPConnection | None = None
+    for path in paths:
+        try:
+            if conn is None:
+                conn = http.client.HTTPConnection(HOST, port, timeout=60)
+                tally.connections += 1
+            conn.request(method, path, body=body if method == "PUT" else None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.will_close:
+                conn.close()
+                conn = None
+            good = resp.status in (201, 204) if method == "PUT" else resp.status == 200 and len(data) == size
+            problem = "" if good else f"{method} {path}: status {resp.status}, {len(data)} bytes"
+        except (OSError, http.client.HTTPException) as exc:
+            problem = f"{method} {path}: {exc!r}"
+            if conn is not None:
+                conn.close()
+                conn = None
+        if problem:
+            tally.errors += 1
+            tally.first_error = tally.first_error or problem
+        else:
+            tally.ok += 1
+    if conn is not None:
+        conn.close()
+    tally.end = time.monotonic()
+    return tally
+
+
+def _small_paths(collection: str, plan: Plan) -> list[list[str]]:
+    paths = [f"{collection}/f{i}" for i in range(plan.small_files)]
+    return [paths[c :: plan.clients] for c in range(plan.clients)]
+
+
+def _merge(name: str, method: str, plan: Plan, tallies: Sequence[_ClientTally]) -> SmallResult:
+    seconds = max(t.end for t in tallies) - min(t.start for t in tallies)
+    ok = sum(t.ok for t in tallies)
+    return SmallResult(
+        generator=name,
+        method=method,
+        files=plan.small_files,
+        ok=ok,
+        errors=sum(t.errors for t in tallies),
+        seconds=seconds,
+        files_per_s=ok / seconds if seconds > 0 else 0.0,
+        connections=sum(t.connections for t in tallies),
+        first_error=next((t.first_error for t in tallies if t.first_error), ""),
+    )
+
+
+class PyThreadsGenerator(Generator):
+    name = "py-threads"
+
+    def run(self, port: int, collection: str, method: str, plan: Plan) -> SmallResult:
+        body = os.urandom(plan.small_size)
+        barrier = threading.Barrier(plan.clients)
+        tallies: list[_ClientTally] = [_ClientTally() for _ in range(plan.clients)]
+
+        def client(index: int, paths: list[str]) -> None:
+            barrier.wait()
+            tallies[index] = _py_client(port, method, paths, body, plan.small_size)
+
+        threads = [
+            threading.Thread(target=client, args=(i, paths)) for i, paths in enumerate(_small_paths(collection, plan))
+        ]
+        cpu0 = time.process_time()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        result = _merge(self.name, method, plan, tallies)
+        result.generator_cpu_s = time.process_time() - cpu0
+        return result
+
+
+def _proc_client(
+    barrier: Any, queue: Any, index: int, port: int, method: str, paths: list[str], body: bytes, size: int
+) -> None:
+    barrier.wait()
+    queue.put((index, asdict(_py_client(port, method, paths, body, size))))
+
+
+class PyProcsGenerator(Generator):
+    name = "py-procs"
+
+    def run(self, port: int, collection: str, method: str, plan: Plan) -> SmallResult:
+        ctx = multiprocessing.get_context("fork")
+        body = os.urandom(plan.small_size)
+        barrier = ctx.Barrier(plan.clients)
+        queue = ctx.Queue()
+        procs = [
+            ctx.Process(target=_proc_client, args=(barrier, queue, i, port, method, paths, body, plan.small_size))
+            for i, paths in enumerate(_small_paths(collection, plan))
+        ]
+        cpu0 = children_cpu_seconds()
+        for proc in procs:
+            proc.start()
+        tallies = [_ClientTally(**queue.get(timeout=1800)[1]) for _ in procs]
+        for proc in procs:
+            proc.join()
+        result = _merge(self.name, method, plan, tallies)
+        result.generator_cpu_s = children_cpu_seconds() - cpu0
+        return result
+
+
+def run_small(gen: Generator, server: Server, collection: str, method: str, plan: Plan) -> SmallResult:
+    cpu0 = tree_cpu_seconds(server.pid)
+    result = gen.run(server.port, server.path(collection), method, plan)
+    result.server_cpu_s = tree_cpu_seconds(server.pid) - cpu0
+    result.check(f"{server.label} via {gen.name}")
+    return result
+
+
+def make_generators(names: Sequence[str], workdir: Path) -> tuple[list[Generator], dict[str, str]]:
+    gens: list[Generator] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        if name == "go":
+            try:
+                print("building bench/loadgen (Go) ...", flush=True)
+                gens.append(GoGenerator.build(workdir))
+            except (BenchError, OSError, subprocess.TimeoutExpired) as exc:
+                skipped[name] = str(exc)
+                print(f"  skipping the Go generator: {exc}", file=sys.stderr)
+        elif name == "py-procs":
+            gens.append(PyProcsGenerator())
+        elif name == "py-threads":
+            gens.append(PyThreadsGenerator())
+    return gens, skipped
+
+
+def measure_ceiling(gens: Sequence[Generator], workdir: Path, plan: Plan) -> dict[str, Any]:
+    """Run every generator against a separate nginx; the best rate it reaches is the ceiling."""
+    nginx = NginxServer(workdir, "nginx-ceiling")
+    results: dict[str, Any] = {}
+    print(f"generator ceiling: {plan.small_label} against nginx", flush=True)
+    nginx.start()
+    try:
+        for gen in gens:
+            collection = f"/ceiling-{gen.name}"
+            mkcol(nginx.port, nginx.path(collection))
+            put = run_small(gen, nginx, collection, "PUT", plan)
+            get = run_small(gen, nginx, collection, "GET", plan)
+            results[gen.name] = {"put": asdict(put), "get": asdict(get)}
+            print(
+                f"  {gen.name:<10} PUT {put.files_per_s:8.0f} files/s   GET {get.files_per_s:8.0f} files/s"
+                f"   (generator CPU {1e6 * (put.generator_cpu_s + get.generator_cpu_s) / (2 * plan.small_files):.0f}"
+                f" us/request, nginx CPU "
+                f"{1e6 * (put.server_cpu_s + get.server_cpu_s) / (2 * plan.small_files):.0f} us/request)",
+                flush=True,
+            )
+    finally:
+        nginx.stop()
+        shutil.rmtree(nginx.dir, ignore_errors=True)
+    return results
+
+
+def pick_generator(gens: Sequence[Generator], ceiling: dict[str, Any]) -> Generator:
+    def rate(gen: Generator) -> float:
+        got = ceiling[gen.name]
+        return min(float(got["put"]["files_per_s"]), float(got["get"]["files_per_s"]))
+
+    return max(gens, key=rate)
+
+
+# --------------------------------------------------------------------------------------------------
+# One server
+
+
+def mib(n: float) -> float:
+    return round(n / MiB, 1)
+
+
+def mbps(nbytes: int, seconds: float) -> float:
+    return nbytes / 1e6 / seconds
+
+
+def bench_server(server: Server, plan: Plan, src: Path, src_sha: str, gen: Generator) -> dict[str, Any]:
+    result: dict[str, Any] = {"version": server.version(), "settings": server.describe()}
+    os.sync()  # start every server with no dirty pages left over from the one before
+    print(f"[{server.label}] starting on port {server.port}", flush=True)
+    server.start()
+    try:
+        # Warm-up: lazy imports, first connection, first file.
+        mkcol(server.port, server.path("/warmup"))
+        status, _ = http_request(server.port, "PUT", server.path("/warmup/x"), body=b"x" * plan.small_size)
+        if status not in (200, 201, 204):
+            raise BenchError(f"warm-up PUT -> {status}")
+        status, body = http_request(server.port, "GET", server.path("/warmup/x"))
+        if status != 200 or len(body) != plan.small_size:
+            raise BenchError(f"warm-up GET -> {status}, {len(body)} bytes")
+        mkcol(server.port, server.path("/big"))
+        mkcol(server.port, server.path("/small"))
+        idle_rss = tree_rss(server.pid)
+
+        put_s: list[float] = []
+        put_rss: list[RssSampler] = []
+        for run in range(plan.runs):
+            os.sync()
+            with RssSampler(server.pid) as sampler:
+                put_s.append(curl_transfer("PUT", server.url(f"/big/big{run}"), src, plan.big_bytes))
+            put_rss.append(sampler)
+            print(f"  PUT {plan.big_label} run {run + 1}: {mbps(plan.big_bytes, put_s[-1]):7.0f} MB/s", flush=True)
+
+        get_s: list[float] = []
+        get_rss: list[RssSampler] = []
+        for run in range(plan.runs):
+            with RssSampler(server.pid) as sampler:
+                get_s.append(curl_transfer("GET", server.url("/big/big0"), None, plan.big_bytes))
+            get_rss.append(sampler)
+            print(f"  GET {plan.big_label} run {run + 1}: {mbps(plan.big_bytes, get_s[-1]):7.0f} MB/s", flush=True)
+
+        verified = sha256_of_get(server.port, server.path("/big/big0")) == src_sha
+        if not verified:
+            raise BenchError(f"GET of {server.path('/big/big0')} does not match the uploaded file")
+
+        put_small = run_small(gen, server, "/small", "PUT", plan)
+        print(f"  PUT {plan.small_label}: {put_small.files_per_s:7.0f} files/s", flush=True)
+        get_small = run_small(gen, server, "/small", "GET", plan)
+        print(f"  GET {plan.small_label}: {get_small.files_per_s:7.0f} files/s", flush=True)
+
+        put_rates = [mbps(plan.big_bytes, s) for s in put_s]
+        get_rates = [mbps(plan.big_bytes, s) for s in get_s]
+        put_growth = max(s.peak - s.start for s in put_rss)
+        get_growth = max(s.peak - s.start for s in get_rss)
+        peak = max(s.peak for s in (*put_rss, *get_rss))
+        result.update(
+            {
+                "put_big_MBps": statistics.median(put_rates),
+                "put_big_MBps_best": max(put_rates),
+                "put_big_runs_MBps": put_rates,
+                "get_big_MBps": statistics.median(get_rates),
+                "get_big_MBps_best": max(get_rates),
+                "get_big_runs_MBps": get_rates,
+                "big_verified_sha256": verified,
+                "put_small_fps": put_small.files_per_s,
+                "get_small_fps": get_small.files_per_s,
+                "put_small": asdict(put_small),
+                "get_small": asdict(get_small),
+                "peak_rss_MiB": mib(peak),
+                "rss": {
+                    "idle_MiB": mib(idle_rss),
+                    "put_peak_MiB": mib(max(s.peak for s in put_rss)),
+                    "get_peak_MiB": mib(max(s.peak for s in get_rss)),
+                    "put_growth_MiB": mib(put_growth),
+                    "get_growth_MiB": mib(get_growth),
+                    "samples": sum(len(s.samples) for s in (*put_rss, *get_rss)),
+                    "flat": put_growth <= FLAT_RSS_GROWTH and get_growth <= FLAT_RSS_GROWTH,
+                },
+            }
+        )
+    finally:
+        server.stop()
+        print(f"[{server.label}] stopped; log: {server.log_path}", flush=True)
+        shutil.rmtree(server.data, ignore_errors=True)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool = True
+
+
+def metrics(plan: Plan) -> list[Metric]:
+    return [
+        Metric("put_big_MBps", f"PUT {plan.big_label}", "MB/s"),
+        Metric("get_big_MBps", f"GET {plan.big_label}", "MB/s"),
+        Metric("put_small_fps", f"PUT {plan.small_label}, {plan.clients} clients", "files/s"),
+        Metric("get_small_fps", f"GET {plan.small_label}, {plan.clients} clients", "files/s"),
+        Metric("peak_rss_MiB", f"peak RSS during {plan.big_label} PUT/GET", "MiB", higher_is_better=False),
+    ]
+
+
+#: (metric, baseline server, minimum headrace/baseline ratio)
+GOALS: list[tuple[str, str, float]] = [
+    ("put_big_MBps", "nginx", 0.5),
+    ("get_big_MBps", "nginx", 0.5),
+    ("put_big_MBps", "wsgidav", 3.0),
+    ("get_big_MBps", "wsgidav", 3.0),
+    ("put_small_fps", "wsgidav", 3.0),
+    ("get_small_fps", "wsgidav", 3.0),
+]
+
+
+def compute_ratios(servers: dict[str, Any], plan: Plan) -> dict[str, dict[str, float | None]]:
+    ratios: dict[str, dict[str, float | None]] = {}
+    mine = servers.get("headrace", {})
+    for base in ("nginx", "wsgidav"):
+        theirs = servers.get(base, {})
+        row: dict[str, float | None] = {}
+        for metric in metrics(plan):
+            a, b = mine.get(metric.key), theirs.get(metric.key)
+            row[metric.key] = (
+                round(a / b, 3) if isinstance(a, float | int) and isinstance(b, float | int) and b else None
+            )
+        ratios[f"headrace/{base}"] = row
+    return ratios
+
+
+def compute_goals(servers: dict[str, Any], ratios: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
+    goals: list[dict[str, Any]] = []
+    for key, base, minimum in GOALS:
+        ratio = ratios[f"headrace/{base}"].get(key)
+        status = "n/a" if ratio is None else ("PASS" if ratio >= minimum else "FAIL")
+        goals.append({"goal": f"headrace >= {minimum:g}x {base}", "metric": key, "ratio": ratio, "status": status})
+    rss = servers.get("headrace", {}).get("rss")
+    goals.append(
+        {
+            "goal": f"headrace RSS grows <= {FLAT_RSS_GROWTH // MiB} MiB during one transfer",
+            "metric": "rss",
+            "ratio": None,
+            "status": "n/a" if rss is None else ("PASS" if rss["flat"] else "FAIL"),
+        }
+    )
+    return goals
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kib = int(line.split()[1])
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "ram_GiB": round(mem_kib / (1 << 20), 1),
+        "kernel": platform.release(),
+        "cpu_model": cpu_model,
+        "python": platform.python_version(),
+        "curl": run_text(["curl", "--version"]).splitlines()[0],
+    }
+
+
+def fmt(value: Any, digits: int = 0) -> str:
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return f"{value:,.{digits}f}"
+    return "-" if value is None else str(value)
+
+
+def render_markdown(report: dict[str, Any], plan: Plan) -> str:
+    servers: dict[str, Any] = report["servers"]
+    names = [n for n in SERVER_NAMES if n in servers]
+    machine = report["machine"]
+    lines = [
+        "# Storage benchmark results",
+        "",
+        f"Generated by `bench/storage.py{' --quick' if plan.quick else ''}` on {report['date']}. "
+        "See [README.md](README.md) for what is measured and how to read this.",
+        "",
+        "## Machine and versions",
+        "",
+        f"- machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['ram_GiB']} GiB RAM, "
+        f"kernel {machine['kernel']}",
+        "- load generator and servers share those CPUs; data directories are on the same disk, "
+        "so large-file numbers mostly measure the page cache",
+    ]
+    for name in names:
+        lines.append(f"- {name}: {servers[name].get('version', '?')}")
+    lines += [f"- curl: {machine['curl']}", f"- python: {machine['python']}", ""]
+
+    lines += ["## Throughput and memory", ""]
+    lines.append("| metric | " + " | ".join(names) + " | headrace/nginx | headrace/wsgidav |")
+    lines.append("|---|" + "---:|" * (len(names) + 2))
+    for metric in metrics(plan):
+        cells = []
+        for name in names:
+            value = servers[name].get(metric.key)
+            cells.append("failed" if "error" in servers[name] else fmt(value))
+        ratios = [fmt(report["ratios"][f"headrace/{base}"].get(metric.key), 2) for base in ("nginx", "wsgidav")]
+        lines.append(f"| {metric.label} ({metric.unit}) | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    lines.append("")
+    lines.append(
+        f"Large-file rates are the median of {plan.runs} runs (MB = 10^6 bytes); small-file rates are one "
+        f"pass of {plan.small_files:,} files."
+    )
+    lines += ["", "RSS of the server process plus its children, sampled every 50 ms:", ""]
+    lines.append("| server | idle MiB | peak during PUT | peak during GET | max growth in one transfer | flat |")
+    lines.append("|---|---:|---:|---:|---:|---|")
+    for name in names:
+        rss = servers[name].get("rss")
+        if rss is None:
+            lines.append(f"| {name} | - | - | - | - | - |")
+            continue
+        growth = max(rss["put_growth_MiB"], rss["get_growth_MiB"])
+        lines.append(
+            f"| {name} | {rss['idle_MiB']} | {rss['put_peak_MiB']} | {rss['get_peak_MiB']} | {growth} | "
+            f"{'yes' if rss['flat'] else 'no'} |"
+        )
+
+    lines += ["", "## Goals", "", "| goal | metric | ratio | status |", "|---|---|---:|---|"]
+    for goal in report["goals"]:
+        lines.append(f"| {goal['goal']} | {goal['metric']} | {fmt(goal['ratio'], 2)} | {goal['status']} |")
+
+    gen = report["generator"]
+    lines += ["", "## Small-file load generator", ""]
+    lines.append(
+        f"Used: `{gen['used']}`, {plan.clients} clients, one keep-alive connection each. Ceiling (each "
+        f"candidate against its own nginx instance, {plan.small_label}):"
+    )
+    lines += ["", "| generator | PUT files/s | GET files/s | generator CPU us/request |", "|---|---:|---:|---:|"]
+    for name, got in gen["ceiling"].items():
+        cpu = (got["put"]["generator_cpu_s"] + got["get"]["generator_cpu_s"]) / (2 * plan.small_files) * 1e6
+        lines.append(f"| {name} | {fmt(got['put']['files_per_s'])} | {fmt(got['get']['files_per_s'])} | {cpu:.0f} |")
+    for name, why in gen.get("skipped", {}).items():
+        lines.append(f"| {name} | skipped: {why.splitlines()[0]} | | |")
+
+    notes = [name for name in names if "error" in servers[name]]
+    if notes or "headrace" in servers:
+        lines += ["", "## Notes", ""]
+    for name in notes:
+        first = str(servers[name]["error"]).splitlines()[0]
+        lines.append(f"- {name} failed: {first}")
+    if "headrace" in servers:
+        settings = servers["headrace"].get("settings", {})
+        env = settings.get("env", {})
+        lines.append(
+            f"- headrace ran with {', '.join(f'{k}={v}' for k, v in sorted(env.items()))}. By default "
+            "headrace fsyncs every upload before it commits; nginx and wsgidav never fsync."
+        )
+        lines.append("- wsgidav runs with anonymous access; nginx and headrace check nothing / HTTP Basic.")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="64 MiB and 500 files: a smoke test")
+    parser.add_argument("--only", default=",".join(SERVER_NAMES), help="comma-separated servers to run")
+    parser.add_argument("--out", type=Path, help="JSON output (default bench/results/storage[-quick].json)")
+    parser.add_argument(
+        "--md", type=Path, help="markdown report (default bench/RESULTS.md for full runs, none with --quick)"
+    )
+    parser.add_argument("--no-md", action="store_true", help="do not write the markdown report")
+    parser.add_argument("--runs", type=int, help="large-file runs per direction (default 3)")
+    parser.add_argument("--generator", choices=("auto", *GENERATOR_NAMES), default="auto")
+    parser.add_argument("--headrace-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--headrace-root", default="/", help="WebDAV root path on the headrace door")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, configs)")
+    args = parser.parse_args(argv)
+    args.servers = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(args.servers) - set(SERVER_NAMES)
+    if unknown or not args.servers:
+        parser.error(f"--only takes a comma-separated subset of {', '.join(SERVER_NAMES)}")
+    for item in args.headrace_env:
+        if "=" not in item:
+            parser.error(f"--headrace-env wants KEY=VALUE, not {item!r}")
+    return args
+
+
+@contextlib.contextmanager
+def workspace(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="headrace-bench-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK_PLAN if args.quick else FULL_PLAN
+    if args.runs:
+        plan = Plan(**{**asdict(plan), "runs": args.runs})
+    out: Path = args.out or BENCH_DIR / "results" / ("storage-quick.json" if plan.quick else "storage.json")
+    md: Path | None = None if args.no_md else (args.md or (None if plan.quick else BENCH_DIR / "RESULTS.md"))
+    if shutil.which("curl") is None:
+        print("curl is required", file=sys.stderr)
+        return 2
+
+    servers: dict[str, Any] = {}
+    with workspace(args.keep_tmp) as tmp:
+        print(f"workspace {tmp}; plan {plan}", flush=True)
+        src = tmp / "source.bin"
+        t0 = time.monotonic()
+        src_sha = make_source_file(src, plan.big_bytes)
+        os.sync()
+        print(f"source file {plan.big_label} ready in {time.monotonic() - t0:.1f} s", flush=True)
+
+        names = GENERATOR_NAMES if args.generator == "auto" else (args.generator,)
+        gens, skipped = make_generators(names, tmp)
+        if not gens:
+            print("no usable load generator", file=sys.stderr)
+            return 2
+        ceiling = measure_ceiling(gens, tmp, plan)
+        gen = pick_generator(gens, ceiling)
+        print(f"small files use the {gen.name} generator", flush=True)
+
+        extra_env = dict(item.split("=", 1) for item in args.headrace_env)
+        for name in SERVER_NAMES:
+            if name not in args.servers:
+                continue
+            server: Server
+            if name == "nginx":
+                server = NginxServer(tmp)
+            elif name == "wsgidav":
+                server = WsgidavServer(tmp)
+            else:
+                server = HeadraceServer(tmp, extra_env, args.headrace_root)
+            try:
+                servers[name] = bench_server(server, plan, src, src_sha, gen)
+            except (BenchError, OSError, subprocess.SubprocessError, json.JSONDecodeError) as exc:
+                print(f"[{name}] FAILED: {exc}", file=sys.stderr, flush=True)
+                if server.log_path.exists():
+                    print(f"[{name}] last lines of {server.log_path}:\n{tail(server.log_path)}", file=sys.stderr)
+                servers[name] = {"version": server.version(), "error": str(exc), "log_tail": tail(server.log_path)}
+
+    ratios = compute_ratios(servers, plan)
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "plan": asdict(plan),
+        "machine": machine_info(),
+        "generator": {"used": gen.name, "ceiling": ceiling, "skipped": skipped},
+        "servers": servers,
+        "ratios": ratios,
+        "goals": compute_goals(servers, ratios),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    if md is not None:
+        md.write_text(render_markdown(report, plan))
+        print(f"wrote {md}")
+
+    print()
+    print(render_markdown(report, plan).split("## Throughput and memory", 1)[1].split("## Small-file", 1)[0])
+    return 1 if any("error" in s for s in servers.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Users, API keys, macaroons, and the access checks applied at the door and the frontend."""

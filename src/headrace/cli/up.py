@@ -1,0 +1,30 @@
+"""`headrace up`: run the embedded storage service (door + frontend) on a data directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from headrace.config import Settings
+
+
+def up(
+    data: Path | None = typer.Option(None, "--data", help="Data directory (env HEADRACE_DATA)"),
+    door_port: int | None = typer.Option(None, "--door-port", help="WebDAV door port (env HEADRACE_DOOR_PORT)"),
+    api_port: int | None = typer.Option(None, "--api-port", help="Frontend port (env HEADRACE_API_PORT)"),
+    host: str | None = typer.Option(None, "--host", help="Address to listen on (env HEADRACE_HOST)"),
+    pool_max_bytes: int | None = typer.Option(None, "--pool-max-bytes", help="Cap on each pool's size in bytes"),
+    anonymous: bool | None = typer.Option(None, "--anonymous/--no-anonymous", help="Allow unauthenticated reads"),
+) -> None:
+    """Run headrace: the WebDAV door and the frontend, on SQLite and a local pool."""
+    from headrace.server import main
+
+    try:
+        settings = Settings.from_env(
+            data_dir=data, door_port=door_port, api_port=api_port, host=host, pool_max_bytes=pool_max_bytes,
+            anonymous=anonymous,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    main(settings)

@@ -1,0 +1,95 @@
+"""Settings for every headrace component: one object, read from the environment and flags, passed down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, not {raw!r}") from exc
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a headrace process needs to know; `Settings.from_env()` is the usual way to make one."""
+
+    data_dir: Path = field(default_factory=lambda: Path("headrace-data"))
+    host: str = "127.0.0.1"
+    door_port: int = 2880
+    api_port: int = 3880
+    #: SQLAlchemy URL; empty means SQLite in the data directory.
+    db_url: str = ""
+    #: Fixed admin API key; empty means generate one on first start.
+    admin_key: str = ""
+    #: Pool directories; empty means one pool under the data directory.
+    pools: tuple[Path, ...] = ()
+    #: Refuse uploads that would take a pool past this many bytes (0 = only the disk's own limit).
+    pool_max_bytes: int = 0
+    #: fsync file data before an upload commits, so a power cut cannot leave a committed empty file.
+    fsync: bool = True
+    #: Emit IN_OPEN/IN_ACCESS/IN_CLOSE_NOWRITE for reads and listings, as dCache does.
+    read_events: bool = True
+    #: Allow unauthenticated requests (as user "anonymous", with "other" permissions only).
+    anonymous: bool = False
+    #: Abandon an upload (nothing visible) when no data arrives for this many seconds.
+    upload_idle_timeout: float = 60.0
+    #: Largest total request header size the door and frontend accept.
+    max_header_bytes: int = 16 * 1024
+    #: Where the CLI keeps its URLs and credentials.
+    cli_config: Path = field(
+        default_factory=lambda: Path(
+            os.environ.get("HEADRACE_CONFIG")
+            or Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "headrace" / "config.json"
+        )
+    )
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Read HEADRACE_* variables, then apply explicit overrides (flags win over the environment)."""
+        base = cls(
+            data_dir=Path(os.environ.get("HEADRACE_DATA") or "headrace-data"),
+            host=os.environ.get("HEADRACE_HOST") or "127.0.0.1",
+            door_port=_env_int("HEADRACE_DOOR_PORT", 2880),
+            api_port=_env_int("HEADRACE_API_PORT", 3880),
+            db_url=os.environ.get("HEADRACE_DB") or "",
+            admin_key=os.environ.get("HEADRACE_ADMIN_KEY") or "",
+            pool_max_bytes=_env_int("HEADRACE_POOL_MAX_BYTES", 0),
+            fsync=_env_bool("HEADRACE_FSYNC", True),
+            read_events=_env_bool("HEADRACE_READ_EVENTS", True),
+            anonymous=_env_bool("HEADRACE_ANONYMOUS", False),
+            log_level=os.environ.get("HEADRACE_LOG_LEVEL") or "info",
+        )
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return replace(base, **clean)  # type: ignore[arg-type]
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{(self.data_dir / 'headrace.db').resolve()}"
+
+    @property
+    def pool_dirs(self) -> tuple[Path, ...]:
+        return self.pools or (self.data_dir / "pools" / "pool0",)
+
+    @property
+    def door_url(self) -> str:
+        return f"http://{self.host}:{self.door_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.api_port}"

@@ -1,0 +1,96 @@
+"""Errors that core logic raises; each transport maps them to its own wire shape (HTTP status + JSON)."""
+
+from __future__ import annotations
+
+
+class HeadraceError(Exception):
+    """Base: `status` is the HTTP status a client should see, `detail` the sentence it reads."""
+
+    status = 500
+    title = "Internal Server Error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(HeadraceError):
+    status = 400
+    title = "Bad Request"
+
+
+class Unauthorized(HeadraceError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(HeadraceError):
+    status = 403
+    title = "Forbidden"
+
+
+class NotFound(HeadraceError):
+    status = 404
+    title = "Not Found"
+
+
+class MethodNotAllowed(HeadraceError):
+    status = 405
+    title = "Method Not Allowed"
+
+
+class Conflict(HeadraceError):
+    """The request conflicts with the namespace's state (missing parent, not a directory...)."""
+
+    status = 409
+    title = "Conflict"
+
+
+class PreconditionFailed(HeadraceError):
+    status = 412
+    title = "Precondition Failed"
+
+
+class PayloadTooLarge(HeadraceError):
+    status = 413
+    title = "Payload Too Large"
+
+
+class UnsupportedMediaType(HeadraceError):
+    status = 415
+    title = "Unsupported Media Type"
+
+
+class RangeNotSatisfiable(HeadraceError):
+    status = 416
+    title = "Range Not Satisfiable"
+
+
+class TooManyRequests(HeadraceError):
+    status = 429
+    title = "Too Many Requests"
+
+
+class HeaderTooLarge(HeadraceError):
+    status = 431
+    title = "Request Header Fields Too Large"
+
+
+class InsufficientStorage(HeadraceError):
+    status = 507
+    title = "Insufficient Storage"
+
+
+class Exists(HeadraceError):
+    """The target already exists (MKCOL on an existing name, COPY/MOVE with Overwrite: F)."""
+
+    status = 412
+    title = "Precondition Failed"
+
+
+class NotEmpty(Conflict):
+    pass
+
+
+class IncompleteUpload(BadRequest):
+    """The body ended before Content-Length, or the client went away."""

@@ -1,0 +1,1 @@
+"""Storage events: the canonical model written to the outbox, and how it is read and rendered."""

@@ -1,0 +1,62 @@
+"""Small HTTP helpers shared by the door and the frontend: error bodies, client address, header access."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from headrace.errors import HeadraceError
+
+WWW_AUTHENTICATE = 'Basic realm="headrace", Bearer realm="headrace"'
+
+
+def problem(status: int, title: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """dCache's error shape: {"status": "<code as string>", "title", "detail"}."""
+    body = json.dumps({"status": str(status), "title": title, "detail": detail}, separators=(",", ":"))
+    h = dict(headers or {})
+    if status == 401:
+        h.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
+    return Response(body, status_code=status, media_type="application/json", headers=h)
+
+
+def error_response(exc: HeadraceError, headers: dict[str, str] | None = None) -> Response:
+    return problem(exc.status, exc.title, exc.detail, headers)
+
+
+def header(scope: dict[str, Any], name: bytes) -> str | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return str(v.decode("latin-1"))
+    return None
+
+
+def header_bytes(scope: dict[str, Any]) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + len(scope.get("raw_path") or b"")
+
+
+def client_ip(scope: dict[str, Any]) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def query_param(scope: dict[str, Any], name: str) -> str | None:
+    qs = scope.get("query_string") or b""
+    if not qs:
+        return None
+    values = parse_qs(qs.decode("latin-1"), keep_blank_values=True).get(name)
+    return values[0] if values else None
+
+
+def principal_of(service: Any) -> Any:
+    """A FastAPI dependency that authenticates the request against `service.auth` (401 on failure)."""
+    def dependency(request: Request) -> Any:
+        scope = request.scope
+        return service.auth.authenticate(
+            header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope)
+        )
+
+    return dependency

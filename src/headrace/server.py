@@ -1,0 +1,101 @@
+"""`headrace up`: the door and the frontend in one process, on one event loop, over one storage service.
+
+Both are uvicorn servers; uvicorn's own signal capture is replaced by one handler that stops both, so that
+SIGINT/SIGTERM end in-flight requests, drain, and record a clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Generator
+
+import uvicorn
+
+from headrace.config import Settings
+from headrace.frontend import create_app
+from headrace.storage.door import Door
+from headrace.storage.service import StartReport, StorageService
+
+log = logging.getLogger("headrace")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # signals are handled once, in `run`, for all servers
+
+
+def _config(app: object, settings: Settings, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.host,
+        port=port,
+        http="httptools",
+        lifespan="off",
+        log_level=settings.log_level,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def announce(settings: Settings, report: StartReport) -> None:
+    print(f"headrace: door     {settings.door_url}  (WebDAV)", flush=True)
+    print(f"headrace: frontend {settings.api_url}  (REST API, /metrics, /api/v1/openapi.json)", flush=True)
+    print(f"headrace: data     {settings.data_dir.resolve()}", flush=True)
+    if report.admin_key_generated:
+        print(
+            f"headrace: admin key {report.admin_key_generated}  (shown once; saved to {settings.cli_config})",
+            flush=True,
+        )
+    if report.partial_uploads_removed or report.orphans_removed:
+        print(
+            f"headrace: recovered: removed {report.partial_uploads_removed} partial uploads, "
+            f"{report.orphans_removed} orphaned blobs",
+            flush=True,
+        )
+
+
+async def run(settings: Settings) -> None:
+    service, report = StorageService.open(settings)
+    announce(settings, report)
+    servers = [
+        _Server(_config(Door(service, settings), settings, settings.door_port)),
+        _Server(_config(create_app(service), settings, settings.api_port)),
+    ]
+    loop = asyncio.get_running_loop()
+
+    def stop(*_: object) -> None:
+        for s in servers:
+            s.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    try:
+        results = await asyncio.gather(*(s.serve() for s in servers), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        if any(not s.started for s in servers):
+            raise SystemExit(1)
+    finally:
+        service.close()
+    print("headrace: stopped cleanly", flush=True)
+
+
+def main(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.run(run(settings))
+    except ImportError:
+        asyncio.run(run(settings))
+    except SystemExit as exc:
+        sys.exit(exc.code)

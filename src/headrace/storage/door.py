@@ -1,0 +1,674 @@
+"""The WebDAV door: RFC 4918 class 1 over HTTP, with RFC 3230 digests and dCache's macaroon requests.
+
+A plain ASGI application (no router: WebDAV dispatches on the method, not the path). Data streams both
+ways in bounded chunks: an upload is written to a pool's tmp/ as it arrives and becomes visible only when
+complete and committed; a download is read from the blob a chunk at a time, paced by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from html import escape as html_escape
+from typing import Any
+from urllib.parse import quote
+
+from starlette.responses import Response
+
+from headrace.auth.access import Principal
+from headrace.auth.macaroons import check_caveat, parse_validity
+from headrace.config import Settings
+from headrace.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    HeaderTooLarge,
+    HeadraceError,
+    IncompleteUpload,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    RangeNotSatisfiable,
+    UnsupportedMediaType,
+)
+from headrace.http_common import client_ip, error_response, header, header_bytes, query_param
+from headrace.metrics import DOOR_BYTES, DOOR_REQUESTS
+from headrace.storage import webdav_xml as dav
+from headrace.storage.checksums import Hasher, format_digest, parse_digest, parse_want_digest
+from headrace.storage.namespace import CopyItem, Inode
+from headrace.storage.paths import from_destination, from_url_path, parent_and_name
+from headrace.storage.pool import READ_CHUNK, Upload
+from headrace.storage.service import StorageService
+
+log = logging.getLogger("headrace.door")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, POST"
+WRITE_BUFFER = 1024 * 1024
+MAX_XML_BODY = 1024 * 1024
+
+
+class ClientGone(Exception):
+    """The client hung up before the request body was complete."""
+
+
+@dataclass
+class Call:
+    scope: Scope
+    receive: Receive
+    send: Send
+    principal: Principal
+    path: str  # namespace path (after the token's root view)
+
+    def header(self, name: str) -> str | None:
+        return header(self.scope, name.lower().encode())
+
+    @property
+    def subject(self) -> Any:
+        return self.principal.subject
+
+    def href(self, path: str, is_dir: bool) -> str:
+        return dav.href_for(self.principal.external(path), is_dir)
+
+
+class Door:
+    def __init__(self, service: StorageService, settings: Settings) -> None:
+        self.service = service
+        self.settings = settings
+        self.ns = service.namespace
+        self.db = service.db
+        self.handlers: dict[str, Callable[[Call], Awaitable[Response | None]]] = {
+            "GET": self.get,
+            "HEAD": self.head,
+            "PUT": self.put,
+            "DELETE": self.delete,
+            "MKCOL": self.mkcol,
+            "COPY": self.copy,
+            "MOVE": self.move,
+            "PROPFIND": self.propfind,
+            "PROPPATCH": self.proppatch,
+            "POST": self.post,
+        }
+
+    # -- ASGI entry ----------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        method = scope["method"]
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                DOOR_REQUESTS.labels(method, str(message["status"])).inc()
+            await send(message)
+
+        try:
+            if header_bytes(scope) > self.settings.max_header_bytes:
+                raise HeaderTooLarge(f"Request headers exceed {self.settings.max_header_bytes} bytes")
+            if method == "OPTIONS":
+                response: Response | None = Response(
+                    status_code=200, headers={"Allow": ALLOW, "DAV": "1", "MS-Author-Via": "DAV", "Content-Length": "0"}
+                )
+            else:
+                handler = self.handlers.get(method)
+                if handler is None:
+                    raise MethodNotAllowed(f"Method {method} is not supported here")
+                principal = self.service.auth.authenticate(
+                    header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope)
+                )
+                path = principal.internal(from_url_path(scope.get("raw_path") or scope["path"].encode()))
+                response = await handler(Call(scope, receive, tracking_send, principal, path))
+        except HeadraceError as exc:
+            if started:
+                log.warning("%s %s failed after the response started: %s", method, scope.get("path"), exc.detail)
+                return
+            headers = {"Allow": ALLOW} if isinstance(exc, MethodNotAllowed) else None
+            response = error_response(exc, headers)
+        except ClientGone:
+            return
+        if response is not None:
+            await response(scope, receive, tracking_send)
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    async def head(self, call: Call) -> Response | None:
+        return await self.get(call, head=True)
+
+    async def get(self, call: Call, head: bool = False) -> Response | None:
+        node = await self.db.read(self.ns.stat, call.path, call.subject)
+        if node.is_dir:
+            call.principal.check("READ_METADATA" if head else "LIST", node.path)
+            if head:
+                return Response(status_code=200, media_type="text/html; charset=utf-8")
+            return await self._html_listing(call, node)
+        call.principal.check("READ_METADATA" if head else "DOWNLOAD", node.path)
+        if not head:
+            self.ns.check_readable(node, call.subject)
+        headers = {
+            "ETag": node.etag,
+            "Last-Modified": dav.http_date(node.mtime),
+            "Accept-Ranges": "bytes",
+            "Content-Type": dav.content_type(node.name),
+        }
+        not_modified = self._preconditions(call, node)
+        if not_modified:
+            return Response(status_code=304, headers={k: headers[k] for k in ("ETag", "Last-Modified")})
+        want_header = call.header("want-digest")
+        if want_header:
+            want = parse_want_digest(want_header)
+            if want and not any(w in node.checksums for w in want):
+                await self._compute_checksums(node, {want[0]})
+            digest = format_digest(node.checksums, want)
+            if digest:
+                headers["Digest"] = digest
+        start, length, status = 0, node.size, 200
+        rng = call.header("range")
+        if rng and self._if_range_ok(call, node):
+            try:
+                parsed = parse_range(rng, node.size)
+            except RangeNotSatisfiable as exc:
+                return error_response(exc, {"Content-Range": f"bytes */{node.size}"})
+            if parsed is not None:
+                start, length = parsed
+                status = 206
+                headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{node.size}"
+        headers["Content-Length"] = str(length)
+        if head:
+            return Response(status_code=status, headers=headers)
+        await self._stream_blob(call, node, status, headers, start, length)
+        await self.db.write(self.ns.record_read, node, call.subject)
+        return None
+
+    def _preconditions(self, call: Call, node: Inode) -> bool:
+        """RFC 9110 conditionals for GET/HEAD: raises 412, or returns True for 304 Not Modified."""
+        if_match = call.header("if-match")
+        if if_match and if_match.strip() != "*" and node.etag not in _etags(if_match):
+            raise PreconditionFailed("If-Match does not match the current ETag")
+        ius = call.header("if-unmodified-since")
+        if ius and not if_match:
+            t = _parse_http_date(ius)
+            if t is not None and node.mtime // 1000 > t:
+                raise PreconditionFailed("Modified since If-Unmodified-Since")
+        inm = call.header("if-none-match")
+        if inm:
+            return inm.strip() == "*" or node.etag in _etags(inm)
+        ims = call.header("if-modified-since")
+        if ims:
+            t = _parse_http_date(ims)
+            return t is not None and node.mtime // 1000 <= t
+        return False
+
+    def _if_range_ok(self, call: Call, node: Inode) -> bool:
+        cond = call.header("if-range")
+        if not cond:
+            return True
+        if cond.startswith('"') or cond.startswith("W/"):
+            return cond.strip() == node.etag
+        t = _parse_http_date(cond)
+        return t is not None and node.mtime // 1000 <= t
+
+    async def _compute_checksums(self, node: Inode, types: set[str]) -> None:
+        if node.pool is None or node.blob is None:
+            return
+        pool = self.service.pool(node.pool)
+
+        def compute() -> dict[str, str]:
+            hasher = Hasher(types)
+            with open(pool.blob_path(node.blob or ""), "rb") as f:
+                while chunk := f.read(READ_CHUNK):
+                    hasher.update(chunk)
+            return hasher.values()
+
+        sums = await asyncio.to_thread(compute)
+        await self.db.write(self.ns.add_checksums, node, {t: sums[t] for t in types if t in sums})
+
+    async def _stream_blob(
+        self, call: Call, node: Inode, status: int, headers: dict[str, str], start: int, length: int
+    ) -> None:
+        assert node.pool is not None and node.blob is not None
+        pool = self.service.pool(node.pool)
+        loop = asyncio.get_running_loop()
+        try:
+            fd = pool.open_blob(node.blob)
+        except FileNotFoundError as exc:
+            raise NotFound(f"Data of {node.path} is missing from pool {node.pool}") from exc
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(call.receive, gone))
+        try:
+            await call.send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()],
+                }
+            )
+            pos, remaining = start, length
+            if remaining == 0:
+                await call.send({"type": "http.response.body", "body": b"", "more_body": False})
+            while remaining > 0 and not gone.is_set():
+                data = await loop.run_in_executor(None, os.pread, fd, min(READ_CHUNK, remaining), pos)
+                if not data:
+                    raise NotFound(f"Data of {node.path} is shorter than its recorded size")
+                pos += len(data)
+                remaining -= len(data)
+                await call.send({"type": "http.response.body", "body": data, "more_body": remaining > 0})
+            DOOR_BYTES.labels("out").inc(pos - start)
+        finally:
+            watcher.cancel()
+            os.close(fd)
+
+    async def _html_listing(self, call: Call, node: Inode) -> Response | None:
+        self.ns.check_readable(node, call.subject)
+        title = html_escape(call.principal.external(node.path))
+        await call.send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html; charset=utf-8")]}
+        )
+        head = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body><h1>{title}</h1><ul>"
+        await call.send({"type": "http.response.body", "body": head.encode(), "more_body": True})
+        children = self.ns.iter_children(node)
+        while page := await self.db.read(_next_page, children):
+            items = "".join(
+                f"<li><a href='{call.href(c.path, c.is_dir)}'>{html_escape(c.name)}{'/' if c.is_dir else ''}</a></li>"
+                for c in page
+            )
+            await call.send({"type": "http.response.body", "body": items.encode(), "more_body": True})
+        await call.send({"type": "http.response.body", "body": b"</ul></body></html>", "more_body": False})
+        await self.db.write(self.ns.record_read, node, call.subject)
+        return None
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    async def put(self, call: Call) -> Response | None:
+        call.principal.check("UPLOAD", call.path)
+        if call.path == "/":
+            raise Conflict("Cannot PUT onto the root directory")
+        existing = await self.db.read(self._probe_put, call.path, call.subject)
+        if existing is not None and existing.is_dir:
+            raise Conflict(f"Is a directory: {call.principal.external(existing.path)}")
+        inm = call.header("if-none-match")
+        if inm and inm.strip() == "*" and existing is not None:
+            raise PreconditionFailed("The file exists (If-None-Match: *)")
+        if_match = call.header("if-match")
+        if if_match and existing is None:
+            raise PreconditionFailed("The file does not exist (If-Match)")
+        if if_match and existing is not None and if_match.strip() != "*" and existing.etag not in _etags(if_match):
+            raise PreconditionFailed("If-Match does not match the current ETag")
+        try:
+            expected = parse_digest(call.header("digest") or "")
+        except ValueError as exc:
+            raise BadRequest(f"Malformed Digest header: {exc}") from exc
+        want = parse_want_digest(call.header("want-digest") or "")
+        length = _content_length(call)
+        pool = self.service.choose_pool()
+        upload = pool.start_upload()
+        try:
+            if length:
+                upload.reserve(length)
+            sums = await self._receive_into(call, upload, set(expected) | set(want), length)
+            for t, v in expected.items():
+                if sums.get(t) != v:
+                    raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")
+            await asyncio.to_thread(upload.finish)
+            node, old, created = await self.db.write(
+                self.ns.commit_upload,
+                call.path,
+                call.subject,
+                pool=pool.name,
+                blob=upload.blob,
+                size=upload.size,
+                sums=sums,
+                if_match=if_match.strip() if if_match else None,
+                if_none_match_any=bool(inm and inm.strip() == "*"),
+            )
+        except BaseException:
+            upload.abort()
+            raise
+        DOOR_BYTES.labels("in").inc(upload.size)
+        if old is not None:
+            await self.service.drop_blobs([old])
+        headers = {"ETag": node.etag}
+        digest = format_digest(sums, want)
+        if digest:
+            headers["Digest"] = digest
+        if created:
+            headers["Location"] = call.href(node.path, False)
+        return Response(status_code=201 if created else 204, headers=headers)
+
+    def _probe_put(self, path: str, subject: Any) -> Inode | None:
+        """The entry a PUT would replace; raises 409 when the parent is missing or not a directory."""
+        parent_path, _ = parent_and_name(path)
+        try:
+            parent = self.ns.stat(parent_path, subject)
+        except NotFound as exc:
+            raise Conflict(f"Parent directory does not exist: {parent_path}") from exc
+        if not parent.is_dir:
+            raise Conflict(f"Not a directory: {parent_path}")
+        return self.ns.try_stat(path, subject)
+
+    async def _receive_into(self, call: Call, upload: Upload, types: set[str], length: int | None) -> dict[str, str]:
+        hasher = Hasher(types)
+        buffer = bytearray()
+        timeout = self.settings.upload_idle_timeout
+        while True:
+            try:
+                message = await asyncio.wait_for(call.receive(), timeout)
+            except TimeoutError as exc:
+                raise IncompleteUpload(f"No data for {timeout:g} s; upload abandoned") from exc
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            body = message.get("body", b"")
+            if body:
+                hasher.update(body)
+                buffer += body
+                if len(buffer) >= WRITE_BUFFER:
+                    upload.write_raw(buffer)
+                    buffer.clear()
+            if not message.get("more_body", False):
+                break
+        if buffer:
+            upload.write_raw(buffer)
+        if length is not None and upload.size != length:
+            raise IncompleteUpload(f"Body has {upload.size} bytes, Content-Length says {length}")
+        return hasher.values()
+
+    async def mkcol(self, call: Call) -> Response | None:
+        call.principal.check("MANAGE", call.path)
+        if (_content_length(call) or 0) > 0 or call.header("transfer-encoding"):
+            raise UnsupportedMediaType("MKCOL with a body is not supported")
+        if call.path == "/":
+            raise MethodNotAllowed("The root exists")
+        existing = await self.db.read(self.ns.try_stat, call.path, call.subject)
+        if existing is not None:
+            raise MethodNotAllowed(f"Already exists: {call.principal.external(call.path)}")
+        await self.db.write(self.ns.mkdir, call.path, call.subject)
+        return Response(status_code=201, headers={"Location": call.href(call.path, True)})
+
+    async def delete(self, call: Call) -> Response | None:
+        call.principal.check("DELETE", call.path)
+        depth = (call.header("depth") or "infinity").lower()
+        node = await self.db.read(self.ns.stat, call.path, call.subject)
+        if node.is_dir and depth != "infinity":
+            raise BadRequest("DELETE of a collection needs Depth: infinity")
+        blobs = await self.db.write(self.ns.delete, call.path, call.subject, recursive=True)
+        await self.service.drop_blobs(blobs)
+        return Response(status_code=204)
+
+    def _destination(self, call: Call) -> tuple[str, bool]:
+        dest = call.header("destination")
+        if not dest:
+            raise BadRequest("Missing Destination header")
+        target = call.principal.internal(from_destination(dest))
+        ow = (call.header("overwrite") or "T").strip().upper()
+        if ow not in ("T", "F"):
+            raise BadRequest("Overwrite must be T or F")
+        return target, ow == "T"
+
+    async def move(self, call: Call) -> Response | None:
+        target, overwrite = self._destination(call)
+        call.principal.check("MANAGE", call.path)
+        call.principal.check("MANAGE", target)
+        depth = (call.header("depth") or "infinity").lower()
+        if depth != "infinity":
+            raise BadRequest("MOVE needs Depth: infinity")
+        _, blobs, existed = await self.db.write(self.ns.rename, call.path, target, call.subject, overwrite=overwrite)
+        await self.service.drop_blobs(blobs)
+        return Response(status_code=204 if existed else 201)
+
+    async def copy(self, call: Call) -> Response | None:
+        target, overwrite = self._destination(call)
+        if target == call.path:
+            raise Forbidden("Source and destination are the same")
+        if target.startswith(call.path + "/"):
+            raise Conflict("Cannot copy a directory into itself")
+        call.principal.check("DOWNLOAD", call.path)
+        call.principal.check("UPLOAD", target)
+        depth = (call.header("depth") or "infinity").lower()
+        if depth not in ("0", "infinity"):
+            raise BadRequest("COPY needs Depth: 0 or infinity")
+        plan = await self.db.read(self.ns.copy_plan, call.path, call.subject, depth_infinity=depth == "infinity")
+        made: list[tuple[CopyItem, str | None, str | None]] = []
+        try:
+            for item in plan:
+                if item.type == "REGULAR" and item.pool and item.blob:
+                    src_pool = self.service.pool(item.pool)
+                    blob = await asyncio.to_thread(src_pool.copy_blob, item.blob)
+                    made.append((item, src_pool.name, blob))
+                else:
+                    made.append((item, None, None))
+            blobs, existed = await self.db.write(
+                self.ns.commit_copy, target, call.subject, made, overwrite=overwrite
+            )
+        except BaseException:
+            for _, pool_name, blob in made:
+                if pool_name and blob:
+                    self.service.pool(pool_name).remove_blob(blob)
+            raise
+        await self.service.drop_blobs(blobs)
+        return Response(status_code=204 if existed else 201)
+
+    # -- properties ----------------------------------------------------------------------------------------
+
+    async def _small_body(self, call: Call) -> bytes:
+        body = bytearray()
+        while True:
+            message = await call.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            body += message.get("body", b"")
+            if len(body) > MAX_XML_BODY:
+                raise PayloadTooLarge(f"XML body over {MAX_XML_BODY} bytes")
+            if not message.get("more_body", False):
+                return bytes(body)
+
+    def _quota(self) -> tuple[int, int]:
+        pools = self.service.pools.values()
+        return sum(p.used_bytes for p in pools), sum(p.free_bytes() for p in pools)
+
+    async def propfind(self, call: Call) -> Response | None:
+        request = dav.parse_propfind(await self._small_body(call))
+        depth = (call.header("depth") or "1").lower()
+        if depth not in ("0", "1"):
+            return Response(dav.render_error("propfind-finite-depth"), status_code=403, media_type="application/xml")
+        node = await self.db.read(self.ns.stat, call.path, call.subject, xattr=True)
+        listing = node.is_dir and depth == "1"
+        call.principal.check("LIST" if listing else "READ_METADATA", node.path)
+        if listing:
+            self.ns.check_readable(node, call.subject)
+        quota = self._quota() if any("quota" in p for p in request.props) else None
+        first = dav.render_response(node, call.href(node.path, node.is_dir), request, _dead(node.xattrs), quota=quota)
+        if not listing:
+            return Response(
+                dav.MULTISTATUS_OPEN + first + dav.MULTISTATUS_CLOSE,
+                status_code=207,
+                media_type="application/xml; charset=utf-8",
+            )
+        await call.send(
+            {
+                "type": "http.response.start",
+                "status": 207,
+                "headers": [(b"content-type", b"application/xml; charset=utf-8")],
+            }
+        )
+        await call.send({"type": "http.response.body", "body": (dav.MULTISTATUS_OPEN + first).encode(), "more_body": True})
+        want_dead = request.kind != "prop" or any(not p.startswith("{DAV:}") for p in request.props)
+        children = self.ns.iter_children(node)
+        while True:
+            page = await self.db.read(_next_page, children)
+            if not page:
+                break
+            dead = await self.db.read(self.ns.xattrs_for, [c.id for c in page]) if want_dead else {}
+            chunk = "".join(
+                dav.render_response(c, call.href(c.path, c.is_dir), request, _dead(dead.get(c.id)), quota=quota)
+                for c in page
+            )
+            await call.send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+        await call.send({"type": "http.response.body", "body": dav.MULTISTATUS_CLOSE.encode(), "more_body": False})
+        await self.db.write(self.ns.record_read, node, call.subject)
+        return None
+
+    async def proppatch(self, call: Call) -> Response | None:
+        ops = dav.parse_proppatch(await self._small_body(call))
+        call.principal.check("UPDATE_METADATA", call.path)
+        node = await self.db.read(self.ns.stat, call.path, call.subject)
+        protected = [op.name for op in ops if op.name in dav.PROTECTED]
+        href = call.href(node.path, node.is_dir)
+        if protected:
+            results = [(op.name, 403 if op.name in dav.PROTECTED else 424) for op in ops]
+            return Response(dav.render_proppatch(href, results), status_code=207, media_type="application/xml")
+        to_set: dict[str, str] = {}
+        to_remove: list[str] = []
+        for op in ops:  # document order: a later op on the same name wins
+            if op.action == "set":
+                to_set[op.name] = op.value
+                if op.name in to_remove:
+                    to_remove.remove(op.name)
+            else:
+                to_set.pop(op.name, None)
+                to_remove.append(op.name)
+        await self.db.write(self.ns.change_xattrs, call.path, call.subject, to_set, to_remove)
+        return Response(
+            dav.render_proppatch(href, [(op.name, 200) for op in ops]), status_code=207, media_type="application/xml"
+        )
+
+    # -- tokens --------------------------------------------------------------------------------------------
+
+    async def post(self, call: Call) -> Response | None:
+        ctype = (call.header("content-type") or "").split(";")[0].strip().lower()
+        if ctype != "application/macaroon-request":
+            raise MethodNotAllowed("POST is only for macaroon requests (Content-Type: application/macaroon-request)")
+        raw = await self._small_body(call)
+        try:
+            req = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise BadRequest(f"Macaroon request is not JSON: {exc}") from exc
+        if not isinstance(req, dict):
+            raise BadRequest("Macaroon request must be a JSON object")
+        unknown = set(req) - {"caveats", "validity"}
+        if unknown:
+            raise BadRequest(f"Unknown fields in macaroon request: {', '.join(sorted(unknown))}")
+        caveats_in = req.get("caveats", [])
+        if not isinstance(caveats_in, list) or not all(isinstance(c, str) for c in caveats_in):
+            raise BadRequest("caveats must be a list of strings")
+        caveats = [check_caveat(c) for c in caveats_in]
+        validity = parse_validity(str(req.get("validity", "PT1H")))
+        # The token is confined to the path it was asked at; a token minted from a token keeps its limits.
+        if call.path != "/":
+            caveats.insert(0, f"path:{call.path}")
+        if call.principal.restrictions is not None:
+            caveats = call.principal.restrictions.caveats + caveats
+        subject = call.subject
+        token = self.service.macaroons.mint(
+            username=subject.username, uid=subject.uid, gids=subject.gids, caveats=caveats, validity=validity
+        )
+        scheme = call.scope.get("scheme", "http")
+        host = call.header("host") or f"{self.settings.host}:{self.settings.door_port}"
+        base = f"{scheme}://{host}/"
+        target = f"{scheme}://{host}{quote(call.principal.external(call.path), safe='/')}"
+        body = {
+            "macaroon": token,
+            "uri": {
+                "targetWithMacaroon": f"{target}?authz={token}",
+                "baseWithMacaroon": f"{base}?authz={token}",
+                "target": target,
+                "base": base,
+            },
+        }
+        return Response(json.dumps(body), status_code=200, media_type="application/json")
+
+
+# -- helpers -----------------------------------------------------------------------------------------------
+
+
+async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
+
+
+def _content_length(call: Call) -> int | None:
+    raw = call.header("content-length")
+    if raw is None:
+        return None
+    try:
+        n = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"Invalid Content-Length: {raw!r}") from exc
+    if n < 0:
+        raise BadRequest(f"Invalid Content-Length: {raw!r}")
+    return n
+
+
+def _etags(header_value: str) -> set[str]:
+    return {t.strip().removeprefix("W/") for t in header_value.split(",")}
+
+
+def _parse_http_date(value: str) -> int | None:
+    try:
+        return int(parsedate_to_datetime(value).timestamp())
+    except (TypeError, ValueError):
+        return None
+
+
+def parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """(start, length) for a single `bytes=` range; None to ignore it (multiple ranges, other units).
+    Raises RangeNotSatisfiable for a range outside the file."""
+    unit, _, spec = value.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, sep, last = spec.strip().partition("-")
+    if not sep:
+        return None
+    try:
+        if first == "":
+            n = int(last)
+            if n <= 0:
+                raise RangeNotSatisfiable(f"Range {value} is empty")
+            start = max(0, size - n)
+            end = size - 1
+        else:
+            start = int(first)
+            end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start < 0 or end < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable(f"Range {value} starts beyond the end of the file ({size} bytes)")
+    end = min(end, size - 1)
+    return start, end - start + 1
+
+
+def _dead(xattrs: dict[str, str] | None) -> dict[str, str]:
+    return {k: v for k, v in (xattrs or {}).items() if k.startswith("{")}
+
+
+def _next_page(it: Any, n: int = 500) -> list[Inode]:
+    page: list[Inode] = []
+    for item in it:
+        page.append(item)
+        if len(page) >= n:
+            break
+    return page
+

@@ -1,0 +1,783 @@
+"""The namespace: directories and files with their attributes, and the outbox events of every change.
+
+Every method that changes the namespace runs in one database transaction that also inserts the change's
+events (invariant 1: no event without its change, no change without its event). Methods are blocking;
+async callers run them through `Database.write` / `Database.read`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
+
+from headrace.auth.subject import ROOT, R, Subject, W, X
+from headrace.db.engine import Database
+from headrace.db.schema import checksums, events, inodes, labels, xattrs
+from headrace.errors import Conflict, Exists, Forbidden, NotEmpty, NotFound, PreconditionFailed
+from headrace.events.model import LIST_KINDS, OVERWRITE_KINDS, READ_KINDS, UPLOAD_KINDS, EventKind
+from headrace.storage.paths import join, normalize, parent_and_name
+
+DIR, REGULAR = "DIR", "REGULAR"
+QOS_LOCALITY = {"disk": "ONLINE", "tape": "NEARLINE", "disk+tape": "ONLINE_AND_NEARLINE"}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def now_us() -> int:
+    return time.time_ns() // 1_000
+
+
+def new_pnfsid() -> str:
+    """A dCache-like file id: 36 upper-case hex digits."""
+    return "0000" + uuid.uuid4().hex.upper()
+
+
+@dataclass
+class Inode:
+    id: int
+    pnfsid: str
+    parent_id: int | None
+    name: str
+    type: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    ctime: int
+    mtime: int
+    generation: int
+    pool: str | None
+    blob: str | None
+    locality: str
+    qos: str
+    path: str
+    checksums: dict[str, str] = field(default_factory=dict)
+    xattrs: dict[str, str] | None = None
+    labels: list[str] | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.type == DIR
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.pnfsid}_{self.generation}"'
+
+    @classmethod
+    def from_row(cls, row: Row[Any], path: str) -> Inode:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            pnfsid=m["pnfsid"],
+            parent_id=m["parent_id"],
+            name=m["name"],
+            type=m["type"],
+            size=m["size"],
+            mode=m["mode"],
+            uid=m["uid"],
+            gid=m["gid"],
+            ctime=m["ctime"],
+            mtime=m["mtime"],
+            generation=m["generation"],
+            pool=m["pool"],
+            blob=m["blob"],
+            locality=m["locality"],
+            qos=m["qos"],
+            path=path,
+        )
+
+
+@dataclass(frozen=True)
+class Blob:
+    """File data to drop once the transaction that stopped referring to it has committed."""
+
+    pool: str
+    blob: str
+    size: int
+
+
+@dataclass(frozen=True)
+class CopyItem:
+    """One object of a COPY plan: its path relative to the copied root ('' for the root itself)."""
+
+    rel: str
+    type: str
+    mode: int
+    size: int
+    pool: str | None
+    blob: str | None
+    checksums: dict[str, str]
+    xattrs: dict[str, str]
+
+
+class Namespace:
+    def __init__(self, db: Database, *, read_events: bool = True) -> None:
+        self.db = db
+        self.read_events = read_events
+
+    # -- set-up ------------------------------------------------------------------------------------------
+
+    def bootstrap(self) -> None:
+        """Create the root directory if the namespace is new."""
+        with self.db.engine.begin() as conn:
+            if conn.execute(select(inodes.c.id).where(inodes.c.parent_id.is_(None))).first() is None:
+                t = now_ms()
+                conn.execute(
+                    insert(inodes).values(
+                        pnfsid=new_pnfsid(),
+                        parent_id=None,
+                        name="",
+                        type=DIR,
+                        size=0,
+                        mode=0o755,
+                        uid=0,
+                        gid=0,
+                        ctime=t,
+                        mtime=t,
+                        generation=0,
+                        locality="ONLINE",
+                        qos="disk",
+                    )
+                )
+
+    # -- lookups -----------------------------------------------------------------------------------------
+
+    def _root(self, conn: Connection) -> Inode:
+        row = conn.execute(select(inodes).where(inodes.c.parent_id.is_(None))).one()
+        return Inode.from_row(row, "/")
+
+    def _child(self, conn: Connection, parent: Inode, name: str) -> Inode | None:
+        row = conn.execute(select(inodes).where(and_(inodes.c.parent_id == parent.id, inodes.c.name == name))).first()
+        return Inode.from_row(row, join(parent.path, name)) if row is not None else None
+
+    def _walk(self, conn: Connection, path: str, subject: Subject) -> tuple[Inode | None, Inode | None]:
+        """(parent, target) for `path`: target None if absent; raises if the parent chain is broken."""
+        path = normalize(path)
+        node = self._root(conn)
+        if path == "/":
+            return None, node
+        names = path[1:].split("/")
+        for i, name in enumerate(names):
+            if not node.is_dir:
+                raise Conflict(f"Not a directory: {node.path}")
+            if not subject.may(X, mode=node.mode, uid=node.uid, gid=node.gid):
+                raise Forbidden(f"Permission denied: {node.path}")
+            child = self._child(conn, node, name)
+            if child is None:
+                if i == len(names) - 1:
+                    return node, None
+                raise NotFound(f"No such file or directory: {join(node.path, name)}")
+            if i == len(names) - 1:
+                return node, child
+            node = child
+        raise AssertionError("unreachable")
+
+    def _get(self, conn: Connection, path: str, subject: Subject) -> Inode:
+        _, node = self._walk(conn, path, subject)
+        if node is None:
+            raise NotFound(f"No such file or directory: {normalize(path)}")
+        return node
+
+    def _dir_for_create(self, conn: Connection, path: str, subject: Subject) -> tuple[Inode, Inode | None]:
+        """The parent directory a new entry at `path` goes into (must exist: 409 otherwise) and any entry
+        already there."""
+        try:
+            parent, node = self._walk(conn, path, subject)
+        except NotFound as exc:
+            raise Conflict(f"Parent directory does not exist: {exc.detail.split(': ', 1)[-1]}") from exc
+        if parent is None:
+            raise Forbidden("The root cannot be replaced")
+        if not parent.is_dir:
+            raise Conflict(f"Not a directory: {parent.path}")
+        return parent, node
+
+    @staticmethod
+    def _need(subject: Subject, want: int, node: Inode) -> None:
+        if not subject.may(want, mode=node.mode, uid=node.uid, gid=node.gid):
+            raise Forbidden(f"Permission denied: {node.path}")
+
+    def _extras(self, conn: Connection, node: Inode, *, xattr: bool, label: bool) -> Inode:
+        node.checksums = {
+            r.type: r.value for r in conn.execute(select(checksums).where(checksums.c.inode_id == node.id))
+        }
+        if xattr:
+            node.xattrs = {r.name: r.value for r in conn.execute(select(xattrs).where(xattrs.c.inode_id == node.id))}
+        if label:
+            node.labels = sorted(r.label for r in conn.execute(select(labels).where(labels.c.inode_id == node.id)))
+        return node
+
+    def stat(self, path: str, subject: Subject = ROOT, *, xattr: bool = False, label: bool = False) -> Inode:
+        with self.db.reader.connect() as conn:
+            node = self._get(conn, path, subject)
+            return self._extras(conn, node, xattr=xattr, label=label)
+
+    def try_stat(self, path: str, subject: Subject = ROOT) -> Inode | None:
+        with self.db.reader.connect() as conn:
+            try:
+                return self._get(conn, path, subject)
+            except NotFound:
+                return None
+
+    def children(self, directory: Inode, *, after: str | None = None, limit: int = 1000) -> list[Inode]:
+        """One page of a directory's entries in name order, after the name `after` (keyset paging)."""
+        q = select(inodes).where(inodes.c.parent_id == directory.id)
+        if after is not None:
+            q = q.where(inodes.c.name > after)
+        q = q.order_by(inodes.c.name).limit(limit)
+        with self.db.reader.connect() as conn:
+            rows = conn.execute(q).all()
+            nodes = [Inode.from_row(r, join(directory.path, r.name)) for r in rows]
+            if nodes:
+                sums: dict[int, dict[str, str]] = {}
+                ids = [n.id for n in nodes if not n.is_dir]
+                if ids:
+                    for r in conn.execute(select(checksums).where(checksums.c.inode_id.in_(ids))):
+                        sums.setdefault(r.inode_id, {})[r.type] = r.value
+                for n in nodes:
+                    n.checksums = sums.get(n.id, {})
+            return nodes
+
+    def iter_children(self, directory: Inode, *, page: int = 1000) -> Iterator[Inode]:
+        """All entries of a directory, fetched a page at a time (never all in memory)."""
+        after: str | None = None
+        while True:
+            batch = self.children(directory, after=after, limit=page)
+            yield from batch
+            if len(batch) < page:
+                return
+            after = batch[-1].name
+
+    def xattrs_for(self, ids: list[int]) -> dict[int, dict[str, str]]:
+        """Extended attributes of many entries at once (for listings that show dead properties)."""
+        out: dict[int, dict[str, str]] = {}
+        if not ids:
+            return out
+        with self.db.reader.connect() as conn:
+            for r in conn.execute(select(xattrs).where(xattrs.c.inode_id.in_(ids))):
+                out.setdefault(r.inode_id, {})[r.name] = r.value
+        return out
+
+    def count_children(self, directory: Inode) -> int:
+        with self.db.reader.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).select_from(inodes).where(inodes.c.parent_id == directory.id)
+                ).scalar_one()
+            )
+
+    # -- events ------------------------------------------------------------------------------------------
+
+    def _emit(
+        self,
+        conn: Connection,
+        kinds: Sequence[EventKind],
+        node: Inode,
+        subject: Subject,
+        *,
+        detail: dict[str, Any] | None = None,
+        cause: str | None = None,
+        **extra: Any,
+    ) -> None:
+        t = now_us()
+        base = {
+            "time": t,
+            "is_dir": node.is_dir,
+            "inode_id": node.id,
+            "pnfsid": node.pnfsid,
+            "path": node.path,
+            "parent_id": node.parent_id,
+            "name": node.name or None,
+            "old_path": None,
+            "old_parent_id": None,
+            "old_name": None,
+            "cookie": None,
+            "size": node.size,
+            "detail": json.dumps(detail, separators=(",", ":")) if detail else None,
+            "cause": cause,
+            "username": subject.username,
+        }
+        base.update(extra)
+        conn.execute(insert(events), [{**base, "kind": k.value} for k in kinds])
+
+    def record_read(self, node: Inode, subject: Subject, cause: str | None = None) -> None:
+        """Events of a completed read (file) or listing (directory), as dCache emits them."""
+        if not self.read_events:
+            return
+        with self.db.engine.begin() as conn:
+            self._emit(conn, LIST_KINDS if node.is_dir else READ_KINDS, node, subject, cause=cause)
+
+    def check_readable(self, node: Inode, subject: Subject) -> None:
+        self._need(subject, R, node)
+
+    # -- changes -----------------------------------------------------------------------------------------
+
+    def mkdir(
+        self,
+        path: str,
+        subject: Subject,
+        *,
+        mode: int = 0o755,
+        parents: bool = False,
+        cause: str | None = None,
+    ) -> Inode:
+        with self.db.engine.begin() as conn:
+            if parents:
+                return self._mkdirs(conn, normalize(path), subject, mode, cause)
+            parent, node = self._dir_for_create(conn, path, subject)
+            if node is not None:
+                raise Exists(f"File exists: {node.path}")
+            return self._insert_dir(conn, parent, parent_and_name(normalize(path))[1], subject, mode, cause)
+
+    def _mkdirs(self, conn: Connection, path: str, subject: Subject, mode: int, cause: str | None) -> Inode:
+        node = self._root(conn)
+        for name in [p for p in path.split("/") if p]:
+            if not node.is_dir:
+                raise Conflict(f"Not a directory: {node.path}")
+            self._need(subject, X, node)
+            child = self._child(conn, node, name)
+            node = child if child is not None else self._insert_dir(conn, node, name, subject, mode, cause)
+        if not node.is_dir:
+            raise Conflict(f"Not a directory: {node.path}")
+        return node
+
+    def _insert_dir(
+        self, conn: Connection, parent: Inode, name: str, subject: Subject, mode: int, cause: str | None
+    ) -> Inode:
+        self._need(subject, W | X, parent)
+        node = self._insert(conn, parent, name, DIR, subject, mode=mode, size=0)
+        self._emit(conn, (EventKind.CREATE,), node, subject, cause=cause)
+        self._touch(conn, parent)
+        return node
+
+    def _insert(
+        self,
+        conn: Connection,
+        parent: Inode,
+        name: str,
+        type_: str,
+        subject: Subject,
+        *,
+        mode: int,
+        size: int,
+        pool: str | None = None,
+        blob: str | None = None,
+    ) -> Inode:
+        t = now_ms()
+        values = {
+            "pnfsid": new_pnfsid(),
+            "parent_id": parent.id,
+            "name": name,
+            "type": type_,
+            "size": size,
+            "mode": mode,
+            "uid": subject.uid,
+            "gid": subject.gid,
+            "ctime": t,
+            "mtime": t,
+            "generation": 0,
+            "pool": pool,
+            "blob": blob,
+            "locality": "ONLINE",
+            "qos": "disk",
+        }
+        try:
+            result = conn.execute(insert(inodes).values(**values))
+        except IntegrityError as exc:
+            raise Exists(f"File exists: {join(parent.path, name)}") from exc
+        return Inode(id=result.inserted_primary_key[0], path=join(parent.path, name), **values)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _touch(conn: Connection, directory: Inode) -> None:
+        conn.execute(update(inodes).where(inodes.c.id == directory.id).values(mtime=now_ms()))
+
+    def commit_upload(
+        self,
+        path: str,
+        subject: Subject,
+        *,
+        pool: str,
+        blob: str,
+        size: int,
+        sums: dict[str, str],
+        mode: int = 0o644,
+        if_match: str | None = None,
+        if_none_match_any: bool = False,
+        cause: str | None = None,
+    ) -> tuple[Inode, Blob | None, bool]:
+        """Make a completely written blob visible at `path`: a new file, or a new version of an existing one.
+
+        Returns the file, the blob it replaced (to remove after commit), and whether the file is new.
+        """
+        with self.db.engine.begin() as conn:
+            parent, node = self._dir_for_create(conn, path, subject)
+            name = parent_and_name(normalize(path))[1]
+            if node is not None and if_none_match_any:
+                raise PreconditionFailed(f"File exists: {node.path}")
+            if node is None and if_match is not None:
+                raise PreconditionFailed(f"No such file: {normalize(path)}")
+            if node is None:
+                self._need(subject, W | X, parent)
+                node = self._insert(conn, parent, name, REGULAR, subject, mode=mode, size=size, pool=pool, blob=blob)
+                old = None
+                kinds = UPLOAD_KINDS
+                self._touch(conn, parent)
+            else:
+                if node.is_dir:
+                    raise Conflict(f"Is a directory: {node.path}")
+                if if_match is not None and if_match != "*" and if_match != node.etag:
+                    raise PreconditionFailed(f"ETag does not match: {node.path}")
+                self._need(subject, W, node)
+                old = Blob(node.pool, node.blob, node.size) if node.pool and node.blob else None
+                t = now_ms()
+                conn.execute(
+                    update(inodes)
+                    .where(inodes.c.id == node.id)
+                    .values(size=size, pool=pool, blob=blob, mtime=t, generation=inodes.c.generation + 1)
+                )
+                conn.execute(delete(checksums).where(checksums.c.inode_id == node.id))
+                node.size, node.pool, node.blob, node.mtime = size, pool, blob, t
+                node.generation += 1
+                kinds = OVERWRITE_KINDS
+            if sums:
+                conn.execute(insert(checksums), [{"inode_id": node.id, "type": k, "value": v} for k, v in sums.items()])
+            node.checksums = dict(sums)
+            self._emit(conn, kinds, node, subject, detail={"checksums": sums}, cause=cause)
+            return node, old, old is None
+
+    def add_checksums(self, node: Inode, sums: dict[str, str]) -> None:
+        """Store checksums computed later (on a read that asked for a new type). Not an event: the
+        content did not change, only what we know of it."""
+        new = {k: v for k, v in sums.items() if k not in node.checksums}
+        if not new:
+            return
+        with self.db.engine.begin() as conn:
+            exists = conn.execute(
+                select(inodes.c.id).where(and_(inodes.c.id == node.id, inodes.c.generation == node.generation))
+            ).first()
+            if exists is None:
+                return
+            for k, v in new.items():
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(checksums).values(inode_id=node.id, type=k, value=v))
+                except IntegrityError:
+                    pass
+        node.checksums.update(new)
+
+    def delete(self, path: str, subject: Subject, *, recursive: bool = False, cause: str | None = None) -> list[Blob]:
+        """Remove a file, an empty directory, or (recursive) a whole tree. Returns blobs to drop."""
+        with self.db.engine.begin() as conn:
+            parent, node = self._walk(conn, path, subject)
+            if node is None:
+                raise NotFound(f"No such file or directory: {normalize(path)}")
+            if parent is None:
+                raise Forbidden("The root cannot be deleted")
+            self._need(subject, W | X, parent)
+            blobs = self._delete_tree(conn, node, subject, recursive=recursive, cause=cause)
+            self._touch(conn, parent)
+            return blobs
+
+    def _delete_tree(
+        self, conn: Connection, node: Inode, subject: Subject, *, recursive: bool, cause: str | None
+    ) -> list[Blob]:
+        blobs: list[Blob] = []
+        if node.is_dir:
+            has_children = conn.execute(select(inodes.c.id).where(inodes.c.parent_id == node.id).limit(1)).first()
+            if has_children is not None:
+                if not recursive:
+                    raise NotEmpty(f"Directory not empty: {node.path}")
+                self._need(subject, W | X, node)
+                # Children first, one page at a time, depth first.
+                while True:
+                    rows = conn.execute(
+                        select(inodes).where(inodes.c.parent_id == node.id).order_by(inodes.c.name).limit(500)
+                    ).all()
+                    if not rows:
+                        break
+                    for row in rows:
+                        child = Inode.from_row(row, join(node.path, row.name))
+                        blobs += self._delete_tree(conn, child, subject, recursive=True, cause=cause)
+        elif node.pool and node.blob:
+            blobs.append(Blob(node.pool, node.blob, node.size))
+        conn.execute(delete(inodes).where(inodes.c.id == node.id))
+        self._emit(conn, (EventKind.DELETE,), node, subject, cause=cause)
+        return blobs
+
+    def rename(
+        self, src: str, dst: str, subject: Subject, *, overwrite: bool = True, cause: str | None = None
+    ) -> tuple[Inode, list[Blob], bool]:
+        """Move `src` to `dst`. Returns the moved entry, blobs of an overwritten target, and whether the
+        target existed before."""
+        src, dst = normalize(src), normalize(dst)
+        if src == dst:
+            raise Forbidden("Source and destination are the same")
+        if src == "/":
+            raise Forbidden("The root cannot be moved")
+        if dst.startswith(src + "/"):
+            raise Conflict("Cannot move a directory into itself")
+        with self.db.engine.begin() as conn:
+            old_parent, node = self._walk(conn, src, subject)
+            if node is None or old_parent is None:
+                raise NotFound(f"No such file or directory: {src}")
+            new_parent, existing = self._dir_for_create(conn, dst, subject)
+            self._need(subject, W | X, old_parent)
+            self._need(subject, W | X, new_parent)
+            blobs: list[Blob] = []
+            if existing is not None:
+                if not overwrite:
+                    raise Exists(f"Destination exists: {dst}")
+                blobs = self._delete_tree(conn, existing, subject, recursive=True, cause=cause)
+            new_name = parent_and_name(dst)[1]
+            conn.execute(update(inodes).where(inodes.c.id == node.id).values(parent_id=new_parent.id, name=new_name))
+            old_path, old_name, old_parent_id = node.path, node.name, node.parent_id
+            node.parent_id, node.name, node.path = new_parent.id, new_name, dst
+            self._emit(
+                conn,
+                (EventKind.MOVE,),
+                node,
+                subject,
+                cause=cause,
+                old_path=old_path,
+                old_name=old_name,
+                old_parent_id=old_parent_id,
+                cookie=secrets.token_hex(8),
+            )
+            self._touch(conn, old_parent)
+            if new_parent.id != old_parent.id:
+                self._touch(conn, new_parent)
+            return node, blobs, existing is not None
+
+    def copy_plan(self, src: str, subject: Subject, *, depth_infinity: bool = True) -> list[CopyItem]:
+        """What a COPY of `src` must reproduce: every object (readable by `subject`) with its data."""
+        with self.db.reader.connect() as conn:
+            root = self._get(conn, src, subject)
+            items: list[CopyItem] = []
+            stack: list[tuple[Inode, str]] = [(root, "")]
+            while stack:
+                node, rel = stack.pop()
+                self._need(subject, R, node)
+                self._extras(conn, node, xattr=True, label=False)
+                items.append(
+                    CopyItem(
+                        rel,
+                        node.type,
+                        node.mode,
+                        node.size,
+                        node.pool,
+                        node.blob,
+                        node.checksums,
+                        node.xattrs or {},
+                    )
+                )
+                if node.is_dir and (depth_infinity or node is root) and (depth_infinity or not rel):
+                    if not depth_infinity:
+                        continue
+                    for row in conn.execute(select(inodes).where(inodes.c.parent_id == node.id)):
+                        child = Inode.from_row(row, join(node.path, row.name))
+                        stack.append((child, f"{rel}/{row.name}" if rel else row.name))
+            return items
+
+    def commit_copy(
+        self,
+        dst: str,
+        subject: Subject,
+        items: list[tuple[CopyItem, str | None, str | None]],
+        *,
+        overwrite: bool,
+        cause: str | None = None,
+    ) -> tuple[list[Blob], bool]:
+        """Create the copied tree at `dst`; `items` pairs each plan entry with the (pool, blob) of its new
+        data. Returns blobs of an overwritten target and whether the target existed."""
+        dst = normalize(dst)
+        with self.db.engine.begin() as conn:
+            parent, existing = self._dir_for_create(conn, dst, subject)
+            blobs: list[Blob] = []
+            if existing is not None:
+                if not overwrite:
+                    raise Exists(f"Destination exists: {dst}")
+                self._need(subject, W | X, parent)
+                blobs = self._delete_tree(conn, existing, subject, recursive=True, cause=cause)
+            created: dict[str, Inode] = {}
+            for item, pool, blob in sorted(items, key=lambda t: t[0].rel.count("/") if t[0].rel else -1):
+                if item.rel:
+                    up, _, name = item.rel.rpartition("/")
+                    into = created[up] if up else created[""]
+                else:
+                    into, name = parent, parent_and_name(dst)[1]
+                self._need(subject, W | X, into)
+                node = self._insert(
+                    conn, into, name, item.type, subject, mode=item.mode, size=item.size, pool=pool, blob=blob
+                )
+                if item.checksums:
+                    conn.execute(
+                        insert(checksums),
+                        [{"inode_id": node.id, "type": k, "value": v} for k, v in item.checksums.items()],
+                    )
+                if item.xattrs:
+                    conn.execute(
+                        insert(xattrs),
+                        [{"inode_id": node.id, "name": k, "value": v} for k, v in item.xattrs.items()],
+                    )
+                node.checksums = dict(item.checksums)
+                kinds = (EventKind.CREATE,) if node.is_dir else UPLOAD_KINDS
+                self._emit(
+                    conn,
+                    kinds,
+                    node,
+                    subject,
+                    detail={"checksums": item.checksums} if item.checksums else None,
+                    cause=cause,
+                )
+                created[item.rel] = node
+            self._touch(conn, parent)
+            return blobs, existing is not None
+
+    # -- attributes --------------------------------------------------------------------------------------
+
+    def _attrib(self, conn: Connection, node: Inode, subject: Subject, changed: list[str], cause: str | None) -> None:
+        self._emit(conn, (EventKind.ATTRIB,), node, subject, detail={"changed": changed}, cause=cause)
+
+    def chmod(self, path: str, subject: Subject, mode: int, *, cause: str | None = None) -> Inode:
+        if not 0 <= mode <= 0o7777:
+            raise Conflict(f"Invalid mode: {mode:o}")
+        with self.db.engine.begin() as conn:
+            node = self._get(conn, path, subject)
+            if not subject.admin and subject.uid != node.uid:
+                raise Forbidden(f"Permission denied: only the owner may change the mode of {node.path}")
+            conn.execute(update(inodes).where(inodes.c.id == node.id).values(mode=mode))
+            node.mode = mode
+            self._attrib(conn, node, subject, ["mode"], cause)
+            return node
+
+    def set_xattrs(
+        self,
+        path: str,
+        subject: Subject,
+        attrs: dict[str, str],
+        *,
+        how: str = "EITHER",
+        cause: str | None = None,
+    ) -> Inode:
+        """Set extended attributes; `how` is dCache's mode: CREATE (must be new), MODIFY (must exist), EITHER."""
+        with self.db.engine.begin() as conn:
+            node = self._get(conn, path, subject)
+            self._need_owner_or_w(subject, node)
+            current = {r.name for r in conn.execute(select(xattrs.c.name).where(xattrs.c.inode_id == node.id))}
+            for name, value in attrs.items():
+                if name in current:
+                    if how == "CREATE":
+                        raise Exists(f"Extended attribute exists: {name}")
+                    conn.execute(
+                        update(xattrs)
+                        .where(and_(xattrs.c.inode_id == node.id, xattrs.c.name == name))
+                        .values(value=value)
+                    )
+                else:
+                    if how == "MODIFY":
+                        raise NotFound(f"No such extended attribute: {name}")
+                    conn.execute(insert(xattrs).values(inode_id=node.id, name=name, value=value))
+            self._attrib(conn, node, subject, ["xattr"], cause)
+            return node
+
+    def remove_xattrs(
+        self,
+        path: str,
+        subject: Subject,
+        names: list[str],
+        *,
+        missing_ok: bool = False,
+        cause: str | None = None,
+    ) -> Inode:
+        with self.db.engine.begin() as conn:
+            node = self._get(conn, path, subject)
+            self._need_owner_or_w(subject, node)
+            for name in names:
+                n = conn.execute(
+                    delete(xattrs).where(and_(xattrs.c.inode_id == node.id, xattrs.c.name == name))
+                ).rowcount
+                if n == 0 and not missing_ok:
+                    raise NotFound(f"No such extended attribute: {name}")
+            self._attrib(conn, node, subject, ["xattr"], cause)
+            return node
+
+    def change_xattrs(
+        self,
+        path: str,
+        subject: Subject,
+        set_: dict[str, str],
+        remove: list[str],
+        *,
+        cause: str | None = None,
+    ) -> Inode:
+        """PROPPATCH: set and remove dead properties atomically, one ATTRIB event."""
+        with self.db.engine.begin() as conn:
+            node = self._get(conn, path, subject)
+            self._need_owner_or_w(subject, node)
+            for name in remove:
+                conn.execute(delete(xattrs).where(and_(xattrs.c.inode_id == node.id, xattrs.c.name == name)))
+            for name, value in set_.items():
+                conn.execute(delete(xattrs).where(and_(xattrs.c.inode_id == node.id, xattrs.c.name == name)))
+                conn.execute(insert(xattrs).values(inode_id=node.id, name=name, value=value))
+            self._attrib(conn, node, subject, ["xattr"], cause)
+            return node
+
+    def set_labels(
+        self, path: str, subject: Subject, add: list[str], remove: list[str], *, cause: str | None = None
+    ) -> Inode:
+        with self.db.engine.begin() as conn:
+            node = self._get(conn, path, subject)
+            self._need_owner_or_w(subject, node)
+            current = {r.label for r in conn.execute(select(labels.c.label).where(labels.c.inode_id == node.id))}
+            for label in remove:
+                if label in current:
+                    conn.execute(delete(labels).where(and_(labels.c.inode_id == node.id, labels.c.label == label)))
+                    current.discard(label)
+            for label in add:
+                if label not in current:
+                    conn.execute(insert(labels).values(inode_id=node.id, label=label))
+                    current.add(label)
+            self._attrib(conn, node, subject, ["labels"], cause)
+            return node
+
+    def set_qos(self, path: str, subject: Subject, target: str, *, cause: str | None = None) -> Inode:
+        if target not in QOS_LOCALITY:
+            raise Conflict(f"Unknown QoS: {target} (known: {', '.join(QOS_LOCALITY)})")
+        with self.db.engine.begin() as conn:
+            node = self._get(conn, path, subject)
+            self._need_owner_or_w(subject, node)
+            conn.execute(update(inodes).where(inodes.c.id == node.id).values(qos=target))
+            node.qos = target
+            self._attrib(conn, node, subject, ["qos"], cause)
+            return node
+
+    def _need_owner_or_w(self, subject: Subject, node: Inode) -> None:
+        if subject.admin or subject.uid == node.uid:
+            return
+        self._need(subject, W, node)
+
+    # -- pool bookkeeping ----------------------------------------------------------------------------------
+
+    def blobs_in(self, pool: str) -> Iterator[str]:
+        with self.db.reader.connect() as conn:
+            for row in conn.execute(select(inodes.c.blob).where(inodes.c.pool == pool)):
+                if row.blob:
+                    yield row.blob
+
+    def bytes_in(self, pool: str) -> int:
+        with self.db.reader.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.coalesce(func.sum(inodes.c.size), 0)).where(inodes.c.pool == pool)
+                ).scalar_one()
+            )

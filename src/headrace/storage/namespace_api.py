@@ -1,0 +1,213 @@
+"""dCache's frontend namespace API, `/api/v1/namespace/<path>`: stat and list, mkdir, mv, chmod, QoS,
+extended attributes, labels, delete. Children of big directories are streamed as they are read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from headrace.auth.access import Principal
+from headrace.errors import BadRequest
+from headrace.http_common import principal_of
+from headrace.storage.namespace import Inode
+from headrace.storage.paths import check_name, from_url_path, join, normalize, parent_and_name
+from headrace.storage.service import StorageService
+from headrace.storage.webdav_xml import content_type
+
+PREFIX = "/api/v1/namespace"
+SUCCESS = {"status": "success"}
+
+
+def _path(request: Request, principal: Principal) -> str:
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+    rest = raw[len(PREFIX) :] if raw.startswith(PREFIX.encode()) else b"/"
+    return principal.internal(from_url_path(rest or b"/"))
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "false").lower() in ("true", "1", "yes")
+
+
+def render(node: Inode, *, name: bool, locality: bool, qos: bool, xattr: bool, checksum: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if name:
+        out["fileName"] = node.name
+    out["fileMimeType"] = "application/vnd.dcache.folder" if node.is_dir else content_type(node.name)
+    out["fileType"] = node.type
+    out["pnfsId"] = node.pnfsid
+    out["nlink"] = 2 if node.is_dir else 1
+    out["mtime"] = node.mtime
+    out["creationTime"] = node.ctime
+    out["size"] = node.size
+    out["mode"] = node.mode
+    out["uid"] = node.uid
+    out["gid"] = node.gid
+    if locality and not node.is_dir:
+        out["fileLocality"] = node.locality
+    if qos:
+        out["currentQos"] = node.qos
+        out["targetQos"] = node.qos
+    if xattr and node.xattrs is not None:
+        out["extendedAttributes"] = node.xattrs
+    if node.labels is not None:
+        out["labels"] = node.labels
+    if checksum and not node.is_dir:
+        out["checksums"] = [{"type": t, "value": v} for t, v in sorted(node.checksums.items())]
+    return out
+
+
+def router(service: StorageService) -> APIRouter:
+    api = APIRouter()
+    ns, db = service.namespace, service.db
+    authenticated = Depends(principal_of(service))
+
+    @api.get(PREFIX + "/{path:path}", summary="Stat a file or directory; list a directory's children")
+    async def get(request: Request, principal: Principal = authenticated) -> Any:
+        path = _path(request, principal)
+        flags = {k: _flag(request, k) for k in ("locality", "qos", "xattr", "checksum")}
+        children = _flag(request, "children")
+        want_labels = _flag(request, "labels") or _flag(request, "xattr")
+        try:
+            limit = int(request.query_params.get("limit", "0") or 0)
+            offset = int(request.query_params.get("offset", "0") or 0)
+        except ValueError as exc:
+            raise BadRequest("limit and offset must be integers") from exc
+        if limit < 0 or offset < 0:
+            raise BadRequest("limit and offset must not be negative")
+        principal.check("LIST" if children else "READ_METADATA", path)
+        node = await db.read(ns.stat, path, principal.subject, xattr=flags["xattr"], label=want_labels)
+        head = render(node, name=False, **flags)
+        if not (children and node.is_dir):
+            return JSONResponse(head)
+        ns.check_readable(node, principal.subject)
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"children":['
+            first = True
+            after: str | None = None
+            skip, remaining = offset, (limit or None)
+            while True:
+                page = await db.read(ns.children, node, after=after, limit=1000)
+                if not page:
+                    break
+                after = page[-1].name
+                if skip:
+                    dropped = min(skip, len(page))
+                    page, skip = page[dropped:], skip - dropped
+                if remaining is not None:
+                    page = page[:remaining]
+                    remaining -= len(page)
+                if page:
+                    parts = [
+                        json.dumps(render(c, name=True, **{**flags, "xattr": False}), separators=(",", ":"))
+                        for c in page
+                    ]
+                    yield (b"" if first else b",") + ",".join(parts).encode()
+                    first = False
+                if remaining == 0:
+                    break
+            yield b"]}"
+            await db.write(ns.record_read, node, principal.subject)
+
+        return StreamingResponse(stream(), media_type="application/json")
+
+    @api.post(PREFIX + "/{path:path}", summary="mkdir, mv, qos, chmod, set-xattr, rm-xattr, set-label, rm-label")
+    async def post(request: Request, principal: Principal = authenticated) -> Any:
+        path = _path(request, principal)
+        body = await _json_object(request)
+        action = body.get("action")
+        subject = principal.subject
+
+        def fields(*allowed: str) -> None:
+            unknown = set(body) - {"action", *allowed}
+            if unknown:
+                raise BadRequest(f"Unknown fields for {action}: {', '.join(sorted(unknown))}")
+
+        if action == "mkdir":
+            fields("name")
+            name = _str(body, "name")
+            target = join(path, check_name(name))
+            principal.check("MANAGE", target)
+            await db.write(ns.mkdir, target, subject)
+        elif action == "mv":
+            fields("destination")
+            dest = _str(body, "destination")
+            target = principal.internal(dest) if dest.startswith("/") else normalize(
+                join(parent_and_name(path)[0], dest)
+            )
+            principal.check("MANAGE", path)
+            principal.check("MANAGE", target)
+            _, blobs, _ = await db.write(ns.rename, path, target, subject)
+            await service.drop_blobs(blobs)
+        elif action == "qos":
+            fields("target")
+            principal.check("UPDATE_METADATA", path)
+            await db.write(ns.set_qos, path, subject, _str(body, "target"))
+        elif action == "chmod":
+            fields("mode")
+            mode = body.get("mode")
+            if not isinstance(mode, int) or isinstance(mode, bool):
+                raise BadRequest("mode must be an integer")
+            principal.check("UPDATE_METADATA", path)
+            await db.write(ns.chmod, path, subject, mode)
+        elif action == "set-xattr":
+            fields("attributes", "mode")
+            attrs = body.get("attributes")
+            if not isinstance(attrs, dict) or not all(isinstance(v, str) for v in attrs.values()):
+                raise BadRequest("attributes must be an object of strings")
+            how = str(body.get("mode", "EITHER")).upper()
+            if how not in ("CREATE", "MODIFY", "EITHER"):
+                raise BadRequest("mode must be CREATE, MODIFY or EITHER")
+            principal.check("UPDATE_METADATA", path)
+            await db.write(ns.set_xattrs, path, subject, attrs, how=how)
+        elif action == "rm-xattr":
+            fields("names")
+            names = body.get("names")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise BadRequest("names must be a list of strings")
+            principal.check("UPDATE_METADATA", path)
+            await db.write(ns.remove_xattrs, path, subject, names)
+        elif action in ("set-label", "rm-label"):
+            fields("label")
+            label = _str(body, "label")
+            principal.check("UPDATE_METADATA", path)
+            add, rm = ([label], []) if action == "set-label" else ([], [label])
+            await db.write(ns.set_labels, path, subject, add, rm)
+        else:
+            raise BadRequest(f"Unknown action: {action!r}")
+        return SUCCESS
+
+    @api.delete(PREFIX + "/{path:path}", summary="Delete a file or an empty directory")
+    async def delete(request: Request, principal: Principal = authenticated) -> Any:
+        path = _path(request, principal)
+        principal.check("DELETE", path)
+        recursive = _flag(request, "recursive")
+        blobs = await db.write(ns.delete, path, principal.subject, recursive=recursive)
+        await service.drop_blobs(blobs)
+        return SUCCESS
+
+    return api
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        raise BadRequest("Missing JSON entity in POST request")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"Malformed JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The JSON entity must be an object")
+    return body
+
+
+def _str(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{key} must be a non-empty string")
+    return value

@@ -1,0 +1,187 @@
+"""Pools: directories where file data lives, one blob file per file version.
+
+An upload goes to `tmp/` under a fresh name and is renamed into `data/` only when complete (after fsync);
+the namespace commit that makes it visible comes after that rename. So after a crash a blob may exist
+without a namespace entry (an orphan, removed by `cleanup`), never the reverse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from headrace.errors import InsufficientStorage
+
+READ_CHUNK = 1024 * 1024
+
+
+def new_blob_name() -> str:
+    return secrets.token_hex(16)
+
+
+class Pool:
+    """One pool directory; `max_bytes` (0 = no limit but the disk's) caps the bytes it will hold."""
+
+    def __init__(self, name: str, root: Path, *, max_bytes: int = 0, fsync: bool = True) -> None:
+        self.name = name
+        self.root = root
+        self.data = root / "data"
+        self.tmp = root / "tmp"
+        self.max_bytes = max_bytes
+        self.fsync = fsync
+        self.used_bytes = 0  # committed bytes, set by the owner at start, kept current after
+        self.reserved_bytes = 0  # bytes written by uploads in progress
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------------------------------------
+
+    def blob_path(self, blob: str) -> Path:
+        return self.data / blob[:2] / blob[2:4] / blob
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    def start_upload(self) -> Upload:
+        blob = new_blob_name()
+        fd = os.open(self.tmp / blob, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return Upload(self, blob, fd)
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        disk = st.f_bavail * st.f_frsize
+        if self.max_bytes:
+            return max(0, min(disk, self.max_bytes - self.used_bytes - self.reserved_bytes))
+        return disk
+
+    def _reserve(self, n: int) -> None:
+        if self.max_bytes and self.used_bytes + self.reserved_bytes + n > self.max_bytes:
+            raise InsufficientStorage(f"Pool {self.name} is full")
+        self.reserved_bytes += n
+
+    def copy_blob(self, src_blob: str) -> str:
+        """A new blob holding the same bytes as `src_blob` (for COPY); blocking."""
+        size = self.blob_path(src_blob).stat().st_size
+        upload = self.start_upload()
+        try:
+            upload.reserve(size)
+            with open(self.blob_path(src_blob), "rb") as src:
+                while chunk := src.read(READ_CHUNK):
+                    upload.write_raw(chunk)
+            upload.finish()
+        except BaseException:
+            upload.abort()
+            raise
+        return upload.blob
+
+    # -- reading and removing ------------------------------------------------------------------------------
+
+    def open_blob(self, blob: str) -> int:
+        return os.open(self.blob_path(blob), os.O_RDONLY | os.O_CLOEXEC)
+
+    def remove_blob(self, blob: str, size: int = 0) -> None:
+        try:
+            os.unlink(self.blob_path(blob))
+        except FileNotFoundError:
+            return
+        self.used_bytes = max(0, self.used_bytes - size)
+
+    # -- recovery ------------------------------------------------------------------------------------------
+
+    def clear_tmp(self) -> int:
+        """Remove every partial upload (run at start, before any request). Returns how many."""
+        n = 0
+        for entry in os.scandir(self.tmp):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            n += 1
+        return n
+
+    def blobs(self) -> Iterator[str]:
+        for top in os.scandir(self.data):
+            if not top.is_dir():
+                continue
+            for mid in os.scandir(top.path):
+                if not mid.is_dir():
+                    continue
+                for entry in os.scandir(mid.path):
+                    yield entry.name
+
+    def remove_orphans(self, referenced: Iterable[str]) -> int:
+        """Remove blobs no namespace entry refers to (left by a crash between rename and commit)."""
+        keep = set(referenced)
+        orphans = [b for b in self.blobs() if b not in keep]
+        for blob in orphans:
+            self.remove_blob(blob)
+        return len(orphans)
+
+
+@dataclass
+class Upload:
+    """A blob being written in `tmp/`; `finish()` moves it into `data/`, `abort()` removes it."""
+
+    pool: Pool
+    blob: str
+    fd: int
+    size: int = 0
+    reserved: int = 0
+    done: bool = False
+
+    def reserve(self, n: int) -> None:
+        self.pool._reserve(n)
+        self.reserved += n
+
+    def write_raw(self, chunk: bytes | memoryview) -> None:
+        """Write a chunk (blocking, small: called from the event loop with page-cache writes)."""
+        if self.size + len(chunk) > self.reserved:
+            self.reserve(self.size + len(chunk) - self.reserved)
+        view = memoryview(chunk)
+        try:
+            while view:
+                n = os.write(self.fd, view)
+                view = view[n:]
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(f"No space left in pool {self.pool.name}") from exc
+            raise
+        self.size += len(chunk)
+
+    def finish(self) -> None:
+        """fsync (if configured), close, and rename into data/. Blocking: run in a thread."""
+        try:
+            if self.pool.fsync:
+                os.fsync(self.fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientStorage(f"No space left in pool {self.pool.name}") from exc
+            raise
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+        final = self.pool.blob_path(self.blob)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(self.pool.tmp / self.blob, final)
+        self.done = True
+        self.pool.reserved_bytes -= self.reserved
+        self.pool.used_bytes += self.size
+        self.reserved = 0
+
+    def abort(self) -> None:
+        """Drop the partial data (also after finish(): the namespace commit failed)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.done:
+            self.pool.remove_blob(self.blob, self.size)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.pool.tmp / self.blob)
+            self.pool.reserved_bytes -= self.reserved
+            self.reserved = 0

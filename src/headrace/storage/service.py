@@ -1,0 +1,151 @@
+"""The storage service as one object: database, namespace, pools, users and tokens, with start-up recovery.
+
+`StorageService.open(settings)` migrates the database, creates the root and the admin user, and recovers
+from an unclean stop: partial uploads in the pools' tmp/ are removed and, if the last stop was not clean,
+blobs that no namespace entry refers to are removed too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import delete, insert, select
+
+from headrace.auth.access import Authenticator
+from headrace.auth.macaroons import MacaroonAuthority
+from headrace.auth.users import Users, new_key
+from headrace.config import Settings
+from headrace.db.engine import Database
+from headrace.db.schema import state
+from headrace.storage.namespace import Blob, Namespace
+from headrace.storage.pool import Pool
+
+log = logging.getLogger("headrace.storage")
+
+CLEAN_MARK = "clean-shutdown"
+
+
+@dataclass
+class StartReport:
+    admin_key_generated: str | None
+    partial_uploads_removed: int
+    orphans_removed: int
+    clean_before: bool
+
+
+class StorageService:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.namespace = Namespace(db, read_events=settings.read_events)
+        self.users = Users(db)
+        self.pools = {
+            f"pool{i}": Pool(f"pool{i}", d, max_bytes=settings.pool_max_bytes, fsync=settings.fsync)
+            for i, d in enumerate(settings.pool_dirs)
+        }
+        self.macaroons = MacaroonAuthority(self._root_key())
+        self.auth = Authenticator(self.users, self.macaroons, anonymous=settings.anonymous)
+
+    @classmethod
+    def open(cls, settings: Settings) -> tuple[StorageService, StartReport]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.database_url, durable=settings.fsync)
+        db.migrate()
+        service = cls(settings, db)
+        report = service._start()
+        return service, report
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def get_state(self, name: str) -> str | None:
+        with self.db.reader.connect() as conn:
+            row = conn.execute(select(state.c.value).where(state.c.name == name)).first()
+        return None if row is None else str(row.value)
+
+    def set_state(self, name: str, value: str | None) -> None:
+        with self.db.engine.begin() as conn:
+            conn.execute(delete(state).where(state.c.name == name))
+            if value is not None:
+                conn.execute(insert(state).values(name=name, value=value))
+
+    def _root_key(self) -> str:
+        key = self.get_state("macaroon-root-key")
+        if key is None:
+            key = MacaroonAuthority.new_root_key()
+            self.set_state("macaroon-root-key", key)
+        return key
+
+    # -- start and stop ------------------------------------------------------------------------------------
+
+    def _start(self) -> StartReport:
+        self.namespace.bootstrap()
+        generated = self._ensure_admin()
+        clean = self.get_state(CLEAN_MARK) is not None
+        self.set_state(CLEAN_MARK, None)  # until the next clean stop
+        partial = sum(p.clear_tmp() for p in self.pools.values())
+        orphans = 0
+        if not clean:
+            for name, pool in self.pools.items():
+                orphans += pool.remove_orphans(self.namespace.blobs_in(name))
+        for name, pool in self.pools.items():
+            pool.used_bytes = self.namespace.bytes_in(name)
+        if partial or orphans:
+            log.warning("recovery: removed %d partial uploads and %d orphaned blobs", partial, orphans)
+        return StartReport(generated, partial, orphans, clean)
+
+    def _ensure_admin(self) -> str | None:
+        """Create or re-key the admin user; returns a newly generated key (to print once), if any."""
+        key = self.settings.admin_key
+        generated = None
+        if self.users.exists("admin"):
+            if key and self.users.authenticate("admin", key) is None:
+                self.users.set_key("admin", key)
+        else:
+            if not key:
+                key = generated = new_key()
+            self.users.create("admin", key, uid=0, gids=(0,), admin=True)
+        if key:
+            self.write_cli_config(key)
+        return generated
+
+    def write_cli_config(self, key: str) -> None:
+        """Point the CLI at this server with the admin's key, so `headrace ls /` works straight away."""
+        path: Path = self.settings.cli_config
+        try:
+            current = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            current = {}
+        current.update(
+            {"door": self.settings.door_url, "api": self.settings.api_url, "username": "admin", "key": key}
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(current, f, indent=2)
+        os.replace(tmp, path)
+
+    def close(self) -> None:
+        """A clean stop: mark it so that the next start can skip the orphan scan."""
+        self.set_state(CLEAN_MARK, "1")
+        self.db.close()
+
+    # -- helpers for the transports ----------------------------------------------------------------------
+
+    def choose_pool(self) -> Pool:
+        return max(self.pools.values(), key=lambda p: p.free_bytes())
+
+    def pool(self, name: str) -> Pool:
+        return self.pools[name]
+
+    async def drop_blobs(self, blobs: list[Blob]) -> None:
+        """Remove data no longer referenced (after the transaction that dropped it has committed)."""
+        for b in blobs:
+            pool = self.pools.get(b.pool)
+            if pool is not None:
+                await asyncio.to_thread(pool.remove_blob, b.blob, b.size)
