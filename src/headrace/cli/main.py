@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from headrace.cli.up import up
+from headrace.cli.users import user_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="headrace: storage whose every change is an event.")
 app.command("up")(up)
+app.add_typer(user_app, name="user")
 
 
 @app.callback()

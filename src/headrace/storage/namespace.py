@@ -660,6 +660,24 @@ class Namespace:
             self._attrib(conn, node, subject, ["mode"], cause)
             return node
 
+    def chown(
+        self, path: str, subject: Subject, uid: int | None, gid: int | None, *, cause: str | None = None
+    ) -> Inode:
+        """Change owner (admin only) or group (admin, or the owner to one of its own groups)."""
+        with self.db.engine.begin() as conn:
+            node = self._get(conn, path, subject)
+            if not subject.admin:
+                if uid is not None and uid != node.uid:
+                    raise Forbidden(f"Permission denied: only an admin may change the owner of {node.path}")
+                if subject.uid != node.uid or (gid is not None and gid not in subject.gids):
+                    raise Forbidden(f"Permission denied: cannot change the group of {node.path}")
+            values = {k: v for k, v in (("uid", uid), ("gid", gid)) if v is not None}
+            if values:
+                conn.execute(update(inodes).where(inodes.c.id == node.id).values(**values))
+                node.uid, node.gid = values.get("uid", node.uid), values.get("gid", node.gid)
+            self._attrib(conn, node, subject, sorted(values), cause)
+            return node
+
     def set_xattrs(
         self,
         path: str,

@@ -115,7 +115,7 @@ def router(service: StorageService) -> APIRouter:
 
         return StreamingResponse(stream(), media_type="application/json")
 
-    @api.post(PREFIX + "/{path:path}", summary="mkdir, mv, qos, chmod, set-xattr, rm-xattr, set-label, rm-label")
+    @api.post(PREFIX + "/{path:path}", summary="mkdir, mv, qos, chmod, chown, set-xattr, rm-xattr, set-label, rm-label")
     async def post(request: Request, principal: Principal = authenticated) -> Any:
         path = _path(request, principal)
         body = await _json_object(request)
@@ -154,6 +154,15 @@ def router(service: StorageService) -> APIRouter:
                 raise BadRequest("mode must be an integer")
             principal.check("UPDATE_METADATA", path)
             await db.write(ns.chmod, path, subject, mode)
+        elif action == "chown":
+            fields("uid", "gid")
+            ids = {k: body.get(k) for k in ("uid", "gid")}
+            if all(v is None for v in ids.values()) or not all(
+                v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0) for v in ids.values()
+            ):
+                raise BadRequest("chown needs uid and/or gid as non-negative integers")
+            principal.check("UPDATE_METADATA", path)
+            await db.write(ns.chown, path, subject, ids["uid"], ids["gid"])
         elif action == "set-xattr":
             fields("attributes", "mode")
             attrs = body.get("attributes")
