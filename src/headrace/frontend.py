@@ -105,4 +105,3 @@ def create_app(service: StorageService) -> FastAPI:
 
     app.add_middleware(HeaderLimit, limit=service.settings.max_header_bytes)
     return app
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -27,23 +28,23 @@ def error_response(exc: HeadraceError, headers: dict[str, str] | None = None) ->
     return problem(exc.status, exc.title, exc.detail, headers)
 
 
-def header(scope: dict[str, Any], name: bytes) -> str | None:
+def header(scope: Mapping[str, Any], name: bytes) -> str | None:
     for k, v in scope["headers"]:
         if k == name:
             return str(v.decode("latin-1"))
     return None
 
 
-def header_bytes(scope: dict[str, Any]) -> int:
+def header_bytes(scope: Mapping[str, Any]) -> int:
     return sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + len(scope.get("raw_path") or b"")
 
 
-def client_ip(scope: dict[str, Any]) -> str | None:
+def client_ip(scope: Mapping[str, Any]) -> str | None:
     client = scope.get("client")
     return str(client[0]) if client else None
 
 
-def query_param(scope: dict[str, Any], name: str) -> str | None:
+def query_param(scope: Mapping[str, Any], name: str) -> str | None:
     qs = scope.get("query_string") or b""
     if not qs:
         return None
@@ -53,10 +54,9 @@ def query_param(scope: dict[str, Any], name: str) -> str | None:
 
 def principal_of(service: Any) -> Any:
     """A FastAPI dependency that authenticates the request against `service.auth` (401 on failure)."""
+
     def dependency(request: Request) -> Any:
         scope = request.scope
-        return service.auth.authenticate(
-            header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope)
-        )
+        return service.auth.authenticate(header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope))
 
     return dependency

@@ -45,7 +45,7 @@ def parse_validity(text: str) -> timedelta:
         raise BadRequest(f"Bad validity {text!r}: expected an ISO-8601 duration such as PT1H") from exc
     if not isinstance(value, timedelta):
         value = value.totimedelta(start=datetime.now(UTC))
-    if value.total_seconds() <= 0:
+    if not isinstance(value, timedelta) or value.total_seconds() <= 0:
         raise BadRequest(f"Bad validity {text!r}: must be positive")
     return value
 

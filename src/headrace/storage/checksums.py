@@ -34,7 +34,7 @@ class Hasher:
             elif t == "SHA-256":
                 self._others[t] = hashlib.sha256()
 
-    def update(self, chunk: bytes | memoryview) -> None:
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
         self._adler = zlib.adler32(chunk, self._adler)
         for h in self._others.values():
             h.update(chunk)

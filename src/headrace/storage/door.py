@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from html import escape as html_escape
@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from headrace.auth.access import Principal
 from headrace.auth.macaroons import check_caveat, parse_validity
@@ -48,9 +49,6 @@ from headrace.storage.service import StorageService
 
 log = logging.getLogger("headrace.door")
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, POST"
 WRITE_BUFFER = 1024 * 1024
@@ -115,7 +113,7 @@ class Door:
         method = scope["method"]
         started = False
 
-        async def tracking_send(message: dict[str, Any]) -> None:
+        async def tracking_send(message: MutableMapping[str, Any]) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -283,7 +281,9 @@ class Door:
         await call.send(
             {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html; charset=utf-8")]}
         )
-        head = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body><h1>{title}</h1><ul>"
+        head = (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body><h1>{title}</h1><ul>"
+        )
         await call.send({"type": "http.response.body", "body": head.encode(), "more_body": True})
         children = self.ns.iter_children(node)
         while page := await self.db.read(_next_page, children):
@@ -455,13 +455,11 @@ class Door:
                     made.append((item, src_pool.name, blob))
                 else:
                     made.append((item, None, None))
-            blobs, existed = await self.db.write(
-                self.ns.commit_copy, target, call.subject, made, overwrite=overwrite
-            )
+            blobs, existed = await self.db.write(self.ns.commit_copy, target, call.subject, made, overwrite=overwrite)
         except BaseException:
-            for _, pool_name, blob in made:
-                if pool_name and blob:
-                    self.service.pool(pool_name).remove_blob(blob)
+            for _, pool_name, new_blob in made:
+                if pool_name and new_blob:
+                    self.service.pool(pool_name).remove_blob(new_blob)
             raise
         await self.service.drop_blobs(blobs)
         return Response(status_code=204 if existed else 201)
@@ -509,7 +507,8 @@ class Door:
                 "headers": [(b"content-type", b"application/xml; charset=utf-8")],
             }
         )
-        await call.send({"type": "http.response.body", "body": (dav.MULTISTATUS_OPEN + first).encode(), "more_body": True})
+        opening = (dav.MULTISTATUS_OPEN + first).encode()
+        await call.send({"type": "http.response.body", "body": opening, "more_body": True})
         want_dead = request.kind != "prop" or any(not p.startswith("{DAV:}") for p in request.props)
         children = self.ns.iter_children(node)
         while True:
@@ -671,4 +670,3 @@ def _next_page(it: Any, n: int = 500) -> list[Inode]:
         if len(page) >= n:
             break
     return page
-

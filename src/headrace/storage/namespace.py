@@ -395,7 +395,9 @@ class Namespace:
             result = conn.execute(insert(inodes).values(**values))
         except IntegrityError as exc:
             raise Exists(f"File exists: {join(parent.path, name)}") from exc
-        return Inode(id=result.inserted_primary_key[0], path=join(parent.path, name), **values)  # type: ignore[arg-type]
+        pk = result.inserted_primary_key
+        assert pk is not None
+        return Inode(id=int(pk[0]), path=join(parent.path, name), **values)  # type: ignore[arg-type]
 
     @staticmethod
     def _touch(conn: Connection, directory: Inode) -> None:
@@ -430,7 +432,7 @@ class Namespace:
                 self._need(subject, W | X, parent)
                 node = self._insert(conn, parent, name, REGULAR, subject, mode=mode, size=size, pool=pool, blob=blob)
                 old = None
-                kinds = UPLOAD_KINDS
+                kinds: tuple[EventKind, ...] = UPLOAD_KINDS
                 self._touch(conn, parent)
             else:
                 if node.is_dir:

@@ -136,8 +136,8 @@ def router(service: StorageService) -> APIRouter:
         elif action == "mv":
             fields("destination")
             dest = _str(body, "destination")
-            target = principal.internal(dest) if dest.startswith("/") else normalize(
-                join(parent_and_name(path)[0], dest)
+            target = (
+                principal.internal(dest) if dest.startswith("/") else normalize(join(parent_and_name(path)[0], dest))
             )
             principal.check("MANAGE", path)
             principal.check("MANAGE", target)

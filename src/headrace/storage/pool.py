@@ -138,7 +138,7 @@ class Upload:
         self.pool._reserve(n)
         self.reserved += n
 
-    def write_raw(self, chunk: bytes | memoryview) -> None:
+    def write_raw(self, chunk: bytes | bytearray | memoryview) -> None:
         """Write a chunk (blocking, small: called from the event loop with page-cache writes)."""
         if self.size + len(chunk) > self.reserved:
             self.reserve(self.size + len(chunk) - self.reserved)

@@ -120,9 +120,7 @@ class StorageService:
             current = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError):
             current = {}
-        current.update(
-            {"door": self.settings.door_url, "api": self.settings.api_url, "username": "admin", "key": key}
-        )
+        current.update({"door": self.settings.door_url, "api": self.settings.api_url, "username": "admin", "key": key})
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -217,8 +217,7 @@ def render_response(
         out.append(f"<D:propstat><D:prop>{''.join(found)}</D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat>")
     if missing:
         out.append(
-            f"<D:propstat><D:prop>{''.join(missing)}</D:prop>"
-            "<D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>"
+            f"<D:propstat><D:prop>{''.join(missing)}</D:prop><D:status>HTTP/1.1 404 Not Found</D:status></D:propstat>"
         )
     out.append("</D:response>")
     return "".join(out)
