@@ -58,6 +58,8 @@ class Settings:
         )
     )
     log_level: str = "info"
+    #: HTTP server under the door: "granian" (fast data path) or "uvicorn".
+    door_server: str = "granian"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -74,6 +76,7 @@ class Settings:
             read_events=_env_bool("HEADRACE_READ_EVENTS", True),
             anonymous=_env_bool("HEADRACE_ANONYMOUS", False),
             log_level=os.environ.get("HEADRACE_LOG_LEVEL") or "info",
+            door_server=os.environ.get("HEADRACE_DOOR_SERVER") or "granian",
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(base, **clean)  # type: ignore[arg-type]

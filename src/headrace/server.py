@@ -62,27 +62,60 @@ def announce(settings: Settings, report: StartReport) -> None:
         )
 
 
+class _GranianDoor:
+    """The door on granian's embedded server: its Rust HTTP layer moves request bodies ~5x faster than
+    uvicorn's (measured: 1.6 GB/s vs 0.29 GB/s draining a 1 GiB PUT on this machine), and the door's data
+    path is what the storage benchmark holds against nginx."""
+
+    def __init__(self, app: object, settings: Settings) -> None:
+        from granian.constants import Interfaces
+        from granian.server.embed import Server as Embedded
+
+        self.server = Embedded(
+            app,
+            address=settings.host,
+            port=settings.door_port,
+            interface=Interfaces.ASGINL,
+            log_enabled=False,
+            backlog=1024,
+        )
+        self.started = False
+
+    async def serve(self) -> None:
+        self.started = True
+        await self.server.serve()
+
+    def stop(self) -> None:
+        self.server.stop()  # type: ignore[no-untyped-call]
+
+
 async def run(settings: Settings) -> None:
     service, report = StorageService.open(settings)
     announce(settings, report)
-    servers = [
-        _Server(_config(Door(service, settings), settings, settings.door_port)),
-        _Server(_config(create_app(service), settings, settings.api_port)),
-    ]
+    door_app = Door(service, settings)
+    api = _Server(_config(create_app(service), settings, settings.api_port))
+    door: _Server | _GranianDoor
+    if settings.door_server == "granian":
+        door = _GranianDoor(door_app, settings)
+    else:
+        door = _Server(_config(door_app, settings, settings.door_port))
     loop = asyncio.get_running_loop()
 
     def stop(*_: object) -> None:
-        for s in servers:
-            s.should_exit = True
+        api.should_exit = True
+        if isinstance(door, _GranianDoor):
+            door.stop()
+        else:
+            door.should_exit = True
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     try:
-        results = await asyncio.gather(*(s.serve() for s in servers), return_exceptions=True)
+        results = await asyncio.gather(door.serve(), api.serve(), return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        if any(not s.started for s in servers):
+        if not api.started:
             raise SystemExit(1)
     finally:
         service.close()

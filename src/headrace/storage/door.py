@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from html import escape as html_escape
@@ -80,6 +81,7 @@ class Call:
 
 class Door:
     def __init__(self, service: StorageService, settings: Settings) -> None:
+        self.io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="door-io")
         self.service = service
         self.settings = settings
         self.ns = service.namespace
@@ -193,7 +195,10 @@ class Door:
         headers["Content-Length"] = str(length)
         if head:
             return Response(status_code=status, headers=headers)
-        await self._stream_blob(call, node, status, headers, start, length)
+        if status == 200 and "http.response.pathsend" in (call.scope.get("extensions") or {}):
+            await self._send_path(call, node, headers)
+        else:
+            await self._stream_blob(call, node, status, headers, start, length)
         await self.db.write(self.ns.record_read, node, call.subject)
         return None
 
@@ -239,6 +244,22 @@ class Door:
 
         sums = await asyncio.to_thread(compute)
         await self.db.write(self.ns.add_checksums, node, {t: sums[t] for t in types if t in sums})
+
+    async def _send_path(self, call: Call, node: Inode, headers: dict[str, str]) -> None:
+        """A whole file via the server's `http.response.pathsend`: the bytes never enter Python."""
+        assert node.pool is not None and node.blob is not None
+        path = self.service.pool(node.pool).blob_path(node.blob)
+        if not path.exists():
+            raise NotFound(f"Data of {node.path} is missing from pool {node.pool}")
+        await call.send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()],
+            }
+        )
+        await call.send({"type": "http.response.pathsend", "path": str(path)})
+        DOOR_BYTES.labels("out").inc(node.size)
 
     async def _stream_blob(
         self, call: Call, node: Inode, status: int, headers: dict[str, str], start: int, length: int
@@ -366,27 +387,56 @@ class Door:
         return self.ns.try_stat(path, subject)
 
     async def _receive_into(self, call: Call, upload: Upload, types: set[str], length: int | None) -> dict[str, str]:
+        """Stream the request body into `upload`, hashing as it goes. Double-buffered: while one chunk of up
+        to WRITE_BUFFER bytes is hashed and written on an I/O thread (zlib, hashlib and os.write release the
+        GIL), the next is received; so at most two chunks are in memory."""
         hasher = Hasher(types)
-        buffer = bytearray()
+        loop = asyncio.get_running_loop()
         timeout = self.settings.upload_idle_timeout
-        while True:
-            try:
-                message = await asyncio.wait_for(call.receive(), timeout)
-            except TimeoutError as exc:
-                raise IncompleteUpload(f"No data for {timeout:g} s; upload abandoned") from exc
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            body = message.get("body", b"")
-            if body:
-                hasher.update(body)
-                buffer += body
-                if len(buffer) >= WRITE_BUFFER:
-                    upload.write_raw(buffer)
-                    buffer.clear()
-            if not message.get("more_body", False):
-                break
-        if buffer:
-            upload.write_raw(buffer)
+        pieces: list[bytes] = []
+        buffered = 0
+        pending: asyncio.Future[None] | None = None
+
+        def sink(data: bytes) -> None:
+            hasher.update(data)
+            upload.write_raw(data)
+
+        async def flush() -> None:
+            nonlocal pending, buffered
+            data = b"".join(pieces)
+            pieces.clear()
+            buffered = 0
+            if pending is not None:
+                await pending
+            upload.reserve_for(len(data))  # bookkeeping stays on the loop thread
+            pending = loop.run_in_executor(self.io, sink, data)
+
+        try:
+            async with asyncio.timeout(None) as idle:
+                while True:
+                    # One timer rescheduled per chunk: asyncio.wait_for would cost a task per chunk.
+                    idle.reschedule(loop.time() + timeout)
+                    message = await call.receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone()
+                    body = message.get("body", b"")
+                    if body:
+                        pieces.append(body)
+                        buffered += len(body)
+                        if buffered >= WRITE_BUFFER:
+                            await flush()
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError as exc:
+            raise IncompleteUpload(f"No data for {timeout:g} s; upload abandoned") from exc
+        finally:
+            if pending is not None and not pending.done():
+                # Never leave a write running against a file that abort() is about to remove.
+                await asyncio.shield(pending)
+        if pieces:
+            await flush()
+        if pending is not None:
+            await pending
         if length is not None and upload.size != length:
             raise IncompleteUpload(f"Body has {upload.size} bytes, Content-Length says {length}")
         return hasher.values()

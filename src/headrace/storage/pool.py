@@ -84,9 +84,14 @@ class Pool:
     def open_blob(self, blob: str) -> int:
         return os.open(self.blob_path(blob), os.O_RDONLY | os.O_CLOEXEC)
 
-    def remove_blob(self, blob: str, size: int = 0) -> None:
+    def remove_blob(self, blob: str, size: int | None = None) -> None:
+        """Remove a blob counted in `used_bytes`; `size` None means measure it (so a caller that does not
+        know the size cannot leak the count: a leak makes the pool refuse uploads it has room for)."""
+        path = self.blob_path(blob)
         try:
-            os.unlink(self.blob_path(blob))
+            if size is None:
+                size = path.stat().st_size
+            os.unlink(path)
         except FileNotFoundError:
             return
         self.used_bytes = max(0, self.used_bytes - size)
@@ -119,7 +124,7 @@ class Pool:
         keep = set(referenced)
         orphans = [b for b in self.blobs() if b not in keep]
         for blob in orphans:
-            self.remove_blob(blob)
+            self.remove_blob(blob, 0)  # never counted in used_bytes
         return len(orphans)
 
 
@@ -132,14 +137,22 @@ class Upload:
     fd: int
     size: int = 0
     reserved: int = 0
+    accepted: int = 0
     done: bool = False
 
     def reserve(self, n: int) -> None:
         self.pool._reserve(n)
         self.reserved += n
 
+    def reserve_for(self, n: int) -> None:
+        """Reserve room for the next `n` bytes before handing them to a writer thread (raises
+        InsufficientStorage past the limit). Counts bytes accepted, as writes may still be in flight."""
+        self.accepted += n
+        if self.accepted > self.reserved:
+            self.reserve(self.accepted - self.reserved)
+
     def write_raw(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Write a chunk (blocking, small: called from the event loop with page-cache writes)."""
+        """Write a chunk (blocking; a writer thread or the event loop for small writes)."""
         if self.size + len(chunk) > self.reserved:
             self.reserve(self.size + len(chunk) - self.reserved)
         view = memoryview(chunk)
