@@ -7,6 +7,7 @@ async callers run them through `Database.write` / `Database.read`.
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import time
@@ -15,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -121,6 +122,38 @@ class CopyItem:
     xattrs: dict[str, str]
 
 
+_ROOT = select(inodes).where(inodes.c.parent_id.is_(None))
+_CHILD = select(inodes).where(and_(inodes.c.parent_id == bindparam("parent"), inodes.c.name == bindparam("name")))
+_COLUMNS = [c.name for c in inodes.columns]
+# Hot-path statements, built once: constructing them per call costs more than SQLite takes to run them.
+_INSERT_EVENT = insert(events)
+_INSERT_INODE = insert(inodes)
+_INSERT_CHECKSUM = insert(checksums)
+_TOUCH = update(inodes).where(inodes.c.id == bindparam("id_")).values(mtime=bindparam("mtime"))
+
+
+@functools.cache
+def _chain(depth: int) -> Select[Any]:
+    """SELECT the root and every level of a path of `depth` names below it in one row: the root is level
+    `r`, name i is level `l{i}`, columns labelled `<level>_<column>`; NULL from the first missing level on."""
+    root = inodes.alias("r")
+    levels = [inodes.alias(f"l{i}") for i in range(depth)]
+    joined: Any = root
+    parent = root
+    for i, level in enumerate(levels):
+        joined = joined.outerjoin(level, and_(level.c.parent_id == parent.c.id, level.c.name == bindparam(f"n{i}")))
+        parent = level
+    cols = [root.c[c].label(f"r_{c}") for c in _COLUMNS]
+    cols += [lv.c[c].label(f"l{i}_{c}") for i, lv in enumerate(levels) for c in _COLUMNS]
+    return select(*cols).select_from(joined).where(root.c.parent_id.is_(None))
+
+
+def _level(m: Any, prefix: str, path: str) -> Inode | None:
+    if m[f"{prefix}_id"] is None:
+        return None
+    return Inode(path=path, **{c: m[f"{prefix}_{c}"] for c in _COLUMNS})
+
+
 class Namespace:
     def __init__(self, db: Database, *, read_events: bool = True) -> None:
         self.db = db
@@ -154,26 +187,32 @@ class Namespace:
     # -- lookups -----------------------------------------------------------------------------------------
 
     def _root(self, conn: Connection) -> Inode:
-        row = conn.execute(select(inodes).where(inodes.c.parent_id.is_(None))).one()
+        row = conn.execute(_ROOT).one()
         return Inode.from_row(row, "/")
 
     def _child(self, conn: Connection, parent: Inode, name: str) -> Inode | None:
-        row = conn.execute(select(inodes).where(and_(inodes.c.parent_id == parent.id, inodes.c.name == name))).first()
+        row = conn.execute(_CHILD, {"parent": parent.id, "name": name}).first()
         return Inode.from_row(row, join(parent.path, name)) if row is not None else None
 
     def _walk(self, conn: Connection, path: str, subject: Subject) -> tuple[Inode | None, Inode | None]:
-        """(parent, target) for `path`: target None if absent; raises if the parent chain is broken."""
+        """(parent, target) for `path`: target None if absent; raises if the parent chain is broken.
+
+        One query for the whole path (a chain of self-joins, built once per depth), not one per name:
+        statement construction, not SQLite, is what a lookup costs in Python.
+        """
         path = normalize(path)
-        node = self._root(conn)
         if path == "/":
-            return None, node
+            return None, self._root(conn)
         names = path[1:].split("/")
+        m = conn.execute(_chain(len(names)), {f"n{i}": name for i, name in enumerate(names)}).one()._mapping
+        node = _level(m, "r", "/")
+        assert node is not None
         for i, name in enumerate(names):
             if not node.is_dir:
                 raise Conflict(f"Not a directory: {node.path}")
             if not subject.may(X, mode=node.mode, uid=node.uid, gid=node.gid):
                 raise Forbidden(f"Permission denied: {node.path}")
-            child = self._child(conn, node, name)
+            child = _level(m, f"l{i}", join(node.path, name))
             if child is None:
                 if i == len(names) - 1:
                     return node, None
@@ -308,7 +347,7 @@ class Namespace:
             "username": subject.username,
         }
         base.update(extra)
-        conn.execute(insert(events), [{**base, "kind": k.value} for k in kinds])
+        conn.execute(_INSERT_EVENT, [{**base, "kind": k.value} for k in kinds])
 
     def record_read(self, node: Inode, subject: Subject, cause: str | None = None) -> None:
         """Events of a completed read (file) or listing (directory), as dCache emits them."""
@@ -392,7 +431,7 @@ class Namespace:
             "qos": "disk",
         }
         try:
-            result = conn.execute(insert(inodes).values(**values))
+            result = conn.execute(_INSERT_INODE, values)
         except IntegrityError as exc:
             raise Exists(f"File exists: {join(parent.path, name)}") from exc
         pk = result.inserted_primary_key
@@ -401,7 +440,7 @@ class Namespace:
 
     @staticmethod
     def _touch(conn: Connection, directory: Inode) -> None:
-        conn.execute(update(inodes).where(inodes.c.id == directory.id).values(mtime=now_ms()))
+        conn.execute(_TOUCH, {"id_": directory.id, "mtime": now_ms()})
 
     def commit_upload(
         self,
@@ -452,7 +491,7 @@ class Namespace:
                 node.generation += 1
                 kinds = OVERWRITE_KINDS
             if sums:
-                conn.execute(insert(checksums), [{"inode_id": node.id, "type": k, "value": v} for k, v in sums.items()])
+                conn.execute(_INSERT_CHECKSUM, [{"inode_id": node.id, "type": k, "value": v} for k, v in sums.items()])
             node.checksums = dict(sums)
             self._emit(conn, kinds, node, subject, detail={"checksums": sums}, cause=cause)
             return node, old, old is None

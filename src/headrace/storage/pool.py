@@ -37,13 +37,15 @@ class Pool:
         self.fsync = fsync
         self.used_bytes = 0  # committed bytes, set by the owner at start, kept current after
         self.reserved_bytes = 0  # bytes written by uploads in progress
-        self.data.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
+        # 256 fan-out directories made once, so that committing an upload never creates a directory.
+        for i in range(256):
+            (self.data / f"{i:02x}").mkdir(parents=True, exist_ok=True)
 
     # -- paths -------------------------------------------------------------------------------------------
 
     def blob_path(self, blob: str) -> Path:
-        return self.data / blob[:2] / blob[2:4] / blob
+        return self.data / blob[:2] / blob
 
     # -- writing -----------------------------------------------------------------------------------------
 
@@ -111,12 +113,8 @@ class Pool:
 
     def blobs(self) -> Iterator[str]:
         for top in os.scandir(self.data):
-            if not top.is_dir():
-                continue
-            for mid in os.scandir(top.path):
-                if not mid.is_dir():
-                    continue
-                for entry in os.scandir(mid.path):
+            if top.is_dir():
+                for entry in os.scandir(top.path):
                     yield entry.name
 
     def remove_orphans(self, referenced: Iterable[str]) -> int:
@@ -178,9 +176,7 @@ class Upload:
         finally:
             os.close(self.fd)
             self.fd = -1
-        final = self.pool.blob_path(self.blob)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(self.pool.tmp / self.blob, final)
+        os.rename(self.pool.tmp / self.blob, self.pool.blob_path(self.blob))
         self.done = True
         self.pool.reserved_bytes -= self.reserved
         self.pool.used_bytes += self.size
