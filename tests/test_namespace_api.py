@@ -8,6 +8,7 @@ import time
 
 import httpx
 import psutil
+
 from harness import Server
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import httpx
+
 from harness import Server
 
 

@@ -52,6 +52,14 @@ class Principal:
             return path[len(root) :]
         raise Forbidden(f"Path outside the token's root: {path}")
 
+    def visible(self, path: str) -> bool:
+        """Whether a listing may show `path` to this principal: a path-limited token sees, in the
+        directories above its paths, only the entries that lead to them (as dCache filters them)."""
+        r = self.restrictions
+        if r is None or not r.paths:
+            return True
+        return all(is_within(path, allowed) or is_within(allowed, path) for allowed in r.paths)
+
     def check(self, activity: str, path: str) -> None:
         """Raise Forbidden unless the token (if any) allows `activity` at the namespace path `path`."""
         r = self.restrictions

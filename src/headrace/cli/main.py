@@ -4,11 +4,27 @@ from __future__ import annotations
 
 import typer
 
+from headrace.cli import files, token, transfer
+from headrace.cli.common import HeadraceGroup
 from headrace.cli.up import up
 from headrace.cli.users import user_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="headrace: storage whose every change is an event.")
+app = typer.Typer(
+    cls=HeadraceGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="headrace: storage whose every change is an event.",
+)
 app.command("up")(up)
+app.command("ls")(files.ls)
+app.command("stat")(files.stat)
+app.command("mkdir")(files.mkdir)
+app.command("mv")(files.mv)
+app.command("rm")(files.rm)
+app.command("put")(transfer.put)
+app.command("get")(transfer.get)
+app.add_typer(token.app, name="token")
 app.add_typer(user_app, name="user")
 
 

@@ -268,12 +268,17 @@ class Namespace:
             except NotFound:
                 return None
 
-    def children(self, directory: Inode, *, after: str | None = None, limit: int = 1000) -> list[Inode]:
-        """One page of a directory's entries in name order, after the name `after` (keyset paging)."""
+    def children(
+        self, directory: Inode, *, after: str | None = None, offset: int = 0, limit: int = 1000
+    ) -> list[Inode]:
+        """One page of a directory's entries in name order, after the name `after` (keyset paging) and
+        past `offset` more entries."""
         q = select(inodes).where(inodes.c.parent_id == directory.id)
         if after is not None:
             q = q.where(inodes.c.name > after)
         q = q.order_by(inodes.c.name).limit(limit)
+        if offset:
+            q = q.offset(offset)
         with self.db.reader.connect() as conn:
             rows = conn.execute(q).all()
             nodes = [Inode.from_row(r, join(directory.path, r.name)) for r in rows]
@@ -556,10 +561,20 @@ class Namespace:
         return blobs
 
     def rename(
-        self, src: str, dst: str, subject: Subject, *, overwrite: bool = True, cause: str | None = None
+        self,
+        src: str,
+        dst: str,
+        subject: Subject,
+        *,
+        overwrite: bool = True,
+        posix: bool = False,
+        cause: str | None = None,
     ) -> tuple[Inode, list[Blob], bool]:
         """Move `src` to `dst`. Returns the moved entry, blobs of an overwritten target, and whether the
-        target existed before."""
+        target existed before.
+
+        WebDAV MOVE (RFC 4918) with Overwrite replaces whatever is at `dst`. With `posix`, as rename(2):
+        a file replaces only a file, a directory only an empty directory."""
         src, dst = normalize(src), normalize(dst)
         if src == dst:
             raise Forbidden("Source and destination are the same")
@@ -578,7 +593,12 @@ class Namespace:
             if existing is not None:
                 if not overwrite:
                     raise Exists(f"Destination exists: {dst}")
-                blobs = self._delete_tree(conn, existing, subject, recursive=True, cause=cause)
+                if posix:
+                    if existing.is_dir and not node.is_dir:
+                        raise Conflict(f"Is a directory: {dst}")
+                    if node.is_dir and not existing.is_dir:
+                        raise Conflict(f"Not a directory: {dst}")
+                blobs = self._delete_tree(conn, existing, subject, recursive=not posix, cause=cause)
             new_name = parent_and_name(dst)[1]
             conn.execute(update(inodes).where(inodes.c.id == node.id).values(parent_id=new_parent.id, name=new_name))
             old_path, old_name, old_parent_id = node.path, node.name, node.parent_id

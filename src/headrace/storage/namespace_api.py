@@ -91,13 +91,13 @@ def router(service: StorageService) -> APIRouter:
             after: str | None = None
             skip, remaining = offset, (limit or None)
             while True:
-                page = await db.read(ns.children, node, after=after, limit=1000)
+                # The first page skips `offset` rows in SQL; later pages continue by name (keyset).
+                page = await db.read(ns.children, node, after=after, offset=skip, limit=1000)
+                skip = 0
                 if not page:
                     break
                 after = page[-1].name
-                if skip:
-                    dropped = min(skip, len(page))
-                    page, skip = page[dropped:], skip - dropped
+                page = [c for c in page if principal.visible(c.path)]
                 if remaining is not None:
                     page = page[:remaining]
                     remaining -= len(page)
@@ -111,7 +111,8 @@ def router(service: StorageService) -> APIRouter:
                 if remaining == 0:
                     break
             yield b"]}"
-            await db.write(ns.record_read, node, principal.subject)
+            if offset == 0:  # one listing, one OPEN/CLOSE_NOWRITE: not one per page a client fetches
+                await db.write(ns.record_read, node, principal.subject)
 
         return StreamingResponse(stream(), media_type="application/json")
 
@@ -141,7 +142,7 @@ def router(service: StorageService) -> APIRouter:
             )
             principal.check("MANAGE", path)
             principal.check("MANAGE", target)
-            _, blobs, _ = await db.write(ns.rename, path, target, subject)
+            _, blobs, _ = await db.write(ns.rename, path, target, subject, posix=True)
             await service.drop_blobs(blobs)
         elif action == "qos":
             fields("target")
