@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the third-party programs the tests and benchmarks drive, from Debian's packages:
-# rclone and cadaver (real WebDAV clients), nginx with its WebDAV modules (the benchmark's peer).
+# rclone, cadaver and davfs2 (real WebDAV clients), litmus (the WebDAV conformance suite),
+# nginx with its WebDAV modules (the benchmark's peer).
 # Downloaded .deb files are cached under ~/.cache/headrace/apt so that a fresh clone reuses them.
 set -euo pipefail
 
 need=()
 command -v rclone >/dev/null || need+=(rclone)
 command -v cadaver >/dev/null || need+=(cadaver)
+command -v litmus >/dev/null || need+=(litmus)
+command -v mount.davfs >/dev/null || need+=(davfs2)
 command -v nginx >/dev/null || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ] || need+=(libnginx-mod-http-dav-ext)
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -1,4 +1,4 @@
-"""The WebDAV door: RFC 4918 class 1 over HTTP, with RFC 3230 digests and dCache's macaroon requests.
+"""The WebDAV door: RFC 4918 classes 1 and 2 over HTTP, with RFC 3230 digests and dCache's macaroon requests.
 
 A plain ASGI application (no router: WebDAV dispatches on the method, not the path). Data streams both
 ways in bounded chunks: an upload is written to a pool's tmp/ as it arrives and becomes visible only when
@@ -13,7 +13,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from html import escape as html_escape
 from typing import Any
@@ -24,10 +24,12 @@ from starlette.types import Receive, Scope, Send
 
 from headrace.auth.access import Principal
 from headrace.auth.macaroons import check_caveat, parse_validity
+from headrace.auth.subject import W
 from headrace.config import Settings
 from headrace.errors import (
     BadRequest,
     Conflict,
+    Exists,
     Forbidden,
     HeaderTooLarge,
     HeadraceError,
@@ -41,6 +43,7 @@ from headrace.errors import (
 )
 from headrace.http_common import client_ip, error_response, header, header_bytes, query_param
 from headrace.metrics import DOOR_BYTES, DOOR_REQUESTS
+from headrace.storage import locks
 from headrace.storage import webdav_xml as dav
 from headrace.storage.checksums import Hasher, format_digest, parse_digest, parse_want_digest
 from headrace.storage.namespace import CopyItem, Inode
@@ -51,7 +54,7 @@ from headrace.storage.service import StorageService
 log = logging.getLogger("headrace.door")
 
 
-ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, POST"
+ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, LOCK, UNLOCK, POST"
 WRITE_BUFFER = 1024 * 1024
 MAX_XML_BODY = 1024 * 1024
 
@@ -67,6 +70,7 @@ class Call:
     send: Send
     principal: Principal
     path: str  # namespace path (after the token's root view)
+    tokens: set[str] = field(default_factory=set)  # lock tokens submitted in an If header
 
     def header(self, name: str) -> str | None:
         return header(self.scope, name.lower().encode())
@@ -86,6 +90,7 @@ class Door:
         self.settings = settings
         self.ns = service.namespace
         self.db = service.db
+        self.locks = locks.LockManager()
         self.handlers: dict[str, Callable[[Call], Awaitable[Response | None]]] = {
             "GET": self.get,
             "HEAD": self.head,
@@ -96,6 +101,8 @@ class Door:
             "MOVE": self.move,
             "PROPFIND": self.propfind,
             "PROPPATCH": self.proppatch,
+            "LOCK": self.lock,
+            "UNLOCK": self.unlock,
             "POST": self.post,
         }
 
@@ -127,7 +134,8 @@ class Door:
                 raise HeaderTooLarge(f"Request headers exceed {self.settings.max_header_bytes} bytes")
             if method == "OPTIONS":
                 response: Response | None = Response(
-                    status_code=200, headers={"Allow": ALLOW, "DAV": "1", "MS-Author-Via": "DAV", "Content-Length": "0"}
+                    status_code=200,
+                    headers={"Allow": ALLOW, "DAV": "1, 2", "MS-Author-Via": "DAV", "Content-Length": "0"},
                 )
             else:
                 handler = self.handlers.get(method)
@@ -137,7 +145,11 @@ class Door:
                     header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope)
                 )
                 path = principal.internal(from_url_path(scope.get("raw_path") or scope["path"].encode()))
-                response = await handler(Call(scope, receive, tracking_send, principal, path))
+                call = Call(scope, receive, tracking_send, principal, path)
+                if_header = header(scope, b"if")
+                if if_header and method != "POST":
+                    call.tokens = await self._evaluate_if(call, if_header)
+                response = await handler(call)
         except HeadraceError as exc:
             if started:
                 log.warning("%s %s failed after the response started: %s", method, scope.get("path"), exc.detail)
@@ -311,6 +323,7 @@ class Door:
             items = "".join(
                 f"<li><a href='{call.href(c.path, c.is_dir)}'>{html_escape(c.name)}{'/' if c.is_dir else ''}</a></li>"
                 for c in page
+                if call.principal.visible(c.path)
             )
             await call.send({"type": "http.response.body", "body": items.encode(), "more_body": True})
         await call.send({"type": "http.response.body", "body": b"</ul></body></html>", "more_body": False})
@@ -326,6 +339,7 @@ class Door:
         existing = await self.db.read(self._probe_put, call.path, call.subject)
         if existing is not None and existing.is_dir:
             raise Conflict(f"Is a directory: {call.principal.external(existing.path)}")
+        self.locks.check_write(call.path, call.tokens, call.subject.username, membership=existing is None)
         inm = call.header("if-none-match")
         if inm and inm.strip() == "*" and existing is not None:
             raise PreconditionFailed("The file exists (If-None-Match: *)")
@@ -450,7 +464,11 @@ class Door:
         existing = await self.db.read(self.ns.try_stat, call.path, call.subject)
         if existing is not None:
             raise MethodNotAllowed(f"Already exists: {call.principal.external(call.path)}")
-        await self.db.write(self.ns.mkdir, call.path, call.subject)
+        self.locks.check_write(call.path, call.tokens, call.subject.username, membership=True)
+        try:
+            await self.db.write(self.ns.mkdir, call.path, call.subject)
+        except Exists as exc:  # a concurrent MKCOL or PUT made it since the check above
+            raise MethodNotAllowed(f"Already exists: {call.principal.external(call.path)}") from exc
         return Response(status_code=201, headers={"Location": call.href(call.path, True)})
 
     async def delete(self, call: Call) -> Response | None:
@@ -459,7 +477,9 @@ class Door:
         node = await self.db.read(self.ns.stat, call.path, call.subject)
         if node.is_dir and depth != "infinity":
             raise BadRequest("DELETE of a collection needs Depth: infinity")
+        self.locks.check_write(call.path, call.tokens, call.subject.username, membership=True, subtree=node.is_dir)
         blobs = await self.db.write(self.ns.delete, call.path, call.subject, recursive=True)
+        self.locks.drop(call.path)
         await self.service.drop_blobs(blobs)
         return Response(status_code=204)
 
@@ -471,6 +491,9 @@ class Door:
         ow = (call.header("overwrite") or "T").strip().upper()
         if ow not in ("T", "F"):
             raise BadRequest("Overwrite must be T or F")
+        if ow == "T" and call.path.startswith(target.rstrip("/") + "/"):
+            # Overwriting an ancestor would delete the source first (as mod_dav, 403; Overwrite: F gives 412).
+            raise Forbidden("The destination contains the source and Overwrite is T")
         return target, ow == "T"
 
     async def move(self, call: Call) -> Response | None:
@@ -480,7 +503,13 @@ class Door:
         depth = (call.header("depth") or "infinity").lower()
         if depth != "infinity":
             raise BadRequest("MOVE needs Depth: infinity")
+        for path in (call.path, target):
+            self.locks.check_write(path, call.tokens, call.subject.username, membership=True, subtree=True)
         _, blobs, existed = await self.db.write(self.ns.rename, call.path, target, call.subject, overwrite=overwrite)
+        # Locks stay with paths, not resources: the source's are released, an overwritten target's go with it.
+        self.locks.drop(call.path)
+        if existed:
+            self.locks.drop(target)
         await self.service.drop_blobs(blobs)
         return Response(status_code=204 if existed else 201)
 
@@ -495,6 +524,7 @@ class Door:
         depth = (call.header("depth") or "infinity").lower()
         if depth not in ("0", "infinity"):
             raise BadRequest("COPY needs Depth: 0 or infinity")
+        self.locks.check_write(target, call.tokens, call.subject.username, membership=True, subtree=True)
         plan = await self.db.read(self.ns.copy_plan, call.path, call.subject, depth_infinity=depth == "infinity")
         made: list[tuple[CopyItem, str | None, str | None]] = []
         try:
@@ -506,6 +536,8 @@ class Door:
                 else:
                     made.append((item, None, None))
             blobs, existed = await self.db.write(self.ns.commit_copy, target, call.subject, made, overwrite=overwrite)
+            if existed:
+                self.locks.drop(target)
         except BaseException:
             for _, pool_name, new_blob in made:
                 if pool_name and new_blob:
@@ -543,7 +575,15 @@ class Door:
         if listing:
             self.ns.check_readable(node, call.subject)
         quota = self._quota() if any("quota" in p for p in request.props) else None
-        first = dav.render_response(node, call.href(node.path, node.is_dir), request, _dead(node.xattrs), quota=quota)
+        want_locks = f"{{{dav.DAV}}}lockdiscovery" in request.props
+        first = dav.render_response(
+            node,
+            call.href(node.path, node.is_dir),
+            request,
+            _dead(node.xattrs),
+            quota=quota,
+            lockdiscovery=self._lockdiscovery(call, node.path) if want_locks else "",
+        )
         if not listing:
             return Response(
                 dav.MULTISTATUS_OPEN + first + dav.MULTISTATUS_CLOSE,
@@ -565,9 +605,17 @@ class Door:
             page = await self.db.read(_next_page, children)
             if not page:
                 break
+            page = [c for c in page if call.principal.visible(c.path)]
             dead = await self.db.read(self.ns.xattrs_for, [c.id for c in page]) if want_dead else {}
             chunk = "".join(
-                dav.render_response(c, call.href(c.path, c.is_dir), request, _dead(dead.get(c.id)), quota=quota)
+                dav.render_response(
+                    c,
+                    call.href(c.path, c.is_dir),
+                    request,
+                    _dead(dead.get(c.id)),
+                    quota=quota,
+                    lockdiscovery=self._lockdiscovery(call, c.path) if want_locks else "",
+                )
                 for c in page
             )
             await call.send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
@@ -579,6 +627,7 @@ class Door:
         ops = dav.parse_proppatch(await self._small_body(call))
         call.principal.check("UPDATE_METADATA", call.path)
         node = await self.db.read(self.ns.stat, call.path, call.subject)
+        self.locks.check_write(call.path, call.tokens, call.subject.username)
         protected = [op.name for op in ops if op.name in dav.PROTECTED]
         href = call.href(node.path, node.is_dir)
         if protected:
@@ -598,6 +647,116 @@ class Door:
         return Response(
             dav.render_proppatch(href, [(op.name, 200) for op in ops]), status_code=207, media_type="application/xml"
         )
+
+    # -- locks (WebDAV class 2) ----------------------------------------------------------------------------
+
+    async def _evaluate_if(self, call: Call, value: str) -> set[str]:
+        """RFC 4918 10.4: 412 unless some list of the If header holds; returns the lock tokens it submits."""
+        lists = locks.parse_if(value)
+
+        def resolve(tag: str) -> str | None:
+            try:
+                return call.principal.internal(from_destination(tag))
+            except HeadraceError:
+                return None  # a tag this principal cannot name applies to nothing here
+
+        async def etag_of(path: str) -> str | None:
+            try:
+                node = await self.db.read(self.ns.try_stat, path, call.subject)
+            except HeadraceError:
+                return None
+            return node.etag if node is not None else None
+
+        if not await locks.if_holds(lists, call.path, self.locks, resolve=resolve, etag_of=etag_of):
+            raise PreconditionFailed("No condition list of the If header holds")
+        return locks.submitted_tokens(lists)
+
+    def _lockdiscovery(self, call: Call, path: str) -> str:
+        now = self.locks.now()
+        return "".join(locks.render_activelock(lk, self._lock_href(call, lk), now) for lk in self.locks.covering(path))
+
+    def _lock_href(self, call: Call, lock: locks.Lock) -> str:
+        try:
+            return call.href(lock.root, lock.is_dir)
+        except HeadraceError:  # rooted above this token's view, so it covers all of it: show its root
+            return dav.href_for("/", True)
+
+    def _lock_reply(self, call: Call, lock: locks.Lock, status: int, *, new: bool) -> Response:
+        body = locks.render_lock_response(lock, self._lock_href(call, lock), self.locks.now())
+        headers = {"Lock-Token": f"<{lock.token}>"} if new else None
+        return Response(body, status_code=status, headers=headers, media_type="application/xml; charset=utf-8")
+
+    async def lock(self, call: Call) -> Response | None:
+        call.principal.check("UPLOAD", call.path)
+        body = await self._small_body(call)
+        timeout = locks.parse_timeout(call.header("timeout"))
+        username = call.subject.username
+        if not body.strip():
+            # A refresh: the If header names the lock (RFC 4918 9.10.2).
+            held = [lk for t in call.tokens if (lk := self.locks.get(t)) is not None and lk.covers(call.path)]
+            if not held:
+                raise PreconditionFailed("A lock refresh needs the token of a lock on this resource in an If header")
+            for lk in held:
+                if lk.username != username:
+                    raise Forbidden("Only the lock's owner may refresh it")
+                self.locks.refresh(lk, timeout)
+            return self._lock_reply(call, held[0], 200, new=False)
+        request = locks.parse_lockinfo(body)
+        depth = (call.header("depth") or "infinity").lower()
+        if depth not in ("0", "infinity"):
+            raise BadRequest("LOCK needs Depth: 0 or infinity")
+        infinite = depth == "infinity"
+        clash = self.locks.conflicts(call.path, exclusive=request.exclusive, infinite=infinite)
+        if clash:
+            raise locks.Locked(f"{call.principal.external(call.path)} conflicts with a lock on {clash[0].root}")
+        node = await self.db.read(self.ns.try_stat, call.path, call.subject)
+        created = node is None
+        if node is None:
+            # RFC 4918 7.3: locking an unmapped URL creates an empty resource (as macOS Finder expects).
+            self.locks.check_write(call.path, call.tokens, username, membership=True)
+            node = await self._create_empty(call)
+        elif not call.subject.may(W, mode=node.mode, uid=node.uid, gid=node.gid):
+            raise Forbidden(f"Permission denied: {call.principal.external(node.path)}")
+        lock = self.locks.lock(
+            call.path,
+            is_dir=node.is_dir,
+            exclusive=request.exclusive,
+            infinite=infinite,
+            owner=request.owner,
+            username=username,
+            timeout=timeout,
+        )
+        return self._lock_reply(call, lock, 201 if created else 200, new=True)
+
+    async def _create_empty(self, call: Call) -> Inode:
+        pool = self.service.choose_pool()
+        upload = pool.start_upload()
+        try:
+            await asyncio.to_thread(upload.finish)
+            node, _, _ = await self.db.write(
+                self.ns.commit_upload,
+                call.path,
+                call.subject,
+                pool=pool.name,
+                blob=upload.blob,
+                size=0,
+                sums=Hasher(set()).values(),
+                if_none_match_any=True,
+            )
+        except BaseException:
+            upload.abort()
+            raise
+        return node
+
+    async def unlock(self, call: Call) -> Response | None:
+        token = locks.parse_lock_token(call.header("lock-token"))
+        lock = self.locks.get(token)
+        if lock is None or not lock.covers(call.path):
+            raise Conflict("The Lock-Token does not name a lock on this resource")  # RFC 4918 9.11.1
+        if lock.username != call.subject.username and not call.subject.admin:
+            raise Forbidden("Only the lock's owner may remove it")
+        self.locks.unlock(lock)
+        return Response(status_code=204)
 
     # -- tokens --------------------------------------------------------------------------------------------
 

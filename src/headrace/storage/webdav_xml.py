@@ -40,6 +40,10 @@ LIVE_EXTRA = [
     f"{{{DCACHE}}}Checksums",
 ]
 PROTECTED = set(LIVE_ALLPROP) | set(LIVE_EXTRA)
+SUPPORTED_LOCK = "".join(
+    f"<D:lockentry><D:lockscope><D:{scope}/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockentry>"
+    for scope in ("exclusive", "shared")
+)
 
 
 @dataclass
@@ -77,12 +81,12 @@ def parse_propfind(body: bytes) -> Propfind:
         raise BadRequest("PROPFIND body is an empty DAV:propfind")
     first = children[0]
     if first.tag == f"{{{DAV}}}allprop":
-        extra = [e.tag for inc in root.findall(f"{{{DAV}}}include") for e in inc]
+        extra = [_clark(e.tag) for inc in root.findall(f"{{{DAV}}}include") for e in inc]
         return Propfind("allprop", extra)
     if first.tag == f"{{{DAV}}}propname":
         return Propfind("propname")
     if first.tag == f"{{{DAV}}}prop":
-        return Propfind("prop", [e.tag for e in first])
+        return Propfind("prop", [_clark(e.tag) for e in first])
     raise BadRequest(f"PROPFIND body has an unknown element {first.tag}")
 
 
@@ -99,10 +103,16 @@ def parse_proppatch(body: bytes) -> list[PropOp]:
         if prop is None:
             raise BadRequest(f"PROPPATCH {kind} without DAV:prop")
         for p in prop:
-            ops.append(PropOp(kind, p.tag, _inner_xml(p) if kind == "set" else ""))
+            ops.append(PropOp(kind, _clark(p.tag), _inner_xml(p) if kind == "set" else ""))
     if not ops:
         raise BadRequest("PROPPATCH body changes nothing")
     return ops
+
+
+def _clark(tag: str) -> str:
+    """Clark notation with an explicit empty namespace, `{}local`, for an element in no namespace: dead
+    properties are told apart from plain extended attributes by their leading brace."""
+    return tag if tag.startswith("{") else "{}" + tag
 
 
 def _inner_xml(el: ET.Element) -> str:
@@ -149,8 +159,9 @@ def _element(name: str, inner: str | None) -> str:
     return f"<{tag}{decl}/>" if inner is None or inner == "" else f"<{tag}{decl}>{inner}</{tag}>"
 
 
-def live_value(node: Inode, name: str, *, quota: tuple[int, int] | None = None) -> str | None:
-    """The XML content of a live property, or None when the node does not have it."""
+def live_value(node: Inode, name: str, *, quota: tuple[int, int] | None = None, lockdiscovery: str = "") -> str | None:
+    """The XML content of a live property, or None when the node does not have it; `lockdiscovery` is the
+    rendered DAV:activelock elements of the locks on the node."""
     local = name.rsplit("}", 1)[-1]
     if name.startswith(f"{{{DAV}}}"):
         if local == "creationdate":
@@ -167,8 +178,10 @@ def live_value(node: Inode, name: str, *, quota: tuple[int, int] | None = None) 
             return http_date(node.mtime)
         if local == "resourcetype":
             return "<D:collection/>" if node.is_dir else ""
-        if local in ("supportedlock", "lockdiscovery"):
-            return ""
+        if local == "supportedlock":
+            return SUPPORTED_LOCK
+        if local == "lockdiscovery":
+            return lockdiscovery
         if local == "quota-used-bytes" and quota:
             return str(quota[0])
         if local == "quota-available-bytes" and quota:
@@ -188,6 +201,7 @@ def render_response(
     dead: dict[str, str] | None = None,
     *,
     quota: tuple[int, int] | None = None,
+    lockdiscovery: str = "",
 ) -> str:
     """One <D:response> for `node`, answering `request`; `dead` holds its dead properties (Clark names)."""
     dead = dead or {}
@@ -206,7 +220,7 @@ def render_response(
             if n in dead:
                 found.append(_element(n, dead[n]))
                 continue
-            value = live_value(node, n, quota=quota)
+            value = live_value(node, n, quota=quota, lockdiscovery=lockdiscovery)
             if value is None:
                 if request.kind == "prop":
                     missing.append(_element(n, None))
