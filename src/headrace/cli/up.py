@@ -22,7 +22,11 @@ def up(
 
     try:
         settings = Settings.from_env(
-            data_dir=data, door_port=door_port, api_port=api_port, host=host, pool_max_bytes=pool_max_bytes,
+            data_dir=data,
+            door_port=door_port,
+            api_port=api_port,
+            host=host,
+            pool_max_bytes=pool_max_bytes,
             anonymous=anonymous,
         )
     except ValueError as exc:

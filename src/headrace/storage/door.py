@@ -8,6 +8,7 @@ complete and committed; a download is read from the blob a chunk at a time, pace
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -157,6 +158,12 @@ class Door:
             headers = {"Allow": ALLOW} if isinstance(exc, MethodNotAllowed) else None
             response = error_response(exc, headers)
         except ClientGone:
+            # The HTTP server also reports a body it could not read (bad chunk framing, a body cut short
+            # and half-closed) as a disconnect: answer in case the client is still there to read it.
+            if not started:
+                with contextlib.suppress(Exception):
+                    gone = IncompleteUpload("The request body ended early or could not be read")
+                    await error_response(gone)(scope, receive, tracking_send)
             return
         if response is not None:
             await response(scope, receive, tracking_send)
@@ -525,6 +532,10 @@ class Door:
         if depth not in ("0", "infinity"):
             raise BadRequest("COPY needs Depth: 0 or infinity")
         self.locks.check_write(target, call.tokens, call.subject.username, membership=True, subtree=True)
+        # Refuse what commit_copy would refuse before copying any data (it checks again, for races).
+        existing = await self.db.read(self._probe_put, target, call.subject)
+        if existing is not None and not overwrite:
+            raise PreconditionFailed(f"Destination exists: {call.principal.external(target)}")
         plan = await self.db.read(self.ns.copy_plan, call.path, call.subject, depth_infinity=depth == "infinity")
         made: list[tuple[CopyItem, str | None, str | None]] = []
         try:
