@@ -32,8 +32,9 @@ reported as the "generator ceiling":
 * ``py-threads``: 16 Python threads, one http.client keep-alive connection each; the GIL caps it
   well below nginx.
 
-``--generator auto`` (the default) picks whichever reached the highest rate against nginx, which in
-practice is ``go`` whenever the Go toolchain is installed; the Python ones are fallbacks.
+``--generator auto`` (the default) picks whichever reached the highest GET rate against nginx, which in
+practice is ``go`` whenever the Go toolchain is installed (3-5x the Python ones); the Python ones are
+fallbacks.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +84,10 @@ DAV_EXT_MODULE = Path("/usr/lib/nginx/modules/ngx_http_dav_ext_module.so")
 MiB = 1 << 20
 GiB = 1 << 30
 RSS_INTERVAL_S = 0.05
+#: Shorter measurements get no "other CPU" figure: /proc/stat counts in 10 ms ticks.
+MIN_CPU_WATCH_S = 0.5
+#: Above this share of the CPUs used by other processes during a measurement, the report says "noisy".
+NOISY_OTHER_CPU_PCT = 10.0
 #: A server counts as "flat" when its RSS grows by no more than this during one large transfer.
 FLAT_RSS_GROWTH = 64 * MiB
 SERVER_NAMES = ("nginx", "wsgidav", "headrace")
@@ -116,7 +121,7 @@ class Plan:
 
 
 FULL_PLAN = Plan(big_bytes=GiB, small_files=5000, small_size=4096, clients=16, runs=3, quick=False)
-QUICK_PLAN = Plan(big_bytes=64 * MiB, small_files=500, small_size=4096, clients=16, runs=3, quick=True)
+QUICK_PLAN = Plan(big_bytes=64 * MiB, small_files=500, small_size=4096, clients=16, runs=1, quick=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,6 +233,46 @@ class RssSampler:
         return max(self.samples)
 
 
+def max_known(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+def busy_cpu_seconds() -> float:
+    times = psutil.cpu_times()
+    return float(times.user + times.nice + times.system)
+
+
+class CpuWatch:
+    """CPU seconds used by the server, by the load generator (this process and its children) and by
+    everything else on the machine while a `with` block runs; "other" is the noise indicator."""
+
+    def __init__(self, server_pid: int) -> None:
+        self.server_pid = server_pid
+        self.server_s = self.generator_s = 0.0
+        #: None when the block was too short for /proc/stat's 10 ms ticks to say anything.
+        self.other_pct: float | None = None
+
+    def _ours(self) -> tuple[float, float]:
+        return tree_cpu_seconds(self.server_pid), children_cpu_seconds() + time.process_time()
+
+    def __enter__(self) -> CpuWatch:
+        self._wall = time.monotonic()
+        self._busy = busy_cpu_seconds()
+        self._server, self._generator = self._ours()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.monotonic() - self._wall
+        server, generator = self._ours()
+        self.server_s = server - self._server
+        self.generator_s = generator - self._generator
+        other = busy_cpu_seconds() - self._busy - self.server_s - self.generator_s
+        cpus = len(os.sched_getaffinity(0))
+        if wall >= MIN_CPU_WATCH_S:
+            self.other_pct = round(min(100.0, max(0.0, 100 * other / (wall * cpus))), 1)
+
+
 # --------------------------------------------------------------------------------------------------
 # Servers
 
@@ -286,19 +331,13 @@ class Server(ABC):
         while True:
             code = self.proc.poll()
             if code is not None:
-                raise BenchError(
-                    f"{self.label} exited with status {code} before it became ready; "
-                    f"last lines of {self.log_path}:\n{tail(self.log_path)}"
-                )
+                raise BenchError(f"{self.label} exited with status {code} before it became ready")
             with contextlib.suppress(OSError, http.client.HTTPException):
                 if self.is_ready():
                     return
             if time.monotonic() > deadline:
                 self.stop()
-                raise BenchError(
-                    f"{self.label} not ready after {self.ready_timeout_s:.0f} s; "
-                    f"last lines of {self.log_path}:\n{tail(self.log_path)}"
-                )
+                raise BenchError(f"{self.label} not ready after {self.ready_timeout_s:.0f} s")
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -321,9 +360,10 @@ class Server(ABC):
 class NginxServer(Server):
     """nginx with the stock dav module plus dav-ext for PROPFIND/OPTIONS.
 
-    master_process on with 2 workers (``worker_processes auto`` on this 2-core machine): with 16
-    clients, two workers beat a single master_process-off worker on the small-file runs while the
-    large transfers are the same, so this is nginx's best setting here.
+    master_process on with ``worker_processes auto`` (2 workers on this 2-core machine) rather than
+    master_process off, which serves everything from one process and so one core. Measured both
+    (paired runs, 1 GiB and 5,000 x 4 KiB): the 1 GiB transfers were indistinguishable, and two
+    workers gave the higher small-file GET rate in 4 of 5 pairs, so this is nginx's best setting here.
     """
 
     name = "nginx"
@@ -389,7 +429,12 @@ http {{
         return run_text([NGINX_BIN, "-v"]).removeprefix("nginx version: ")
 
     def describe(self) -> dict[str, Any]:
-        return {"master_process": "on" if self.master_process else "off", "worker_processes": "auto", "cpus": os.cpu_count(), "sendfile": "on"}
+        return {
+            "master_process": "on" if self.master_process else "off",
+            "worker_processes": "auto",
+            "cpus": os.cpu_count(),
+            "sendfile": "on",
+        }
 
 
 class WsgidavServer(Server):
@@ -568,6 +613,7 @@ class SmallResult:
     first_error: str = ""
     generator_cpu_s: float = 0.0
     server_cpu_s: float = 0.0
+    other_cpu_pct: float | None = None
 
     def check(self, label: str) -> None:
         if self.errors or self.ok != self.files:
@@ -585,6 +631,13 @@ class Generator(ABC):
         """`method` every file `<collection>/f<i>` with plan.clients parallel keep-alive connections."""
 
 
+def go_binary() -> str | None:
+    found = shutil.which("go")
+    if found is None and Path("/usr/local/go/bin/go").exists():
+        found = "/usr/local/go/bin/go"
+    return found
+
+
 class GoGenerator(Generator):
     name = "go"
 
@@ -593,7 +646,7 @@ class GoGenerator(Generator):
 
     @classmethod
     def build(cls, workdir: Path) -> GoGenerator:
-        go = shutil.which("go") or ("/usr/local/go/bin/go" if Path("/usr/local/go/bin/go").exists() else None)
+        go = go_binary()
         if go is None:
             raise BenchError("no Go toolchain (go not on PATH)")
         binary = workdir / "loadgen"
@@ -622,9 +675,7 @@ class GoGenerator(Generator):
             f"-user={USER}",
             f"-password={PASSWORD}",
         ]
-        cpu0 = children_cpu_seconds()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
-        cpu = children_cpu_seconds() - cpu0
         if proc.returncode != 0:
             raise BenchError(f"loadgen failed ({proc.returncode}): {proc.stderr.strip()}")
         out = json.loads(proc.stdout)
@@ -638,7 +689,6 @@ class GoGenerator(Generator):
             files_per_s=float(out["files_per_s"]),
             connections=int(out["connections"]),
             first_error=str(out.get("first_error", "")),
-            generator_cpu_s=cpu,
         )
 
 
@@ -722,14 +772,11 @@ class PyThreadsGenerator(Generator):
         threads = [
             threading.Thread(target=client, args=(i, paths)) for i, paths in enumerate(_small_paths(collection, plan))
         ]
-        cpu0 = time.process_time()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        result = _merge(self.name, method, plan, tallies)
-        result.generator_cpu_s = time.process_time() - cpu0
-        return result
+        return _merge(self.name, method, plan, tallies)
 
 
 def _proc_client(
@@ -751,23 +798,39 @@ class PyProcsGenerator(Generator):
             ctx.Process(target=_proc_client, args=(barrier, queue, i, port, method, paths, body, plan.small_size))
             for i, paths in enumerate(_small_paths(collection, plan))
         ]
-        cpu0 = children_cpu_seconds()
         for proc in procs:
             proc.start()
         tallies = [_ClientTally(**queue.get(timeout=1800)[1]) for _ in procs]
         for proc in procs:
             proc.join()
-        result = _merge(self.name, method, plan, tallies)
-        result.generator_cpu_s = children_cpu_seconds() - cpu0
-        return result
+        return _merge(self.name, method, plan, tallies)
 
 
 def run_small(gen: Generator, server: Server, collection: str, method: str, plan: Plan) -> SmallResult:
-    cpu0 = tree_cpu_seconds(server.pid)
-    result = gen.run(server.port, server.path(collection), method, plan)
-    result.server_cpu_s = tree_cpu_seconds(server.pid) - cpu0
+    with CpuWatch(server.pid) as cpu:
+        result = gen.run(server.port, server.path(collection), method, plan)
+    result.generator_cpu_s = cpu.generator_s
+    result.server_cpu_s = cpu.server_s
+    result.other_cpu_pct = cpu.other_pct
     result.check(f"{server.label} via {gen.name}")
     return result
+
+
+def small_rounds(gen: Generator, server: Server, name: str, plan: Plan) -> tuple[list[SmallResult], ...]:
+    """plan.runs rounds of: PUT every file into a new collection, then GET them all back."""
+    puts: list[SmallResult] = []
+    gets: list[SmallResult] = []
+    for run in range(plan.runs):
+        collection = f"/{name}{run}"
+        mkcol(server.port, server.path(collection))
+        os.sync()
+        puts.append(run_small(gen, server, collection, "PUT", plan))
+        gets.append(run_small(gen, server, collection, "GET", plan))
+    return puts, gets
+
+
+def per_request_us(results: Sequence[SmallResult], attr: str) -> float:
+    return round(1e6 * sum(float(getattr(r, attr)) for r in results) / sum(r.files for r in results), 1)
 
 
 def make_generators(names: Sequence[str], workdir: Path) -> tuple[list[Generator], dict[str, str]]:
@@ -789,37 +852,45 @@ def make_generators(names: Sequence[str], workdir: Path) -> tuple[list[Generator
 
 
 def measure_ceiling(gens: Sequence[Generator], workdir: Path, plan: Plan) -> dict[str, Any]:
-    """Run every generator against a separate nginx; the best rate it reaches is the ceiling."""
+    """Run every generator against a separate nginx: the rate each reaches is its ceiling here."""
     nginx = NginxServer(workdir, "nginx-ceiling")
     results: dict[str, Any] = {}
-    print(f"generator ceiling: {plan.small_label} against nginx", flush=True)
+    print(f"generator ceiling: {plan.runs} x ({plan.small_label} PUT + GET) against nginx", flush=True)
     nginx.start()
     try:
         for gen in gens:
-            collection = f"/ceiling-{gen.name}"
-            mkcol(nginx.port, nginx.path(collection))
-            put = run_small(gen, nginx, collection, "PUT", plan)
-            get = run_small(gen, nginx, collection, "GET", plan)
-            results[gen.name] = {"put": asdict(put), "get": asdict(get)}
+            puts, gets = small_rounds(gen, nginx, f"ceiling-{gen.name}-", plan)
+            both = [*puts, *gets]
+            results[gen.name] = {
+                "put_fps": statistics.median(r.files_per_s for r in puts),
+                "get_fps": statistics.median(r.files_per_s for r in gets),
+                "generator_cpu_us_per_request": per_request_us(both, "generator_cpu_s"),
+                "nginx_cpu_us_per_request": per_request_us(both, "server_cpu_s"),
+                "other_cpu_pct_max": max_known(r.other_cpu_pct for r in both),
+                "put_runs": [asdict(r) for r in puts],
+                "get_runs": [asdict(r) for r in gets],
+            }
+            got = results[gen.name]
             print(
-                f"  {gen.name:<10} PUT {put.files_per_s:8.0f} files/s   GET {get.files_per_s:8.0f} files/s"
-                f"   (generator CPU {1e6 * (put.generator_cpu_s + get.generator_cpu_s) / (2 * plan.small_files):.0f}"
-                f" us/request, nginx CPU "
-                f"{1e6 * (put.server_cpu_s + get.server_cpu_s) / (2 * plan.small_files):.0f} us/request)",
+                f"  {gen.name:<10} PUT {got['put_fps']:7.0f} files/s  GET {got['get_fps']:7.0f} files/s  "
+                f"(CPU per request: generator {got['generator_cpu_us_per_request']:.0f} us, "
+                f"nginx {got['nginx_cpu_us_per_request']:.0f} us)",
                 flush=True,
             )
     finally:
         nginx.stop()
         shutil.rmtree(nginx.dir, ignore_errors=True)
+        os.sync()
     return results
 
 
 def pick_generator(gens: Sequence[Generator], ceiling: dict[str, Any]) -> Generator:
-    def rate(gen: Generator) -> float:
-        got = ceiling[gen.name]
-        return min(float(got["put"]["files_per_s"]), float(got["get"]["files_per_s"]))
+    """The generator with the highest GET rate against nginx.
 
-    return max(gens, key=rate)
+    GET is where nginx does least work per request, so it shows the generator's own limit; small PUTs
+    mostly measure file creation on the disk and vary with whatever else the machine is doing.
+    """
+    return max(gens, key=lambda gen: float(ceiling[gen.name]["get_fps"]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -834,12 +905,46 @@ def mbps(nbytes: int, seconds: float) -> float:
     return nbytes / 1e6 / seconds
 
 
+def big_runs(server: Server, method: str, plan: Plan, src: Path) -> list[dict[str, Any]]:
+    """plan.runs large-file transfers, each under an RSS sampler and a CPU watch."""
+    runs: list[dict[str, Any]] = []
+    for run in range(plan.runs):
+        if method == "PUT":
+            os.sync()  # each upload starts with no dirty pages left from the previous one
+        url = server.url(f"/big/big{run}" if method == "PUT" else "/big/big0")
+        with RssSampler(server.pid) as rss, CpuWatch(server.pid) as cpu:
+            seconds = curl_transfer(method, url, src if method == "PUT" else None, plan.big_bytes)
+        runs.append(
+            {
+                "MBps": mbps(plan.big_bytes, seconds),
+                "seconds": seconds,
+                "rss_start_MiB": mib(rss.start),
+                "rss_peak_MiB": mib(rss.peak),
+                "rss_growth_MiB": mib(rss.peak - rss.start),
+                "rss_samples": len(rss.samples),
+                "server_cpu_s": round(cpu.server_s, 3),
+                "other_cpu_pct": cpu.other_pct,
+            }
+        )
+        print(
+            f"  {method} {plan.big_label} run {run + 1}: {runs[-1]['MBps']:7.0f} MB/s   "
+            f"RSS peak {runs[-1]['rss_peak_MiB']:.0f} MiB (+{runs[-1]['rss_growth_MiB']:.0f})   "
+            f"other CPU {pct(cpu.other_pct)}",
+            flush=True,
+        )
+    return runs
+
+
 def bench_server(server: Server, plan: Plan, src: Path, src_sha: str, gen: Generator) -> dict[str, Any]:
     result: dict[str, Any] = {"version": server.version(), "settings": server.describe()}
     os.sync()  # start every server with no dirty pages left over from the one before
+    busy = psutil.cpu_percent(interval=0.3 if plan.quick else 1.0)
+    result["machine_busy_pct_before"] = busy
+    if busy > 10:
+        print(f"  warning: the machine is {busy:.0f}% busy before the run; numbers will be noisy", flush=True)
     print(f"[{server.label}] starting on port {server.port}", flush=True)
-    server.start()
     try:
+        server.start()
         # Warm-up: lazy imports, first connection, first file.
         mkcol(server.port, server.path("/warmup"))
         status, _ = http_request(server.port, "PUT", server.path("/warmup/x"), body=b"x" * plan.small_size)
@@ -849,69 +954,58 @@ def bench_server(server: Server, plan: Plan, src: Path, src_sha: str, gen: Gener
         if status != 200 or len(body) != plan.small_size:
             raise BenchError(f"warm-up GET -> {status}, {len(body)} bytes")
         mkcol(server.port, server.path("/big"))
-        mkcol(server.port, server.path("/small"))
         idle_rss = tree_rss(server.pid)
 
-        put_s: list[float] = []
-        put_rss: list[RssSampler] = []
-        for run in range(plan.runs):
-            os.sync()
-            with RssSampler(server.pid) as sampler:
-                put_s.append(curl_transfer("PUT", server.url(f"/big/big{run}"), src, plan.big_bytes))
-            put_rss.append(sampler)
-            print(f"  PUT {plan.big_label} run {run + 1}: {mbps(plan.big_bytes, put_s[-1]):7.0f} MB/s", flush=True)
-
-        get_s: list[float] = []
-        get_rss: list[RssSampler] = []
-        for run in range(plan.runs):
-            with RssSampler(server.pid) as sampler:
-                get_s.append(curl_transfer("GET", server.url("/big/big0"), None, plan.big_bytes))
-            get_rss.append(sampler)
-            print(f"  GET {plan.big_label} run {run + 1}: {mbps(plan.big_bytes, get_s[-1]):7.0f} MB/s", flush=True)
-
-        verified = sha256_of_get(server.port, server.path("/big/big0")) == src_sha
-        if not verified:
+        put_big = big_runs(server, "PUT", plan, src)
+        get_big = big_runs(server, "GET", plan, src)
+        if sha256_of_get(server.port, server.path("/big/big0")) != src_sha:
             raise BenchError(f"GET of {server.path('/big/big0')} does not match the uploaded file")
 
-        put_small = run_small(gen, server, "/small", "PUT", plan)
-        print(f"  PUT {plan.small_label}: {put_small.files_per_s:7.0f} files/s", flush=True)
-        get_small = run_small(gen, server, "/small", "GET", plan)
-        print(f"  GET {plan.small_label}: {get_small.files_per_s:7.0f} files/s", flush=True)
+        put_small, get_small = small_rounds(gen, server, "small", plan)
+        for label, got in (("PUT", put_small), ("GET", get_small)):
+            print(
+                f"  {label} {plan.small_label}: "
+                + ", ".join(f"{r.files_per_s:.0f}" for r in got)
+                + f" files/s   other CPU {pct(max_known(r.other_cpu_pct for r in got))}",
+                flush=True,
+            )
 
-        put_rates = [mbps(plan.big_bytes, s) for s in put_s]
-        get_rates = [mbps(plan.big_bytes, s) for s in get_s]
-        put_growth = max(s.peak - s.start for s in put_rss)
-        get_growth = max(s.peak - s.start for s in get_rss)
-        peak = max(s.peak for s in (*put_rss, *get_rss))
+        put_growth = max(r["rss_growth_MiB"] for r in put_big)
+        get_growth = max(r["rss_growth_MiB"] for r in get_big)
+        everything = [*put_big, *get_big]
         result.update(
             {
-                "put_big_MBps": statistics.median(put_rates),
-                "put_big_MBps_best": max(put_rates),
-                "put_big_runs_MBps": put_rates,
-                "get_big_MBps": statistics.median(get_rates),
-                "get_big_MBps_best": max(get_rates),
-                "get_big_runs_MBps": get_rates,
-                "big_verified_sha256": verified,
-                "put_small_fps": put_small.files_per_s,
-                "get_small_fps": get_small.files_per_s,
-                "put_small": asdict(put_small),
-                "get_small": asdict(get_small),
-                "peak_rss_MiB": mib(peak),
+                "put_big_MBps": statistics.median(r["MBps"] for r in put_big),
+                "put_big_MBps_best": max(r["MBps"] for r in put_big),
+                "get_big_MBps": statistics.median(r["MBps"] for r in get_big),
+                "get_big_MBps_best": max(r["MBps"] for r in get_big),
+                "put_small_fps": statistics.median(r.files_per_s for r in put_small),
+                "get_small_fps": statistics.median(r.files_per_s for r in get_small),
+                "peak_rss_MiB": max(r["rss_peak_MiB"] for r in everything),
                 "rss": {
                     "idle_MiB": mib(idle_rss),
-                    "put_peak_MiB": mib(max(s.peak for s in put_rss)),
-                    "get_peak_MiB": mib(max(s.peak for s in get_rss)),
-                    "put_growth_MiB": mib(put_growth),
-                    "get_growth_MiB": mib(get_growth),
-                    "samples": sum(len(s.samples) for s in (*put_rss, *get_rss)),
-                    "flat": put_growth <= FLAT_RSS_GROWTH and get_growth <= FLAT_RSS_GROWTH,
+                    "put_peak_MiB": max(r["rss_peak_MiB"] for r in put_big),
+                    "get_peak_MiB": max(r["rss_peak_MiB"] for r in get_big),
+                    "put_growth_MiB": put_growth,
+                    "get_growth_MiB": get_growth,
+                    "flat": max(put_growth, get_growth) <= FLAT_RSS_GROWTH / MiB,
                 },
+                "cpu_us_per_small_request": per_request_us([*put_small, *get_small], "server_cpu_s"),
+                "other_cpu_pct_max": max_known(
+                    [r["other_cpu_pct"] for r in everything] + [r.other_cpu_pct for r in (*put_small, *get_small)]
+                ),
+                "big_verified_sha256": True,
+                "put_big_runs": put_big,
+                "get_big_runs": get_big,
+                "put_small_runs": [asdict(r) for r in put_small],
+                "get_small_runs": [asdict(r) for r in get_small],
             }
         )
     finally:
         server.stop()
         print(f"[{server.label}] stopped; log: {server.log_path}", flush=True)
         shutil.rmtree(server.data, ignore_errors=True)
+        os.sync()
     return result
 
 
@@ -1000,7 +1094,12 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model,
         "python": platform.python_version(),
         "curl": run_text(["curl", "--version"]).splitlines()[0],
+        "go": run_text([go_binary() or "go", "version"]),
     }
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
 
 
 def fmt(value: Any, digits: int = 0) -> str:
@@ -1012,84 +1111,128 @@ def fmt(value: Any, digits: int = 0) -> str:
 def render_markdown(report: dict[str, Any], plan: Plan) -> str:
     servers: dict[str, Any] = report["servers"]
     names = [n for n in SERVER_NAMES if n in servers]
+    ok = [n for n in names if "error" not in servers[n]]
     machine = report["machine"]
+    gen = report["generator"]
     lines = [
         "# Storage benchmark results",
         "",
-        f"Generated by `bench/storage.py{' --quick' if plan.quick else ''}` on {report['date']}. "
-        "See [README.md](README.md) for what is measured and how to read this.",
+        f"Generated by `.venv/bin/python bench/storage.py{' --quick' if plan.quick else ''}` on {report['date']}; "
+        "the raw numbers are in the JSON file next to it (bench/results/). "
+        "See [README.md](README.md) for what is measured and how to read it.",
+    ]
+    if plan.quick:
+        lines += ["", "**This is a --quick smoke run: sizes are shrunk and the numbers are not comparable.**"]
+    noise = max_known(servers[n].get("other_cpu_pct_max") for n in names)
+    if noise is not None and noise > NOISY_OTHER_CPU_PCT:
+        lines += [
+            "",
+            f"**Noisy run:** other processes used up to {noise:.0f}% of the CPUs while measurements ran "
+            '(see "max other CPU %" under Details). Treat the numbers as rough and re-run on a quiet machine.',
+        ]
+    lines += [
         "",
         "## Machine and versions",
         "",
-        f"- machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['ram_GiB']} GiB RAM, "
-        f"kernel {machine['kernel']}",
-        "- load generator and servers share those CPUs; data directories are on the same disk, "
-        "so large-file numbers mostly measure the page cache",
+        f"- CPUs (`nproc`): {machine['nproc']}; CPU model: {machine['cpu_model']}",
+        f"- RAM: {machine['ram_GiB']} GiB; kernel: {machine['kernel']}",
+        "- servers and load generator share those CPUs; the data directories are on the local disk "
+        "(ext4) and nothing is fsynced by nginx or wsgidav, so large-file numbers mostly measure the page cache",
     ]
-    for name in names:
-        lines.append(f"- {name}: {servers[name].get('version', '?')}")
-    lines += [f"- curl: {machine['curl']}", f"- python: {machine['python']}", ""]
+    lines += [f"- {name}: {servers[name].get('version', '?')}" for name in names]
+    lines += [f"- curl: {machine['curl']}", f"- python: {machine['python']}", f"- go: {machine['go']}", ""]
 
-    lines += ["## Throughput and memory", ""]
+    lines += ["## Results", ""]
     lines.append("| metric | " + " | ".join(names) + " | headrace/nginx | headrace/wsgidav |")
     lines.append("|---|" + "---:|" * (len(names) + 2))
     for metric in metrics(plan):
-        cells = []
-        for name in names:
-            value = servers[name].get(metric.key)
-            cells.append("failed" if "error" in servers[name] else fmt(value))
+        cells = ["failed" if name not in ok else fmt(servers[name].get(metric.key)) for name in names]
         ratios = [fmt(report["ratios"][f"headrace/{base}"].get(metric.key), 2) for base in ("nginx", "wsgidav")]
         lines.append(f"| {metric.label} ({metric.unit}) | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    lines.append("")
-    lines.append(
-        f"Large-file rates are the median of {plan.runs} runs (MB = 10^6 bytes); small-file rates are one "
-        f"pass of {plan.small_files:,} files."
-    )
-    lines += ["", "RSS of the server process plus its children, sampled every 50 ms:", ""]
-    lines.append("| server | idle MiB | peak during PUT | peak during GET | max growth in one transfer | flat |")
-    lines.append("|---|---:|---:|---:|---:|---|")
-    for name in names:
-        rss = servers[name].get("rss")
-        if rss is None:
-            lines.append(f"| {name} | - | - | - | - | - |")
-            continue
-        growth = max(rss["put_growth_MiB"], rss["get_growth_MiB"])
-        lines.append(
-            f"| {name} | {rss['idle_MiB']} | {rss['put_peak_MiB']} | {rss['get_peak_MiB']} | {growth} | "
-            f"{'yes' if rss['flat'] else 'no'} |"
-        )
-
-    lines += ["", "## Goals", "", "| goal | metric | ratio | status |", "|---|---|---:|---|"]
+    lines += [
+        "",
+        f"Every rate is the median of {plan.runs} run{'s' if plan.runs > 1 else ''}; MB = 10^6 bytes. "
+        f"Small files: {plan.clients} clients, "
+        f"one keep-alive connection each, driven by the `{gen['used']}` generator. Peak RSS is the server "
+        "process plus its children, sampled every 50 ms; lower is better.",
+        "",
+        "## Goals",
+        "",
+        "| goal | metric | ratio | status |",
+        "|---|---|---:|---|",
+    ]
     for goal in report["goals"]:
         lines.append(f"| {goal['goal']} | {goal['metric']} | {fmt(goal['ratio'], 2)} | {goal['status']} |")
 
-    gen = report["generator"]
-    lines += ["", "## Small-file load generator", ""]
-    lines.append(
-        f"Used: `{gen['used']}`, {plan.clients} clients, one keep-alive connection each. Ceiling (each "
-        f"candidate against its own nginx instance, {plan.small_label}):"
-    )
-    lines += ["", "| generator | PUT files/s | GET files/s | generator CPU us/request |", "|---|---:|---:|---:|"]
-    for name, got in gen["ceiling"].items():
-        cpu = (got["put"]["generator_cpu_s"] + got["get"]["generator_cpu_s"]) / (2 * plan.small_files) * 1e6
-        lines.append(f"| {name} | {fmt(got['put']['files_per_s'])} | {fmt(got['get']['files_per_s'])} | {cpu:.0f} |")
-    for name, why in gen.get("skipped", {}).items():
-        lines.append(f"| {name} | skipped: {why.splitlines()[0]} | | |")
-
-    notes = [name for name in names if "error" in servers[name]]
-    if notes or "headrace" in servers:
-        lines += ["", "## Notes", ""]
-    for name in notes:
-        first = str(servers[name]["error"]).splitlines()[0]
-        lines.append(f"- {name} failed: {first}")
-    if "headrace" in servers:
-        settings = servers["headrace"].get("settings", {})
-        env = settings.get("env", {})
+    lines += [
+        "",
+        "## Details",
+        "",
+        "| server | best PUT MB/s | best GET MB/s | RSS idle MiB | RSS max growth in one transfer MiB "
+        "| RSS flat | server CPU per small request (us) | connections per small-file pass | max other CPU % |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+    ]
+    for name in ok:
+        got = servers[name]
+        rss = got["rss"]
+        conns = [r["connections"] for r in (*got["put_small_runs"], *got["get_small_runs"])]
+        connections = f"{min(conns)}" if min(conns) == max(conns) else f"{min(conns)}-{max(conns)}"
         lines.append(
-            f"- headrace ran with {', '.join(f'{k}={v}' for k, v in sorted(env.items()))}. By default "
-            "headrace fsyncs every upload before it commits; nginx and wsgidav never fsync."
+            f"| {name} | {fmt(got['put_big_MBps_best'])} | {fmt(got['get_big_MBps_best'])} | {rss['idle_MiB']} | "
+            f"{max(rss['put_growth_MiB'], rss['get_growth_MiB'])} | {'yes' if rss['flat'] else 'no'} | "
+            f"{fmt(got['cpu_us_per_small_request'])} | {connections} | {fmt(got['other_cpu_pct_max'])} |"
         )
-        lines.append("- wsgidav runs with anonymous access; nginx and headrace check nothing / HTTP Basic.")
+    lines += [
+        "",
+        '"Other CPU" is CPU used by processes other than the server and the load generator while a '
+        "measurement ran, as a share of all CPUs; anything above a few percent means the numbers are noisy. "
+        f"Connections: the generator opens {plan.clients} and reconnects only when the server closes one.",
+        "",
+        "## Small-file load generator ceiling",
+        "",
+        f"Each candidate generator against its own nginx instance ({plan.runs} x {plan.small_label} PUT + GET, "
+        f"{plan.clients} clients); the fastest is used for every server.",
+        "",
+        "| generator | PUT files/s | GET files/s | generator CPU per request (us) | nginx CPU per request (us) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, got in gen["ceiling"].items():
+        lines.append(
+            f"| {name}{' (used)' if name == gen['used'] else ''} | {fmt(got['put_fps'])} | {fmt(got['get_fps'])} "
+            f"| {fmt(got['generator_cpu_us_per_request'])} | {fmt(got['nginx_cpu_us_per_request'])} |"
+        )
+    for name, why in gen.get("skipped", {}).items():
+        lines.append(f"| {name} | skipped: {why.splitlines()[0]} | | | |")
+
+    lines += ["", "## Notes", ""]
+    for name in names:
+        if name not in ok:
+            lines.append(f"- **{name} failed**: {str(servers[name]['error']).splitlines()[0]}")
+    nginx_settings = servers.get("nginx", {}).get("settings", {})
+    if nginx_settings:
+        lines.append(
+            f"- nginx: master_process {nginx_settings['master_process']}, worker_processes "
+            f"{nginx_settings['worker_processes']} ({nginx_settings['cpus']} workers here), sendfile on, "
+            "access_log off."
+        )
+    if "wsgidav" in servers:
+        lines.append(
+            "- wsgidav: cheroot, filesystem provider, anonymous access, verbose 1, no dir browser, cheroot's "
+            "stock settings (50 threads; `keep_alive_conn_limit` 10, so with 16 clients it closes idle "
+            "keep-alive connections and the clients reconnect, which the connections column shows)."
+        )
+    if "headrace" in servers:
+        env = servers["headrace"].get("settings", {}).get("env", {})
+        lines.append(
+            f"- headrace: {', '.join(f'{k}={v}' for k, v in sorted(env.items()))}. Unless HEADRACE_FSYNC=0, "
+            "headrace fsyncs every upload before committing it; nginx and wsgidav never fsync."
+        )
+    if report.get("nice"):
+        lines.append(f"- The bench, its servers and the load generator ran at nice {report['nice']}.")
+    lines.append(
+        "- Every request carries HTTP Basic credentials; only headrace checks them (nginx has no auth "
+        "configured, wsgidav allows anonymous access)."
+    )
     lines.append("")
     return "\n".join(lines)
 
@@ -1107,11 +1250,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--md", type=Path, help="markdown report (default bench/RESULTS.md for full runs, none with --quick)"
     )
     parser.add_argument("--no-md", action="store_true", help="do not write the markdown report")
-    parser.add_argument("--runs", type=int, help="large-file runs per direction (default 3)")
+    parser.add_argument("--runs", type=int, help="runs of every measurement (default 3)")
     parser.add_argument("--generator", choices=("auto", *GENERATOR_NAMES), default="auto")
     parser.add_argument("--headrace-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--headrace-root", default="/", help="WebDAV root path on the headrace door")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, configs)")
+    parser.add_argument(
+        "--render", type=Path, metavar="JSON", help="only re-render the markdown (--md) from an earlier JSON"
+    )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="scheduling priority for the bench, its servers and generators (e.g. -5 on a shared box; "
+        "negative needs root)",
+    )
     args = parser.parse_args(argv)
     args.servers = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(args.servers) - set(SERVER_NAMES)
@@ -1142,9 +1295,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = Plan(**{**asdict(plan), "runs": args.runs})
     out: Path = args.out or BENCH_DIR / "results" / ("storage-quick.json" if plan.quick else "storage.json")
     md: Path | None = None if args.no_md else (args.md or (None if plan.quick else BENCH_DIR / "RESULTS.md"))
+    if args.render:
+        earlier = json.loads(args.render.read_text())
+        target = args.md or BENCH_DIR / "RESULTS.md"
+        target.write_text(render_markdown(earlier, Plan(**earlier["plan"])))
+        print(f"wrote {target}")
+        return 0
     if shutil.which("curl") is None:
         print("curl is required", file=sys.stderr)
         return 2
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every server, curl and generator
 
     servers: dict[str, Any] = {}
     with workspace(args.keep_tmp) as tmp:
@@ -1187,6 +1348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "plan": asdict(plan),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "machine": machine_info(),
         "generator": {"used": gen.name, "ceiling": ceiling, "skipped": skipped},
         "servers": servers,
@@ -1201,7 +1363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {md}")
 
     print()
-    print(render_markdown(report, plan).split("## Throughput and memory", 1)[1].split("## Small-file", 1)[0])
+    print(render_markdown(report, plan).split("## Results", 1)[1].split("## Details", 1)[0].strip())
     return 1 if any("error" in s for s in servers.values()) else 0
 
 
