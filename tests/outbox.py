@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,17 @@ def rows(data: Path, *, after: int = 0, path_prefix: str | None = None) -> list[
             or (r["old_path"] or "").startswith(path_prefix + "/")
         ]
     return out
+
+
+def wait_rows(data: Path, *, after: int, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The rows after `after` once there are at least `count` of them (read events commit just after
+    the response's last byte, so a client can read the outbox a moment before they are there)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = rows(data, after=after)
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 def head(data: Path) -> int:

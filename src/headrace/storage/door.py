@@ -48,7 +48,7 @@ from headrace.storage import locks
 from headrace.storage import webdav_xml as dav
 from headrace.storage.checksums import Hasher, format_digest, parse_digest, parse_want_digest
 from headrace.storage.namespace import CopyItem, Inode
-from headrace.storage.paths import from_destination, from_url_path, parent_and_name
+from headrace.storage.paths import from_destination, from_url_path
 from headrace.storage.pool import READ_CHUNK, Upload
 from headrace.storage.service import StorageService
 
@@ -174,7 +174,8 @@ class Door:
         return await self.get(call, head=True)
 
     async def get(self, call: Call, head: bool = False) -> Response | None:
-        node = await self.db.read(self.ns.stat, call.path, call.subject)
+        want_header = call.header("want-digest")
+        node = await self.db.read(self.ns.stat, call.path, call.subject, sums=bool(want_header))
         if node.is_dir:
             call.principal.check("READ_METADATA" if head else "LIST", node.path)
             if head:
@@ -192,7 +193,6 @@ class Door:
         not_modified = self._preconditions(call, node)
         if not_modified:
             return Response(status_code=304, headers={k: headers[k] for k in ("ETag", "Last-Modified")})
-        want_header = call.header("want-digest")
         if want_header:
             want = parse_want_digest(want_header)
             if want and not any(w in node.checksums for w in want):
@@ -218,7 +218,7 @@ class Door:
             await self._send_path(call, node, headers)
         else:
             await self._stream_blob(call, node, status, headers, start, length)
-        await self.db.write(self.ns.record_read, node, call.subject)
+        await self.service.reads.record(node, call.subject)
         return None
 
     def _preconditions(self, call: Call, node: Inode) -> bool:
@@ -334,7 +334,7 @@ class Door:
             )
             await call.send({"type": "http.response.body", "body": items.encode(), "more_body": True})
         await call.send({"type": "http.response.body", "body": b"</ul></body></html>", "more_body": False})
-        await self.db.write(self.ns.record_read, node, call.subject)
+        await self.service.reads.record(node, call.subject)
         return None
 
     # -- writing -------------------------------------------------------------------------------------------
@@ -398,14 +398,11 @@ class Door:
 
     def _probe_put(self, path: str, subject: Any) -> Inode | None:
         """The entry a PUT would replace; raises 409 when the parent is missing or not a directory."""
-        parent_path, _ = parent_and_name(path)
         try:
-            parent = self.ns.stat(parent_path, subject)
+            _, node = self.ns.lookup(path, subject)
         except NotFound as exc:
-            raise Conflict(f"Parent directory does not exist: {parent_path}") from exc
-        if not parent.is_dir:
-            raise Conflict(f"Not a directory: {parent_path}")
-        return self.ns.try_stat(path, subject)
+            raise Conflict(f"Parent directory does not exist: {exc.detail.split(': ', 1)[-1]}") from exc
+        return node
 
     async def _receive_into(self, call: Call, upload: Upload, types: set[str], length: int | None) -> dict[str, str]:
         """Stream the request body into `upload`, hashing as it goes. Double-buffered: while one chunk of up
@@ -631,7 +628,7 @@ class Door:
             )
             await call.send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
         await call.send({"type": "http.response.body", "body": dav.MULTISTATUS_CLOSE.encode(), "more_body": False})
-        await self.db.write(self.ns.record_read, node, call.subject)
+        await self.service.reads.record(node, call.subject)
         return None
 
     async def proppatch(self, call: Call) -> Response | None:

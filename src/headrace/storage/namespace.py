@@ -246,20 +246,30 @@ class Namespace:
         if not subject.may(want, mode=node.mode, uid=node.uid, gid=node.gid):
             raise Forbidden(f"Permission denied: {node.path}")
 
-    def _extras(self, conn: Connection, node: Inode, *, xattr: bool, label: bool) -> Inode:
-        node.checksums = {
-            r.type: r.value for r in conn.execute(select(checksums).where(checksums.c.inode_id == node.id))
-        }
+    def _extras(self, conn: Connection, node: Inode, *, xattr: bool, label: bool, sums: bool = True) -> Inode:
+        if sums and not node.is_dir:
+            node.checksums = {
+                r.type: r.value for r in conn.execute(select(checksums).where(checksums.c.inode_id == node.id))
+            }
         if xattr:
             node.xattrs = {r.name: r.value for r in conn.execute(select(xattrs).where(xattrs.c.inode_id == node.id))}
         if label:
             node.labels = sorted(r.label for r in conn.execute(select(labels).where(labels.c.inode_id == node.id)))
         return node
 
-    def stat(self, path: str, subject: Subject = ROOT, *, xattr: bool = False, label: bool = False) -> Inode:
+    def stat(
+        self, path: str, subject: Subject = ROOT, *, xattr: bool = False, label: bool = False, sums: bool = True
+    ) -> Inode:
+        """The entry at `path` with its checksums (unless `sums` is false), xattrs and labels if asked."""
         with self.db.reader.connect() as conn:
             node = self._get(conn, path, subject)
-            return self._extras(conn, node, xattr=xattr, label=label)
+            return self._extras(conn, node, xattr=xattr, label=label, sums=sums)
+
+    def lookup(self, path: str, subject: Subject = ROOT) -> tuple[Inode | None, Inode | None]:
+        """(parent, entry) at `path` in one query; entry None if absent. Raises NotFound when a directory
+        above it is missing, Conflict when one is a file."""
+        with self.db.reader.connect() as conn:
+            return self._walk(conn, path, subject)
 
     def try_stat(self, path: str, subject: Subject = ROOT) -> Inode | None:
         with self.db.reader.connect() as conn:
@@ -356,10 +366,15 @@ class Namespace:
 
     def record_read(self, node: Inode, subject: Subject, cause: str | None = None) -> None:
         """Events of a completed read (file) or listing (directory), as dCache emits them."""
-        if not self.read_events:
+        self.record_reads([(node, subject)], cause=cause)
+
+    def record_reads(self, reads: Sequence[tuple[Inode, Subject]], cause: str | None = None) -> None:
+        """The events of many completed reads and listings, in one transaction."""
+        if not self.read_events or not reads:
             return
         with self.db.engine.begin() as conn:
-            self._emit(conn, LIST_KINDS if node.is_dir else READ_KINDS, node, subject, cause=cause)
+            for node, subject in reads:
+                self._emit(conn, LIST_KINDS if node.is_dir else READ_KINDS, node, subject, cause=cause)
 
     def check_readable(self, node: Inode, subject: Subject) -> None:
         self._need(subject, R, node)

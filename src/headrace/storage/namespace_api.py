@@ -112,7 +112,7 @@ def router(service: StorageService) -> APIRouter:
                     break
             yield b"]}"
             if offset == 0:  # one listing, one OPEN/CLOSE_NOWRITE: not one per page a client fetches
-                await db.write(ns.record_read, node, principal.subject)
+                await service.reads.record(node, principal.subject)
 
         return StreamingResponse(stream(), media_type="application/json")
 
