@@ -111,3 +111,39 @@ def test_copy_emits_upload_events_for_the_copy(server: Server) -> None:
         assert door.get("/ob7/g").content == b"data"
     evs = [r for r in rows(server.data, after=start) if r["path"] == "/ob7/g"]
     assert [r["kind"] for r in evs][:5] == UPLOAD
+
+
+def test_concurrent_uploads_sharing_a_commit_succeed_or_fail_alone(server: Server) -> None:
+    """Uploads that finish together share one transaction (group commit) but keep a savepoint each.
+    Racing PUTs of one new name with If-None-Match: * all pass the door's early check; all but one must
+    then fail at commit, without taking the other uploads of their batch down with them."""
+    import concurrent.futures
+    import threading
+
+    with server.door() as door:
+        door.request("MKCOL", "/ob8")
+    start = head(server.data)
+    body = b"y" * 300_000  # long enough that the racing uploads overlap
+    barrier = threading.Barrier(24)
+
+    def put(target: str) -> int:
+        with server.door() as d:
+            barrier.wait()
+            return d.put(target, content=body, headers={"If-None-Match": "*"}).status_code
+
+    statuses: dict[str, list[int]] = {}
+    for round_ in range(3):
+        targets = [f"/ob8/race{round_}"] * 12 + [f"/ob8/solo{round_}-{i}" for i in range(12)]
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            for target, status in zip(targets, pool.map(put, targets), strict=True):
+                statuses.setdefault(target, []).append(status)
+    for target, got in statuses.items():
+        if "race" in target:
+            assert sorted(got) == [201] + [412] * 11, (target, got)
+        else:
+            assert got == [201], (target, got)
+    evs = rows(server.data, after=start)
+    by_path: dict[str, list[str]] = {}
+    for r in evs:
+        by_path.setdefault(r["path"], []).append(r["kind"])
+    assert by_path == {t: UPLOAD for t in statuses}  # one upload's events per name, none for refusals

@@ -66,6 +66,58 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+class GroupCommit:
+    """Many small write transactions run as one: each call gets a savepoint of its own, so it succeeds or
+    fails alone (its change and its events together, invariant 1), and all calls that arrive while a
+    transaction is being written share the next commit: one WAL fsync for a burst instead of one each.
+    A caller still returns only after its call has committed."""
+
+    MAX_BATCH = 256
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run `fn(conn, *args, **kwargs)` in a savepoint of the next group transaction; its result."""
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, args, kwargs, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+            try:
+                outcomes = await self.db.write(self._apply, [(fn, a, kw) for fn, a, kw, _ in batch])
+            except BaseException as exc:  # the commit itself failed: nothing of the batch happened
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("write cancelled"))
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (*_, done), (ok, value) in zip(batch, outcomes, strict=True):
+                if not done.done():
+                    if ok:
+                        done.set_result(value)
+                    else:
+                        done.set_exception(value)
+
+    def _apply(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]) -> list[tuple[bool, Any]]:
+        outcomes: list[tuple[bool, Any]] = []
+        with self.db.engine.begin() as conn:
+            for fn, args, kwargs in calls:
+                try:
+                    with conn.begin_nested():
+                        outcomes.append((True, fn(conn, *args, **kwargs)))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+        return outcomes
+
+
 class Database:
     """An engine plus the threads that run blocking database calls for async callers."""
 
@@ -76,6 +128,7 @@ class Database:
         self.reader = make_engine(url, durable=durable, writer=False) if self.is_sqlite else self.engine
         self._writer = ThreadPoolExecutor(1 if self.is_sqlite else 8, thread_name_prefix="db-write")
         self._readers = ThreadPoolExecutor(4 if self.is_sqlite else 8, thread_name_prefix="db-read")
+        self.group = GroupCommit(self)
 
     def migrate(self) -> None:
         migrate(self.engine)

@@ -218,7 +218,7 @@ class Door:
             await self._send_path(call, node, headers)
         else:
             await self._stream_blob(call, node, status, headers, start, length)
-        await self.service.reads.record(node, call.subject)
+        await self.db.group.run(self.ns.record_read_in, node, call.subject)
         return None
 
     def _preconditions(self, call: Call, node: Inode) -> bool:
@@ -334,7 +334,7 @@ class Door:
             )
             await call.send({"type": "http.response.body", "body": items.encode(), "more_body": True})
         await call.send({"type": "http.response.body", "body": b"</ul></body></html>", "more_body": False})
-        await self.service.reads.record(node, call.subject)
+        await self.db.group.run(self.ns.record_read_in, node, call.subject)
         return None
 
     # -- writing -------------------------------------------------------------------------------------------
@@ -362,7 +362,7 @@ class Door:
         want = parse_want_digest(call.header("want-digest") or "")
         length = _content_length(call)
         pool = self.service.choose_pool()
-        upload = pool.start_upload()
+        upload = await asyncio.get_running_loop().run_in_executor(self.io, pool.start_upload)
         try:
             if length:
                 upload.reserve(length)
@@ -371,8 +371,8 @@ class Door:
                 if sums.get(t) != v:
                     raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")
             await asyncio.to_thread(upload.finish)
-            node, old, created = await self.db.write(
-                self.ns.commit_upload,
+            node, old, created = await self.db.group.run(
+                self.ns.commit_upload_in,
                 call.path,
                 call.subject,
                 pool=pool.name,
@@ -628,7 +628,7 @@ class Door:
             )
             await call.send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
         await call.send({"type": "http.response.body", "body": dav.MULTISTATUS_CLOSE.encode(), "more_body": False})
-        await self.service.reads.record(node, call.subject)
+        await self.db.group.run(self.ns.record_read_in, node, call.subject)
         return None
 
     async def proppatch(self, call: Call) -> Response | None:

@@ -366,15 +366,13 @@ class Namespace:
 
     def record_read(self, node: Inode, subject: Subject, cause: str | None = None) -> None:
         """Events of a completed read (file) or listing (directory), as dCache emits them."""
-        self.record_reads([(node, subject)], cause=cause)
-
-    def record_reads(self, reads: Sequence[tuple[Inode, Subject]], cause: str | None = None) -> None:
-        """The events of many completed reads and listings, in one transaction."""
-        if not self.read_events or not reads:
-            return
         with self.db.engine.begin() as conn:
-            for node, subject in reads:
-                self._emit(conn, LIST_KINDS if node.is_dir else READ_KINDS, node, subject, cause=cause)
+            self.record_read_in(conn, node, subject, cause)
+
+    def record_read_in(self, conn: Connection, node: Inode, subject: Subject, cause: str | None = None) -> None:
+        """The events of a completed read or listing, in the caller's transaction."""
+        if self.read_events:
+            self._emit(conn, LIST_KINDS if node.is_dir else READ_KINDS, node, subject, cause=cause)
 
     def check_readable(self, node: Inode, subject: Subject) -> None:
         self._need(subject, R, node)
@@ -476,45 +474,75 @@ class Namespace:
         if_none_match_any: bool = False,
         cause: str | None = None,
     ) -> tuple[Inode, Blob | None, bool]:
+        """Make a completely written blob visible at `path` (see commit_upload_in), in a transaction of its own."""
+        with self.db.engine.begin() as conn:
+            return self.commit_upload_in(
+                conn,
+                path,
+                subject,
+                pool=pool,
+                blob=blob,
+                size=size,
+                sums=sums,
+                mode=mode,
+                if_match=if_match,
+                if_none_match_any=if_none_match_any,
+                cause=cause,
+            )
+
+    def commit_upload_in(
+        self,
+        conn: Connection,
+        path: str,
+        subject: Subject,
+        *,
+        pool: str,
+        blob: str,
+        size: int,
+        sums: dict[str, str],
+        mode: int = 0o644,
+        if_match: str | None = None,
+        if_none_match_any: bool = False,
+        cause: str | None = None,
+    ) -> tuple[Inode, Blob | None, bool]:
         """Make a completely written blob visible at `path`: a new file, or a new version of an existing one.
 
         Returns the file, the blob it replaced (to remove after commit), and whether the file is new.
         """
-        with self.db.engine.begin() as conn:
-            parent, node = self._dir_for_create(conn, path, subject)
-            name = parent_and_name(normalize(path))[1]
-            if node is not None and if_none_match_any:
-                raise PreconditionFailed(f"File exists: {node.path}")
-            if node is None and if_match is not None:
-                raise PreconditionFailed(f"No such file: {normalize(path)}")
-            if node is None:
-                self._need(subject, W | X, parent)
-                node = self._insert(conn, parent, name, REGULAR, subject, mode=mode, size=size, pool=pool, blob=blob)
-                old = None
-                kinds: tuple[EventKind, ...] = UPLOAD_KINDS
-                self._touch(conn, parent)
-            else:
-                if node.is_dir:
-                    raise Conflict(f"Is a directory: {node.path}")
-                if if_match is not None and if_match != "*" and if_match != node.etag:
-                    raise PreconditionFailed(f"ETag does not match: {node.path}")
-                self._need(subject, W, node)
-                old = Blob(node.pool, node.blob, node.size) if node.pool and node.blob else None
-                t = now_ms()
-                conn.execute(
-                    update(inodes)
-                    .where(inodes.c.id == node.id)
-                    .values(size=size, pool=pool, blob=blob, mtime=t, generation=inodes.c.generation + 1)
-                )
-                conn.execute(delete(checksums).where(checksums.c.inode_id == node.id))
-                node.size, node.pool, node.blob, node.mtime = size, pool, blob, t
-                node.generation += 1
-                kinds = OVERWRITE_KINDS
-            if sums:
-                conn.execute(_INSERT_CHECKSUM, [{"inode_id": node.id, "type": k, "value": v} for k, v in sums.items()])
-            node.checksums = dict(sums)
-            self._emit(conn, kinds, node, subject, detail={"checksums": sums}, cause=cause)
-            return node, old, old is None
+        parent, node = self._dir_for_create(conn, path, subject)
+        name = parent_and_name(normalize(path))[1]
+        if node is not None and if_none_match_any:
+            raise PreconditionFailed(f"File exists: {node.path}")
+        if node is None and if_match is not None:
+            raise PreconditionFailed(f"No such file: {normalize(path)}")
+        if node is None:
+            self._need(subject, W | X, parent)
+            node = self._insert(conn, parent, name, REGULAR, subject, mode=mode, size=size, pool=pool, blob=blob)
+            old = None
+            kinds: tuple[EventKind, ...] = UPLOAD_KINDS
+            self._touch(conn, parent)
+        else:
+            if node.is_dir:
+                raise Conflict(f"Is a directory: {node.path}")
+            if if_match is not None and if_match != "*" and if_match != node.etag:
+                raise PreconditionFailed(f"ETag does not match: {node.path}")
+            self._need(subject, W, node)
+            old = Blob(node.pool, node.blob, node.size) if node.pool and node.blob else None
+            t = now_ms()
+            conn.execute(
+                update(inodes)
+                .where(inodes.c.id == node.id)
+                .values(size=size, pool=pool, blob=blob, mtime=t, generation=inodes.c.generation + 1)
+            )
+            conn.execute(delete(checksums).where(checksums.c.inode_id == node.id))
+            node.size, node.pool, node.blob, node.mtime = size, pool, blob, t
+            node.generation += 1
+            kinds = OVERWRITE_KINDS
+        if sums:
+            conn.execute(_INSERT_CHECKSUM, [{"inode_id": node.id, "type": k, "value": v} for k, v in sums.items()])
+        node.checksums = dict(sums)
+        self._emit(conn, kinds, node, subject, detail={"checksums": sums}, cause=cause)
+        return node, old, old is None
 
     def add_checksums(self, node: Inode, sums: dict[str, str]) -> None:
         """Store checksums computed later (on a read that asked for a new type). Not an event: the

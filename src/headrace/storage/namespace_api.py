@@ -112,7 +112,7 @@ def router(service: StorageService) -> APIRouter:
                     break
             yield b"]}"
             if offset == 0:  # one listing, one OPEN/CLOSE_NOWRITE: not one per page a client fetches
-                await service.reads.record(node, principal.subject)
+                await db.group.run(ns.record_read_in, node, principal.subject)
 
         return StreamingResponse(stream(), media_type="application/json")
 

@@ -18,12 +18,11 @@ from sqlalchemy import delete, insert, select
 
 from headrace.auth.access import Authenticator
 from headrace.auth.macaroons import MacaroonAuthority
-from headrace.auth.subject import Subject
 from headrace.auth.users import Users, new_key
 from headrace.config import Settings
 from headrace.db.engine import Database
 from headrace.db.schema import state
-from headrace.storage.namespace import Blob, Inode, Namespace
+from headrace.storage.namespace import Blob, Namespace
 from headrace.storage.pool import Pool
 
 log = logging.getLogger("headrace.storage")
@@ -39,51 +38,11 @@ class StartReport:
     clean_before: bool
 
 
-class ReadRecorder:
-    """Commits the events of completed reads and listings with group commit: a read waits for its
-    events as before, but reads that finish while a transaction is being written share the next one,
-    so a burst of GETs costs a few transactions instead of one each."""
-
-    MAX_BATCH = 512
-
-    def __init__(self, namespace: Namespace, db: Database) -> None:
-        self.namespace = namespace
-        self.db = db
-        self._pending: list[tuple[Inode, Subject, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def record(self, node: Inode, subject: Subject) -> None:
-        if not self.namespace.read_events:
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((node, subject, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await done
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
-            try:
-                await self.db.write(self.namespace.record_reads, [(n, s) for n, s, _ in batch])
-            except BaseException as exc:
-                for *_, done in batch:
-                    if not done.done():
-                        done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
-                if not isinstance(exc, Exception):
-                    raise
-            else:
-                for *_, done in batch:
-                    if not done.done():
-                        done.set_result(None)
-
-
 class StorageService:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
         self.namespace = Namespace(db, read_events=settings.read_events)
-        self.reads = ReadRecorder(self.namespace, db)
         self.users = Users(db)
         self.pools = {
             f"pool{i}": Pool(f"pool{i}", d, max_bytes=settings.pool_max_bytes, fsync=settings.fsync)
