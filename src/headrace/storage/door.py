@@ -738,11 +738,11 @@ class Door:
 
     async def _create_empty(self, call: Call) -> Inode:
         pool = self.service.choose_pool()
-        upload = pool.start_upload()
+        upload = await asyncio.get_running_loop().run_in_executor(self.io, pool.start_upload)
         try:
             await asyncio.to_thread(upload.finish)
-            node, _, _ = await self.db.write(
-                self.ns.commit_upload,
+            node, _, _ = await self.db.group.run(
+                self.ns.commit_upload_in,
                 call.path,
                 call.subject,
                 pool=pool.name,

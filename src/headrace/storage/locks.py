@@ -20,10 +20,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from defusedxml import ElementTree as SafeET
-
 from headrace.errors import BadRequest, HeadraceError
 from headrace.storage.paths import is_within, parent_and_name
+from headrace.storage.webdav_xml import parse_xml
 
 DAV = "{DAV:}"
 DEFAULT_TIMEOUT = 3600
@@ -49,12 +48,7 @@ class LockRequest:
 
 def parse_lockinfo(body: bytes) -> LockRequest:
     """A LOCK request body (DAV:lockinfo); an empty body is a refresh and is not parsed here."""
-    try:
-        root = SafeET.fromstring(body)
-    except ET.ParseError as exc:
-        raise BadRequest(f"Malformed XML in LOCK body: {exc}") from exc
-    except Exception as exc:  # defusedxml's refusals (entities, DTDs)
-        raise BadRequest(f"Refused XML in LOCK body: {type(exc).__name__}") from exc
+    root = parse_xml(body, "LOCK")
     if root.tag != f"{DAV}lockinfo":
         raise BadRequest(f"LOCK body must be a DAV:lockinfo element, not {root.tag}")
     scope = root.find(f"{DAV}lockscope")

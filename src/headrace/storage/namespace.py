@@ -460,36 +460,6 @@ class Namespace:
     def _touch(conn: Connection, directory: Inode) -> None:
         conn.execute(_TOUCH, {"id_": directory.id, "mtime": now_ms()})
 
-    def commit_upload(
-        self,
-        path: str,
-        subject: Subject,
-        *,
-        pool: str,
-        blob: str,
-        size: int,
-        sums: dict[str, str],
-        mode: int = 0o644,
-        if_match: str | None = None,
-        if_none_match_any: bool = False,
-        cause: str | None = None,
-    ) -> tuple[Inode, Blob | None, bool]:
-        """Make a completely written blob visible at `path` (see commit_upload_in), in a transaction of its own."""
-        with self.db.engine.begin() as conn:
-            return self.commit_upload_in(
-                conn,
-                path,
-                subject,
-                pool=pool,
-                blob=blob,
-                size=size,
-                sums=sums,
-                mode=mode,
-                if_match=if_match,
-                if_none_match_any=if_none_match_any,
-                cause=cause,
-            )
-
     def commit_upload_in(
         self,
         conn: Connection,

@@ -59,7 +59,8 @@ class PropOp:
     value: str  # inner XML for set
 
 
-def _parse(body: bytes, what: str) -> ET.Element:
+def parse_xml(body: bytes, what: str) -> ET.Element:
+    """Parse a WebDAV request body; malformed or hostile XML (entities, DTDs) is a 400 naming `what`."""
     try:
         root = SafeET.fromstring(body)
     except ET.ParseError as exc:
@@ -73,7 +74,7 @@ def parse_propfind(body: bytes) -> Propfind:
     """An empty body means allprop (RFC 4918 9.1)."""
     if not body.strip():
         return Propfind("allprop")
-    root = _parse(body, "PROPFIND")
+    root = parse_xml(body, "PROPFIND")
     if root.tag != f"{{{DAV}}}propfind":
         raise BadRequest(f"PROPFIND body must be a DAV:propfind element, not {root.tag}")
     children = list(root)
@@ -91,7 +92,7 @@ def parse_propfind(body: bytes) -> Propfind:
 
 
 def parse_proppatch(body: bytes) -> list[PropOp]:
-    root = _parse(body, "PROPPATCH")
+    root = parse_xml(body, "PROPPATCH")
     if root.tag != f"{{{DAV}}}propertyupdate":
         raise BadRequest(f"PROPPATCH body must be a DAV:propertyupdate element, not {root.tag}")
     ops: list[PropOp] = []
