@@ -60,6 +60,17 @@ class Principal:
             return True
         return all(is_within(path, allowed) or is_within(allowed, path) for allowed in r.paths)
 
+    def check_reach(self, path: str) -> None:
+        """Raise Forbidden if no activity of the token could ever apply at `path` (neither within its paths
+        nor above them). Checked before the namespace is consulted, so that a token learns nothing, not
+        even whether a path exists, outside what it may reach."""
+        r = self.restrictions
+        if r is None:
+            return
+        for allowed in r.paths:
+            if not (is_within(path, allowed) or is_within(allowed, path)):
+                raise Forbidden(f"Permission denied: the token does not allow access to {self.external(path)}")
+
     def check(self, activity: str, path: str) -> None:
         """Raise Forbidden unless the token (if any) allows `activity` at the namespace path `path`."""
         r = self.restrictions

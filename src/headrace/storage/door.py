@@ -146,6 +146,7 @@ class Door:
                     header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope)
                 )
                 path = principal.internal(from_url_path(scope.get("raw_path") or scope["path"].encode()))
+                principal.check_reach(path)
                 call = Call(scope, receive, tracking_send, principal, path)
                 if_header = header(scope, b"if")
                 if if_header and method != "POST":

@@ -25,7 +25,9 @@ SUCCESS = {"status": "success"}
 def _path(request: Request, principal: Principal) -> str:
     raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
     rest = raw[len(PREFIX) :] if raw.startswith(PREFIX.encode()) else b"/"
-    return principal.internal(from_url_path(rest or b"/"))
+    path = principal.internal(from_url_path(rest or b"/"))
+    principal.check_reach(path)
+    return path
 
 
 def _flag(request: Request, name: str) -> bool:
