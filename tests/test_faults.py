@@ -305,3 +305,15 @@ def test_refused_copy_is_412_not_507_when_the_pool_is_nearly_full(full: Server) 
             r = c.request("COPY", "/src", headers={"Destination": "/dst", "Overwrite": "F"})
             assert_problem(r, 412)
         assert c.get("/dst").content == b"d"
+
+
+def test_early_refusal_reaches_a_client_still_sending(server: Server) -> None:
+    """A PUT refused before its body is read (here 409: no parent) gets its JSON answer even when the
+    client sends the whole body without Expect: 100-continue, not a connection reset mid-send.
+    (The HTTP server reads past the refusal itself; measured the same with 100 MiB bodies.)"""
+    body = b"z" * (6 * 1024 * 1024)  # more than loopback's socket buffers hold, less than the door drains
+    for _ in range(10):
+        with server.door() as door:
+            r = door.put("/no-such-parent/f", content=body)
+        assert r.status_code == 409, r.text
+        assert r.json()["detail"].startswith("Parent directory does not exist")
