@@ -129,13 +129,19 @@ class Database:
         self._writer = ThreadPoolExecutor(1 if self.is_sqlite else 8, thread_name_prefix="db-write")
         self._readers = ThreadPoolExecutor(4 if self.is_sqlite else 8, thread_name_prefix="db-read")
         self.group = GroupCommit(self)
+        #: Called on the event loop after every write through `write` (and so `group`) has committed.
+        self.commit_listeners: list[Callable[[], None]] = []
 
     def migrate(self) -> None:
         migrate(self.engine)
 
     async def write(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-        """Run a blocking call that writes, on the writer thread(s)."""
-        return await self._run(self._writer, fn, *args, **kwargs)
+        """Run a blocking call that writes, on the writer thread(s); then tell the commit listeners."""
+        try:
+            return await self._run(self._writer, fn, *args, **kwargs)
+        finally:
+            for listener in self.commit_listeners:
+                listener()
 
     async def read(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a blocking call that only reads."""

@@ -1,0 +1,79 @@
+"""The event log: the outbox read as an ordered, offset-addressed sequence, with readers woken on commit.
+
+Offsets are the outbox's own primary key: monotonically increasing, never reused (SQLite AUTOINCREMENT).
+Readers in this process are woken when a write transaction commits (the database's commit listeners);
+commits made by other processes are seen within `poll` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from sqlalchemy import func, select
+
+from headrace.db.engine import Database
+from headrace.db.schema import events
+from headrace.events.model import EventKind, StorageEvent
+
+
+def _event(row: Any) -> StorageEvent:
+    m = row._mapping
+    return StorageEvent(
+        offset=m["offset"],
+        time=m["time"],
+        kind=EventKind(m["kind"]),
+        is_dir=bool(m["is_dir"]),
+        inode_id=m["inode_id"],
+        pnfsid=m["pnfsid"],
+        path=m["path"],
+        parent_id=m["parent_id"],
+        name=m["name"],
+        old_path=m["old_path"],
+        old_parent_id=m["old_parent_id"],
+        old_name=m["old_name"],
+        cookie=m["cookie"],
+        size=m["size"],
+        detail=json.loads(m["detail"]) if m["detail"] else None,
+        cause=m["cause"],
+        username=m["username"],
+    )
+
+
+class EventLog:
+    def __init__(self, db: Database, *, poll: float = 1.0) -> None:
+        self.db = db
+        self.poll = poll
+        self._committed = asyncio.Event()
+        db.commit_listeners.append(self.notify)
+
+    def read_from(self, offset: int, limit: int = 1000) -> list[StorageEvent]:
+        """Up to `limit` events with offset >= `offset`, in order. Blocking."""
+        q = select(events).where(events.c.offset >= offset).order_by(events.c.offset).limit(limit)
+        with self.db.reader.connect() as conn:
+            return [_event(r) for r in conn.execute(q)]
+
+    def head(self) -> int:
+        """The newest offset (0 for an empty log). Blocking."""
+        with self.db.reader.connect() as conn:
+            return int(conn.execute(select(func.coalesce(func.max(events.c.offset), 0))).scalar_one())
+
+    def notify(self) -> None:
+        """Wake every waiter (called on the event loop after each write transaction commits)."""
+        self._committed.set()
+        self._committed = asyncio.Event()
+
+    async def wait_beyond(self, offset: int, timeout: float) -> int:
+        """Wait until the log holds an event past `offset` or `timeout` passes; the head either way."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            committed = self._committed  # taken before reading the head: no commit can slip between
+            head = await self.db.read(self.head)
+            left = deadline - loop.time()
+            if head > offset or left <= 0:
+                return head
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(committed.wait(), min(self.poll, left))

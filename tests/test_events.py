@@ -1,0 +1,146 @@
+"""The event log over the outbox, and the three renderings, on events made by real namespace changes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from headrace.auth.subject import ROOT
+from headrace.config import Settings
+from headrace.events.log import EventLog
+from headrace.events.model import StorageEvent
+from headrace.events.render import CLOUDEVENT_TYPES, cloudevent_json, inotify, s3_records
+from headrace.storage.service import StorageService
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[StorageService]:
+    settings = Settings(data_dir=tmp_path / "data", admin_key="k", fsync=False, cli_config=tmp_path / "cli.json")
+    svc, _ = StorageService.open(settings)
+    yield svc
+    svc.close()
+
+
+def upload(svc: StorageService, path: str, data: bytes) -> None:
+    pool = svc.choose_pool()
+    up = pool.start_upload()
+    up.write_raw(data)
+    up.finish()
+    with svc.db.engine.begin() as conn:
+        svc.namespace.commit_upload_in(
+            conn, path, ROOT, pool=pool.name, blob=up.blob, size=len(data), sums={"ADLER32": "00000001"}
+        )
+
+
+def seen_by(events: list[StorageEvent], watch: int) -> list[dict[str, object]]:
+    return [p for e in events for p in inotify(e, watch)]
+
+
+def test_inotify_views_of_an_upload_a_rename_and_a_delete(service: StorageService) -> None:
+    ns = service.namespace
+    raw = ns.mkdir("/raw", ROOT)
+    proc = ns.mkdir("/proc", ROOT)
+    log = EventLog(service.db)
+    start = log.head() + 1
+    upload(service, "/raw/r1.h5", b"abc")
+    f = ns.stat("/raw/r1.h5")
+    ns.rename("/raw/r1.h5", "/raw/r2.h5", ROOT)  # within one directory
+    ns.rename("/raw/r2.h5", "/proc/r2.h5", ROOT)  # across directories
+    ns.delete("/proc/r2.h5", ROOT)
+    evs = log.read_from(start)
+    assert [e.offset for e in evs] == list(range(start, start + len(evs)))
+    in_raw = seen_by(evs, raw.id)
+    assert [p["mask"] for p in in_raw] == [
+        ["IN_CREATE"], ["IN_OPEN"], ["IN_MODIFY"], ["IN_CLOSE_WRITE"], ["IN_ATTRIB"],
+        ["IN_MOVED_FROM"], ["IN_MOVED_TO"],
+        ["IN_MOVED_FROM"],
+    ]  # fmt: skip
+    assert in_raw[0]["name"] == "r1.h5" and in_raw[5]["name"] == "r1.h5" and in_raw[6]["name"] == "r2.h5"
+    assert in_raw[5]["cookie"] == in_raw[6]["cookie"] and in_raw[7]["cookie"] != in_raw[5]["cookie"]
+    in_proc = seen_by(evs, proc.id)
+    assert in_proc == [
+        {"name": "r2.h5", "cookie": in_raw[7]["cookie"], "mask": ["IN_MOVED_TO"]},
+        {"name": "r2.h5", "mask": ["IN_DELETE"]},
+    ]
+    # a watch on the file itself: no IN_CREATE (it did not exist), self events without a name
+    on_file = seen_by(evs, f.id)
+    assert [p["mask"] for p in on_file] == [
+        ["IN_OPEN"], ["IN_MODIFY"], ["IN_CLOSE_WRITE"], ["IN_ATTRIB"], ["IN_MOVE_SELF"], ["IN_MOVE_SELF"],
+        ["IN_DELETE_SELF"],
+    ]  # fmt: skip
+    assert all("name" not in p for p in on_file)
+
+
+def test_directory_events_carry_in_isdir(service: StorageService) -> None:
+    ns = service.namespace
+    root = ns.stat("/")
+    log = EventLog(service.db)
+    start = log.head() + 1
+    d = ns.mkdir("/runs", ROOT)
+    ns.record_read(d, ROOT)  # a listing of /runs
+    evs = log.read_from(start)
+    assert seen_by(evs, root.id) == [
+        {"name": "runs", "mask": ["IN_CREATE", "IN_ISDIR"]},
+        {"name": "runs", "mask": ["IN_OPEN", "IN_ISDIR"]},
+        {"name": "runs", "mask": ["IN_CLOSE_NOWRITE", "IN_ISDIR"]},
+    ]
+    assert seen_by(evs, d.id) == [{"mask": ["IN_OPEN", "IN_ISDIR"]}, {"mask": ["IN_CLOSE_NOWRITE", "IN_ISDIR"]}]
+
+
+def test_cloudevents_and_s3_records(service: StorageService) -> None:
+    ns = service.namespace
+    ns.mkdir("/bucket", ROOT)
+    log = EventLog(service.db)
+    start = log.head() + 1
+    upload(service, "/bucket/x.h5", b"12345")
+    ns.rename("/bucket/x.h5", "/bucket/y.h5", ROOT)
+    evs = log.read_from(start)
+    close = next(e for e in evs if e.kind.value == "CLOSE_WRITE")
+    body = json.loads(cloudevent_json(close))
+    assert body["specversion"] == "1.0" and body["id"] == str(close.offset)
+    assert body["type"] == CLOUDEVENT_TYPES[close.kind] == "org.headrace.storage.closed.write"
+    assert body["subject"] == "/bucket/x.h5" and body["source"] == "/headrace/storage"
+    assert body["data"]["size"] == 5 and body["data"]["checksums"] == {"ADLER32": "00000001"}
+    assert body["time"].endswith("Z")
+    assert [r["eventName"] for e in evs for r in s3_records(e)] == [
+        "ObjectCreated:Put",
+        "ObjectRemoved:Delete",
+        "ObjectCreated:Copy",
+    ]
+    put = s3_records(close)[0]
+    assert put["s3"]["bucket"]["name"] == "bucket" and put["s3"]["object"]["key"] == "x.h5"
+    assert put["s3"]["object"]["size"] == 5
+    assert set(CLOUDEVENT_TYPES) == set(type(close.kind))  # every kind has a type
+
+
+def test_waiters_wake_on_commit_not_on_the_poll(service: StorageService) -> None:
+    log = EventLog(service.db, poll=30.0)
+
+    async def scenario() -> tuple[int, float]:
+        head = await service.db.read(log.head)
+        waiter = asyncio.create_task(log.wait_beyond(head, timeout=20.0))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await service.db.write(service.namespace.mkdir, "/woken", ROOT)
+        new_head = await waiter
+        return new_head - head, time.monotonic() - t0
+
+    grew, waited = asyncio.run(scenario())
+    assert grew == 1
+    assert waited < 5.0  # woken by the commit; the poll interval is 30 s
+
+
+def test_wait_times_out_with_the_head(service: StorageService) -> None:
+    log = EventLog(service.db, poll=0.05)
+
+    async def scenario() -> tuple[int, int]:
+        head = await service.db.read(log.head)
+        return head, await log.wait_beyond(head, timeout=0.2)
+
+    before, after = asyncio.run(scenario())
+    assert before == after
