@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import stat as stat_mode
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Annotated
 
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.text import Text
 
 from headrace.cli.common import client, json_option, print_json, print_json_array
-from headrace.client import Entry, normalize_remote
+from headrace.client import Client, Entry, normalize_remote
 
 JsonFlag = Annotated[bool, json_option()]
 
@@ -96,13 +96,7 @@ def mkdir(
     as_json: JsonFlag = False,
 ) -> None:
     """Create directories."""
-    done: list[str] = []
-    with client() as c:
-        for p in paths:
-            c.mkdir(p, parents=parents)
-            done.append(normalize_remote(p))
-    if as_json:
-        print_json({"status": "success", "paths": done})
+    _each(paths, lambda c, p: c.mkdir(p, parents=parents), as_json)
 
 
 def mv(
@@ -129,10 +123,15 @@ def rm(
     as_json: JsonFlag = False,
 ) -> None:
     """Delete files and empty directories; with -r, whole trees."""
+    _each(paths, lambda c, p: c.remove(p, recursive=recursive), as_json)
+
+
+def _each(paths: list[str], action: Callable[[Client, str], None], as_json: bool) -> None:
+    """Apply `action` to each path in order (stopping at the first error), then report the paths done."""
     done: list[str] = []
     with client() as c:
         for p in paths:
-            c.remove(p, recursive=recursive)
+            action(c, p)
             done.append(normalize_remote(p))
     if as_json:
         print_json({"status": "success", "paths": done})
