@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from harness import Server
-from headrace.errors import BadRequest
+from headrace.errors import BadRequest, TooManyRequests
 from headrace.storage import locks
 from headrace.storage.locks import Condition, IfList, Locked, LockManager
 
@@ -403,3 +403,18 @@ def test_windows_redirector_style_save(door: httpx.Client, base: str, server: Se
         attrs = api.get(api_path(f), params={"xattr": "true"}).json()["extendedAttributes"]
     assert attrs["{urn:schemas-microsoft-com:}Win32FileAttributes"] == "00000020"
     assert door.get(quote(f)).content == b"hello windows"
+
+
+def test_locks_per_user_are_capped() -> None:
+    """Shared locks never conflict: the cap is what keeps one user from growing the door's memory."""
+    m = LockManager()
+    m.MAX_PER_USER = 5
+    held = [
+        m.lock("/s", is_dir=False, exclusive=False, infinite=False, owner="", username="u", timeout=60)
+        for _ in range(5)
+    ]
+    with pytest.raises(TooManyRequests):
+        m.lock("/s", is_dir=False, exclusive=False, infinite=False, owner="", username="u", timeout=60)
+    m.lock("/s", is_dir=False, exclusive=False, infinite=False, owner="", username="v", timeout=60)  # others may
+    m.unlock(held[0])
+    m.lock("/s", is_dir=False, exclusive=False, infinite=False, owner="", username="u", timeout=60)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
-from headrace.errors import BadRequest, HeadraceError
+from headrace.errors import BadRequest, HeadraceError, TooManyRequests
 from headrace.storage.paths import is_within, parent_and_name
 from headrace.storage.webdav_xml import parse_xml
 
@@ -244,6 +244,10 @@ class Lock:
 class LockManager:
     """Active locks by root path and by token. Used from the door's event loop only: no thread locking."""
 
+    #: Active locks one user may hold: shared locks never conflict, so without a cap one client could
+    #: make the door hold any number of them (memory stays bounded, invariant 4).
+    MAX_PER_USER = 1000
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._by_token: dict[str, Lock] = {}
@@ -300,6 +304,8 @@ class LockManager:
     def lock(
         self, path: str, *, is_dir: bool, exclusive: bool, infinite: bool, owner: str, username: str, timeout: int
     ) -> Lock:
+        if sum(1 for lk in self._by_token.values() if lk.username == username) >= self.MAX_PER_USER:
+            raise TooManyRequests(f"{username} holds {self.MAX_PER_USER} locks already; unlock some first")
         clash = self.conflicts(path, exclusive=exclusive, infinite=infinite)
         if clash:
             raise Locked(f"{clash[0].root} is already locked{' exclusively' if clash[0].exclusive else ''}")
