@@ -148,10 +148,31 @@ def _chain(depth: int) -> Select[Any]:
     return select(*cols).select_from(joined).where(root.c.parent_id.is_(None))
 
 
-def _level(m: Any, prefix: str, path: str) -> Inode | None:
-    if m[f"{prefix}_id"] is None:
+_CHAIN_SQL: dict[tuple[str, int], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _run_chain(conn: Connection, names: list[str]) -> tuple[Any, ...]:
+    """Execute `_chain(len(names))` as SQL compiled once per dialect and depth. SQLAlchemy would otherwise
+    rebuild the cache key and result metadata of this wide statement on every call (measured: most of a
+    lookup's CPU). The string and its parameter order come from the dialect, so this stays portable."""
+    key = (conn.dialect.name, len(names))
+    compiled = _CHAIN_SQL.get(key)
+    if compiled is None:
+        c = _chain(len(names)).compile(dialect=conn.dialect)
+        compiled = _CHAIN_SQL[key] = (c.string, tuple(c.positiontup) if c.positiontup else None)
+    sql, order = compiled
+    params = {f"n{i}": name for i, name in enumerate(names)}
+    args: Any = tuple(params[k] for k in order) if order is not None else params
+    return tuple(conn.exec_driver_sql(sql, args).one())
+
+
+def _level(row: tuple[Any, ...], index: int, path: str) -> Inode | None:
+    """Level `index` of a chain row (0 = the root): None where the path stops existing."""
+    width = len(_COLUMNS)
+    values = row[index * width : (index + 1) * width]
+    if values[0] is None:
         return None
-    return Inode(path=path, **{c: m[f"{prefix}_{c}"] for c in _COLUMNS})
+    return Inode(path=path, **dict(zip(_COLUMNS, values, strict=True)))
 
 
 class Namespace:
@@ -204,15 +225,15 @@ class Namespace:
         if path == "/":
             return None, self._root(conn)
         names = path[1:].split("/")
-        m = conn.execute(_chain(len(names)), {f"n{i}": name for i, name in enumerate(names)}).one()._mapping
-        node = _level(m, "r", "/")
+        row = _run_chain(conn, names)
+        node = _level(row, 0, "/")
         assert node is not None
         for i, name in enumerate(names):
             if not node.is_dir:
                 raise Conflict(f"Not a directory: {node.path}")
             if not subject.may(X, mode=node.mode, uid=node.uid, gid=node.gid):
                 raise Forbidden(f"Permission denied: {node.path}")
-            child = _level(m, f"l{i}", join(node.path, name))
+            child = _level(row, i + 1, join(node.path, name))
             if child is None:
                 if i == len(names) - 1:
                     return node, None
