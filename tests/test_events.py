@@ -82,7 +82,8 @@ def test_directory_events_carry_in_isdir(service: StorageService) -> None:
     log = EventLog(service.db)
     start = log.head() + 1
     d = ns.mkdir("/runs", ROOT)
-    ns.record_read(d, ROOT)  # a listing of /runs
+    with service.db.engine.begin() as conn:
+        ns.record_read_in(conn, d, ROOT)  # a listing of /runs
     evs = log.read_from(start)
     assert seen_by(evs, root.id) == [
         {"name": "runs", "mask": ["IN_CREATE", "IN_ISDIR"]},

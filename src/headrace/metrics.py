@@ -15,4 +15,3 @@ API_REQUESTS = Counter(
 )
 POOL_USED = Gauge("headrace_pool_used_bytes", "Bytes held by each pool", ["pool"], registry=REGISTRY)
 POOL_FREE = Gauge("headrace_pool_free_bytes", "Bytes each pool can still take", ["pool"], registry=REGISTRY)
-EVENT_HEAD = Gauge("headrace_event_log_head_offset", "Offset of the newest event in the log", registry=REGISTRY)

@@ -79,10 +79,8 @@ class _GranianDoor:
             log_enabled=False,
             backlog=1024,
         )
-        self.started = False
 
     async def serve(self) -> None:
-        self.started = True
         await self.server.serve()
 
     def stop(self) -> None:

@@ -17,7 +17,7 @@ from headrace.auth.macaroons import MacaroonAuthority, Restrictions
 from headrace.auth.subject import ANONYMOUS, Subject
 from headrace.auth.users import Users
 from headrace.errors import Forbidden, NotFound, Unauthorized
-from headrace.storage.paths import is_within, normalize
+from headrace.storage.paths import from_url_path, is_within, normalize
 
 # What each activity lets a token holder do on ancestors of its allowed paths: just enough to find them.
 _ANCESTOR_OK = {"READ_METADATA", "LIST"}
@@ -51,6 +51,13 @@ class Principal:
         if path.startswith(root + "/"):
             return path[len(root) :]
         raise Forbidden(f"Path outside the token's root: {path}")
+
+    def resolve(self, raw_url_path: bytes) -> str:
+        """The namespace path a request names (percent-decoded strictly, through the token's root view),
+        refused with 403 when the token can never act there. Every transport resolves paths here."""
+        path = self.internal(from_url_path(raw_url_path))
+        self.check_reach(path)
+        return path
 
     def visible(self, path: str) -> bool:
         """Whether a listing may show `path` to this principal: a path-limited token sees, in the

@@ -48,7 +48,7 @@ from headrace.storage import locks
 from headrace.storage import webdav_xml as dav
 from headrace.storage.checksums import Hasher, format_digest, parse_digest, parse_want_digest
 from headrace.storage.namespace import CopyItem, Inode
-from headrace.storage.paths import from_destination, from_url_path
+from headrace.storage.paths import from_destination
 from headrace.storage.pool import READ_CHUNK, Upload
 from headrace.storage.service import StorageService
 
@@ -145,8 +145,7 @@ class Door:
                 principal = self.service.auth.authenticate(
                     header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope)
                 )
-                path = principal.internal(from_url_path(scope.get("raw_path") or scope["path"].encode()))
-                principal.check_reach(path)
+                path = principal.resolve(scope.get("raw_path") or scope["path"].encode())
                 call = Call(scope, receive, tracking_send, principal, path)
                 if_header = header(scope, b"if")
                 if if_header and method != "POST":
@@ -344,7 +343,7 @@ class Door:
         call.principal.check("UPLOAD", call.path)
         if call.path == "/":
             raise Conflict("Cannot PUT onto the root directory")
-        existing = await self.db.read(self._probe_put, call.path, call.subject)
+        existing = await self.db.read(self.ns.entry_for_create, call.path, call.subject)
         if existing is not None and existing.is_dir:
             raise Conflict(f"Is a directory: {call.principal.external(existing.path)}")
         self.locks.check_write(call.path, call.tokens, call.subject.username, membership=existing is None)
@@ -396,14 +395,6 @@ class Door:
         if created:
             headers["Location"] = call.href(node.path, False)
         return Response(status_code=201 if created else 204, headers=headers)
-
-    def _probe_put(self, path: str, subject: Any) -> Inode | None:
-        """The entry a PUT would replace; raises 409 when the parent is missing or not a directory."""
-        try:
-            _, node = self.ns.lookup(path, subject)
-        except NotFound as exc:
-            raise Conflict(f"Parent directory does not exist: {exc.detail.split(': ', 1)[-1]}") from exc
-        return node
 
     async def _receive_into(self, call: Call, upload: Upload, types: set[str], length: int | None) -> dict[str, str]:
         """Stream the request body into `upload`, hashing as it goes. Double-buffered: while one chunk of up
@@ -531,7 +522,7 @@ class Door:
             raise BadRequest("COPY needs Depth: 0 or infinity")
         self.locks.check_write(target, call.tokens, call.subject.username, membership=True, subtree=True)
         # Refuse what commit_copy would refuse before copying any data (it checks again, for races).
-        existing = await self.db.read(self._probe_put, target, call.subject)
+        existing = await self.db.read(self.ns.entry_for_create, target, call.subject)
         if existing is not None and not overwrite:
             raise PreconditionFailed(f"Destination exists: {call.principal.external(target)}")
         plan = await self.db.read(self.ns.copy_plan, call.path, call.subject, depth_infinity=depth == "infinity")

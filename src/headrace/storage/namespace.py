@@ -249,13 +249,17 @@ class Namespace:
             raise NotFound(f"No such file or directory: {normalize(path)}")
         return node
 
+    def _walk_for_create(self, conn: Connection, path: str, subject: Subject) -> tuple[Inode | None, Inode | None]:
+        """`_walk`, with a missing directory above `path` reported as 409 (nothing can be created there)."""
+        try:
+            return self._walk(conn, path, subject)
+        except NotFound as exc:
+            raise Conflict(f"Parent directory does not exist: {exc.detail.split(': ', 1)[-1]}") from exc
+
     def _dir_for_create(self, conn: Connection, path: str, subject: Subject) -> tuple[Inode, Inode | None]:
         """The parent directory a new entry at `path` goes into (must exist: 409 otherwise) and any entry
         already there."""
-        try:
-            parent, node = self._walk(conn, path, subject)
-        except NotFound as exc:
-            raise Conflict(f"Parent directory does not exist: {exc.detail.split(': ', 1)[-1]}") from exc
+        parent, node = self._walk_for_create(conn, path, subject)
         if parent is None:
             raise Forbidden("The root cannot be replaced")
         if not parent.is_dir:
@@ -286,11 +290,11 @@ class Namespace:
             node = self._get(conn, path, subject)
             return self._extras(conn, node, xattr=xattr, label=label, sums=sums)
 
-    def lookup(self, path: str, subject: Subject = ROOT) -> tuple[Inode | None, Inode | None]:
-        """(parent, entry) at `path` in one query; entry None if absent. Raises NotFound when a directory
-        above it is missing, Conflict when one is a file."""
+    def entry_for_create(self, path: str, subject: Subject = ROOT) -> Inode | None:
+        """The entry a new file at `path` would replace (None if there is none), in one query; 409 when a
+        directory above it is missing or is a file. For refusing a write before its data arrives."""
         with self.db.reader.connect() as conn:
-            return self._walk(conn, path, subject)
+            return self._walk_for_create(conn, path, subject)[1]
 
     def try_stat(self, path: str, subject: Subject = ROOT) -> Inode | None:
         with self.db.reader.connect() as conn:
@@ -343,14 +347,6 @@ class Namespace:
                 out.setdefault(r.inode_id, {})[r.name] = r.value
         return out
 
-    def count_children(self, directory: Inode) -> int:
-        with self.db.reader.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count()).select_from(inodes).where(inodes.c.parent_id == directory.id)
-                ).scalar_one()
-            )
-
     # -- events ------------------------------------------------------------------------------------------
 
     def _emit(
@@ -384,11 +380,6 @@ class Namespace:
         }
         base.update(extra)
         conn.execute(_INSERT_EVENT, [{**base, "kind": k.value} for k in kinds])
-
-    def record_read(self, node: Inode, subject: Subject, cause: str | None = None) -> None:
-        """Events of a completed read (file) or listing (directory), as dCache emits them."""
-        with self.db.engine.begin() as conn:
-            self.record_read_in(conn, node, subject, cause)
 
     def record_read_in(self, conn: Connection, node: Inode, subject: Subject, cause: str | None = None) -> None:
         """The events of a completed read or listing, in the caller's transaction."""

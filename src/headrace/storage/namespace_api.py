@@ -14,7 +14,7 @@ from headrace.auth.access import Principal
 from headrace.errors import BadRequest
 from headrace.http_common import principal_of
 from headrace.storage.namespace import Inode
-from headrace.storage.paths import check_name, from_url_path, join, normalize, parent_and_name
+from headrace.storage.paths import check_name, join, normalize, parent_and_name
 from headrace.storage.service import StorageService
 from headrace.storage.webdav_xml import content_type
 
@@ -25,9 +25,7 @@ SUCCESS = {"status": "success"}
 def _path(request: Request, principal: Principal) -> str:
     raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
     rest = raw[len(PREFIX) :] if raw.startswith(PREFIX.encode()) else b"/"
-    path = principal.internal(from_url_path(rest or b"/"))
-    principal.check_reach(path)
-    return path
+    return principal.resolve(rest or b"/")
 
 
 def _flag(request: Request, name: str) -> bool:
