@@ -22,6 +22,7 @@ from headrace.auth.users import Users, new_key
 from headrace.config import Settings
 from headrace.db.engine import Database
 from headrace.db.schema import state
+from headrace.events.log import EventLog
 from headrace.storage.namespace import Blob, Namespace
 from headrace.storage.pool import Pool
 
@@ -43,6 +44,8 @@ class StorageService:
         self.settings = settings
         self.db = db
         self.namespace = Namespace(db, read_events=settings.read_events)
+        #: The outbox read as an ordered log; readers are woken on every commit.
+        self.log = EventLog(db)
         self.users = Users(db)
         self.pools = {
             f"pool{i}": Pool(f"pool{i}", d, max_bytes=settings.pool_max_bytes, fsync=settings.fsync)
