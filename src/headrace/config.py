@@ -58,6 +58,8 @@ class Settings:
         )
     )
     log_level: str = "info"
+    #: Event channels (SSE) one user may hold at once (dCache: 128).
+    channels_per_user: int = 128
     #: HTTP server under the door: "granian" (fast data path) or "uvicorn".
     door_server: str = "granian"
 
@@ -76,6 +78,7 @@ class Settings:
             read_events=_env_bool("HEADRACE_READ_EVENTS", True),
             anonymous=_env_bool("HEADRACE_ANONYMOUS", False),
             log_level=os.environ.get("HEADRACE_LOG_LEVEL") or "info",
+            channels_per_user=_env_int("HEADRACE_CHANNELS_PER_USER", 128),
             door_server=os.environ.get("HEADRACE_DOOR_SERVER") or "granian",
             upload_idle_timeout=float(os.environ.get("HEADRACE_UPLOAD_IDLE_TIMEOUT") or 60),
         )

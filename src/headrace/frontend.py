@@ -1,6 +1,6 @@
 """The frontend (port 3880): dCache-shaped namespace and user APIs, OpenAPI, Prometheus metrics, health.
 
-Later issues add the events SSE API and the OpenWhisk-shaped functions API here.
+The storage-events SSE API (`/api/v1/events`) is mounted when a channel manager is given.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from headrace import __version__
 from headrace.errors import HeaderTooLarge, HeadraceError, Unauthorized
+from headrace.events import api as events_api
+from headrace.events.channels import ChannelManager
 from headrace.http_common import client_ip, error_response, header, header_bytes, problem, query_param
 from headrace.metrics import API_REQUESTS, POOL_FREE, POOL_USED, REGISTRY
 from headrace.storage import namespace_api
@@ -46,7 +48,7 @@ class HeaderLimit:
         await self.app(scope, receive, counting_send)
 
 
-def create_app(service: StorageService) -> FastAPI:
+def create_app(service: StorageService, channels: ChannelManager | None = None) -> FastAPI:
     app = FastAPI(
         title="headrace frontend",
         version=__version__,
@@ -70,6 +72,8 @@ def create_app(service: StorageService) -> FastAPI:
         return problem(exc.status_code, titles.get(exc.status_code, "Error"), detail)
 
     app.include_router(namespace_api.router(service))
+    if channels is not None:
+        app.include_router(events_api.router(service, channels))
 
     @app.get("/api/v1/user", summary="Who the caller is")
     async def user(request: Request) -> Any:

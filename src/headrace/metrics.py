@@ -15,3 +15,10 @@ API_REQUESTS = Counter(
 )
 POOL_USED = Gauge("headrace_pool_used_bytes", "Bytes held by each pool", ["pool"], registry=REGISTRY)
 POOL_FREE = Gauge("headrace_pool_free_bytes", "Bytes each pool can still take", ["pool"], registry=REGISTRY)
+EVENT_LOG_HEAD = Gauge("headrace_event_log_head", "Newest offset in the event log", registry=REGISTRY)
+EVENT_LOG_TAIL = Gauge("headrace_event_log_tail", "Oldest offset the event log still holds", registry=REGISTRY)
+EVENT_CONSUMER_LAG = Gauge(
+    "headrace_event_consumer_lag", "Events in the log a consumer has not read yet", ["consumer"], registry=REGISTRY
+)
+SSE_CHANNELS = Gauge("headrace_sse_channels", "Open event channels", registry=REGISTRY)
+SSE_CONNECTIONS = Gauge("headrace_sse_connections", "Clients connected to event channels", registry=REGISTRY)

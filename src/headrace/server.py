@@ -16,6 +16,7 @@ from collections.abc import Generator
 import uvicorn
 
 from headrace.config import Settings
+from headrace.events.channels import ChannelManager
 from headrace.frontend import create_app
 from headrace.storage.door import Door
 from headrace.storage.service import StartReport, StorageService
@@ -29,12 +30,12 @@ class _Server(uvicorn.Server):
         yield  # signals are handled once, in `run`, for all servers
 
 
-def _config(app: object, settings: Settings, port: int) -> uvicorn.Config:
+def _config(app: object, settings: Settings, port: int, http: str = "httptools") -> uvicorn.Config:
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=port,
-        http="httptools",
+        http=http,
         lifespan="off",
         log_level=settings.log_level,
         access_log=False,
@@ -91,7 +92,11 @@ async def run(settings: Settings) -> None:
     service, report = StorageService.open(settings)
     announce(settings, report)
     door_app = Door(service, settings)
-    api = _Server(_config(create_app(service), settings, settings.api_port))
+    channels = ChannelManager(service.log, settings.data_dir / "channels", per_user=settings.channels_per_user)
+    await channels.start()
+    # h11 rather than httptools on the frontend: httptools lowercases response header names, and dCache's
+    # event clients find a channel's `Location` case-sensitively.
+    api = _Server(_config(create_app(service, channels), settings, settings.api_port, http="h11"))
     door: _Server | _GranianDoor
     if settings.door_server == "granian":
         door = _GranianDoor(door_app, settings)
@@ -100,6 +105,7 @@ async def run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
 
     def stop(*_: object) -> None:
+        channels.shutdown_clients()
         api.should_exit = True
         if isinstance(door, _GranianDoor):
             door.stop()
@@ -116,6 +122,7 @@ async def run(settings: Settings) -> None:
         if not api.started:
             raise SystemExit(1)
     finally:
+        await channels.stop()
         service.close()
     print("headrace: stopped cleanly", flush=True)
 
