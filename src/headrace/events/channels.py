@@ -29,7 +29,7 @@ from headrace.events import sse
 from headrace.events.channel_store import ChannelStore, Entry, Saved, entry_line, position_line, sent_line
 from headrace.events.log import EventLog
 from headrace.events.model import EventKind, StorageEvent
-from headrace.events.render import inotify
+from headrace.events.render import cloudevent_dict, inotify
 from headrace.events.selectors import InotifySelector, MetronomeSelector, inotify_selector, metronome_selector
 from headrace.metrics import EVENT_CONSUMER_LAG, EVENT_LOG_HEAD, SSE_CHANNELS, SSE_CONNECTIONS
 
@@ -85,6 +85,7 @@ class Watch(Subscription):
     flags: frozenset[str] = frozenset()
     oneshot: bool = False
     recursive: bool = False
+    format: str = "inotify"
 
     def meta(self) -> dict[str, Any]:
         return {**super().meta(), "inode": self.inode, "path": self.path}
@@ -270,6 +271,7 @@ class ChannelManager:
                     ch, "inotify", s["sid"], s["url"], s["selector"], int(s["since"]),
                     inode=int(s["inode"]), path=s["path"], flags=sel.flags, oneshot=sel.oneshot,
                     recursive=sel.recursive,
+                    format=sel.format,
                 )  # fmt: skip
             else:
                 sub = Metronome(
@@ -340,7 +342,7 @@ class ChannelManager:
         """Subscribe `ch` to inode `inode`; (subscription, created). The same target again updates the
         existing watch's flags (merged with IN_MASK_ADD, replaced otherwise) and is not created."""
         for sub in ch.subs.values():
-            if isinstance(sub, Watch) and sub.inode == inode and sub.recursive == sel.recursive:
+            if isinstance(sub, Watch) and (sub.inode, sub.recursive, sub.format) == (inode, sel.recursive, sel.format):
                 sub.flags = sub.flags | sel.flags if sel.mask_add else sel.flags
                 sub.oneshot = sel.oneshot
                 sub.selector = {**raw, "flags": sorted(sub.flags) + (["IN_ONESHOT"] if sel.oneshot else [])}
@@ -351,6 +353,7 @@ class ChannelManager:
         w = Watch(
             ch, "inotify", sid, f"{url_base}/inotify/{sid}", raw, since,
             inode=inode, path=sel.path, flags=sel.flags, oneshot=sel.oneshot, recursive=sel.recursive,
+            format=sel.format,
         )  # fmt: skip
         self._add(ch, w)
         return w, True
@@ -476,7 +479,7 @@ class ChannelManager:
             if w.key not in ch.subs:
                 return
             if p["mask"][0] in w.flags:
-                ch.queue(w, p)
+                ch.queue(w, p if w.format == "inotify" else cloudevent_dict(ev, inotifymask=",".join(p["mask"])))
                 if w.oneshot:
                     self.unsubscribe(w)
                     return

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,6 +110,13 @@ def cloudevent(event: StorageEvent, *, source: str = "/headrace/storage") -> Clo
 def cloudevent_json(event: StorageEvent, *, source: str = "/headrace/storage") -> bytes:
     """Structured-mode CloudEvents JSON (application/cloudevents+json)."""
     return bytes(JSONFormat().write(cloudevent(event, source=source)))
+
+
+def cloudevent_dict(event: StorageEvent, *, source: str = "/headrace/storage", **extensions: str) -> dict[str, Any]:
+    """The structured-mode CloudEvent as a JSON-ready dict, with extension attributes added."""
+    out: dict[str, Any] = json.loads(cloudevent_json(event, source=source))
+    out.update(extensions)
+    return out
 
 
 def s3_records(event: StorageEvent, *, region: str = "") -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ MANAGEMENT = ("IN_IGNORED", "IN_Q_OVERFLOW", "IN_ISDIR", "IN_UNMOUNT")
 
 _PATH = re.compile(r"^/(.*[^/])?$")
 METRONOME_MAX_HZ = 1_000_000.0
+FORMATS = ("inotify", "cloudevents")
 
 
 class SelectorError(ValueError):
@@ -53,6 +54,7 @@ class InotifySelector:
     onlydir: bool = False
     mask_add: bool = False
     recursive: bool = False  # headrace's extension: also the events of every directory below `path`
+    format: str = "inotify"  # headrace's extension: "cloudevents" sends each event as a CloudEvent
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ def parse_flags(raw: Any) -> tuple[frozenset[str], set[str]]:
 
 
 def inotify_selector(raw: Any) -> InotifySelector:
-    sel = _object(raw, {"path", "flags", "recursive"})
+    sel = _object(raw, {"path", "flags", "recursive", "format"})
     path = sel.get("path")
     if not isinstance(path, str):
         raise SelectorError('"path" is required and must be a string')
@@ -106,7 +108,11 @@ def inotify_selector(raw: Any) -> InotifySelector:
     recursive = sel.get("recursive", False)
     if not isinstance(recursive, bool):
         raise SelectorError('"recursive" must be true or false')
+    fmt = sel.get("format", "inotify")
+    if fmt not in FORMATS:
+        raise SelectorError(f"\"format\" must be one of {', '.join(FORMATS)}")
     return InotifySelector(
+        format=fmt,
         path=path,
         flags=flags,
         oneshot="IN_ONESHOT" in modifiers,
@@ -152,6 +158,13 @@ SELECTOR_SCHEMAS: dict[str, dict[str, Any]] = {
             "recursive": {
                 "type": "boolean",
                 "description": "headrace extension: also watch every directory below path (default false).",
+            },
+            "format": {
+                "type": "string",
+                "enum": list(FORMATS),
+                "description": "headrace extension: 'cloudevents' sends each event as a CloudEvent (structured "
+                "JSON, with the inotify mask in the extension attribute 'inotifymask') instead of the inotify "
+                "payload (default 'inotify').",
             },
         },
         "required": ["path"],
