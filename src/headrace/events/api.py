@@ -92,16 +92,21 @@ class ChannelStream:
         while True:
             conn.wake.clear()
             out: list[bytes] = []
-            if conn.system:
-                out.extend(conn.system)
-                conn.system.clear()
             lost, entries = ch.take(cursor)
             if lost and (first or self.last_id is not None or cursor > 0):
                 out.append(sse.system("EVENT_LOSS"))
             first = False
+            # SYSTEM events go out in the order they happened relative to the numbered ones
+            system, conn.system = conn.system, []
+            for e in entries:
+                while system and system[0][0] <= e.id:
+                    out.append(system.pop(0)[1])
+                out.append(sse.frame(e.type, e.data, e.id))
             if entries:
-                out.extend(sse.frame(e.type, e.data, e.id) for e in entries)
                 cursor = entries[-1].id + 1
+            while system and system[0][0] <= cursor:
+                out.append(system.pop(0)[1])
+            conn.system[:0] = system  # after events not sent yet
             if conn.final is not None:
                 out.append(conn.final)
             if out:

@@ -49,7 +49,7 @@ class Connection:
     """The one client connected to a channel: SYSTEM frames waiting for it, and how it is told to end."""
 
     def __init__(self) -> None:
-        self.system: list[bytes] = []
+        self.system: list[tuple[int, bytes]] = []  # (the channel's next id when it happened, frame)
         self.final: bytes | None = None
         self.wake = asyncio.Event()
 
@@ -146,7 +146,7 @@ class Channel:
     def system(self, frame: bytes) -> None:
         """A SYSTEM event for the client connected now (never held, never replayed)."""
         if self.conn is not None:
-            self.conn.system.append(frame)
+            self.conn.system.append((self.next_id, frame))
             self.conn.wake.set()
 
     def take(self, cursor: int, limit: int = 512) -> tuple[bool, list[Entry]]:
@@ -461,7 +461,7 @@ class ChannelManager:
     def dispatch(self, ev: StorageEvent) -> None:
         """Queue `ev` for every watch it concerns."""
         seen: set[int] = set()
-        for iid in (ev.inode_id, ev.parent_id, ev.old_parent_id):
+        for iid in (ev.old_parent_id, ev.parent_id, ev.inode_id):  # Linux's order: from, to, self
             if iid is None or iid in seen:
                 continue
             seen.add(iid)

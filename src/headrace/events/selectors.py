@@ -110,7 +110,7 @@ def inotify_selector(raw: Any) -> InotifySelector:
         raise SelectorError('"recursive" must be true or false')
     fmt = sel.get("format", "inotify")
     if fmt not in FORMATS:
-        raise SelectorError(f"\"format\" must be one of {', '.join(FORMATS)}")
+        raise SelectorError(f'"format" must be one of {", ".join(FORMATS)}')
     return InotifySelector(
         format=fmt,
         path=path,
