@@ -8,14 +8,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from harness import Server
 from headrace.auth.subject import ROOT
 from headrace.config import Settings
 from headrace.events.log import EventLog
 from headrace.events.model import StorageEvent
 from headrace.events.render import CLOUDEVENT_TYPES, cloudevent_json, inotify, s3_records
 from headrace.storage.service import StorageService
+from outbox import rows
 
 
 @pytest.fixture
@@ -145,3 +148,47 @@ def test_wait_times_out_with_the_head(service: StorageService) -> None:
 
     before, after = asyncio.run(scenario())
     assert before == after
+
+
+def test_retention_by_count_and_age_spares_what_durable_consumers_have_not_read(service: StorageService) -> None:
+    from headrace.events.retention import Retention
+
+    ns, log = service.namespace, service.log
+    for i in range(30):
+        ns.mkdir(f"/keep{i}", ROOT)
+    head = log.head()
+    relay_position = head - 20  # a durable consumer 20 events behind
+    retention = Retention(log, max_age=0, max_events=10, holders=[lambda: relay_position])
+    first = log.tail()
+    assert asyncio.run(retention.run_once()) == relay_position + 1 - first
+    assert log.tail() == relay_position + 1  # held back by the consumer, not by the limit
+    relay_position = head  # it caught up: the count limit applies
+    asyncio.run(retention.run_once())
+    assert log.tail() == head - 9 and log.head() == head
+    assert [e.offset for e in log.read_from(0)] == list(range(head - 9, head + 1))
+    # by age: everything older than a second goes once it is older
+    time.sleep(1.1)
+    ns.mkdir("/young", ROOT)
+    aged = Retention(log, max_age=1.0, max_events=0)
+    removed = asyncio.run(aged.run_once())
+    assert removed == 10
+    assert [e.path for e in log.read_from(0)] == ["/young"]
+    ns.mkdir("/after", ROOT)
+    assert log.read_from(0)[-1].offset == head + 2  # offsets are never reused
+
+
+def test_server_applies_retention_settings(fresh_server: Server) -> None:
+    fresh_server.env_extra["HEADRACE_EVENT_RETENTION_EVENTS"] = "5"
+    srv = fresh_server.start()
+    with srv.door() as door:
+        for i in range(12):
+            assert door.request("MKCOL", f"/r{i}").status_code == 201
+    srv.stop()
+    before = rows(srv.data)
+    srv.start()  # retention runs at start, then every minute
+    deadline = time.monotonic() + 10
+    while len(rows(srv.data)) > 5:
+        assert time.monotonic() < deadline, rows(srv.data)
+        time.sleep(0.1)
+    assert [r["offset"] for r in rows(srv.data)] == [r["offset"] for r in before[-5:]]
+    assert "headrace_event_log_tail" in httpx.get(f"{srv.api_url}/metrics").text

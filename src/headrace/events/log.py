@@ -12,7 +12,7 @@ import contextlib
 import json
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from headrace.db.engine import Database
 from headrace.db.schema import events
@@ -59,6 +59,29 @@ class EventLog:
         """The newest offset (0 for an empty log). Blocking."""
         with self.db.reader.connect() as conn:
             return int(conn.execute(select(func.coalesce(func.max(events.c.offset), 0))).scalar_one())
+
+    def tail(self) -> int:
+        """The oldest offset still held (head + 1 for an empty log). Blocking."""
+        with self.db.reader.connect() as conn:
+            oldest = conn.execute(select(func.min(events.c.offset))).scalar_one()
+            if oldest is not None:
+                return int(oldest)
+            return int(conn.execute(select(func.coalesce(func.max(events.c.offset), 0))).scalar_one()) + 1
+
+    def first_after(self, time_us: int) -> int | None:
+        """The offset of the oldest event written at or after `time_us` (None if there is none). Blocking."""
+        with self.db.reader.connect() as conn:
+            q = select(func.min(events.c.offset)).where(events.c.time >= time_us)
+            found = conn.execute(q).scalar_one()
+            return None if found is None else int(found)
+
+    def trim_in(self, conn: Any, below: int, batch: int) -> int:
+        """Delete up to `batch` of the oldest events with offsets below `below`; how many went."""
+        oldest = conn.execute(select(func.min(events.c.offset))).scalar_one()
+        if oldest is None or oldest >= below:
+            return 0
+        result = conn.execute(delete(events).where(events.c.offset < min(below, int(oldest) + batch)))
+        return int(result.rowcount or 0)
 
     def notify(self) -> None:
         """Wake every waiter (called on the event loop after each write transaction commits)."""
