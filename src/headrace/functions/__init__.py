@@ -1,0 +1,1 @@
+"""Functions: OpenWhisk-style actions, triggers, rules and activations that run Python on storage events."""

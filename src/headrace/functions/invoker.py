@@ -1,0 +1,419 @@
+"""The invoker: warm worker processes per action, forked from a zygote that has already imported the
+action, and one activation at a time through each. Limits are enforced here: the timeout (the worker is
+killed and replaced), memory (an address-space rlimit set in the worker), log size (cut with a warning line)
+and result size.
+
+`ActionPool.run(request)` is the whole interface the controller needs; `scale_to(n)` and `idle_for()` are
+what the autoscaler uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from headrace.functions import wire
+from headrace.functions.zygote import APPLICATION_ERROR, CONTROL_FD_ENV, DEVELOPER_ERROR, INTERNAL_ERROR
+
+log = logging.getLogger("headrace.functions")
+
+TRUNCATED = "Logs were truncated because the total bytes size exceeds the limit of {} bytes."
+
+
+class InitError(Exception):
+    """The action's code could not be loaded (its message is what the activation reports)."""
+
+
+@dataclass
+class Outcome:
+    status: int  # 0 success, 1 application error, 2 developer error, 3 internal error
+    result: dict[str, Any]
+    logs: list[str]
+    start: int  # ms since the epoch
+    end: int
+    cold: bool = False
+    init_ms: float | None = None
+    worker: int = 0
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class LogBuffer:
+    """One activation's log lines, `<ISO time> stdout|stderr: text`, cut at `limit` bytes with a warning."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.lines: list[str] = []
+        self.size = 0
+        self.truncated = False
+
+    def add(self, stream: str, text: str) -> None:
+        if self.truncated:
+            return
+        if self.size + len(text) > self.limit:
+            self.truncated = True
+            self.lines.append(f"{_now_iso()} stderr: {TRUNCATED.format(self.limit)}")
+            return
+        self.size += len(text)
+        self.lines.append(f"{_now_iso()} {stream}: {text}")
+
+
+class _Stream:
+    """Reads one of a worker's output pipes for the worker's whole life, handing lines to the current
+    activation's LogBuffer and noting each sentinel (the end of one activation's output)."""
+
+    def __init__(self, name: str, fd: int, worker: Worker) -> None:
+        self.name = name
+        self.fd = fd
+        self.worker = worker
+        self.ended = asyncio.Event()  # the sentinel of the current activation was seen (or the pipe closed)
+        self.closed = False
+        self.held_blank = False
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 20)
+        pipe = os.fdopen(self.fd, "rb", buffering=0)
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        pending = b""
+        try:
+            while chunk := await reader.read(1 << 16):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for raw in lines:
+                    self._line(raw.decode("utf-8", "replace"))
+            if pending:
+                self._line(pending.decode("utf-8", "replace"))
+        finally:
+            transport.close()
+            self.closed = True
+            self.ended.set()
+
+    def _line(self, text: str) -> None:
+        # the worker writes "\n" + SENTINEL + "\n": a blank line just before the sentinel is not output
+        blank, self.held_blank = self.held_blank, False
+        if text == wire.SENTINEL:
+            self.ended.set()
+            return
+        buf = self.worker.logs
+        if buf is None:
+            return
+        if blank:
+            buf.add(self.name, "")
+        if text == "":
+            self.held_blank = True
+        else:
+            buf.add(self.name, text)
+
+
+class Worker:
+    def __init__(self, pid: int, ctl: socket.socket, out_fd: int, err_fd: int, zygote: Zygote) -> None:
+        self.pid = pid
+        self.zygote = zygote
+        self.ctl = ctl
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.logs: LogBuffer | None = None
+        self.out = _Stream("stdout", out_fd, self)
+        self.err = _Stream("stderr", err_fd, self)
+        self.exit: dict[str, Any] | None = None
+        self.exited = asyncio.Event()
+        self.used = 0
+        self.last_used = time.monotonic()
+        self.dead = False
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_unix_connection(sock=self.ctl, limit=wire.MAX_MESSAGE)
+
+    async def run(self, request: dict[str, Any], timeout: float, log_limit: int) -> tuple[dict[str, Any], list[str]]:
+        """Run one activation; the worker's answer ({"status", "result"}) and its log lines."""
+        assert self.reader is not None and self.writer is not None
+        self.used += 1
+        self.logs = LogBuffer(log_limit)
+        self.out.ended.clear()
+        self.err.ended.clear()
+        try:
+            self.writer.write(wire.encode(request))
+            await self.writer.drain()
+            head = await asyncio.wait_for(self.reader.readexactly(wire.HEADER.size), timeout)
+            (size,) = wire.HEADER.unpack(head)
+            answer: dict[str, Any] = wire.decode(await asyncio.wait_for(self.reader.readexactly(size), timeout))
+            # the answer follows the sentinels on the pipes; wait a moment for the last lines to be read
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(self.out.ended.wait(), self.err.ended.wait()), 2.0)
+        except TimeoutError:
+            self.kill()
+            answer = {
+                "status": DEVELOPER_ERROR,
+                "result": {"error": f"The action exceeded its time limits of {int(timeout * 1000)} milliseconds."},
+            }
+            await self._drain_after_death()
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            self.dead = True
+            await self._drain_after_death()
+            answer = {"status": DEVELOPER_ERROR, "result": {"error": self._death()}}
+        finally:
+            self.last_used = time.monotonic()
+        logs = self.logs.lines if self.logs else []
+        self.logs = None
+        return answer, logs
+
+    async def _drain_after_death(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.exited.wait(), 2.0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(self.out.task, self.err.task, return_exceptions=True), 2.0)
+
+    def _death(self) -> str:
+        e = self.exit or {}
+        if "signal" in e:
+            name = signal.Signals(e["signal"]).name if e["signal"] in signal.Signals._value2member_map_ else e["signal"]
+            if e["signal"] == signal.SIGKILL:
+                return f"The action's process was killed ({name}); it may have run out of memory."
+            return f"The action's process was killed by {name}."
+        if "code" in e:
+            return f"The action's process exited with code {e['code']} before answering."
+        return "The action's process ended before answering."
+
+    def kill(self) -> None:
+        if not self.dead:
+            self.dead = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Let the worker end by itself (it exits when its control socket closes)."""
+        self.dead = True
+        if self.writer is not None:
+            self.writer.close()
+        else:
+            self.ctl.close()
+
+
+class Zygote:
+    """The process that has loaded one action version and forks its workers."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket, init_ms: float) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.init_ms = init_ms
+        self.workers: dict[int, Worker] = {}
+        self._forks: dict[int, asyncio.Future[int]] = {}
+        self._tag = 0
+        self.task = asyncio.create_task(self._listen())
+
+    @classmethod
+    async def start(cls, code_dir: Path, main: str, env: dict[str, str]) -> Zygote:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        environ = {**os.environ, **env, CONTROL_FD_ENV: str(child.fileno())}
+        # one thread per numeric library: workers are forked, and forked thread pools deadlock
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+            environ.setdefault(var, "1")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "headrace.functions.zygote", pass_fds=(child.fileno(),), env=environ
+        )
+        child.close()
+        parent.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(parent, json.dumps({"dir": str(code_dir), "main": main}).encode())
+        try:
+            reply = json.loads(await loop.sock_recv(parent, 65536) or b'{"ok": false}')
+        except BaseException:
+            proc.kill()
+            raise
+        if not reply.get("ok"):
+            parent.close()
+            await proc.wait()
+            raise InitError(reply.get("error") or "Initialization has failed: the zygote ended")
+        return cls(proc, parent, float(reply["initMs"]))
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                msg = await loop.sock_recv(self.sock, 65536)
+            except OSError:
+                msg = b""
+            if not msg:
+                for w in self.workers.values():
+                    w.exited.set()
+                for f in self._forks.values():
+                    if not f.done():
+                        f.set_exception(RuntimeError("the zygote ended"))
+                return
+            report = json.loads(msg)
+            if "forked" in report:
+                fut = self._forks.pop(int(report["tag"]), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(int(report["forked"]))
+            elif "exited" in report:
+                gone: Worker | None = self.workers.pop(int(report["exited"]), None)
+                if gone is not None:
+                    w = gone
+                    w.exit = report
+                    w.dead = True
+                    w.exited.set()
+
+    async def fork(self, limits: dict[str, Any]) -> Worker:
+        ctl_parent, ctl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self._tag += 1
+        tag = self._tag
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._forks[tag] = fut
+        try:
+            message = json.dumps({"op": "fork", "tag": tag, "limits": limits}).encode()
+            socket.send_fds(self.sock, [message], [ctl_child.fileno(), out_w, err_w])
+        finally:
+            ctl_child.close()
+            os.close(out_w)
+            os.close(err_w)
+        pid = await asyncio.wait_for(fut, 10)
+        w = Worker(pid, ctl_parent, out_r, err_r, self)
+        self.workers[pid] = w
+        await w.connect()
+        return w
+
+    async def close(self) -> None:
+        for w in list(self.workers.values()):
+            w.close()
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 5)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+        self.task.cancel()
+
+
+@dataclass
+class ActionSpec:
+    """What the invoker needs of one action version."""
+
+    key: str  # "<namespace>/<name>@<version>"
+    code_dir: Path
+    main: str = "main"
+    timeout_ms: int = 60_000
+    memory_mb: int = 256
+    logs_mb: int = 10
+    result_mb: int = 1
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class ActionPool:
+    """The warm workers of one action version."""
+
+    def __init__(self, spec: ActionSpec, on_change: Callable[[], None] | None = None) -> None:
+        self.spec = spec
+        self.zygote: Zygote | None = None
+        self.idle: list[Worker] = []
+        self.busy: set[Worker] = set()
+        self.starting = 0
+        self.cold_starts = 0
+        self._zygote_lock = asyncio.Lock()
+        self._on_change = on_change
+
+    @property
+    def size(self) -> int:
+        return len(self.idle) + len(self.busy) + self.starting
+
+    async def _ensure_zygote(self) -> Zygote:
+        async with self._zygote_lock:
+            if self.zygote is None or self.zygote.proc.returncode is not None:
+                self.zygote = await Zygote.start(self.spec.code_dir, self.spec.main, self.spec.env)
+            return self.zygote
+
+    async def _fork(self) -> Worker:
+        self.starting += 1
+        try:
+            zygote = await self._ensure_zygote()
+            return await zygote.fork({"memory": self.spec.memory_mb})
+        finally:
+            self.starting -= 1
+
+    async def warm(self, n: int) -> None:
+        """Have at least `n` workers (idle or busy)."""
+        while self.size < n:
+            w = await self._fork()
+            self.idle.append(w)
+
+    def shrink(self, n: int) -> int:
+        """Stop idle workers, least recently used first, until at most `n` remain; how many stopped."""
+        stopped = 0
+        self.idle.sort(key=lambda w: w.last_used)
+        while self.idle and self.size > n:
+            self.idle.pop(0).close()
+            stopped += 1
+        return stopped
+
+    def idle_for(self) -> float:
+        if self.busy or self.starting:
+            return 0.0
+        last = max((w.last_used for w in self.idle), default=None)
+        return 0.0 if last is None else time.monotonic() - last
+
+    async def run(self, request: dict[str, Any]) -> Outcome:
+        start = int(time.time() * 1000)
+        cold = False
+        init_ms: float | None = None
+        while self.idle and self.idle[-1].dead:
+            self.idle.pop()
+        if self.idle:
+            w = self.idle.pop()
+        else:
+            cold = True
+            fork_start = time.perf_counter()
+            try:
+                w = await self._fork()
+            except InitError as exc:
+                end = int(time.time() * 1000)
+                return Outcome(DEVELOPER_ERROR, {"error": str(exc)}, [], start, end, cold=True)
+            except (RuntimeError, OSError, TimeoutError) as exc:
+                end = int(time.time() * 1000)
+                return Outcome(INTERNAL_ERROR, {"error": f"Could not start a worker: {exc}"}, [], start, end, True)
+            self.cold_starts += 1
+            init_ms = (time.perf_counter() - fork_start) * 1000
+        self.busy.add(w)
+        try:
+            answer, logs = await w.run(request, self.spec.timeout_ms / 1000, self.spec.logs_mb * 1024 * 1024)
+        finally:
+            self.busy.discard(w)
+        if w.dead:
+            w.close()
+        else:
+            self.idle.append(w)
+        status = int(answer.get("status", INTERNAL_ERROR))
+        result = answer.get("result")
+        if not isinstance(result, dict):
+            status, result = DEVELOPER_ERROR, {"error": "The action did not return a dictionary."}
+        limit = self.spec.result_mb * 1024 * 1024
+        if status != APPLICATION_ERROR and len(json.dumps(result)) > limit:
+            status = DEVELOPER_ERROR
+            result = {"error": f"The action produced a response that exceeded the allowed length: {limit} bytes."}
+        end = int(time.time() * 1000)
+        return Outcome(status, result, logs, start, end, cold=cold, init_ms=init_ms, worker=w.pid)
+
+    async def close(self) -> None:
+        for w in self.idle + list(self.busy):
+            w.kill() if w in self.busy else w.close()
+        self.idle.clear()
+        if self.zygote is not None:
+            await self.zygote.close()
+            self.zygote = None
