@@ -117,3 +117,84 @@ state = Table(
     Column("name", String(128), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# -- functions (OpenWhisk's entities) -----------------------------------------------------------------------
+# JSON-valued columns hold compact JSON text. Names are unique per namespace (the owning user's name).
+
+fn_actions = Table(
+    "fn_actions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("namespace", String(64), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("version", Integer, nullable=False),  # bumped on every update
+    Column("exec", Text, nullable=False),  # {"kind", "code" | "zip" (base64), "main", "binary"} or a sequence
+    Column("parameters", Text, nullable=False),
+    Column("annotations", Text, nullable=False),
+    Column("limits", Text, nullable=False),  # timeout ms, memory MB, logs MB, concurrency
+    Column("scaling", Text, nullable=False),  # minScale, maxScale, retries, maxEventAge, ordered
+    Column("updated", BigInteger, nullable=False),  # ms since epoch
+    UniqueConstraint("namespace", "name", name="uq_fn_actions_name"),
+)
+
+fn_triggers = Table(
+    "fn_triggers",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("namespace", String(64), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("parameters", Text, nullable=False),
+    Column("annotations", Text, nullable=False),
+    Column("feed", String(256), nullable=True),  # "/whisk.system/storage/changes" for the storage feed
+    Column("feed_params", Text, nullable=True),  # path, recursive, flags, pattern, min_size
+    Column("updated", BigInteger, nullable=False),
+    UniqueConstraint("namespace", "name", name="uq_fn_triggers_name"),
+)
+
+fn_rules = Table(
+    "fn_rules",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("namespace", String(64), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("trigger", String(256), nullable=False),  # the trigger's name in the rule's namespace
+    Column("action", String(256), nullable=False),  # the action's name in the rule's namespace
+    Column("status", String(16), nullable=False),  # active | inactive
+    Column("updated", BigInteger, nullable=False),
+    UniqueConstraint("namespace", "name", name="uq_fn_rules_name"),
+)
+
+fn_activations = Table(
+    "fn_activations",
+    metadata,
+    Column("activation_id", String(32), primary_key=True),
+    Column("namespace", String(64), nullable=False),
+    Column("name", String(256), nullable=False),  # the action (or trigger) name
+    Column("entity", String(8), nullable=False),  # action | trigger
+    Column("version", String(32), nullable=False),
+    Column("subject", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # queued | running | done | dead
+    Column("created", BigInteger, nullable=False),  # ms: when it was queued (waitTime counts from here)
+    Column("not_before", BigInteger, nullable=False),  # ms: a retry waits until then
+    Column("start", BigInteger, nullable=True),
+    Column("end", BigInteger, nullable=True),
+    Column("status_code", Integer, nullable=True),  # 0 success, 1 application, 2 developer, 3 internal error
+    Column("result", Text, nullable=True),
+    Column("logs", Text, nullable=True),  # JSON list of "<time> stdout|stderr: line"
+    Column("annotations", Text, nullable=False),
+    Column("args", Text, nullable=False),  # parameters and event fields, kept for retries and redrives
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("cause", String(64), nullable=True),  # the trigger activation, or the activation whose write fired it
+    Column("rule", String(256), nullable=True),
+    Column("trigger", String(256), nullable=True),
+    Column("event_offset", BigInteger, nullable=True),
+    Column("event_time", BigInteger, nullable=True),  # ms: for the maximum event age
+    Column("order_key", Text, nullable=True),  # activations with one key run in event order (per-path ordering)
+    Column("depth", Integer, nullable=False),  # length of the activation chain that led here
+    Column("dedup", String(128), nullable=True, unique=True),  # "<rule id>:<event offset>": one per (event, rule)
+)
+Index("ix_fn_activations_queue", fn_activations.c.state, fn_activations.c.not_before)
+Index("ix_fn_activations_list", fn_activations.c.namespace, fn_activations.c.created)
