@@ -1,0 +1,81 @@
+"""The built-in storage feed, /whisk.system/storage/changes: which storage events fire a trigger, and the
+payload they fire it with. Pure functions over the canonical event.
+
+A trigger's filter is by path (like an S3 prefix), not by inode: it names a directory, optionally every
+directory below it, and the inotify flags of the events "in the parent" that fire it (IN_CLOSE_WRITE by
+default). A rename is IN_MOVED_FROM at the old place and IN_MOVED_TO at the new one.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from datetime import UTC, datetime
+from typing import Any
+
+from headrace.events.model import EventKind, StorageEvent
+from headrace.functions.model import FeedFilter
+
+_FLAG = {
+    EventKind.CREATE: "IN_CREATE",
+    EventKind.OPEN: "IN_OPEN",
+    EventKind.ACCESS: "IN_ACCESS",
+    EventKind.MODIFY: "IN_MODIFY",
+    EventKind.CLOSE_WRITE: "IN_CLOSE_WRITE",
+    EventKind.CLOSE_NOWRITE: "IN_CLOSE_NOWRITE",
+    EventKind.ATTRIB: "IN_ATTRIB",
+    EventKind.DELETE: "IN_DELETE",
+}
+
+
+def _under(path: str, f: FeedFilter) -> bool:
+    parent = posixpath.dirname(path) or "/"
+    if parent == f.path:
+        return True
+    return f.recursive and (f.path == "/" or parent.startswith(f.path + "/"))
+
+
+def views(event: StorageEvent) -> list[tuple[str, str, str | None]]:
+    """(flag, path, name) of each view an event has in its parent directory."""
+    if event.kind is EventKind.MOVE:
+        out = []
+        if event.old_path:
+            out.append(("IN_MOVED_FROM", event.old_path, event.old_name))
+        out.append(("IN_MOVED_TO", event.path, event.name))
+        return out
+    return [(_FLAG[event.kind], event.path, event.name)]
+
+
+def matches(event: StorageEvent, f: FeedFilter) -> list[str]:
+    """The flags with which `event` fires a trigger with filter `f` (empty: it does not)."""
+    out = []
+    for flag, path, name in views(event):
+        if flag in f.flags and _under(path, f) and f.matches_name(name, event.size):
+            out.append(flag)
+    return out
+
+
+def payload(event: StorageEvent, flag: str) -> dict[str, Any]:
+    """The event fields a trigger fires with: path, name, mask, size, checksums, offset, time, and more."""
+    moved_from = flag == "IN_MOVED_FROM"
+    path = event.old_path if moved_from and event.old_path else event.path
+    name = event.old_name if moved_from else event.name
+    out: dict[str, Any] = {
+        "path": path,
+        "name": name,
+        "mask": [flag, "IN_ISDIR"] if event.is_dir else [flag],
+        "isDir": event.is_dir,
+        "size": event.size,
+        "pnfsId": event.pnfsid,
+        "offset": event.offset,
+        "time": datetime.fromtimestamp(event.time / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "user": event.username,
+    }
+    if event.detail and "checksums" in event.detail:
+        out["checksums"] = event.detail["checksums"]
+    if event.kind is EventKind.MOVE:
+        out["cookie"] = event.cookie
+        out["oldPath"] = event.old_path
+        out["newPath"] = event.path
+    if event.cause:
+        out["cause"] = event.cause
+    return {k: v for k, v in out.items() if v is not None}
