@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -22,3 +22,26 @@ EVENT_CONSUMER_LAG = Gauge(
 )
 SSE_CHANNELS = Gauge("headrace_sse_channels", "Open event channels", registry=REGISTRY)
 SSE_CONNECTIONS = Gauge("headrace_sse_connections", "Clients connected to event channels", registry=REGISTRY)
+KAFKA_RELAY_OFFSET = Gauge(
+    "headrace_kafka_relay_offset",
+    "Newest event offset the Kafka relay has had acknowledged (and stored as its position)",
+    ["topic"],
+    registry=REGISTRY,
+)
+KAFKA_RELAY_LAG = Gauge(
+    "headrace_kafka_relay_lag", "Events in the log not yet acknowledged by Kafka", ["topic"], registry=REGISTRY
+)
+FN_ACTIVATIONS = Counter(
+    "headrace_fn_activations", "Finished activations by action and outcome", ["action", "status"], registry=REGISTRY
+)
+FN_COLD_STARTS = Counter("headrace_fn_cold_starts", "Activations that started a worker", ["action"], registry=REGISTRY)
+FN_LATENCY = Histogram(
+    "headrace_fn_duration_seconds",
+    "Activation run time (start to end)",
+    ["action"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+FN_QUEUED = Gauge("headrace_fn_queued", "Activations waiting to run, per action", ["action"], registry=REGISTRY)
+FN_RUNNING = Gauge("headrace_fn_running", "Activations running, per action", ["action"], registry=REGISTRY)
+FN_WORKERS = Gauge("headrace_fn_workers", "Warm worker processes, per action", ["action"], registry=REGISTRY)
