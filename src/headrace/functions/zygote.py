@@ -219,6 +219,8 @@ def main() -> None:
         control.send(json.dumps({"ok": False, "error": f"Initialization has failed: {detail}"}).encode())
         return
     init_ms = (time.perf_counter() - started) * 1000
+    with contextlib.suppress(ImportError):  # ctx.storage's client, so that workers do not import it each
+        import headrace.functions.storage  # noqa: F401
     control.send(json.dumps({"ok": True, "initMs": round(init_ms, 3)}).encode())
     lock = threading.Lock()
     threading.Thread(target=_reap, args=(control, lock), daemon=True).start()

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ from headrace.storage.paths import from_destination
 from headrace.storage.pool import READ_CHUNK, Upload
 from headrace.storage.service import StorageService
 
+CAUSE_HEADER = "x-headrace-cause"
+CAUSE = re.compile(r"[0-9a-f]{32}")
 log = logging.getLogger("headrace.door")
 
 
@@ -79,6 +82,13 @@ class Call:
     @property
     def subject(self) -> Any:
         return self.principal.subject
+
+    @property
+    def cause(self) -> str | None:
+        """The activation a change is made for (`X-Headrace-Cause`, sent by functions' storage clients), so
+        that its events name it and activation chains can be cut. Anything but an activation id is ignored."""
+        value = self.header(CAUSE_HEADER)
+        return value if value and CAUSE.fullmatch(value) else None
 
     def href(self, path: str, is_dir: bool) -> str:
         return dav.href_for(self.principal.external(path), is_dir)
@@ -218,7 +228,7 @@ class Door:
             await self._send_path(call, node, headers)
         else:
             await self._stream_blob(call, node, status, headers, start, length)
-        await self.db.group.run(self.ns.record_read_in, node, call.subject)
+        await self.db.group.run(self.ns.record_read_in, node, call.subject, call.cause)
         return None
 
     def _preconditions(self, call: Call, node: Inode) -> bool:
@@ -334,7 +344,7 @@ class Door:
             )
             await call.send({"type": "http.response.body", "body": items.encode(), "more_body": True})
         await call.send({"type": "http.response.body", "body": b"</ul></body></html>", "more_body": False})
-        await self.db.group.run(self.ns.record_read_in, node, call.subject)
+        await self.db.group.run(self.ns.record_read_in, node, call.subject, call.cause)
         return None
 
     # -- writing -------------------------------------------------------------------------------------------
@@ -381,6 +391,7 @@ class Door:
                 sums=sums,
                 if_match=if_match.strip() if if_match else None,
                 if_none_match_any=bool(inm and inm.strip() == "*"),
+                cause=call.cause,
             )
         except BaseException:
             upload.abort()
@@ -462,7 +473,7 @@ class Door:
             raise MethodNotAllowed(f"Already exists: {call.principal.external(call.path)}")
         self.locks.check_write(call.path, call.tokens, call.subject.username, membership=True)
         try:
-            await self.db.write(self.ns.mkdir, call.path, call.subject)
+            await self.db.write(self.ns.mkdir, call.path, call.subject, cause=call.cause)
         except Exists as exc:  # a concurrent MKCOL or PUT made it since the check above
             raise MethodNotAllowed(f"Already exists: {call.principal.external(call.path)}") from exc
         return Response(status_code=201, headers={"Location": call.href(call.path, True)})
@@ -474,7 +485,7 @@ class Door:
         if node.is_dir and depth != "infinity":
             raise BadRequest("DELETE of a collection needs Depth: infinity")
         self.locks.check_write(call.path, call.tokens, call.subject.username, membership=True, subtree=node.is_dir)
-        blobs = await self.db.write(self.ns.delete, call.path, call.subject, recursive=True)
+        blobs = await self.db.write(self.ns.delete, call.path, call.subject, recursive=True, cause=call.cause)
         self.locks.drop(call.path)
         await self.service.drop_blobs(blobs)
         return Response(status_code=204)
@@ -501,7 +512,9 @@ class Door:
             raise BadRequest("MOVE needs Depth: infinity")
         for path in (call.path, target):
             self.locks.check_write(path, call.tokens, call.subject.username, membership=True, subtree=True)
-        _, blobs, existed = await self.db.write(self.ns.rename, call.path, target, call.subject, overwrite=overwrite)
+        _, blobs, existed = await self.db.write(
+            self.ns.rename, call.path, target, call.subject, overwrite=overwrite, cause=call.cause
+        )
         # Locks stay with paths, not resources: the source's are released, an overwritten target's go with it.
         self.locks.drop(call.path)
         if existed:
@@ -535,7 +548,9 @@ class Door:
                     made.append((item, src_pool.name, blob))
                 else:
                     made.append((item, None, None))
-            blobs, existed = await self.db.write(self.ns.commit_copy, target, call.subject, made, overwrite=overwrite)
+            blobs, existed = await self.db.write(
+                self.ns.commit_copy, target, call.subject, made, overwrite=overwrite, cause=call.cause
+            )
             if existed:
                 self.locks.drop(target)
         except BaseException:
@@ -620,7 +635,7 @@ class Door:
             )
             await call.send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
         await call.send({"type": "http.response.body", "body": dav.MULTISTATUS_CLOSE.encode(), "more_body": False})
-        await self.db.group.run(self.ns.record_read_in, node, call.subject)
+        await self.db.group.run(self.ns.record_read_in, node, call.subject, call.cause)
         return None
 
     async def proppatch(self, call: Call) -> Response | None:
@@ -643,7 +658,7 @@ class Door:
             else:
                 to_set.pop(op.name, None)
                 to_remove.append(op.name)
-        await self.db.write(self.ns.change_xattrs, call.path, call.subject, to_set, to_remove)
+        await self.db.write(self.ns.change_xattrs, call.path, call.subject, to_set, to_remove, cause=call.cause)
         return Response(
             dav.render_proppatch(href, [(op.name, 200) for op in ops]), status_code=207, media_type="application/xml"
         )
