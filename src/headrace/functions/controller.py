@@ -128,7 +128,11 @@ class Controller:
             log.warning("functions: %d activations were running when the server stopped; they run again", requeued)
         await self.reload()
         stored = await self.db.read(self.service.get_state, POSITION)
-        self.position = int(stored) if stored is not None else await self.db.read(self.log.head)
+        if stored is not None:
+            self.position = int(stored)
+        else:  # the first start: from now on (history fires nothing), remembered from here
+            self.position = await self.db.read(self.log.head)
+            await self.db.write(self._store_position, self.position)
         await self._load_queued()
         self._tasks = [
             asyncio.create_task(self._feed_forever()),
