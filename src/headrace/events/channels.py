@@ -421,18 +421,24 @@ class ChannelManager:
         db = self.log.db
         while True:
             try:
-                head = await self.log.wait_beyond(self.offset, 5.0)
-                EVENT_LOG_HEAD.set(head)
-                if head <= self.offset:
+                if not self.by_inode:  # nothing watches: keep up with the head without reading events
+                    head = await self.log.wait_beyond(self.offset, 5.0)
+                    EVENT_LOG_HEAD.set(head)
+                    if self.by_inode:
+                        continue  # a watch came while waiting: read what it may concern
+                    self._advance(max(head, self.offset))
                     continue
-                if not self.by_inode:
-                    self._advance(head)  # nothing watches: skip without reading
+                batch = await self.log.next_batch(self.offset, 2000, 5.0)
+                if not batch:
                     continue
-                batch = await db.read(self.log.read_from, self.offset + 1, 2000)
                 for ev in batch:
                     self.dispatch(ev)
-                self._advance(batch[-1].offset if batch else head)
-                EVENT_CONSUMER_LAG.labels("sse").set(max(0, head - self.offset))
+                self._advance(batch[-1].offset)
+                EVENT_LOG_HEAD.set(batch[-1].offset)
+                if len(batch) == 2000:
+                    EVENT_CONSUMER_LAG.labels("sse").set(max(0, await db.read(self.log.head) - self.offset))
+                else:
+                    EVENT_CONSUMER_LAG.labels("sse").set(0)
             except asyncio.CancelledError:
                 raise
             except Exception:

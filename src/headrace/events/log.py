@@ -88,6 +88,20 @@ class EventLog:
         self._committed.set()
         self._committed = asyncio.Event()
 
+    async def next_batch(self, offset: int, limit: int, timeout: float) -> list[StorageEvent]:
+        """Events after `offset` (at most `limit`), waiting up to `timeout` for the first to be committed.
+        One read per wake-up: the cheapest way for a follower to keep up."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            committed = self._committed  # taken before reading: no commit can slip between
+            batch = await self.db.read(self.read_from, offset + 1, limit)
+            left = deadline - loop.time()
+            if batch or left <= 0:
+                return batch
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(committed.wait(), min(self.poll, left))
+
     async def wait_beyond(self, offset: int, timeout: float) -> int:
         """Wait until the log holds an event past `offset` or `timeout` passes; the head either way."""
         loop = asyncio.get_running_loop()
