@@ -146,6 +146,8 @@ class Controller:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if not self.triggers:
+            await self.db.write(self._store_position, self.position)
         for t in list(self._runs):
             t.cancel()
         await asyncio.gather(*self._runs, return_exceptions=True)
@@ -167,6 +169,10 @@ class Controller:
                     log.warning("functions: trigger %s/%s has a bad feed filter: %s", t["namespace"], t["name"], exc)
                     continue
                 fed.append(FeedTrigger(t["namespace"], t["name"], f, as_dict(t["parameters"])))
+        if fed and not self.triggers and self._tasks:
+            # the feed was skipping events with no trigger to fire; from here on it reads them: record where
+            # it starts, so that a crash cannot replay older events into the new trigger
+            await self.db.write(self._store_position, self.position)
         self.triggers = fed
         by_trigger: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in rules:
@@ -193,24 +199,31 @@ class Controller:
     # -- the feed ---------------------------------------------------------------------------------------
 
     async def _feed_forever(self) -> None:
+        stored_at = time.monotonic()
         while True:
             try:
-                head = await self.log.wait_beyond(self.position, 5.0)
-                EVENT_CONSUMER_LAG.labels("functions").set(max(0, head - self.position))
-                if head <= self.position:
+                if not self.triggers:  # nothing to fire: follow the head, store it now and then
+                    head = await self.log.wait_beyond(self.position, 5.0)
+                    if self.triggers:
+                        continue
+                    if head > self.position and time.monotonic() - stored_at >= 5.0:
+                        await self.db.write(self._store_position, head)
+                        stored_at = time.monotonic()
+                    self.position = max(self.position, head)
+                    EVENT_CONSUMER_LAG.labels("functions").set(0)
                     continue
-                if not self.triggers:
-                    await self.db.write(self._store_position, head)
-                    self.position = head
+                batch = await self.log.next_batch(self.position, 1000, 5.0)
+                if not batch:
                     continue
-                batch = await self.db.read(self.log.read_from, self.position + 1, 1000)
-                last = batch[-1].offset if batch else head
+                last = batch[-1].offset
                 made = await self.db.write(self._enqueue_batch, batch, last)
+                stored_at = time.monotonic()
                 self.position = last
                 for row in made:
                     self._enqueue_memory(row)
                 if made:
                     self._wake.set()
+                EVENT_CONSUMER_LAG.labels("functions").set(0 if len(batch) < 1000 else 1000)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -497,7 +510,8 @@ class Controller:
             FN_ACTIVATIONS.labels(action["name"], "retried").inc()
             self._enqueue_memory(row)
             return
-        final = "done" if outcome.status == 0 or row["max_attempts"] <= 1 else "dead"
+        # a direct invoke (no rule) is OpenWhisk's: done whatever its outcome; an event's goes to dead letters
+        final = "done" if outcome.status == 0 or not row.get("rule") else "dead"
         await self._finish(row, final, record, outcome)
 
     async def _execute(self, action: dict[str, Any], aid: str, args: dict[str, Any], start: int) -> Outcome:
