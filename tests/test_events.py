@@ -192,3 +192,19 @@ def test_server_applies_retention_settings(fresh_server: Server) -> None:
         time.sleep(0.1)
     assert [r["offset"] for r in rows(srv.data)] == [r["offset"] for r in before[-5:]]
     assert "headrace_event_log_tail" in httpx.get(f"{srv.api_url}/metrics").text
+
+
+def test_cloudevent_json_is_byte_for_byte_the_sdks() -> None:
+    from headrace.events.model import EventKind
+    from headrace.events.render import cloudevent_sdk_json
+
+    for t in (1764144000123456, 1764144000000000, 1764144000000001):
+        for kind in EventKind:
+            ev = StorageEvent(
+                offset=7, time=t, kind=kind, is_dir=kind is EventKind.CREATE, inode_id=3, pnfsid="0000ABC",
+                path='/raw/a é"x.h5', parent_id=2, name='a é"x.h5', size=10,
+                detail={"checksums": {"ADLER32": "0001"}}, username="admin",
+                old_path="/old" if kind is EventKind.MOVE else None, cookie="c" if kind is EventKind.MOVE else None,
+                cause="ab" * 16 if kind is EventKind.DELETE else None,
+            )  # fmt: skip
+            assert cloudevent_json(ev) == cloudevent_sdk_json(ev)

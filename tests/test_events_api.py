@@ -528,3 +528,26 @@ def test_a_thousand_channels_streaming_at_once(server: Server) -> None:
             for auth, url in urls:
                 if auth[0] == name:
                     assert api.delete(url).status_code == 204
+
+
+def test_recursive_moves_come_from_then_to_and_cloudevents_once_per_event(server: Server) -> None:
+    with server.api() as api, server.door() as door:
+        door.request("MKCOL", "/ev10")
+        door.request("MKCOL", "/ev10/s")
+        door.put("/ev10/s/x.h5", content=b"")
+        ch = channel(api)
+        subscribe(api, ch, {"path": "/ev10", "flags": ["IN_MOVE"], "recursive": True})
+        subscribe(api, ch, {"path": "/ev10/s", "flags": ["IN_MOVE"], "format": "cloudevents"})
+        reader = SseReader(ch, server.auth)
+        door.request("MOVE", "/ev10/s/x.h5", headers={"Destination": f"{server.door_url}/ev10/y.h5"})
+        frames = reader.take(3)
+        plain = [f["data"]["event"] for f in frames if "mask" in f["data"]["event"]]
+        assert [(p["name"], p["mask"]) for p in plain] == [("s/x.h5", ["IN_MOVED_FROM"]), ("y.h5", ["IN_MOVED_TO"])]
+        (ce,) = [f["data"]["event"] for f in frames if "specversion" in f["data"]["event"]]
+        assert ce["type"] == "org.headrace.storage.moved" and ce["inotifymask"] == "IN_MOVED_FROM"
+        reader.close()
+        # Last-Event-ID -1: everything still held, from the first event on
+        reader = SseReader(ch, server.auth, last_event_id=-1)
+        assert [f["id"] for f in reader.take(3)] == [0, 1, 2]
+        reader.close()
+        api.delete(ch)

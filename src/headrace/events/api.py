@@ -220,7 +220,7 @@ def router(service: StorageService, manager: ChannelManager) -> APIRouter:
                 last_id = int(raw_last.strip())
             except ValueError as exc:
                 raise BadRequest(f"Bad Last-Event-ID: {raw_last!r} is not an event id") from exc
-            if last_id < 0:
+            if last_id < -1:  # -1: before the first event, i.e. replay everything still held
                 raise BadRequest(f"Bad Last-Event-ID: {raw_last!r} is not an event id")
         keepalive: float | None = None
         raw_keepalive = request.query_params.get("keepalive")

@@ -21,6 +21,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from headrace.metrics import EVENT_CONSUMER_LAG, EVENT_LOG_HEAD, SSE_CHANNELS, S
 
 log = logging.getLogger("headrace.events")
 
+_ORDER = {"IN_MOVED_FROM": 0, "IN_MOVED_TO": 1}
 HELD = 16383  # events a channel keeps for replay (dCache's figure)
 QUEUE_LIMIT = 1000  # unsent events per subscription before IN_Q_OVERFLOW (dCache's figure)
 TIMEOUT_DEFAULT, TIMEOUT_MIN, TIMEOUT_MAX = 300, 1, 86400
@@ -130,7 +132,7 @@ class Channel:
         if sub.pending >= QUEUE_LIMIT and not force:
             if not sub.overflowed:
                 sub.overflowed = True
-                self._hold(sub, {"mask": ["IN_Q_OVERFLOW"]} if sub.type == "inotify" else "overflow")
+                self._hold(sub, _management(sub, "IN_Q_OVERFLOW") if sub.type == "inotify" else "overflow")
             return
         self._hold(sub, payload)
 
@@ -375,7 +377,7 @@ class ChannelManager:
         if sub.key not in ch.subs:
             return
         if sub.type == "inotify":
-            ch.queue(sub, {"mask": ["IN_IGNORED"]}, force=True)
+            ch.queue(sub, _management(sub, "IN_IGNORED"), force=True)
         del ch.subs[sub.key]
         self._unindex(sub)
         if isinstance(sub, Metronome) and sub.task is not None and sub.task is not asyncio.current_task():
@@ -472,24 +474,32 @@ class ChannelManager:
                 continue
             seen.add(iid)
             for w in list(self.by_inode.get(iid, ())):
-                if ev.offset > w.since and ev.offset > w.channel.offset:
+                if not w.recursive and ev.offset > w.since and ev.offset > w.channel.offset:
                     self._deliver(w, ev, inotify(ev, w.inode))
         for w in list(self.recursive):
             if ev.offset > w.since and ev.offset > w.channel.offset:
-                self._deliver(w, ev, _below(w, ev))
+                # its own directory's view and the views below it, in Linux's order: from, to, the rest
+                views = inotify(ev, w.inode) + _below(w, ev)
+                views.sort(key=lambda p: _ORDER.get(p["mask"][0], 2))
+                self._deliver(w, ev, views)
             _follow(w, ev)
 
     def _deliver(self, w: Watch, ev: StorageEvent, payloads: list[dict[str, Any]]) -> None:
         ch = w.channel
-        for p in payloads:
-            if w.key not in ch.subs:
+        wanted = [p for p in payloads if p["mask"][0] in w.flags]
+        if wanted and w.key in ch.subs:
+            if w.format == "inotify":
+                for p in wanted:
+                    ch.queue(w, p)
+                    if w.oneshot:
+                        break
+            else:  # one CloudEvent per storage event (its id, the offset, stays unique), with every view's mask
+                masks = [",".join(p["mask"]) for p in wanted[: 1 if w.oneshot else None]]
+                ch.queue(w, cloudevent_dict(ev, inotifymask=";".join(masks)))
+            if w.oneshot:
+                self.unsubscribe(w)
                 return
-            if p["mask"][0] in w.flags:
-                ch.queue(w, p if w.format == "inotify" else cloudevent_dict(ev, inotifymask=",".join(p["mask"])))
-                if w.oneshot:
-                    self.unsubscribe(w)
-                    return
-        if ev.inode_id == w.inode and ev.kind is EventKind.DELETE:
+        if ev.inode_id == w.inode and ev.kind is EventKind.DELETE and w.key in ch.subs:
             self.unsubscribe(w)  # the target is gone: IN_IGNORED, as Linux does after IN_DELETE_SELF
         elif ev.inode_id == w.inode and ev.kind is EventKind.MOVE and not w.recursive:
             w.path = ev.path
@@ -525,6 +535,21 @@ class ChannelManager:
     def _save_meta(self, ch: Channel) -> None:
         if not ch.closed:
             self.store.save_meta(ch.id, ch.meta())
+
+
+def _management(sub: Subscription, flag: str) -> dict[str, Any]:
+    """IN_IGNORED / IN_Q_OVERFLOW: inotify's bare mask, or for a CloudEvents watch a CloudEvent of its own."""
+    if getattr(sub, "format", "inotify") != "cloudevents":
+        return {"mask": [flag]}
+    kind = "ignored" if flag == "IN_IGNORED" else "overflow"
+    return {
+        "specversion": "1.0",
+        "id": f"{sub.sid}-{sub.channel.next_id}",
+        "source": f"/headrace/events/subscriptions/{sub.sid}",
+        "type": f"org.headrace.events.{kind}",
+        "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "inotifymask": flag,
+    }
 
 
 def _below(w: Watch, ev: StorageEvent) -> list[dict[str, Any]]:

@@ -108,7 +108,25 @@ def cloudevent(event: StorageEvent, *, source: str = "/headrace/storage") -> Clo
 
 
 def cloudevent_json(event: StorageEvent, *, source: str = "/headrace/storage") -> bytes:
-    """Structured-mode CloudEvents JSON (application/cloudevents+json)."""
+    """Structured-mode CloudEvents JSON (application/cloudevents+json), byte for byte what the CloudEvents SDK
+    writes for `cloudevent(event)` (tests hold the two equal), built directly: the relay renders every event
+    and the SDK's object model costs it more than half its time."""
+    return json.dumps(
+        {
+            "id": str(event.offset),
+            "source": source,
+            "type": CLOUDEVENT_TYPES[event.kind],
+            "subject": event.path,
+            "time": datetime.fromtimestamp(event.time / 1e6, UTC).isoformat().replace("+00:00", "Z"),
+            "datacontenttype": "application/json",
+            "specversion": "1.0",
+            "data": event_data(event),
+        }
+    ).encode()
+
+
+def cloudevent_sdk_json(event: StorageEvent, *, source: str = "/headrace/storage") -> bytes:
+    """The same through the CloudEvents SDK: the reference `cloudevent_json` is tested against."""
     return bytes(JSONFormat().write(cloudevent(event, source=source)))
 
 
