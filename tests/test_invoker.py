@@ -205,3 +205,35 @@ def test_scale_up_shrink_and_no_orphans(code: Path) -> None:
     for pid in pids - set(left):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_concurrent_worker_runs_several_activations_and_keeps_their_logs_apart(tmp_path: Path) -> None:
+    (tmp_path / "__main__.py").write_text(
+        "import os, sys, threading\n"
+        "gate = threading.Barrier(3, timeout=10)\n"
+        "def main(args):\n"
+        "    n = args['n']\n"
+        "    print(f'start {n}')\n"
+        "    gate.wait()  # all three are in the one worker at once\n"
+        "    sys.stdout.write(f'partial {n}')\n"
+        "    print(f' end {n}', file=sys.stderr)\n"
+        "    return {'pid': os.getpid(), 'n': n}\n"
+    )
+
+    async def go() -> list[Outcome]:
+        pool = pool_for(tmp_path, concurrency=3)
+        try:
+            reqs = [{"id": f"c{n}", "args": {"n": n}, "deadline": 0, "env": {}} for n in range(3)]
+            return list(await asyncio.gather(*(pool.run(r) for r in reqs)))
+        finally:
+            await pool.close()
+
+    outs = run(go)
+    assert all(o.status == 0 for o in outs), [o.result for o in outs]
+    assert len({o.result["pid"] for o in outs}) == 1
+    for n, o in enumerate(outs):  # each activation's lines, and only its own (stdout and stderr may interleave)
+        assert sorted(line.split(" ", 1)[1] for line in o.logs) == [
+            f"stderr:  end {n}",
+            f"stdout: partial {n}",
+            f"stdout: start {n}",
+        ]

@@ -625,6 +625,7 @@ class Controller:
                 timeout_ms=int(limits.get("timeout", 60_000)),
                 memory_mb=int(limits.get("memory", 256)),
                 logs_mb=int(limits.get("logs", 10)),
+                concurrency=int(limits.get("concurrency", 1)),
             )
             pool = self.pools[key] = ActionPool(spec)
         return pool

@@ -18,14 +18,20 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from headrace.functions import wire
-from headrace.functions.zygote import APPLICATION_ERROR, CONTROL_FD_ENV, DEVELOPER_ERROR, INTERNAL_ERROR
+from headrace.functions.zygote import (
+    APPLICATION_ERROR,
+    CONTROL_FD_ENV,
+    DEVELOPER_ERROR,
+    INTERNAL_ERROR,
+    TAG,
+    TAG_END,
+)
 
 log = logging.getLogger("headrace.functions")
 
@@ -72,16 +78,24 @@ class LogBuffer:
         self.lines.append(f"{_now_iso()} {stream}: {text}")
 
 
+class _InFlight:
+    """One activation running in a worker: its log lines, and whether each pipe's sentinel has come."""
+
+    def __init__(self, log_limit: int) -> None:
+        self.logs = LogBuffer(log_limit)
+        self.ended = {"stdout": asyncio.Event(), "stderr": asyncio.Event()}
+        self.answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+
 class _Stream:
-    """Reads one of a worker's output pipes for the worker's whole life, handing lines to the current
-    activation's LogBuffer and noting each sentinel (the end of one activation's output)."""
+    """Reads one of a worker's output pipes for the worker's whole life, handing each line to the activation
+    it belongs to and noting each sentinel (the end of one activation's output). With one activation at a
+    time, lines are plain; a worker running several at once tags each line with its activation's id."""
 
     def __init__(self, name: str, fd: int, worker: Worker) -> None:
         self.name = name
         self.fd = fd
         self.worker = worker
-        self.ended = asyncio.Event()  # the sentinel of the current activation was seen (or the pipe closed)
-        self.closed = False
         self.held_blank = False
         self.task = asyncio.create_task(self._read())
 
@@ -101,24 +115,33 @@ class _Stream:
                 self._line(pending.decode("utf-8", "replace"))
         finally:
             transport.close()
-            self.closed = True
-            self.ended.set()
+            for act in self.worker.inflight.values():
+                act.ended[self.name].set()
 
     def _line(self, text: str) -> None:
+        inflight = self.worker.inflight
+        if text.startswith(TAG):
+            aid, _, text = text[1:].partition(TAG_END)
+            act = inflight.get(aid)
+            if act is not None:
+                if text == wire.SENTINEL:
+                    act.ended[self.name].set()
+                else:
+                    act.logs.add(self.name, text)
+            return
         # the worker writes "\n" + SENTINEL + "\n": a blank line just before the sentinel is not output
         blank, self.held_blank = self.held_blank, False
         if text == wire.SENTINEL:
-            self.ended.set()
+            for act in inflight.values():
+                act.ended[self.name].set()
             return
-        buf = self.worker.logs
-        if buf is None:
-            return
-        if blank:
-            buf.add(self.name, "")
-        if text == "":
-            self.held_blank = True
-        else:
-            buf.add(self.name, text)
+        for act in inflight.values():  # one, unless untagged output came from a worker running several
+            if blank:
+                act.logs.add(self.name, "")
+            if text == "":
+                self.held_blank = True
+            else:
+                act.logs.add(self.name, text)
 
 
 class Worker:
@@ -126,9 +149,8 @@ class Worker:
         self.pid = pid
         self.zygote = zygote
         self.ctl = ctl
-        self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self.logs: LogBuffer | None = None
+        self.inflight: dict[str, _InFlight] = {}
         self.out = _Stream("stdout", out_fd, self)
         self.err = _Stream("stderr", err_fd, self)
         self.exit: dict[str, Any] | None = None
@@ -136,26 +158,43 @@ class Worker:
         self.used = 0
         self.last_used = time.monotonic()
         self.dead = False
+        self._answers: asyncio.Task[None] | None = None
+
+    @property
+    def load(self) -> int:
+        return len(self.inflight)
 
     async def connect(self) -> None:
-        self.reader, self.writer = await asyncio.open_unix_connection(sock=self.ctl, limit=wire.MAX_MESSAGE)
+        reader, self.writer = await asyncio.open_unix_connection(sock=self.ctl, limit=wire.MAX_MESSAGE)
+        self._answers = asyncio.create_task(self._read_answers(reader))
+
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                (size,) = wire.HEADER.unpack(await reader.readexactly(wire.HEADER.size))
+                answer: dict[str, Any] = wire.decode(await reader.readexactly(size))
+                act = self.inflight.get(str(answer.get("id")))
+                if act is not None and not act.answer.done():
+                    act.answer.set_result(answer)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            self.dead = True
+            for act in self.inflight.values():
+                if not act.answer.done():
+                    act.answer.set_exception(ConnectionError("the worker ended"))
 
     async def run(self, request: dict[str, Any], timeout: float, log_limit: int) -> tuple[dict[str, Any], list[str]]:
         """Run one activation; the worker's answer ({"status", "result"}) and its log lines."""
-        assert self.reader is not None and self.writer is not None
+        assert self.writer is not None
+        aid = str(request["id"])
+        act = self.inflight[aid] = _InFlight(log_limit)
         self.used += 1
-        self.logs = LogBuffer(log_limit)
-        self.out.ended.clear()
-        self.err.ended.clear()
         try:
             self.writer.write(wire.encode(request))
             await self.writer.drain()
-            head = await asyncio.wait_for(self.reader.readexactly(wire.HEADER.size), timeout)
-            (size,) = wire.HEADER.unpack(head)
-            answer: dict[str, Any] = wire.decode(await asyncio.wait_for(self.reader.readexactly(size), timeout))
+            answer = await asyncio.wait_for(asyncio.shield(act.answer), timeout)
             # the answer follows the sentinels on the pipes; wait a moment for the last lines to be read
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(self.out.ended.wait(), self.err.ended.wait()), 2.0)
+                await asyncio.wait_for(asyncio.gather(act.ended["stdout"].wait(), act.ended["stderr"].wait()), 2.0)
         except TimeoutError:
             self.kill()
             answer = {
@@ -163,15 +202,15 @@ class Worker:
                 "result": {"error": f"The action exceeded its time limits of {int(timeout * 1000)} milliseconds."},
             }
             await self._drain_after_death()
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+        except (ConnectionError, OSError):
             self.dead = True
             await self._drain_after_death()
             answer = {"status": DEVELOPER_ERROR, "result": {"error": self._death()}}
         finally:
+            self.inflight.pop(aid, None)
             self.last_used = time.monotonic()
-        logs = self.logs.lines if self.logs else []
-        self.logs = None
-        return answer, logs
+        act.answer.cancel()
+        return answer, act.logs.lines
 
     async def _drain_after_death(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -314,25 +353,35 @@ class ActionSpec:
     memory_mb: int = 256
     logs_mb: int = 10
     result_mb: int = 1
+    concurrency: int = 1  # activations one worker runs at once
     env: dict[str, str] = field(default_factory=dict)
 
 
 class ActionPool:
-    """The warm workers of one action version."""
+    """The warm workers of one action version. Each runs up to `concurrency` activations at once; a new
+    activation goes to the busiest worker with room (packing, so that idle ones can be stopped), else to
+    a worker forked for it."""
 
-    def __init__(self, spec: ActionSpec, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, spec: ActionSpec) -> None:
         self.spec = spec
         self.zygote: Zygote | None = None
-        self.idle: list[Worker] = []
-        self.busy: set[Worker] = set()
+        self.workers: list[Worker] = []
         self.starting = 0
         self.cold_starts = 0
         self._zygote_lock = asyncio.Lock()
-        self._on_change = on_change
+        self._forking: list[tuple[asyncio.Future[Worker], list[int]]] = []
 
     @property
     def size(self) -> int:
-        return len(self.idle) + len(self.busy) + self.starting
+        return len(self.workers) + self.starting
+
+    @property
+    def idle(self) -> list[Worker]:
+        return [w for w in self.workers if w.load == 0]
+
+    @property
+    def busy(self) -> list[Worker]:
+        return [w for w in self.workers if w.load > 0]
 
     async def _ensure_zygote(self) -> Zygote:
         async with self._zygote_lock:
@@ -344,44 +393,69 @@ class ActionPool:
         self.starting += 1
         try:
             zygote = await self._ensure_zygote()
-            return await zygote.fork({"memory": self.spec.memory_mb})
+            w = await zygote.fork({"memory": self.spec.memory_mb, "concurrency": self.spec.concurrency})
         finally:
             self.starting -= 1
+        self.workers.append(w)
+        return w
+
+    async def _join_or_fork(self) -> Worker:
+        """A worker being forked that still has room (reserving a place in it), or a new one."""
+        for joinable, taken in self._forking:
+            if taken[0] < self.spec.concurrency:
+                taken[0] += 1
+                return await asyncio.shield(joinable)
+        fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        entry = (fut, [1])
+        self._forking.append(entry)
+        try:
+            w = await self._fork()
+            fut.set_result(w)
+            return w
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: joiners get it from their own await
+            raise
+        finally:
+            self._forking.remove(entry)
 
     async def warm(self, n: int) -> None:
-        """Have at least `n` workers (idle or busy)."""
+        """Have at least `n` workers."""
         while self.size < n:
-            w = await self._fork()
-            self.idle.append(w)
+            await self._fork()
 
     def shrink(self, n: int) -> int:
         """Stop idle workers, least recently used first, until at most `n` remain; how many stopped."""
         stopped = 0
-        self.idle.sort(key=lambda w: w.last_used)
-        while self.idle and self.size > n:
-            self.idle.pop(0).close()
+        for w in sorted(self.idle, key=lambda w: w.last_used):
+            if self.size <= n:
+                break
+            self.workers.remove(w)
+            w.close()
             stopped += 1
         return stopped
 
     def idle_for(self) -> float:
         if self.busy or self.starting:
             return 0.0
-        last = max((w.last_used for w in self.idle), default=None)
+        last = max((w.last_used for w in self.workers), default=None)
         return 0.0 if last is None else time.monotonic() - last
+
+    def _available(self) -> Worker | None:
+        self.workers = [w for w in self.workers if not w.dead]
+        room = [w for w in self.workers if w.load < self.spec.concurrency]
+        return max(room, key=lambda w: (w.load, w.last_used)) if room else None
 
     async def run(self, request: dict[str, Any]) -> Outcome:
         start = int(time.time() * 1000)
         cold = False
         init_ms: float | None = None
-        while self.idle and self.idle[-1].dead:
-            self.idle.pop()
-        if self.idle:
-            w = self.idle.pop()
-        else:
+        w = self._available()
+        if w is None:
             cold = True
             fork_start = time.perf_counter()
             try:
-                w = await self._fork()
+                w = await self._join_or_fork()
             except InitError as exc:
                 end = int(time.time() * 1000)
                 return Outcome(DEVELOPER_ERROR, {"error": str(exc)}, [], start, end, cold=True)
@@ -390,15 +464,11 @@ class ActionPool:
                 return Outcome(INTERNAL_ERROR, {"error": f"Could not start a worker: {exc}"}, [], start, end, True)
             self.cold_starts += 1
             init_ms = (time.perf_counter() - fork_start) * 1000
-        self.busy.add(w)
-        try:
-            answer, logs = await w.run(request, self.spec.timeout_ms / 1000, self.spec.logs_mb * 1024 * 1024)
-        finally:
-            self.busy.discard(w)
+        answer, logs = await w.run(request, self.spec.timeout_ms / 1000, self.spec.logs_mb * 1024 * 1024)
         if w.dead:
+            if w in self.workers:
+                self.workers.remove(w)
             w.close()
-        else:
-            self.idle.append(w)
         status = int(answer.get("status", INTERNAL_ERROR))
         result = answer.get("result")
         if not isinstance(result, dict):
@@ -411,9 +481,9 @@ class ActionPool:
         return Outcome(status, result, logs, start, end, cold=cold, init_ms=init_ms, worker=w.pid)
 
     async def close(self) -> None:
-        for w in self.idle + list(self.busy):
-            w.kill() if w in self.busy else w.close()
-        self.idle.clear()
+        for w in self.workers:
+            w.kill() if w.load else w.close()
+        self.workers.clear()
         if self.zygote is not None:
             await self.zygote.close()
             self.zygote = None

@@ -24,7 +24,7 @@ LIMITS: dict[str, tuple[int, int, int]] = {
     "timeout": (100, 300_000, 60_000),
     "memory": (128, 4096, 256),
     "logs": (0, 10, 10),
-    "concurrency": (1, 1, 1),
+    "concurrency": (1, 100, 1),
 }
 # headrace's own per-action settings (annotations in OpenWhisk's terms; a "scaling" object here).
 SCALING: dict[str, tuple[float, float, float]] = {

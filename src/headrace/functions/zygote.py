@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import inspect
+import io
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from typing import Any
 from headrace.functions import wire
 
 CONTROL_FD_ENV = "HEADRACE_ZYGOTE_FD"
+TAG, TAG_END = "\x1e", "\x1f"  # the invoker reads "<TAG><activation id><TAG_END>text" lines of concurrent workers
 
 # OpenWhisk's response status codes.
 SUCCESS, APPLICATION_ERROR, DEVELOPER_ERROR, INTERNAL_ERROR = 0, 1, 2, 3
@@ -131,15 +133,51 @@ def _end_of_logs() -> None:
             os.write(fd, f"\n{wire.SENTINEL}\n".encode())
 
 
+_current = threading.local()  # the activation the running thread works for (concurrent workers)
+
+
+class _TaggedOutput(io.TextIOBase):
+    """stdout/stderr of a worker that runs several activations at once: each complete line goes out tagged
+    with the id of the activation whose thread wrote it, so that the invoker can tell their logs apart."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.local = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        pending = getattr(self.local, "pending", "") + text
+        *lines, self.local.pending = pending.split("\n")
+        if lines:
+            self._out(lines)
+        return len(text)
+
+    def _out(self, lines: list[str]) -> None:
+        aid = getattr(_current, "id", None)
+        tag = f"{TAG}{aid}{TAG_END}" if aid else ""
+        os.write(self.fd, "".join(f"{tag}{line}\n" for line in lines).encode("utf-8", "replace"))
+
+    def end(self) -> None:
+        """This thread's activation is over: its last partial line, then its sentinel."""
+        pending = getattr(self.local, "pending", "")
+        self.local.pending = ""
+        self._out([pending, wire.SENTINEL] if pending else [wire.SENTINEL])
+
+
 def worker(ctl: socket.socket, fn: Any, limits: dict[str, Any]) -> None:
     """A forked worker's life: serve requests until the invoker hangs up."""
     memory_mb = int(limits.get("memory", 256))
+    concurrency = max(1, int(limits.get("concurrency", 1)))
     if memory_mb > 0:
         with open("/proc/self/statm") as f:
             vsz = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-        cap = vsz + memory_mb * 1024 * 1024
+        cap = vsz + memory_mb * 1024 * 1024 * concurrency
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     arity = _arity(fn)
+    if concurrency > 1:
+        _concurrent_worker(ctl, fn, arity, memory_mb, concurrency)
     while True:
         request = wire.recv(ctl)
         if request is None:
@@ -151,6 +189,33 @@ def worker(ctl: socket.socket, fn: Any, limits: dict[str, Any]) -> None:
             wire.send(ctl, answer)
         except (TypeError, ValueError) as exc:
             wire.send(ctl, {"id": request["id"], **_result(DEVELOPER_ERROR, {"error": str(exc)})})
+
+
+def _concurrent_worker(ctl: socket.socket, fn: Any, arity: int, memory_mb: int, concurrency: int) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    out, err = _TaggedOutput(1), _TaggedOutput(2)
+    sys.stdout, sys.stderr = out, err
+    send_lock = threading.Lock()
+
+    def one(request: dict[str, Any]) -> None:
+        _current.id = request["id"]
+        try:
+            answer = run_one(fn, arity, request, memory_mb)
+        finally:
+            out.end()
+            err.end()
+            _current.id = None
+        answer["id"] = request["id"]
+        with send_lock:
+            wire.send(ctl, answer)
+
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="activation") as threads:
+        while True:
+            request = wire.recv(ctl)
+            if request is None:
+                os._exit(0)
+            threads.submit(one, request)
 
 
 def _fork(control: socket.socket, fn: Any, fds: list[int], limits: dict[str, Any]) -> int:
