@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Server
+
+if TYPE_CHECKING:
+    from kafka_harness import KafkaBroker
 
 
 @pytest.fixture(scope="module")
@@ -29,3 +33,14 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
     yield srv
     if srv.proc is not None:
         srv.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """One real Kafka broker (KRaft, one node) for the whole run, started on first use. Tests that stop or
+    kill a broker start one of their own (tests/kafka_harness.py) instead of taking this one away."""
+    from kafka_harness import KafkaBroker
+
+    broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+    yield broker
+    broker.stop()

@@ -34,6 +34,8 @@ class Server:
     env_extra: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    #: More `headrace up` options, e.g. ["--kafka", "127.0.0.1:9092"].
+    args_extra: list[str] = field(default_factory=list)
 
     @property
     def door_url(self) -> str:
@@ -65,6 +67,7 @@ class Server:
         cmd = [
             sys.executable, "-m", "headrace.cli.main", "up", "--data", str(self.data),
             "--door-port", str(self.door_port), "--api-port", str(self.api_port), "--host", "127.0.0.1",
+            *self.args_extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

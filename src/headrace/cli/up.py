@@ -16,6 +16,12 @@ def up(
     host: str | None = typer.Option(None, "--host", help="Address to listen on (env HEADRACE_HOST)"),
     pool_max_bytes: int | None = typer.Option(None, "--pool-max-bytes", help="Cap on each pool's size in bytes"),
     anonymous: bool | None = typer.Option(None, "--anonymous/--no-anonymous", help="Allow unauthenticated reads"),
+    kafka: str | None = typer.Option(
+        None, "--kafka", help="Relay every event to Kafka at HOST:PORT (env HEADRACE_KAFKA; default: no Kafka)"
+    ),
+    kafka_topic: str | None = typer.Option(
+        None, "--kafka-topic", help="Kafka topic for the events (env HEADRACE_KAFKA_TOPIC; default headrace-events)"
+    ),
 ) -> None:
     """Run headrace: the WebDAV door and the frontend, on SQLite and a local pool."""
     from headrace.server import main
@@ -28,7 +34,11 @@ def up(
             host=host,
             pool_max_bytes=pool_max_bytes,
             anonymous=anonymous,
+            kafka=kafka,
+            kafka_topic=kafka_topic,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
+    if settings.kafka and not settings.kafka_topic.strip():
+        raise typer.BadParameter("--kafka-topic must name a topic")
     main(settings)
