@@ -290,6 +290,24 @@ class Client:
 
     # -- URLs and requests ---------------------------------------------------------------------------------
 
+    @property
+    def http(self) -> httpx.Client:
+        """The authenticated httpx client, for requests this SDK has no method for (e.g. SSE streams)."""
+        return self._http
+
+    def request(self, method: str, url: str, *, about: str | None = None, **kw: Any) -> httpx.Response:
+        """One request to an absolute URL of this service; HeadraceClientError for any status outside 2xx
+        (naming `about`, if given) and for a connection that fails."""
+        return self._send(method, url, path=about, **kw)
+
+    def status_error(self, response: httpx.Response, about: str | None = None) -> HeadraceClientError:
+        """The error a non-2xx answer stands for, with the server's `detail` sentence (read the body first)."""
+        return self._status_error(response, about)
+
+    def connection_error(self, exc: Exception, url: str) -> HeadraceClientError:
+        """The error an httpx transport failure stands for, in one line."""
+        return self._connection_error(exc, url)
+
     @staticmethod
     def _quote(path: str) -> str:
         try:
