@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from headrace.cli import files, token, transfer
+from headrace.cli import events, files, functions, token, transfer
 from headrace.cli.common import HeadraceGroup
 from headrace.cli.up import up
 from headrace.cli.users import user_app
@@ -26,6 +26,8 @@ app.command("put")(transfer.put)
 app.command("get")(transfer.get)
 app.add_typer(token.app, name="token")
 app.add_typer(user_app, name="user")
+app.add_typer(events.app, name="events")
+functions.register(app)
 
 
 @app.callback()

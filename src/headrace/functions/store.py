@@ -155,7 +155,10 @@ class FunctionStore:
         """Write a finished activation (a trigger's, or a blocking invoke's) in one go."""
         conn.execute(
             insert(fn_activations).values(
-                **_dump({"annotations": [], "args": {}, "attempt": 1, "max_attempts": 1, "depth": 0, **values})
+                **_dump(
+                    {"entity": "action", "annotations": [], "args": {}, "attempt": 1, "max_attempts": 1, "depth": 0}
+                    | values
+                )
             )
         )
 

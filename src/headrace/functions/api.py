@@ -1,0 +1,573 @@
+"""OpenWhisk's REST API on the frontend (`/api/v1/namespaces/...`): actions (and sequences), triggers
+(with headrace's storage feed), rules, activations, limits, and headrace's dead letters.
+
+Every answer under the prefix is OpenWhisk's, errors included: `{"error": "...", "code": "<transaction id>"}`
+for a bad or missing credential (401), another user's namespace (403), an unknown name or route (404), a
+refused body (400), an existing name without `?overwrite=true` (409). The routes catch their own errors
+(`_OpenWhiskRoute`) and a catch-all route answers the paths no route matches, so that the frontend's
+dCache-shaped handlers never see a request under this prefix.
+
+Entities live in the database (`FunctionStore`); after every change the controller reloads them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.routing import Match
+
+from headrace.auth.access import Principal
+from headrace.errors import Forbidden, HeadraceError, NotFound, Unauthorized
+from headrace.functions import model, records
+from headrace.functions.controller import Controller
+from headrace.functions.model import MAX_PARAMETERS_BYTES, STORAGE_FEED, ModelError
+from headrace.functions.store import Exists
+from headrace.http_common import WWW_AUTHENTICATE, principal_of
+from headrace.storage.service import StorageService
+
+log = logging.getLogger("headrace.functions")
+
+PREFIX = "/api/v1/namespaces"
+NOT_FOUND = "The requested resource does not exist."
+DEFAULT_LIST = 30
+MAX_LIST = 200
+DEFAULT_BLOCKING_MS = 60_000
+MAX_BLOCKING_MS = 600_000
+FEED_KEYS = ("path", "recursive", "flags", "pattern", "min_size")
+STATES = ("queued", "running", "done", "dead")
+#: What GET .../limits reports for a namespace, as OpenWhisk's defaults. headrace queues activations
+#: rather than refusing them, so these are reported, not enforced.
+NAMESPACE_LIMITS = {"concurrentInvocations": 100, "invocationsPerMinute": 120, "firesPerMinute": 120}
+
+
+class WhiskError(Exception):
+    """An answer in OpenWhisk's error shape: `status` and the sentence in `error`."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def whisk_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """OpenWhisk's error body; `code` is a fresh transaction id, also sent as X-Request-ID."""
+    tid = uuid.uuid4().hex
+    h = {"X-Request-ID": tid, **(headers or {})}
+    if status == 401:
+        h.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
+    return JSONResponse({"error": message, "code": tid}, status_code=status, headers=h)
+
+
+def _error_for(exc: Exception) -> JSONResponse:
+    if isinstance(exc, WhiskError):
+        return whisk_error(exc.status, exc.message, exc.headers)
+    if isinstance(exc, ModelError):
+        return whisk_error(400, str(exc))
+    if isinstance(exc, Unauthorized):
+        if exc.detail == "Authentication required":
+            return whisk_error(401, "The resource requires authentication, which was not supplied with the request.")
+        return whisk_error(401, f"The supplied authentication is invalid: {exc.detail}.")
+    if isinstance(exc, Forbidden):
+        return whisk_error(403, exc.detail)
+    if isinstance(exc, NotFound):
+        return whisk_error(404, NOT_FOUND)
+    if isinstance(exc, HeadraceError):
+        return whisk_error(exc.status, exc.detail)
+    if isinstance(exc, RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in e.get('loc', ()) if x not in ('query', 'path', 'body'))}: {e.get('msg')}"
+            for e in exc.errors()
+        )
+        return whisk_error(400, f"The request content was malformed: {problems}")
+    if isinstance(exc, StarletteHTTPException):
+        message = NOT_FOUND if exc.status_code == 404 else str(exc.detail)
+        return whisk_error(exc.status_code, message)
+    log.exception("functions API: internal error", exc_info=exc)
+    return whisk_error(500, "The server encountered an internal error; the request could not be completed.")
+
+
+class _OpenWhiskRoute(APIRoute):
+    """A route whose every failure (authentication and request validation included) is answered in
+    OpenWhisk's shape here, before the application's exception handlers could answer in dCache's."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return _error_for(exc)
+
+        return guarded
+
+
+# -- request helpers ---------------------------------------------------------------------------------------
+
+
+def namespace_of(p: Principal, ns: str) -> str:
+    """The namespace a path names: `_` is the caller's own; any other user's is refused (403), and so is a
+    macaroon that is limited to some paths or activities."""
+    if p.method == "anonymous":
+        raise Unauthorized("Authentication required")
+    r = p.restrictions
+    if r is not None and (r.activities is not None or r.root != "/" or any(path != "/" for path in r.paths)):
+        # functions run with all of their owner's rights: a token limited to paths or activities may not
+        # deploy or run them
+        raise WhiskError(403, "A macaroon limited to paths or activities may not use the functions API.")
+    own = p.subject.username
+    if ns in ("_", own):
+        return own
+    raise WhiskError(403, f"The supplied authentication is not authorized to access '{ns}'.")
+
+
+async def _body(request: Request, *, max_bytes: int | None = None) -> dict[str, Any]:
+    raw = await request.body()
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise WhiskError(413, f"The request content exceeds the maximum allowed size of {max_bytes} bytes.")
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise WhiskError(400, f"The request content was malformed: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WhiskError(400, "The request content was malformed: a JSON object was expected.")
+    return data
+
+
+def _paging(limit: int, skip: int) -> tuple[int, int]:
+    if not 0 <= limit <= MAX_LIST:
+        raise WhiskError(400, f"The value {limit} is not in the range of 0 to {MAX_LIST} for 'limit'.")
+    if skip < 0:
+        raise WhiskError(400, f"The value {skip} for 'skip' must not be negative.")
+    return limit or MAX_LIST, skip
+
+
+def _states(raw: str | None) -> tuple[str, ...] | None:
+    if not raw:
+        return None
+    states = tuple(s.strip() for s in raw.split(",") if s.strip())
+    unknown = [s for s in states if s not in STATES]
+    if unknown:
+        raise WhiskError(400, f"Unknown state {unknown[0]!r}: use {', '.join(STATES)}.")
+    return states
+
+
+def _reference(raw: Any, namespace: str, what: str) -> str:
+    """An entity's name in the caller's namespace from "name", "/ns/name" or "ns/name" (ns may be "_")."""
+    if not isinstance(raw, str) or not raw.strip("/"):
+        raise WhiskError(400, f'The {what} must be named: "name" or "/namespace/name".')
+    parts = raw.strip("/").split("/")
+    if len(parts) == 1 and not raw.startswith("/"):
+        return model.check_name(parts[0], f"{what} name")
+    if len(parts) != 2:
+        raise WhiskError(400, f"The {what} {raw!r} is not valid: headrace has no packages; use /namespace/name.")
+    if parts[0] not in ("_", namespace):
+        raise WhiskError(403, f"The supplied authentication is not authorized to access '{parts[0]}'.")
+    return model.check_name(parts[1], f"{what} name")
+
+
+def install(app: FastAPI, service: StorageService, controller: Controller) -> None:
+    """Mount the functions API on the frontend."""
+    api = APIRouter(tags=["functions"], route_class=_OpenWhiskRoute)
+    authenticated = Depends(principal_of(service))
+    store = controller.store
+    db = service.db
+
+    async def get_or_404(kind: str, namespace: str, name: str) -> dict[str, Any]:
+        row = await db.read(store.get, kind, namespace, name)
+        if row is None:
+            raise WhiskError(404, NOT_FOUND)
+        return row
+
+    async def put_entity(kind: str, namespace: str, name: str, values: dict[str, Any], overwrite: bool) -> Any:
+        try:
+            row = await db.write(store.put, kind, namespace, name, values, overwrite=overwrite)
+        except Exists:
+            raise WhiskError(409, "resource already exists") from None
+        await controller.reload()
+        return row
+
+    async def delete_entity(kind: str, namespace: str, name: str) -> dict[str, Any]:
+        row = await db.write(store.remove, kind, namespace, name)
+        if row is None:
+            raise WhiskError(404, NOT_FOUND)
+        await controller.reload()
+        return row
+
+    async def activation_or_404(namespace: str, activation_id: str) -> dict[str, Any]:
+        row = await db.read(store.activation, activation_id)
+        if row is None or row["namespace"] != namespace:
+            raise WhiskError(404, NOT_FOUND)
+        return row
+
+    # -- namespaces and limits ----------------------------------------------------------------------------
+
+    @api.get(PREFIX, summary="The caller's namespaces")
+    async def namespaces(p: Principal = authenticated) -> Response:
+        return JSONResponse([namespace_of(p, "_")])
+
+    @api.get(PREFIX + "/{ns}/limits", summary="The namespace's limits and the actions' limit ranges")
+    async def limits(ns: str, p: Principal = authenticated) -> Response:
+        namespace_of(p, ns)
+        out: dict[str, Any] = dict(NAMESPACE_LIMITS)
+        for key, (lo, hi, _) in model.LIMITS.items():
+            word = key.capitalize()
+            out[f"minAction{word}"] = lo
+            out[f"maxAction{word}"] = hi
+        out["maxParameterSize"] = MAX_PARAMETERS_BYTES
+        out["maxPayloadSize"] = MAX_PARAMETERS_BYTES
+        out["maxResultSize"] = MAX_PARAMETERS_BYTES
+        out["defaults"] = {k: d for k, (_, _, d) in model.LIMITS.items()}
+        out["scaling"] = {k: {"min": lo, "max": hi, "default": d} for k, (lo, hi, d) in model.SCALING.items()}
+        out["maxWorkers"] = controller.max_workers
+        return JSONResponse(out)
+
+    @api.get(PREFIX + "/{ns}/packages", summary="Packages (headrace has none)")
+    async def packages(ns: str, p: Principal = authenticated) -> Response:
+        namespace_of(p, ns)
+        return JSONResponse([])
+
+    # -- actions ------------------------------------------------------------------------------------------
+
+    async def sequence_components(namespace: str, name: str, components: list[str]) -> list[str]:
+        out = []
+        for c in components:
+            component = _reference(c, namespace, "sequence component")
+            if component == name:
+                raise WhiskError(400, "A sequence may not refer to itself.")
+            found = await db.read(store.get, "actions", namespace, component)
+            if found is None:
+                raise WhiskError(400, f"Sequence component does not exist: /{namespace}/{component}.")
+            if found["exec"].get("kind") == "sequence":
+                raise WhiskError(
+                    400, f"Sequence component /{namespace}/{component} is a sequence: headrace does not nest them."
+                )
+            out.append(f"/{namespace}/{component}")
+        return out
+
+    async def action_values(
+        namespace: str, name: str, body: dict[str, Any], current: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """The stored form of an action PUT's body; on an update, what the body leaves out stays."""
+        if "exec" in body or current is None:
+            ex = model.check_exec(body.get("exec"))
+            if ex["kind"] == "sequence":
+                ex["components"] = await sequence_components(namespace, name, ex["components"])
+        else:
+            ex = current["exec"]
+
+        def kv(key: str) -> list[dict[str, Any]]:
+            if key in body:
+                return model.key_values(body[key], key)
+            return list(current[key]) if current else []
+
+        return {
+            "exec": ex,
+            "parameters": kv("parameters"),
+            "annotations": kv("annotations"),
+            "limits": model.limits(body.get("limits"), current["limits"] if current else None),
+            "scaling": model.scaling(body.get("scaling"), current["scaling"] if current else None),
+        }
+
+    @api.get(PREFIX + "/{ns}/actions", summary="List actions")
+    async def list_actions(ns: str, limit: int = DEFAULT_LIST, skip: int = 0, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        n, s = _paging(limit, skip)
+        rows = await db.read(store.entities, "actions", namespace, n, s)
+        return JSONResponse([records.action_summary(r) for r in rows])
+
+    @api.get(PREFIX + "/{ns}/actions/{name}", summary="Get an action (?code=false leaves out its code)")
+    async def get_action(ns: str, name: str, code: bool = True, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        return JSONResponse(records.action(await get_or_404("actions", namespace, name), code=code))
+
+    @api.put(PREFIX + "/{ns}/actions/{name}", summary="Create or (with ?overwrite=true) update an action")
+    async def put_action(
+        ns: str, name: str, request: Request, overwrite: bool = False, p: Principal = authenticated
+    ) -> Response:
+        namespace = namespace_of(p, ns)
+        model.check_name(name, "action name")
+        body = await _body(request)
+        current = await db.read(store.get, "actions", namespace, name) if overwrite else None
+        values = await action_values(namespace, name, body, current)
+        return JSONResponse(records.action(await put_entity("actions", namespace, name, values, overwrite)))
+
+    @api.delete(PREFIX + "/{ns}/actions/{name}", summary="Delete an action")
+    async def delete_action(ns: str, name: str, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        return JSONResponse(records.action(await delete_entity("actions", namespace, name)))
+
+    @api.post(PREFIX + "/{ns}/actions/{name}", summary="Invoke an action (?blocking=true waits for its record)")
+    async def invoke(
+        ns: str,
+        name: str,
+        request: Request,
+        blocking: bool = False,
+        result: bool = False,
+        timeout: int = DEFAULT_BLOCKING_MS,
+        p: Principal = authenticated,
+    ) -> Response:
+        namespace = namespace_of(p, ns)
+        if not 0 < timeout <= MAX_BLOCKING_MS:
+            raise WhiskError(400, f"The timeout must be between 1 and {MAX_BLOCKING_MS} milliseconds, not {timeout}.")
+        params = await _body(request, max_bytes=MAX_PARAMETERS_BYTES)
+        try:
+            activation_id, future = await controller.invoke(namespace, name, params)
+        except LookupError:
+            raise WhiskError(404, NOT_FOUND) from None
+        headers = {"X-Openwhisk-Activation-Id": activation_id}
+        if not blocking:
+            return JSONResponse({"activationId": activation_id}, status_code=202, headers=headers)
+        done, _ = await asyncio.wait({future}, timeout=timeout / 1000)
+        if not done:
+            return JSONResponse({"activationId": activation_id}, status_code=202, headers=headers)
+        record = records.activation(future.result())
+        code = record["response"].get("statusCode", 3)
+        status = 200 if code == 0 else 502 if code in (1, 2) else 500
+        return JSONResponse(record["response"]["result"] if result else record, status_code=status, headers=headers)
+
+    # -- triggers -----------------------------------------------------------------------------------------
+
+    def trigger_values(body: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+        """The stored form of a trigger PUT's body. A trigger is fed by the storage feed when its body has
+        "feed" (the feed's name, or an object of feed parameters) or its annotations name the feed; the
+        feed's parameters then come from that object or from the trigger's parameters (as `wsk trigger
+        create T --feed F -p path /raw` gives them). An update that names no feed keeps the trigger's."""
+        given_parameters = "parameters" in body
+        parameters = model.key_values(body.get("parameters"), "parameters")
+        annotations = model.key_values(body.get("annotations"), "annotations")
+        if current is not None:
+            parameters = parameters if given_parameters else list(current["parameters"])
+            annotations = annotations if "annotations" in body else list(current["annotations"])
+        raw_feed = body.get("feed")
+        named = next((a["value"] for a in annotations if a["key"] == "feed"), None) if "annotations" in body else None
+        if raw_feed is None and named is None:
+            keep = current is not None and bool(current.get("feed"))
+            return {
+                "parameters": parameters,
+                "annotations": annotations,
+                "feed": current["feed"] if keep and current else None,
+                "feed_params": current["feed_params"] if keep and current else None,
+            }
+        feed_params: dict[str, Any] | None = None
+        if isinstance(raw_feed, dict):
+            feed_name = raw_feed.get("name", STORAGE_FEED)
+            feed_params = {k: v for k, v in raw_feed.items() if k != "name"}
+        elif raw_feed is None or isinstance(raw_feed, str):
+            feed_name = raw_feed if raw_feed is not None else named
+        else:
+            raise ModelError('"feed" must be the feed\'s name or an object of its parameters.')
+        if not records.is_storage_feed(feed_name):
+            raise ModelError(f"Unknown feed {feed_name!r}: headrace's feed is {STORAGE_FEED}.")
+        if feed_params is None:
+            feed_params = {p["key"]: p["value"] for p in parameters if p["key"] in FEED_KEYS}
+            parameters = [p for p in parameters if p["key"] not in FEED_KEYS]
+            if not feed_params and current is not None and current.get("feed_params"):
+                feed_params = dict(current["feed_params"])
+        if not any(a["key"] == "feed" for a in annotations):
+            annotations.append({"key": "feed", "value": STORAGE_FEED})
+        return {
+            "parameters": parameters,
+            "annotations": annotations,
+            "feed": STORAGE_FEED,
+            "feed_params": model.feed_filter(feed_params).to_json(),
+        }
+
+    async def rules_of(namespace: str, trigger: str) -> list[dict[str, Any]]:
+        rows = await db.read(store.entities, "rules", namespace, 0, 0)
+        return [r for r in rows if r["trigger"] == trigger]
+
+    @api.get(PREFIX + "/{ns}/triggers", summary="List triggers")
+    async def list_triggers(
+        ns: str, limit: int = DEFAULT_LIST, skip: int = 0, p: Principal = authenticated
+    ) -> Response:
+        namespace = namespace_of(p, ns)
+        n, s = _paging(limit, skip)
+        rows = await db.read(store.entities, "triggers", namespace, n, s)
+        return JSONResponse([records.trigger(r) for r in rows])
+
+    @api.get(PREFIX + "/{ns}/triggers/{name}", summary="Get a trigger, with its rules")
+    async def get_trigger(ns: str, name: str, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        row = await get_or_404("triggers", namespace, name)
+        return JSONResponse(records.trigger(row, await rules_of(namespace, name)))
+
+    @api.put(PREFIX + "/{ns}/triggers/{name}", summary="Create or (with ?overwrite=true) update a trigger")
+    async def put_trigger(
+        ns: str, name: str, request: Request, overwrite: bool = False, p: Principal = authenticated
+    ) -> Response:
+        namespace = namespace_of(p, ns)
+        model.check_name(name, "trigger name")
+        body = await _body(request)
+        current = await db.read(store.get, "triggers", namespace, name) if overwrite else None
+        values = trigger_values(body, current)
+        row = await put_entity("triggers", namespace, name, values, overwrite)
+        return JSONResponse(records.trigger(row, await rules_of(namespace, name)))
+
+    @api.delete(PREFIX + "/{ns}/triggers/{name}", summary="Delete a trigger")
+    async def delete_trigger(ns: str, name: str, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        return JSONResponse(records.trigger(await delete_entity("triggers", namespace, name)))
+
+    @api.post(PREFIX + "/{ns}/triggers/{name}", summary="Fire a trigger: 202 with its activation, 204 if no rule")
+    async def fire(ns: str, name: str, request: Request, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        payload = await _body(request, max_bytes=MAX_PARAMETERS_BYTES)
+        row = await get_or_404("triggers", namespace, name)
+        activation_id = await controller.fire(namespace, row, payload)
+        if activation_id is None:
+            return Response(status_code=204)
+        return JSONResponse({"activationId": activation_id}, status_code=202)
+
+    # -- rules --------------------------------------------------------------------------------------------
+
+    @api.get(PREFIX + "/{ns}/rules", summary="List rules")
+    async def list_rules(ns: str, limit: int = DEFAULT_LIST, skip: int = 0, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        n, s = _paging(limit, skip)
+        rows = await db.read(store.entities, "rules", namespace, n, s)
+        return JSONResponse([records.rule(r) for r in rows])
+
+    @api.get(PREFIX + "/{ns}/rules/{name}", summary="Get a rule")
+    async def get_rule(ns: str, name: str, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        return JSONResponse(records.rule(await get_or_404("rules", namespace, name)))
+
+    @api.put(PREFIX + "/{ns}/rules/{name}", summary="Create or (with ?overwrite=true) update a rule")
+    async def put_rule(
+        ns: str, name: str, request: Request, overwrite: bool = False, p: Principal = authenticated
+    ) -> Response:
+        namespace = namespace_of(p, ns)
+        model.check_name(name, "rule name")
+        body = await _body(request)
+        current = await db.read(store.get, "rules", namespace, name) if overwrite else None
+        trigger = _reference(body.get("trigger", current and current["trigger"]), namespace, "trigger")
+        action = _reference(body.get("action", current and current["action"]), namespace, "action")
+        status = body.get("status", current["status"] if current else "active")
+        if status not in ("active", "inactive"):
+            raise ModelError(f'A rule\'s status is "active" or "inactive", not {status!r}.')
+        await get_or_404("triggers", namespace, trigger)
+        await get_or_404("actions", namespace, action)
+        values = {"trigger": trigger, "action": action, "status": status}
+        return JSONResponse(records.rule(await put_entity("rules", namespace, name, values, overwrite)))
+
+    @api.delete(PREFIX + "/{ns}/rules/{name}", summary="Delete a rule")
+    async def delete_rule(ns: str, name: str, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        return JSONResponse(records.rule(await delete_entity("rules", namespace, name)))
+
+    @api.post(PREFIX + "/{ns}/rules/{name}", summary='Enable or disable a rule: {"status": "active"|"inactive"}')
+    async def set_rule_status(ns: str, name: str, request: Request, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        body = await _body(request)
+        status = body.get("status")
+        if status not in ("active", "inactive"):
+            raise ModelError(f'A rule\'s status is "active" or "inactive", not {status!r}.')
+        row = await db.write(store.set_rule_status, namespace, name, status)
+        if row is None:
+            raise WhiskError(404, NOT_FOUND)
+        await controller.reload()
+        return JSONResponse(records.rule(row))
+
+    # -- activations and dead letters ---------------------------------------------------------------------
+
+    @api.get(PREFIX + "/{ns}/activations", summary="List activations, newest first (?docs=true: full records)")
+    async def list_activations(
+        ns: str,
+        name: str | None = None,
+        limit: int = DEFAULT_LIST,
+        skip: int = 0,
+        since: int | None = None,
+        upto: int | None = None,
+        docs: bool = False,
+        state: str | None = None,
+        p: Principal = authenticated,
+    ) -> Response:
+        namespace = namespace_of(p, ns)
+        n, s = _paging(limit, skip)
+        short = name.strip("/").rsplit("/", 1)[-1] if name else None
+        rows = await db.read(
+            store.activations, namespace, name=short, limit=n, skip=s, since=since, upto=upto, states=_states(state)
+        )
+        render = records.activation if docs else records.activation_summary
+        return JSONResponse([render(r) for r in rows])
+
+    @api.get(PREFIX + "/{ns}/activations/{activation_id}", summary="An activation record")
+    async def get_activation(ns: str, activation_id: str, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        return JSONResponse(records.activation(await activation_or_404(namespace, activation_id)))
+
+    @api.get(PREFIX + "/{ns}/activations/{activation_id}/logs", summary="An activation's log lines")
+    async def activation_logs(ns: str, activation_id: str, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        row = await activation_or_404(namespace, activation_id)
+        return JSONResponse({"logs": list(row.get("logs") or [])})
+
+    @api.get(PREFIX + "/{ns}/activations/{activation_id}/result", summary="An activation's result")
+    async def activation_result(ns: str, activation_id: str, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        return JSONResponse(records.activation_result(await activation_or_404(namespace, activation_id)))
+
+    @api.get(PREFIX + "/{ns}/deadletters", summary="Dead letters: activations that failed their last attempt")
+    async def deadletters(
+        ns: str, name: str | None = None, limit: int = DEFAULT_LIST, skip: int = 0, p: Principal = authenticated
+    ) -> Response:
+        namespace = namespace_of(p, ns)
+        n, s = _paging(limit, skip)
+        rows = await db.read(store.activations, namespace, name=name or None, limit=n, skip=s, states=("dead",))
+        return JSONResponse([records.dead_letter(r) for r in rows])
+
+    @api.post(PREFIX + "/{ns}/deadletters/redrive", summary="Queue dead letters again (all, or those named)")
+    async def redrive(ns: str, request: Request, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        body = await _body(request)
+        ids = body.get("activationIds")
+        if ids is not None and (not isinstance(ids, list) or not all(isinstance(i, str) for i in ids)):
+            raise ModelError('"activationIds" must be a list of activation ids.')
+        return JSONResponse({"redriven": await controller.redrive(namespace, ids)})
+
+    # -- everything else under the prefix: OpenWhisk's 404 (or 405 for a known path) ----------------------
+
+    own_routes = list(api.routes)
+
+    @api.api_route(
+        PREFIX + "/{rest:path}",
+        methods=["GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS"],
+        include_in_schema=False,
+    )
+    async def unknown(request: Request, rest: str, p: Principal = authenticated) -> Response:
+        allowed = sorted(
+            {
+                method
+                for route in own_routes
+                if isinstance(route, APIRoute) and route.matches(request.scope)[0] is Match.PARTIAL
+                for method in route.methods or ()
+            }
+        )
+        if allowed:
+            raise WhiskError(
+                405,
+                f"HTTP method not allowed, supported methods: {', '.join(allowed)}.",
+                {"Allow": ", ".join(allowed)},
+            )
+        raise WhiskError(404, NOT_FOUND)
+
+    @api.api_route(PREFIX, methods=["PUT", "POST", "DELETE", "PATCH"], include_in_schema=False)
+    async def namespaces_other(p: Principal = authenticated) -> Response:
+        raise WhiskError(405, "HTTP method not allowed, supported methods: GET.", {"Allow": "GET"})
+
+    app.include_router(api)

@@ -1,0 +1,191 @@
+"""The JSON clients get for functions entities and activations, in OpenWhisk's shapes (plus headrace's
+own fields, named where they are added). Pure: rows from `FunctionStore` in, dicts out.
+
+An activation record is OpenWhisk's: namespace, name, version, subject, activationId, start, end, duration,
+response {status, statusCode 0..3, success, result}, logs, annotations, cause. headrace adds `attempt`,
+`state` (queued | running | done | dead: OpenWhisk only ever shows finished ones) and `eventOffset` for
+activations made by a storage event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from headrace.functions.model import STORAGE_FEED
+
+STATUS = {0: "success", 1: "application error", 2: "action developer error", 3: "whisk internal error"}
+FINAL_STATES = ("done", "dead")
+
+
+def status_name(code: int | None) -> str:
+    return STATUS.get(code if code is not None else 3, "whisk internal error")
+
+
+def response(row: dict[str, Any]) -> dict[str, Any]:
+    """The record's `response`: that of the last attempt that ran. An activation that has not run yet has
+    its state as status and no statusCode."""
+    code = row.get("status_code")
+    if code is None:
+        return {"status": str(row.get("state") or "queued"), "success": False, "result": {}}
+    code = int(code)
+    result = row.get("result")
+    return {
+        "status": status_name(code),
+        "statusCode": code,
+        "success": code == 0,
+        "result": result if isinstance(result, dict) else {},
+    }
+
+
+def _times(row: dict[str, Any]) -> tuple[int, int, int]:
+    start = int(row.get("start") or row.get("created") or 0)
+    end = int(row.get("end") or 0) if row.get("state") in FINAL_STATES or row.get("status_code") is not None else 0
+    return start, end, max(0, end - start) if end else 0
+
+
+def _headrace_fields(row: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    out["attempt"] = int(row.get("attempt") or 1)
+    out["state"] = str(row.get("state") or "queued")
+    if row.get("event_offset") is not None:
+        out["eventOffset"] = int(row["event_offset"])
+    return out
+
+
+def activation(row: dict[str, Any]) -> dict[str, Any]:
+    """The full activation record."""
+    start, end, duration = _times(row)
+    out: dict[str, Any] = {
+        "namespace": row["namespace"],
+        "name": row["name"],
+        "version": str(row.get("version") or "0.0.1"),
+        "subject": str(row.get("subject") or row["namespace"]),
+        "activationId": row["activation_id"],
+        "start": start,
+        "end": end,
+        "duration": duration,
+        "response": response(row),
+        "logs": list(row.get("logs") or []),
+        "annotations": list(row.get("annotations") or []),
+        "publish": False,
+    }
+    if row.get("cause"):
+        out["cause"] = row["cause"]
+    return _headrace_fields(row, out)
+
+
+def activation_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """A listing's entry (OpenWhisk's `docs=false`): no result, no logs, the status code at the top."""
+    start, end, duration = _times(row)
+    out: dict[str, Any] = {
+        "namespace": row["namespace"],
+        "name": row["name"],
+        "version": str(row.get("version") or "0.0.1"),
+        "subject": str(row.get("subject") or row["namespace"]),
+        "activationId": row["activation_id"],
+        "start": start,
+        "end": end,
+        "duration": duration,
+        "statusCode": row.get("status_code"),
+        "annotations": list(row.get("annotations") or []),
+        "publish": False,
+    }
+    if row.get("cause"):
+        out["cause"] = row["cause"]
+    return _headrace_fields(row, out)
+
+
+def dead_letter(row: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter: the activation record, plus the arguments it runs with when redriven (headrace's)."""
+    return {**activation(row), "args": dict(row.get("args") or {})}
+
+
+def activation_result(row: dict[str, Any]) -> dict[str, Any]:
+    """GET .../activations/{id}/result."""
+    r = response(row)
+    return {"result": r["result"], "status": r["status"], "success": r["success"]}
+
+
+# -- entities ---------------------------------------------------------------------------------------------
+
+
+def _version(row: dict[str, Any]) -> str:
+    return f"0.0.{int(row.get('version') or 1)}"
+
+
+def action(row: dict[str, Any], *, code: bool = True) -> dict[str, Any]:
+    """An action as GET returns it (`code=False`: without exec.code, as `?code=false` asks)."""
+    ex = dict(row["exec"])
+    scaling = dict(row.get("scaling") or {})
+    if not code:
+        ex.pop("code", None)
+    return {
+        "namespace": row["namespace"],
+        "name": row["name"],
+        "version": _version(row),
+        "exec": ex,
+        "parameters": list(row.get("parameters") or []),
+        "annotations": list(row.get("annotations") or []),
+        "limits": dict(row.get("limits") or {}),
+        "scaling": {**scaling, "ordered": bool(scaling.get("ordered", False))},  # headrace's own
+        "publish": False,
+        "updated": int(row.get("updated") or 0),
+    }
+
+
+def action_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """An action in a listing: no code (OpenWhisk lists exec as {"binary"} only; the kind is kept here)."""
+    full = action(row, code=False)
+    ex = full["exec"]
+    full["exec"] = {"kind": ex.get("kind"), "binary": bool(ex.get("binary", False))}
+    if ex.get("kind") == "sequence":
+        full["exec"]["components"] = ex.get("components", [])
+    return full
+
+
+def trigger(row: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A trigger; with `rules` (the namespace's rules on it), OpenWhisk's `rules` map. A trigger fed by
+    the storage feed also carries headrace's `feed` and `feedParameters`."""
+    annotations = list(row.get("annotations") or [])
+    out: dict[str, Any] = {
+        "namespace": row["namespace"],
+        "name": row["name"],
+        "version": _version(row),
+        "parameters": list(row.get("parameters") or []),
+        "annotations": annotations,
+        "limits": {},
+        "publish": False,
+        "updated": int(row.get("updated") or 0),
+    }
+    if row.get("feed"):
+        if not any(a.get("key") == "feed" for a in annotations):
+            out["annotations"] = [*annotations, {"key": "feed", "value": row["feed"]}]
+        out["feed"] = row["feed"]
+        out["feedParameters"] = row.get("feed_params") or {}
+    if rules is not None:
+        out["rules"] = {
+            f"{r['namespace']}/{r['name']}": {
+                "action": {"name": r["action"], "path": r["namespace"]},
+                "status": r["status"],
+            }
+            for r in rules
+        }
+    return out
+
+
+def rule(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "namespace": row["namespace"],
+        "name": row["name"],
+        "version": _version(row),
+        "status": row["status"],
+        "trigger": {"name": row["trigger"], "path": row["namespace"]},
+        "action": {"name": row["action"], "path": row["namespace"]},
+        "annotations": [],
+        "publish": False,
+        "updated": int(row.get("updated") or 0),
+    }
+
+
+def is_storage_feed(name: Any) -> bool:
+    """Whether a feed name names headrace's storage feed (with or without the leading slash)."""
+    return isinstance(name, str) and "/" + name.strip("/") == STORAGE_FEED
