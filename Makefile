@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "headrace needs Python 3.11+"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q -e '.[dev,bench,science]'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -19,6 +19,7 @@ run: $(STAMP)
 
 test-deps: $(STAMP)
 	scripts/install-test-deps.sh
+	scripts/install-kafka.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -34,6 +35,8 @@ test: lint typecheck pytest
 
 bench: test-deps
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/events.py
+	$(BIN)/python bench/functions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

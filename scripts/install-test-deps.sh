@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the third-party programs the tests and benchmarks drive, from Debian's packages:
 # rclone, cadaver and davfs2 (real WebDAV clients), litmus (the WebDAV conformance suite),
-# nginx with its WebDAV modules (the benchmark's peer).
+# nginx with its WebDAV modules (the benchmark's peer), redis-server (the broker of bench/functions.py's Celery peer).
 # Downloaded .deb files are cached under ~/.cache/headrace/apt so that a fresh clone reuses them.
 set -euo pipefail
 
@@ -12,6 +12,7 @@ command -v litmus >/dev/null || need+=(litmus)
 command -v mount.davfs >/dev/null || need+=(davfs2)
 command -v nginx >/dev/null || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ] || need+=(libnginx-mod-http-dav-ext)
+command -v redis-server >/dev/null || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""
@@ -28,7 +29,9 @@ if ! $sudo apt-get install "${apt_opts[@]}" "${need[@]}" >/dev/null; then
   $sudo apt-get update -q >/dev/null
   $sudo apt-get install "${apt_opts[@]}" "${need[@]}" >/dev/null
 fi
-# Debian starts nginx as a service on install; the benchmark runs its own instances.
-if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then
-  $sudo systemctl stop nginx || true
-fi
+# Debian starts nginx and redis-server as services on install; the benchmarks run their own instances.
+for service in nginx redis-server; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then
+    $sudo systemctl stop "$service" || true
+  fi
+done

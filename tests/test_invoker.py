@@ -169,6 +169,7 @@ def test_two_argument_main_gets_a_context(tmp_path: Path) -> None:
     (tmp_path / "__main__.py").write_text(
         "def main(event, ctx):\n"
         "    ctx.logger.warning('via the logger')\n"
+        "    ctx.logger.info('info too')\n"
         "    return {'id': ctx.activation_id, 'deadline': ctx.deadline, 'path': event['path']}\n"
     )
 
@@ -182,7 +183,8 @@ def test_two_argument_main_gets_a_context(tmp_path: Path) -> None:
 
     out = run(go)
     assert out.status == 0 and out.result["id"] == "x1" and out.result["path"] == "/raw/a.h5"
-    assert any(line.endswith("stderr: via the logger") for line in out.logs)
+    assert any(line.endswith("stderr: WARNING via the logger") for line in out.logs)
+    assert any(line.endswith("stderr: INFO info too") for line in out.logs)
 
 
 def test_scale_up_shrink_and_no_orphans(code: Path) -> None:

@@ -60,8 +60,20 @@ class Settings:
     log_level: str = "info"
     #: Event channels (SSE) one user may hold at once (dCache: 128).
     channels_per_user: int = 128
+    #: An event caused by an activation chain longer than this fires no trigger.
+    fn_max_chain: int = 8
+    #: Worker processes running at once, for all actions (0: four per CPU, within memory).
+    fn_max_workers: int = 0
+    #: The event log keeps events this many seconds (0 = whatever their age) ...
+    event_retention_seconds: float = 7 * 86400.0
+    #: ... and at most this many events (0 = any number); durable consumers hold back both.
+    event_retention_events: int = 10_000_000
     #: HTTP server under the door: "granian" (fast data path) or "uvicorn".
     door_server: str = "granian"
+    #: Kafka bootstrap "HOST:PORT[,HOST:PORT...]" for the event relay; empty = no Kafka at all.
+    kafka: str = ""
+    #: The topic the relay publishes every event to (CloudEvents); billing records go to "billing".
+    kafka_topic: str = "headrace-events"
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -79,8 +91,14 @@ class Settings:
             anonymous=_env_bool("HEADRACE_ANONYMOUS", False),
             log_level=os.environ.get("HEADRACE_LOG_LEVEL") or "info",
             channels_per_user=_env_int("HEADRACE_CHANNELS_PER_USER", 128),
+            event_retention_seconds=float(os.environ.get("HEADRACE_EVENT_RETENTION_SECONDS") or 7 * 86400),
+            event_retention_events=_env_int("HEADRACE_EVENT_RETENTION_EVENTS", 10_000_000),
+            fn_max_chain=_env_int("HEADRACE_FN_MAX_CHAIN", 8),
+            fn_max_workers=_env_int("HEADRACE_FN_MAX_WORKERS", 0),
             door_server=os.environ.get("HEADRACE_DOOR_SERVER") or "granian",
             upload_idle_timeout=float(os.environ.get("HEADRACE_UPLOAD_IDLE_TIMEOUT") or 60),
+            kafka=os.environ.get("HEADRACE_KAFKA") or "",
+            kafka_topic=os.environ.get("HEADRACE_KAFKA_TOPIC") or "headrace-events",
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(base, **clean)  # type: ignore[arg-type]

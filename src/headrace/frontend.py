@@ -18,6 +18,7 @@ from headrace import __version__
 from headrace.errors import HeaderTooLarge, HeadraceError, Unauthorized
 from headrace.events import api as events_api
 from headrace.events.channels import ChannelManager
+from headrace.functions.controller import Controller
 from headrace.http_common import client_ip, error_response, header, header_bytes, problem, query_param
 from headrace.metrics import API_REQUESTS, POOL_FREE, POOL_USED, REGISTRY
 from headrace.storage import namespace_api
@@ -48,7 +49,9 @@ class HeaderLimit:
         await self.app(scope, receive, counting_send)
 
 
-def create_app(service: StorageService, channels: ChannelManager | None = None) -> FastAPI:
+def create_app(
+    service: StorageService, channels: ChannelManager | None = None, controller: Controller | None = None
+) -> FastAPI:
     app = FastAPI(
         title="headrace frontend",
         version=__version__,
@@ -74,6 +77,10 @@ def create_app(service: StorageService, channels: ChannelManager | None = None) 
     app.include_router(namespace_api.router(service))
     if channels is not None:
         app.include_router(events_api.router(service, channels))
+    if controller is not None:
+        from headrace.functions import api as functions_api
+
+        functions_api.install(app, service, controller)
 
     @app.get("/api/v1/user", summary="Who the caller is")
     async def user(request: Request) -> Any:

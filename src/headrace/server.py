@@ -17,7 +17,9 @@ import uvicorn
 
 from headrace.config import Settings
 from headrace.events.channels import ChannelManager
+from headrace.events.retention import Retention
 from headrace.frontend import create_app
+from headrace.functions.controller import Controller
 from headrace.storage.door import Door
 from headrace.storage.service import StartReport, StorageService
 
@@ -94,9 +96,32 @@ async def run(settings: Settings) -> None:
     door_app = Door(service, settings)
     channels = ChannelManager(service.log, settings.data_dir / "channels", per_user=settings.channels_per_user)
     await channels.start()
+    relay = None
+    if settings.kafka:  # Kafka is imported (and connected to) only when asked for
+        from headrace.events.kafka_relay import KafkaRelay
+
+        relay = KafkaRelay(service, settings.kafka, topic=settings.kafka_topic)
+        relay.start()
+    retention = Retention(
+        service.log,
+        max_age=settings.event_retention_seconds,
+        max_events=settings.event_retention_events,
+        holders=[lambda: relay.position] if relay is not None else [],
+    )
+    controller = Controller(
+        service,
+        code_root=settings.data_dir / "functions",
+        max_chain=settings.fn_max_chain,
+        max_workers=settings.fn_max_workers,
+        api_url=settings.api_url,
+        door_url=settings.door_url,
+    )
+    retention.holders.append(lambda: controller.position)
+    await controller.start()
+    retention_task = asyncio.create_task(retention.run_forever())
     # h11 rather than httptools on the frontend: httptools lowercases response header names, and dCache's
     # event clients find a channel's `Location` case-sensitively.
-    api = _Server(_config(create_app(service, channels), settings, settings.api_port, http="h11"))
+    api = _Server(_config(create_app(service, channels, controller), settings, settings.api_port, http="h11"))
     door: _Server | _GranianDoor
     if settings.door_server == "granian":
         door = _GranianDoor(door_app, settings)
@@ -122,7 +147,11 @@ async def run(settings: Settings) -> None:
         if not api.started:
             raise SystemExit(1)
     finally:
+        retention_task.cancel()
+        await controller.stop()
         await channels.stop()
+        if relay is not None:
+            await relay.close()
         service.close()
     print("headrace: stopped cleanly", flush=True)
 

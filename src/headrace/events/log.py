@@ -100,7 +100,8 @@ class EventLog:
             if batch or left <= 0:
                 return batch
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(committed.wait(), min(self.poll, left))
+                async with asyncio.timeout(min(self.poll, left)):
+                    await committed.wait()
 
     async def wait_beyond(self, offset: int, timeout: float) -> int:
         """Wait until the log holds an event past `offset` or `timeout` passes; the head either way."""
@@ -113,4 +114,5 @@ class EventLog:
             if head > offset or left <= 0:
                 return head
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(committed.wait(), min(self.poll, left))
+                async with asyncio.timeout(min(self.poll, left)):
+                    await committed.wait()

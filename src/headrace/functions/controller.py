@@ -444,7 +444,8 @@ class Controller:
             self._publish_metrics()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def _run(self, key: tuple[str, str], aq: ActionQueue, row: dict[str, Any], ordered: bool) -> None:
         try:

@@ -39,6 +39,20 @@ TAG, TAG_END = "\x1e", "\x1f"  # the invoker reads "<TAG><activation id><TAG_END
 SUCCESS, APPLICATION_ERROR, DEVELOPER_ERROR, INTERNAL_ERROR = 0, 1, 2, 3
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is when a record is emitted (a concurrent worker swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
 class Context:
     """The second argument of `main(event, ctx)`."""
 
@@ -48,6 +62,10 @@ class Context:
         self.action_name: str = request.get("action", "")
         self.namespace: str = request.get("namespace", "")
         self.logger = logging.getLogger(f"headrace.fn.{self.action_name.rsplit('/', 1)[-1] or 'action'}")
+        if not self.logger.handlers:  # INFO and up, to the activation's stderr (its logs)
+            self.logger.addHandler(_StderrHandler())
+            self.logger.setLevel(logging.INFO)
+            self.logger.propagate = False
         self._storage: Any = None
 
     def remaining_ms(self) -> int:
