@@ -18,6 +18,7 @@ from headrace.config import Settings
 from headrace.functions.controller import Controller
 from headrace.functions.model import STORAGE_FEED, limits, scaling
 from headrace.storage.service import StorageService
+from test_events import upload
 
 pytestmark = pytest.mark.anyio
 
@@ -78,17 +79,6 @@ def deploy(
         {"trigger": f"{name}-trigger", "action": name, "status": "active"},
         overwrite=True,
     )
-
-
-def upload(svc: StorageService, path: str, data: bytes = b"x", cause: str | None = None) -> None:
-    pool = svc.choose_pool()
-    up = pool.start_upload()
-    up.write_raw(data)
-    up.finish()
-    with svc.db.engine.begin() as conn:
-        svc.namespace.commit_upload_in(
-            conn, path, ROOT, pool=pool.name, blob=up.blob, size=len(data), sums={"ADLER32": "00000001"}, cause=cause
-        )
 
 
 async def until(pred: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:

@@ -29,14 +29,15 @@ def service(tmp_path: Path) -> Iterator[StorageService]:
     svc.close()
 
 
-def upload(svc: StorageService, path: str, data: bytes) -> None:
+def upload(svc: StorageService, path: str, data: bytes = b"x", cause: str | None = None) -> None:
+    """A completed upload straight into the namespace (no HTTP), as the door commits one."""
     pool = svc.choose_pool()
     up = pool.start_upload()
     up.write_raw(data)
     up.finish()
     with svc.db.engine.begin() as conn:
         svc.namespace.commit_upload_in(
-            conn, path, ROOT, pool=pool.name, blob=up.blob, size=len(data), sums={"ADLER32": "00000001"}
+            conn, path, ROOT, pool=pool.name, blob=up.blob, size=len(data), sums={"ADLER32": "00000001"}, cause=cause
         )
 
 

@@ -14,34 +14,22 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from harness import Server
+from harness import Server, wait_for
 
 NS = "/api/v1/namespaces/_"
-T = TypeVar("T")
 
 HELLO = """\
 def main(args):
     print("hello", args.get("name"))
     return {"greeting": "hello " + str(args.get("name", "world")), "args": args}
 """
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def whisk_error(r: httpx.Response, status: int) -> str:

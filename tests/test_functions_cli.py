@@ -12,37 +12,23 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from harness import ADMIN_KEY, Server
+from harness import ADMIN_KEY, Server, wait_for
 from headrace.client import Client, ClientConfig
 from headrace.functions_client import Functions, FunctionSpec
 from test_cli import ok, one_line_error, run
-
-T = TypeVar("T")
 
 ECHO = """\
 def main(args):
     print("event for", args.get("path"))
     return {"args": args}
 """
-
-
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

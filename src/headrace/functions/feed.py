@@ -9,10 +9,10 @@ default). A rename is IN_MOVED_FROM at the old place and IN_MOVED_TO at the new 
 from __future__ import annotations
 
 import posixpath
-from datetime import UTC, datetime
 from typing import Any
 
 from headrace.events.model import EventKind, StorageEvent
+from headrace.events.render import event_data
 from headrace.functions.model import FeedFilter
 
 _FLAG = {
@@ -55,27 +55,15 @@ def matches(event: StorageEvent, f: FeedFilter) -> list[str]:
 
 
 def payload(event: StorageEvent, flag: str) -> dict[str, Any]:
-    """The event fields a trigger fires with: path, name, mask, size, checksums, offset, time, and more."""
-    moved_from = flag == "IN_MOVED_FROM"
-    path = event.old_path if moved_from and event.old_path else event.path
-    name = event.old_name if moved_from else event.name
-    out: dict[str, Any] = {
-        "path": path,
-        "name": name,
-        "mask": [flag, "IN_ISDIR"] if event.is_dir else [flag],
-        "isDir": event.is_dir,
-        "size": event.size,
-        "pnfsId": event.pnfsid,
-        "offset": event.offset,
-        "time": datetime.fromtimestamp(event.time / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "user": event.username,
-    }
-    if event.detail and "checksums" in event.detail:
-        out["checksums"] = event.detail["checksums"]
+    """The event fields a trigger fires with: the event's data as CloudEvents carry it (path, name, size,
+    checksums, offset, time, ...; render.event_data) with the inotify `mask` of this view instead of the kind,
+    and for a rename both places (`oldPath`, `newPath`; `path` is the place this view is about)."""
+    out = event_data(event)
+    del out["kind"]
+    if flag == "IN_MOVED_FROM" and event.old_path:
+        out["path"] = event.old_path
+        out["name"] = event.old_name
     if event.kind is EventKind.MOVE:
-        out["cookie"] = event.cookie
-        out["oldPath"] = event.old_path
         out["newPath"] = event.path
-    if event.cause:
-        out["cause"] = event.cause
+    out["mask"] = [flag, "IN_ISDIR"] if event.is_dir else [flag]
     return {k: v for k, v in out.items() if v is not None}
