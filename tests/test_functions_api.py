@@ -615,3 +615,32 @@ def test_openapi_lists_the_functions_api(api: httpx.Client) -> None:
     assert "/api/v1/namespaces/{ns}/actions/{name}" in paths
     assert "/api/v1/namespaces/{ns}/deadletters/redrive" in paths
     assert not [p for p in paths if "{rest" in p]
+
+
+def test_per_minute_and_in_flight_limits_answer_429(fresh_server: Server) -> None:
+    fresh_server.env_extra.update(
+        {
+            "HEADRACE_FN_INVOKES_PER_MINUTE": "3",
+            "HEADRACE_FN_FIRES_PER_MINUTE": "2",
+            "HEADRACE_FN_CONCURRENT_INVOCATIONS": "1",
+        }
+    )
+    srv = fresh_server.start()
+    with httpx.Client(base_url=srv.api_url, auth=srv.auth, timeout=30) as api:
+        assert api.put(f"{NS}/actions/quick", json=action_body(HELLO)).status_code == 200
+        sleepy = "import time\ndef main(args):\n    time.sleep(3)\n    return {}\n"
+        assert api.put(f"{NS}/actions/sleepy", json=action_body(sleepy)).status_code == 200
+        assert api.put(f"{NS}/triggers/tick", json={}).status_code == 200
+        first = api.post(f"{NS}/actions/sleepy").json()["activationId"]
+        message = whisk_error(api.post(f"{NS}/actions/quick"), 429)  # one in flight already
+        assert message == "Too many concurrent requests in flight (count: 2, allowed: 1)."
+        finished(api, first)
+        for _ in range(2):  # with the first, three this minute
+            assert api.post(f"{NS}/actions/quick", params={"blocking": "true"}).status_code == 200
+        message = whisk_error(api.post(f"{NS}/actions/quick"), 429)
+        assert message == "Too many requests in the last minute (count: 4, allowed: 3)."
+        for _ in range(2):
+            assert api.post(f"{NS}/triggers/tick").status_code == 204  # no rule: nothing runs, but it counts
+        assert "allowed: 2" in whisk_error(api.post(f"{NS}/triggers/tick"), 429)
+        limits = api.get(f"{NS}/limits").json()
+        assert limits["invocationsPerMinute"] == 3 and limits["firesPerMinute"] == 2

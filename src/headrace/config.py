@@ -64,6 +64,10 @@ class Settings:
     fn_max_chain: int = 8
     #: Worker processes running at once, for all actions (0: four per CPU, within memory).
     fn_max_workers: int = 0
+    #: OpenWhisk's per-namespace API limits (0: none): invocations and fires per minute, invocations in flight.
+    fn_invokes_per_minute: int = 120
+    fn_fires_per_minute: int = 120
+    fn_concurrent_invocations: int = 100
     #: The event log keeps events this many seconds (0 = whatever their age) ...
     event_retention_seconds: float = 7 * 86400.0
     #: ... and at most this many events (0 = any number); durable consumers hold back both.
@@ -95,6 +99,9 @@ class Settings:
             event_retention_events=_env_int("HEADRACE_EVENT_RETENTION_EVENTS", 10_000_000),
             fn_max_chain=_env_int("HEADRACE_FN_MAX_CHAIN", 8),
             fn_max_workers=_env_int("HEADRACE_FN_MAX_WORKERS", 0),
+            fn_invokes_per_minute=_env_int("HEADRACE_FN_INVOKES_PER_MINUTE", 120),
+            fn_fires_per_minute=_env_int("HEADRACE_FN_FIRES_PER_MINUTE", 120),
+            fn_concurrent_invocations=_env_int("HEADRACE_FN_CONCURRENT_INVOCATIONS", 100),
             door_server=os.environ.get("HEADRACE_DOOR_SERVER") or "granian",
             upload_idle_timeout=float(os.environ.get("HEADRACE_UPLOAD_IDLE_TIMEOUT") or 60),
             kafka=os.environ.get("HEADRACE_KAFKA") or "",

@@ -33,6 +33,7 @@ from headrace.functions import model, records
 from headrace.functions.controller import Controller
 from headrace.functions.model import MAX_PARAMETERS_BYTES, STORAGE_FEED, ModelError
 from headrace.functions.store import Exists
+from headrace.functions.throttle import Throttle, concurrency_refusal
 from headrace.http_common import WWW_AUTHENTICATE, principal_of
 from headrace.storage.service import StorageService
 
@@ -46,9 +47,6 @@ DEFAULT_BLOCKING_MS = 60_000
 MAX_BLOCKING_MS = 600_000
 FEED_KEYS = ("path", "recursive", "flags", "pattern", "min_size")
 STATES = ("queued", "running", "done", "dead")
-#: What GET .../limits reports for a namespace, as OpenWhisk's defaults. headrace queues activations
-#: rather than refusing them, so these are reported, not enforced.
-NAMESPACE_LIMITS = {"concurrentInvocations": 100, "invocationsPerMinute": 120, "firesPerMinute": 120}
 
 
 class WhiskError(Exception):
@@ -186,6 +184,9 @@ def install(app: FastAPI, service: StorageService, controller: Controller) -> No
     authenticated = Depends(principal_of(service))
     store = controller.store
     db = service.db
+    settings = service.settings
+    invokes = Throttle(settings.fn_invokes_per_minute)
+    fires = Throttle(settings.fn_fires_per_minute)
 
     async def get_or_404(kind: str, namespace: str, name: str) -> dict[str, Any]:
         row = await db.read(store.get, kind, namespace, name)
@@ -223,7 +224,11 @@ def install(app: FastAPI, service: StorageService, controller: Controller) -> No
     @api.get(PREFIX + "/{ns}/limits", summary="The namespace's limits and the actions' limit ranges")
     async def limits(ns: str, p: Principal = authenticated) -> Response:
         namespace_of(p, ns)
-        out: dict[str, Any] = dict(NAMESPACE_LIMITS)
+        out: dict[str, Any] = {
+            "concurrentInvocations": settings.fn_concurrent_invocations,
+            "invocationsPerMinute": settings.fn_invokes_per_minute,
+            "firesPerMinute": settings.fn_fires_per_minute,
+        }
         for key, (lo, hi, _) in model.LIMITS.items():
             word = key.capitalize()
             out[f"minAction{word}"] = lo
@@ -325,6 +330,10 @@ def install(app: FastAPI, service: StorageService, controller: Controller) -> No
         if not 0 < timeout <= MAX_BLOCKING_MS:
             raise WhiskError(400, f"The timeout must be between 1 and {MAX_BLOCKING_MS} milliseconds, not {timeout}.")
         params = await _body(request, max_bytes=MAX_PARAMETERS_BYTES)
+        refusal = concurrency_refusal(controller.in_flight(namespace, direct=True), settings.fn_concurrent_invocations)
+        refusal = refusal or invokes.admit(namespace)
+        if refusal:
+            raise WhiskError(429, refusal)
         try:
             activation_id, future = await controller.invoke(namespace, name, params)
         except LookupError:
@@ -428,6 +437,9 @@ def install(app: FastAPI, service: StorageService, controller: Controller) -> No
         namespace = namespace_of(p, ns)
         payload = await _body(request, max_bytes=MAX_PARAMETERS_BYTES)
         row = await get_or_404("triggers", namespace, name)
+        refusal = fires.admit(namespace)
+        if refusal:
+            raise WhiskError(429, refusal)
         activation_id = await controller.fire(namespace, row, payload)
         if activation_id is None:
             return Response(status_code=204)

@@ -114,6 +114,7 @@ class Controller:
         self.queues: dict[tuple[str, str], ActionQueue] = {}
         self.delayed: list[tuple[int, str, dict[str, Any]]] = []  # (not_before, id, row) heap
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._waiter_ns: dict[str, str] = {}
         self.position = 0
         self.running_total = 0
         self._wake = asyncio.Event()
@@ -321,6 +322,13 @@ class Controller:
 
     # -- direct invocation and triggers fired through the API ------------------------------------------
 
+    def in_flight(self, namespace: str, *, direct: bool = False) -> int:
+        """Activations of the namespace queued or running (with `direct`, only invocations through the API,
+        which are the ones waiting for an answer)."""
+        if direct:
+            return sum(1 for aid in self.waiters if self._waiter_ns.get(aid) == namespace)
+        return sum(len(q.items) + q.running for (ns, _), q in self.queues.items() if ns == namespace)
+
     async def invoke(
         self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None
     ) -> tuple[str, asyncio.Future[dict[str, Any]]]:
@@ -332,6 +340,7 @@ class Controller:
         row["cause"] = cause
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.waiters[row["activation_id"]] = fut
+        self._waiter_ns[row["activation_id"]] = namespace
         await self.db.group.run(self.store.enqueue_in, row)
         self._enqueue_memory(row)
         self._wake.set()
@@ -575,6 +584,7 @@ class Controller:
         await self.db.group.run(self.store.update_in, row["activation_id"], **record)
         FN_ACTIVATIONS.labels(row["name"], _status_name(int(record.get("status_code") or 0), final)).inc()
         fut = self.waiters.pop(row["activation_id"], None)
+        self._waiter_ns.pop(row["activation_id"], None)
         if fut is not None and not fut.done():
             fut.set_result({**row, **record})
 
