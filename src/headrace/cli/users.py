@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from headrace.auth.users import Users, new_key
 from headrace.config import Settings
-from headrace.db.engine import Database
 from headrace.errors import HeadraceError
+
+if TYPE_CHECKING:
+    from headrace.auth.users import Users
 
 user_app = typer.Typer(no_args_is_help=True, help="Manage users (on the server host).")
 
 
 def _users(data: Path | None) -> Users:
+    # imported here: SQLAlchemy and Alembic cost every other command a quarter of a second to load
+    from headrace.auth.users import Users
+    from headrace.db.engine import Database
+
     settings = Settings.from_env(data_dir=data)
     if not (settings.db_url or (settings.data_dir / "headrace.db").exists()):
         typer.echo(f"headrace: no headrace database in {settings.data_dir} (run `headrace up` once)", err=True)
@@ -42,6 +48,8 @@ def add(
     except ValueError:
         typer.echo(f"headrace: --gids must be comma-separated integers, not {gids!r}", err=True)
         raise typer.Exit(2) from None
+    from headrace.auth.users import new_key
+
     the_key = key or new_key()
     try:
         user = _users(data).create(name, the_key, uid=uid, gids=group_ids, admin=admin)
