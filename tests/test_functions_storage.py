@@ -1,0 +1,88 @@
+"""`main(event, ctx)` with ctx.storage on a real server: the function reads the file that fired it straight
+from the pool (no copy through HTTP), writes its result back into headrace, and the events of that write
+name the activation as their cause, so they do not fire the same rule forever."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from harness import Server, wait_for
+
+NS = "/api/v1/namespaces/_"
+SUMMARY = """
+def main(event, ctx):
+    local = ctx.storage.local_path(event["path"])
+    with ctx.storage.open(event["path"]) as f:
+        data = f.read()
+    ctx.storage.mkdir("/proc")
+    out = "/proc/" + event["name"] + ".summary"
+    ctx.storage.write(out, f"{len(data)} bytes; local={local is not None}; first={data[:5].decode()}")
+    ctx.logger.info("wrote %s", out)
+    return {"out": out, "local": local, "remaining": ctx.remaining_ms() > 0}
+"""
+
+
+@pytest.fixture
+def api(server: Server) -> Iterator[httpx.Client]:
+    with server.api() as c:
+        yield c
+
+
+def test_ctx_storage_reads_locally_writes_back_and_marks_the_cause(server: Server, api: httpx.Client) -> None:
+    with server.door() as door:
+        assert door.request("MKCOL", "/incoming").status_code == 201
+    assert api.put(f"{NS}/actions/summarise", json={"exec": {"kind": "python:3", "code": SUMMARY}}).status_code == 200
+    feed = {"path": "/", "recursive": True}
+    assert api.put(f"{NS}/triggers/everything", json={"feed": feed}).status_code == 200
+    rule = {"trigger": "everything", "action": "summarise"}
+    assert api.put(f"{NS}/rules/summarise-everything", json=rule).status_code == 200
+
+    with server.door() as door:
+        assert door.put("/incoming/run7.h5", content=b"HDF5 pretend").status_code == 201
+
+    def summary() -> bytes | None:
+        r = httpx.get(f"{server.door_url}/proc/run7.h5.summary", auth=server.auth)
+        return r.content if r.status_code == 200 else None
+
+    assert wait_for(summary, "the summary") == b"12 bytes; local=True; first=HDF5 "
+
+    def records() -> list[dict[str, object]] | None:
+        recs = api.get(f"{NS}/activations", params={"name": "summarise", "docs": "true"}).json()
+        done = [r for r in recs if r.get("state") in ("done", "dead")]
+        return done if len(done) >= 2 else None
+
+    # The summary's own close fired the (recursive) rule once more, as a chain of depth 1; that activation's
+    # write of /proc/run7.h5.summary.summary would be depth 2, and so on until the chain limit (8) cuts it.
+    recs = wait_for(records, "activations")
+    first = next(r for r in recs if r["response"]["result"].get("out") == "/proc/run7.h5.summary")  # type: ignore[index, union-attr]
+    assert "/pools/" in first["response"]["result"]["local"]  # type: ignore[index]  # the pool file itself
+    assert any(line.endswith("INFO wrote /proc/run7.h5.summary") for line in first["logs"])  # type: ignore[union-attr]
+
+    conn = sqlite3.connect(f"file:{server.data / 'headrace.db'}?mode=ro", uri=True)
+    try:
+        causes = conn.execute(
+            "SELECT DISTINCT cause FROM events WHERE path = '/proc/run7.h5.summary' AND kind = 'CLOSE_WRITE'"
+        ).fetchall()
+    finally:
+        conn.close()
+    assert causes == [(first["activationId"],)]
+
+    def chain_cut() -> bool:
+        depths = conn2_depths()
+        return bool(depths) and max(depths) == 8
+
+    def conn2_depths() -> list[int]:
+        c = sqlite3.connect(f"file:{server.data / 'headrace.db'}?mode=ro", uri=True)
+        try:
+            return [d for (d,) in c.execute("SELECT depth FROM fn_activations WHERE name = 'summarise'")]
+        finally:
+            c.close()
+
+    wait_for(chain_cut, "the chain to reach its limit", timeout=60)
+    depths = sorted(conn2_depths())
+    assert depths == list(range(9))  # one activation per depth 0..8, then nothing more fired
+    api.delete(f"{NS}/rules/summarise-everything")
