@@ -332,6 +332,10 @@ class Zygote:
     async def close(self) -> None:
         for w in list(self.workers.values()):
             w.close()
+        # shutdown() first: under uvloop, close() alone does not end the connection while _listen's
+        # sock_recv is pending, and the zygote would wait for EOF until killed 5 s later
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self.sock.close()
         try:
