@@ -131,6 +131,14 @@ class Database:
         self.group = GroupCommit(self)
         #: Called on the event loop after every write through `write` (and so `group`) has committed.
         self.commit_listeners: list[Callable[[], None]] = []
+        #: Event inserts in this process (bumped by the namespace inside a transaction, before it commits).
+        self.event_writes = 0
+        #: Bumped on the event loop after a write call whose transactions inserted events has returned, so
+        #: after their commit. With one writer thread (SQLite), a log follower that finds it unchanged since
+        #: before its last (empty) read knows no event of this process has been committed since and skips
+        #: the read; other processes' commits are found by polling.
+        self.event_epoch = 0
+        self._epoch_writes = 0
 
     def migrate(self) -> None:
         migrate(self.engine)
@@ -140,6 +148,9 @@ class Database:
         try:
             return await self._run(self._writer, fn, *args, **kwargs)
         finally:
+            if self.event_writes != self._epoch_writes:
+                self._epoch_writes = self.event_writes
+                self.event_epoch += 1
             for listener in self.commit_listeners:
                 listener()
 

@@ -47,6 +47,7 @@ class EventLog:
         self.db = db
         self.poll = poll
         self._committed = asyncio.Event()
+        self._read_at: dict[int, int] = {}  # offset -> db.event_epoch when a read past it found nothing
         db.commit_listeners.append(self.notify)
 
     def read_from(self, offset: int, limit: int = 1000) -> list[StorageEvent]:
@@ -93,12 +94,22 @@ class EventLog:
         One read per wake-up: the cheapest way for a follower to keep up."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        last_poll = loop.time()
         while True:
             committed = self._committed  # taken before reading: no commit can slip between
-            batch = await self.db.read(self.read_from, offset + 1, limit)
+            epoch = self.db.event_epoch
+            known_empty = self.db.is_sqlite and self._read_at.get(offset) == epoch
+            if not known_empty or loop.time() - last_poll >= self.poll:
+                last_poll = loop.time()
+                batch = await self.db.read(self.read_from, offset + 1, limit)
+                if batch:
+                    return batch
+                self._read_at[offset] = epoch  # nothing past `offset` as of this epoch
+                if len(self._read_at) > 64:
+                    self._read_at.clear()
             left = deadline - loop.time()
-            if batch or left <= 0:
-                return batch
+            if left <= 0:
+                return []
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(self.poll, left)):
                     await committed.wait()

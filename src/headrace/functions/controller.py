@@ -61,6 +61,7 @@ log = logging.getLogger("headrace.functions")
 POSITION = "functions-controller-offset"
 BACKOFF_BASE_MS = 500
 BACKOFF_MAX_MS = 5 * 60_000
+TOKEN_VALIDITY_MS = 10 * 60_000
 SCALE_DOWN_WINDOW = 10.0  # seconds a pool must have been larger than needed before it shrinks
 
 
@@ -115,6 +116,7 @@ class Controller:
         self.delayed: list[tuple[int, str, dict[str, Any]]] = []  # (not_before, id, row) heap
         self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._waiter_ns: dict[str, str] = {}
+        self._tokens: dict[str, tuple[str, int]] = {}  # namespace -> (macaroon, valid until, ms)
         self.position = 0
         self.running_total = 0
         self._wake = asyncio.Event()
@@ -217,7 +219,7 @@ class Controller:
                 if not batch:
                     continue
                 last = batch[-1].offset
-                made = await self.db.write(self._enqueue_batch, batch, last)
+                made = await self.db.group.run(self._enqueue_batch_in, batch, last)
                 stored_at = time.monotonic()
                 self.position = last
                 for row in made:
@@ -239,43 +241,42 @@ class Controller:
         with self.db.engine.begin() as conn:
             self._store_position_in(conn, offset)
 
-    def _enqueue_batch(self, batch: list[StorageEvent], last: int) -> list[dict[str, Any]]:
-        """In one transaction: the activations these events make, and the feed's new position."""
+    def _enqueue_batch_in(self, conn: Connection, batch: list[StorageEvent], last: int) -> list[dict[str, Any]]:
+        """In the caller's transaction: the activations these events make, and the feed's new position."""
         made: list[dict[str, Any]] = []
-        with self.db.engine.begin() as conn:
-            for ev in batch:
-                for trig in self.triggers:
-                    flags = feed.matches(ev, trig.filter)
-                    if not flags:
-                        continue
-                    rules = self.rules.get((trig.namespace, trig.name), [])
-                    if not rules:
-                        continue
-                    depth = self._depth_in(conn, ev.cause)
-                    if depth > self.max_chain:
-                        log.warning(
-                            "functions: event %d on %s comes from an activation chain of %d (> %d): it fires nothing",
-                            ev.offset, ev.path, depth, self.max_chain,
-                        )  # fmt: skip
-                        continue
-                    for flag in flags:
-                        args = {**trig.parameters, **feed.payload(ev, flag)}
-                        for rule in rules:
-                            row = self._activation_row(rule["namespace"], rule["action"], args, depth=depth)
-                            if row is None:
-                                continue
-                            row.update(
-                                rule=rule["name"],
-                                trigger=trig.name,
-                                event_offset=ev.offset,
-                                event_time=ev.time // 1000,
-                                cause=ev.cause,
-                                dedup=f"{rule['id']}:{ev.offset}:{flag}",
-                                order_key=args.get("path"),
-                            )
-                            if self.store.enqueue_in(conn, row):
-                                made.append(self._memory_row(row))
-            self._store_position_in(conn, last)
+        for ev in batch:
+            for trig in self.triggers:
+                flags = feed.matches(ev, trig.filter)
+                if not flags:
+                    continue
+                rules = self.rules.get((trig.namespace, trig.name), [])
+                if not rules:
+                    continue
+                depth = self._depth_in(conn, ev.cause)
+                if depth > self.max_chain:
+                    log.warning(
+                        "functions: event %d on %s comes from an activation chain of %d (> %d): it fires nothing",
+                        ev.offset, ev.path, depth, self.max_chain,
+                    )  # fmt: skip
+                    continue
+                for flag in flags:
+                    args = {**trig.parameters, **feed.payload(ev, flag)}
+                    for rule in rules:
+                        row = self._activation_row(rule["namespace"], rule["action"], args, depth=depth)
+                        if row is None:
+                            continue
+                        row.update(
+                            rule=rule["name"],
+                            trigger=trig.name,
+                            event_offset=ev.offset,
+                            event_time=ev.time // 1000,
+                            cause=ev.cause,
+                            dedup=f"{rule['id']}:{ev.offset}:{flag}",
+                            order_key=args.get("path"),
+                        )
+                        if self.store.enqueue_in(conn, row):
+                            made.append(self._memory_row(row))
+        self._store_position_in(conn, last)
         return made
 
     def _depth_in(self, conn: Connection, cause: str | None) -> int:
@@ -483,9 +484,16 @@ class Controller:
             await self._finish(row, "dead", _internal(row, "The event is older than the action's maxEventAge.", code=2))
             return
         start = now_ms()
-        await self.db.group.run(self.store.update_in, aid, state="running", start=start, attempt=row["attempt"])
+        # Recorded while the function already runs: a crash before this commits leaves the activation queued,
+        # and it runs again all the same (at least once); the final update is queued after this one.
+        running = asyncio.ensure_future(
+            self.db.group.run(self.store.update_in, aid, state="running", start=start, attempt=row["attempt"])
+        )
         limits = action["limits"]
-        outcome = await self._execute(action, aid, row["args"], start)
+        try:
+            outcome = await self._execute(action, aid, row["args"], start)
+        finally:
+            await running
         FN_LATENCY.labels(action["name"]).observe((outcome.end - outcome.start) / 1000)
         if outcome.cold:
             FN_COLD_STARTS.labels(action["name"]).inc()
@@ -607,15 +615,25 @@ class Controller:
         return env
 
     def _token(self, namespace: str, deadline: int) -> str | None:
-        """A macaroon acting as the action's owner until the activation's deadline (for ctx.storage)."""
+        """A macaroon acting as the action's owner at least until the activation's deadline (for ctx.storage).
+        Minted for ten minutes at a time and reused while it outlasts the deadline."""
+        cached = self._tokens.get(namespace)
+        if cached is not None and cached[1] > deadline + 5000:
+            return cached[0]
         try:
             user = self.service.users.get(namespace)
         except Exception:
             return None
-        validity = timedelta(milliseconds=max(1000, deadline - now_ms() + 5000))
-        return self.service.macaroons.mint(
-            username=user.username, uid=user.uid, gids=tuple(user.gids), caveats=[], validity=validity
+        validity_ms = max(TOKEN_VALIDITY_MS, deadline - now_ms() + 5000 + TOKEN_VALIDITY_MS // 2)
+        token = self.service.macaroons.mint(
+            username=user.username,
+            uid=user.uid,
+            gids=tuple(user.gids),
+            caveats=[],
+            validity=timedelta(milliseconds=validity_ms),
         )
+        self._tokens[namespace] = (token, now_ms() + validity_ms - 1000)
+        return token
 
     # -- workers ----------------------------------------------------------------------------------------
 

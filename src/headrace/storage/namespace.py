@@ -380,6 +380,7 @@ class Namespace:
         }
         base.update(extra)
         conn.execute(_INSERT_EVENT, [{**base, "kind": k.value} for k in kinds])
+        self.db.event_writes += 1  # before the commit: a follower that sees it unchanged may skip a read
 
     def record_read_in(self, conn: Connection, node: Inode, subject: Subject, cause: str | None = None) -> None:
         """The events of a completed read or listing, in the caller's transaction."""
