@@ -32,7 +32,7 @@ CLOUDEVENT_TYPES: dict[EventKind, str] = {
 }
 
 # Kinds whose inotify flag is the same in the parent (with a name) and on the target (without).
-_PLAIN_FLAGS: dict[EventKind, str] = {
+PLAIN_FLAGS: dict[EventKind, str] = {
     EventKind.OPEN: "IN_OPEN",
     EventKind.ACCESS: "IN_ACCESS",
     EventKind.MODIFY: "IN_MODIFY",
@@ -62,7 +62,7 @@ def inotify(event: StorageEvent, watch: int) -> list[dict[str, Any]]:
         if event.parent_id == watch:
             out.append({"name": event.name, "mask": ["IN_CREATE", *isdir]})
     else:
-        flag = _PLAIN_FLAGS[event.kind]
+        flag = PLAIN_FLAGS[event.kind]
         if event.parent_id == watch:
             out.append({"name": event.name, "mask": [flag, *isdir]})
         if event.inode_id == watch:

@@ -12,19 +12,11 @@ import posixpath
 from typing import Any
 
 from headrace.events.model import EventKind, StorageEvent
-from headrace.events.render import event_data
+from headrace.events.render import PLAIN_FLAGS, event_data
 from headrace.functions.model import FeedFilter
 
-_FLAG = {
-    EventKind.CREATE: "IN_CREATE",
-    EventKind.OPEN: "IN_OPEN",
-    EventKind.ACCESS: "IN_ACCESS",
-    EventKind.MODIFY: "IN_MODIFY",
-    EventKind.CLOSE_WRITE: "IN_CLOSE_WRITE",
-    EventKind.CLOSE_NOWRITE: "IN_CLOSE_NOWRITE",
-    EventKind.ATTRIB: "IN_ATTRIB",
-    EventKind.DELETE: "IN_DELETE",
-}
+# The flag of each kind in the parent directory's view (a rename has two views: see `views`).
+_FLAG = {**PLAIN_FLAGS, EventKind.CREATE: "IN_CREATE", EventKind.DELETE: "IN_DELETE"}
 
 
 def _under(path: str, f: FeedFilter) -> bool:

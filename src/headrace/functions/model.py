@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any
 
-from headrace.events.selectors import EVENT_FLAGS, MACROS
+from headrace.events.selectors import EVENT_FLAGS, SelectorError, parse_flags
 
 STORAGE_FEED = "/whisk.system/storage/changes"
 KINDS = ("python:3", "python:3.11", "python:3.12", "python:default", "sequence")
@@ -212,14 +212,12 @@ def feed_filter(raw: dict[str, Any]) -> FeedFilter:
         flags_raw = [f for f in re.split(r"[,\s|]+", flags_raw) if f]
     if not isinstance(flags_raw, list) or not flags_raw:
         raise ModelError("The storage feed's flags must be a list of inotify flag names.")
-    flags: set[str] = set()
-    for f in flags_raw:
-        if f in MACROS:
-            flags.update(MACROS[f])
-        elif f in EVENT_FLAGS:
-            flags.add(f)
-        else:
-            raise ModelError(f"Unknown inotify flag {f!r} for the storage feed (known: {', '.join(EVENT_FLAGS)}).")
+    try:
+        flags, modifiers = parse_flags(flags_raw)
+    except SelectorError as exc:
+        raise ModelError(f"The storage feed's flags: {exc} (known: {', '.join(EVENT_FLAGS)}).") from exc
+    if modifiers:
+        raise ModelError(f"The storage feed takes event flags only, not {', '.join(sorted(modifiers))}.")
     pattern = raw.get("pattern")
     if pattern is not None and not isinstance(pattern, str):
         raise ModelError("The storage feed's pattern must be a glob string such as '*.h5'.")

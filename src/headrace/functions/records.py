@@ -51,10 +51,10 @@ def _headrace_fields(row: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def activation(row: dict[str, Any]) -> dict[str, Any]:
-    """The full activation record."""
+def _identity(row: dict[str, Any]) -> dict[str, Any]:
+    """What every rendering of an activation starts with: whose, which, when."""
     start, end, duration = _times(row)
-    out: dict[str, Any] = {
+    return {
         "namespace": row["namespace"],
         "name": row["name"],
         "version": str(row.get("version") or "0.0.1"),
@@ -63,6 +63,13 @@ def activation(row: dict[str, Any]) -> dict[str, Any]:
         "start": start,
         "end": end,
         "duration": duration,
+    }
+
+
+def activation(row: dict[str, Any]) -> dict[str, Any]:
+    """The full activation record."""
+    out: dict[str, Any] = {
+        **_identity(row),
         "response": response(row),
         "logs": list(row.get("logs") or []),
         "annotations": list(row.get("annotations") or []),
@@ -75,16 +82,8 @@ def activation(row: dict[str, Any]) -> dict[str, Any]:
 
 def activation_summary(row: dict[str, Any]) -> dict[str, Any]:
     """A listing's entry (OpenWhisk's `docs=false`): no result, no logs, the status code at the top."""
-    start, end, duration = _times(row)
     out: dict[str, Any] = {
-        "namespace": row["namespace"],
-        "name": row["name"],
-        "version": str(row.get("version") or "0.0.1"),
-        "subject": str(row.get("subject") or row["namespace"]),
-        "activationId": row["activation_id"],
-        "start": start,
-        "end": end,
-        "duration": duration,
+        **_identity(row),
         "statusCode": row.get("status_code"),
         "annotations": list(row.get("annotations") or []),
         "publish": False,
