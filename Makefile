@@ -36,6 +36,7 @@ test: lint typecheck pytest
 bench: test-deps
 	$(BIN)/python bench/storage.py
 	$(BIN)/python bench/events.py
+	$(BIN)/python bench/kafka_relay.py
 	$(BIN)/python bench/functions.py
 
 clean:

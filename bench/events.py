@@ -40,8 +40,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sqlite3
-import statistics
 import struct
 import sys
 import tempfile
@@ -88,28 +86,6 @@ QUICK_PLAN = Plan(uploads=200, warmup=20, size=4096, files=1000, clients=16, run
 
 def now_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-def summarize(latencies_ns: Sequence[int]) -> dict[str, Any]:
-    """p50/p99/max/mean in ms (nearest-rank percentiles); `negative` counts events read before the writer had
-    its answer (the event is committed before the response is sent, so this can happen)."""
-    ordered = sorted(latencies_ns)
-    n = len(ordered)
-    if n == 0:
-        return {"n": 0}
-
-    def rank(p: int) -> float:
-        return ordered[min(n - 1, max(0, -(-n * p // 100) - 1))] / 1e6
-
-    return {
-        "n": n,
-        "p50_ms": round(rank(50), 3),
-        "p99_ms": round(rank(99), 3),
-        "max_ms": round(ordered[-1] / 1e6, 3),
-        "min_ms": round(ordered[0] / 1e6, 3),
-        "mean_ms": round(statistics.fmean(ordered) / 1e6, 3),
-        "negative": sum(1 for v in ordered if v < 0),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,15 +234,6 @@ class Channel:
         self.api.close()
 
 
-def log_head(server: sb.HeadraceServer) -> int:
-    """The newest offset in the event log (the outbox), read from the server's SQLite file."""
-    db = sqlite3.connect(f"file:{server.data / 'headrace.db'}?mode=ro", uri=True, timeout=30)
-    try:
-        return int(db.execute('SELECT coalesce(max("offset"), 0) FROM events').fetchone()[0])
-    finally:
-        db.close()
-
-
 @dataclass
 class LatencyRun:
     """One latency run's raw samples (ns) and its delivery tallies."""
@@ -295,9 +262,9 @@ def _latency_run(seen: dict[str, Any], done: dict[str, int], measured: list[str]
 def pooled(runs: Sequence[LatencyRun]) -> dict[str, Any]:
     """Percentiles over the samples of every run together, and each run's own p50 (to show the spread)."""
     out: dict[str, Any] = {
-        "latency": summarize([v for r in runs for v in r.latencies]),
-        "per_run_p50_ms": [summarize(r.latencies).get("p50_ms") for r in runs],
-        "per_run_p99_ms": [summarize(r.latencies).get("p99_ms") for r in runs],
+        "latency": sb.summarize([v for r in runs for v in r.latencies]),
+        "per_run_p50_ms": [sb.summarize(r.latencies).get("p50_ms") for r in runs],
+        "per_run_p99_ms": [sb.summarize(r.latencies).get("p99_ms") for r in runs],
         "missing": sum(r.missing for r in runs),
         "duplicates": sum(r.duplicates for r in runs),
         "overflow": sum(r.overflow for r in runs),
@@ -305,7 +272,7 @@ def pooled(runs: Sequence[LatencyRun]) -> dict[str, Any]:
     }
     trips = [v for r in runs for v in r.round_trips]
     if trips:
-        out["put_round_trip"] = summarize(trips)
+        out["put_round_trip"] = sb.summarize(trips)
     errors = [r.error for r in runs if r.error]
     if errors:
         out["subscriber_errors"] = errors
@@ -375,14 +342,14 @@ def headrace_throughput(server: sb.HeadraceServer, plan: Plan, gen: sb.Generator
     names = [f"f{i}" for i in range(plan.files)]
     load = sb.Plan(big_bytes=0, small_files=plan.files, small_size=plan.size, clients=plan.clients, runs=1, quick=True)
     with Channel(server, directory) as ch, subscriber(sse_subscriber, server.api_port, ch.path, len(names)) as rx:
-        head0 = log_head(server)
+        head0 = sb.log_head(server.data / "headrace.db")
         os.sync()
         wall = time.monotonic()
         with sb.CpuWatch(server.pid) as cpu:
             result = gen.run(server.port, directory, "PUT", load)
         finished = now_ns()
         wall = time.monotonic() - wall
-        head1 = log_head(server)
+        head1 = sb.log_head(server.data / "headrace.db")
         result.check(f"{server.label} via {gen.name}")
         seen = collect(rx, 120)
     times: dict[str, int] = seen["times"]
@@ -432,10 +399,10 @@ def bench_config(label: str, env: dict[str, str], workdir: Path, plan: Plan, gen
             back.append(headrace_latency(server, plan, run))
             spaced.append(headrace_latency(server, plan, run, SPACED_GAP_S))
             throughput.append(headrace_throughput(server, plan, gen, run))
-            lat, tp = summarize(back[-1].latencies), throughput[-1]
+            lat, tp = sb.summarize(back[-1].latencies), throughput[-1]
             print(
                 f"[{label}] run {run + 1}/{plan.runs}: PUT -> SSE p50 {lat.get('p50_ms')} ms, "
-                f"p99 {lat.get('p99_ms')} ms (10 ms apart: p50 {summarize(spaced[-1].latencies).get('p50_ms')} ms); "
+                f"p99 {lat.get('p99_ms')} ms (10 ms apart: p50 {sb.summarize(spaced[-1].latencies).get('p50_ms')} ms); "
                 f"{tp['files_per_s']} files/s, {tp['events_per_s']} events/s into the log, "
                 f"all IN_CLOSE_WRITE received: {tp['all_close_write_received']}",
                 flush=True,
@@ -608,18 +575,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Replace the events section of `path` (between the markers), or append it; leave the rest alone."""
-    text = path.read_text() if path.exists() else ""
-    if MD_BEGIN in text and MD_END in text:
-        head, rest = text.split(MD_BEGIN, 1)
-        tail = rest.split(MD_END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text else "") + section
-    path.write_text(text)
-
-
 # --------------------------------------------------------------------------------------------------
 # Main
 
@@ -650,7 +605,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out or BENCH_DIR / "results" / ("events-quick.json" if plan.quick else "events.json")
     md: Path | None = None if args.no_md else (args.md or (None if plan.quick else BENCH_DIR / "RESULTS.md"))
     if args.render:
-        write_markdown(args.md or BENCH_DIR / "RESULTS.md", render_markdown(json.loads(args.render.read_text())))
+        sb.write_section(
+            args.md or BENCH_DIR / "RESULTS.md", render_markdown(json.loads(args.render.read_text())), MD_BEGIN, MD_END
+        )
         return 0
 
     report: dict[str, Any] = {
@@ -697,7 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {out}")
     section = render_markdown(report)
     if md is not None:
-        write_markdown(md, section)
+        sb.write_section(md, section, MD_BEGIN, MD_END)
         print(f"wrote {md}")
     print()
     print("### Latency" + section.split("### Latency", 1)[1].split("Notes:", 1)[0].rstrip())

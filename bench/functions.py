@@ -122,26 +122,6 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-def summarize(latencies_ns: Sequence[int]) -> dict[str, Any]:
-    """p50/p99/max/min/mean in ms (nearest-rank percentiles)."""
-    ordered = sorted(latencies_ns)
-    n = len(ordered)
-    if n == 0:
-        return {"n": 0}
-
-    def rank(p: int) -> float:
-        return ordered[min(n - 1, max(0, -(-n * p // 100) - 1))] / 1e6
-
-    return {
-        "n": n,
-        "p50_ms": round(rank(50), 3),
-        "p99_ms": round(rank(99), 3),
-        "max_ms": round(ordered[-1] / 1e6, 3),
-        "min_ms": round(ordered[0] / 1e6, 3),
-        "mean_ms": round(statistics.fmean(ordered) / 1e6, 3),
-    }
-
-
 # --------------------------------------------------------------------------------------------------
 # The recorder: a FIFO that every function under test writes "<key> <first-line ns> <end ns>" to
 
@@ -577,14 +557,6 @@ def wait_done(server: FnServer, action: str, n: int, timeout: float) -> list[dic
         time.sleep(0.2)
 
 
-def log_head(server: FnServer) -> int:
-    db = sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True, timeout=30)
-    try:
-        return int(db.execute('SELECT coalesce(max("offset"), 0) FROM events').fetchone()[0])
-    finally:
-        db.close()
-
-
 def activation_rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Completed activations per second: over the whole run (first queued -> last finished) and steady (between
     the 10th and the 90th percentile of the end times, which leaves out start-up and the tail)."""
@@ -658,8 +630,8 @@ def headrace_warm(server: FnServer, rec: Recorder, plan: Plan, metrics: Metrics)
     measured = {f"/warm/f{i}" for i in range(plan.warm)}
     rows = [r for r in activation_rows(server, "warm") if r["path"] in measured]
     return {
-        "latency": summarize(latencies),
-        "put_round_trip": summarize(round_trips),
+        "latency": sb.summarize(latencies),
+        "put_round_trip": sb.summarize(round_trips),
         "cold_among_measured": sum(1 for r in rows if r["init_ms"] is not None),
         "gap_ms": GAP_S * 1000,
         "other_cpu_pct": cpu.other_pct,
@@ -680,7 +652,7 @@ def headrace_zygotes(server: FnServer, rec: Recorder, plan: Plan) -> dict[str, A
             init += [float(r["init_ms"]) for r in rows if r["init_ms"] is not None]
     finally:
         door.close()
-    return {"latency": summarize(latencies), "samples_ms": [round(v / 1e6, 1) for v in latencies], "init_ms": init}
+    return {"latency": sb.summarize(latencies), "samples_ms": [round(v / 1e6, 1) for v in latencies], "init_ms": init}
 
 
 def headrace_cold(server: FnServer, rec: Recorder, plan: Plan, metrics: Metrics) -> dict[str, Any]:
@@ -707,7 +679,7 @@ def headrace_cold(server: FnServer, rec: Recorder, plan: Plan, metrics: Metrics)
     cold = [v for k, v in latencies.items() if rows.get(k, {}).get("init_ms") is not None]
     init = sorted(float(rows[k]["init_ms"]) for k in latencies if rows.get(k, {}).get("init_ms") is not None)
     return {
-        "latency": summarize(cold),
+        "latency": sb.summarize(cold),
         "warm_excluded": len(latencies) - len(cold),
         "first_activation_ms": round(zygote_ms, 3),
         "init_ms_p50": init[len(init) // 2] if init else None,
@@ -752,7 +724,7 @@ def headrace_noop(server: FnServer, rec: Recorder, plan: Plan, gen: sb.Generator
 
 def headrace_backlog(server: FnServer, rec: Recorder, plan: Plan, gen: sb.Generator) -> dict[str, Any]:
     """Uploads that fire nothing, then a restart whose controller finds them behind its position."""
-    head0 = log_head(server)
+    head0 = sb.log_head(server.db_path)
     result = gen.run(server.port, "/backlog", "PUT", load_plan(plan.noop_files))
     errors = upload_errors(result, f"headrace /backlog via {gen.name}")
     server.stop()
@@ -870,7 +842,7 @@ def headrace_burst(server: FnServer, rec: Recorder, plan: Plan, gen: sb.Generato
         "drain_s": round((max(ends) - t0) / 1e9, 3),
         "drain_s_records": round((max(int(r["end"]) for r in rows) - t0 / 1e6) / 1000, 3),
         "put_s": round((put_done - t0) / 1e9, 3),
-        "latency": summarize([first - t0 for first, _ in got.values()]),
+        "latency": sb.summarize([first - t0 for first, _ in got.values()]),
         "max_workers": max((s[1] for s in poller.samples), default=0),
         "max_queued": max((s[2] for s in poller.samples), default=0),
         "cold_starts": sum(1 for r in rows if r["init_ms"] is not None),
@@ -1018,7 +990,7 @@ def bench_watcher(workdir: Path, plan: Plan, rec: Recorder) -> dict[str, Any]:
         with watcher(directory, rec.path, script_code(science=science), prefix) as pid, CpuWatch(pid) as cpu:
             sequential_latency(write, rec, prefix, ["w0", "w1"], 120)
             lat = sequential_latency(write, rec, prefix, [f"f{i}" for i in range(n)], 120)
-        result[case] = {"latency": summarize(lat), "other_cpu_pct": cpu.other_pct}
+        result[case] = {"latency": sb.summarize(lat), "other_cpu_pct": cpu.other_pct}
         print(f"[watcher] {case}: p50 {result[case]['latency']['p50_ms']} ms", flush=True)
     directory = root / "burst"
     prefix = "watcher-burst/"
@@ -1041,7 +1013,7 @@ def burst_result(
         "files": plan.burst_files,
         "drain_s": round((max(ends) - t0) / 1e9, 3),
         "write_s": round((written - t0) / 1e9, 3),
-        "latency": summarize([first - t0 for first, _ in got.values()]),
+        "latency": sb.summarize([first - t0 for first, _ in got.values()]),
         "completions_s": sorted(round((end - t0) / 1e9, 4) for end in ends),
         "other_cpu_pct": other_cpu,
     }
@@ -1156,7 +1128,7 @@ def bench_celery(workdir: Path, plan: Plan, rec: Recorder) -> dict[str, Any]:
         with CpuWatch(worker.proc.pid, redis_peer.proc.pid) as cpu:
             sequential_latency(write_and_send, rec, "celery/", [f"w{i}" for i in range(plan.warmup)], 60)
             lat = sequential_latency(write_and_send, rec, "celery/", [f"f{i}" for i in range(plan.warm)], 60)
-        result["warm"] = {"latency": summarize(lat), "other_cpu_pct": cpu.other_pct}
+        result["warm"] = {"latency": sb.summarize(lat), "other_cpu_pct": cpu.other_pct}
         print(f"[celery] p50 {result['warm']['latency']['p50_ms']} ms", flush=True)
         with CpuWatch(worker.proc.pid, redis_peer.proc.pid) as cpu:
             t0 = now_ns()
@@ -1417,18 +1389,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_markdown(path: Path, section: str) -> None:
-    """Replace this benchmark's section of `path` (between the markers), or append it."""
-    text = path.read_text() if path.exists() else ""
-    if MD_BEGIN in text and MD_END in text:
-        head, rest = text.split(MD_BEGIN, 1)
-        tail = rest.split(MD_END, 1)[1].lstrip("\n")
-        text = head + section + ("\n" + tail if tail else "")
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text else "") + section
-    path.write_text(text)
-
-
 def plot_burst(report: dict[str, Any], path: Path) -> bool:
     """Workers and queue over time (headrace), and completed functions over time (all three)."""
     import matplotlib
@@ -1502,7 +1462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: Path = args.out or RESULTS_DIR / f"functions{suffix}.json"
     md: Path | None = None if args.no_md else (args.md or (None if plan.quick else BENCH_DIR / "RESULTS.md"))
     if args.render:
-        write_markdown(args.md or BENCH_DIR / "RESULTS.md", render_markdown(json.loads(args.render.read_text())))
+        sb.write_section(
+            args.md or BENCH_DIR / "RESULTS.md", render_markdown(json.loads(args.render.read_text())), MD_BEGIN, MD_END
+        )
         return 0
 
     report: dict[str, Any] = {
@@ -1570,7 +1532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {out}")
     section = render_markdown(report)
     if md is not None:
-        write_markdown(md, section)
+        sb.write_section(md, section, MD_BEGIN, MD_END)
         print(f"wrote {md}")
     print()
     print("### Latency" + section.split("### Latency", 1)[1].split("Notes:", 1)[0].rstrip())
