@@ -16,7 +16,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import os
 import secrets
 import time
 from collections import deque
@@ -579,7 +578,3 @@ def _follow(w: Watch, ev: StorageEvent) -> None:
         if w.path == old or w.path.startswith(old + "/"):
             w.path = ev.path + w.path[len(old) :]
             w.channel.manager._save_meta(w.channel)
-
-
-def default_directory(data_dir: Path) -> Path:
-    return Path(os.fspath(data_dir)) / "channels"

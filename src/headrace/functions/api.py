@@ -330,7 +330,7 @@ def install(app: FastAPI, service: StorageService, controller: Controller) -> No
         if not 0 < timeout <= MAX_BLOCKING_MS:
             raise WhiskError(400, f"The timeout must be between 1 and {MAX_BLOCKING_MS} milliseconds, not {timeout}.")
         params = await _body(request, max_bytes=MAX_PARAMETERS_BYTES)
-        refusal = concurrency_refusal(controller.in_flight(namespace, direct=True), settings.fn_concurrent_invocations)
+        refusal = concurrency_refusal(controller.invocations_in_flight(namespace), settings.fn_concurrent_invocations)
         refusal = refusal or invokes.admit(namespace)
         if refusal:
             raise WhiskError(429, refusal)

@@ -23,6 +23,7 @@ import base64
 import contextlib
 import heapq
 import io
+import json
 import logging
 import math
 import os
@@ -39,7 +40,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
-from headrace.db.schema import state
+from headrace.db.schema import fn_activations, state
 from headrace.events.model import StorageEvent
 from headrace.functions import feed
 from headrace.functions.invoker import ActionPool, ActionSpec, Outcome
@@ -114,8 +115,8 @@ class Controller:
         self.pools: dict[str, ActionPool] = {}
         self.queues: dict[tuple[str, str], ActionQueue] = {}
         self.delayed: list[tuple[int, str, dict[str, Any]]] = []  # (not_before, id, row) heap
-        self.waiters: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._waiter_ns: dict[str, str] = {}
+        #: Invocations through the API waiting for their record: activation id -> (namespace, future).
+        self.waiters: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self._tokens: dict[str, tuple[str, int]] = {}  # namespace -> (macaroon, valid until, ms)
         self.position = 0
         self.running_total = 0
@@ -275,15 +276,13 @@ class Controller:
                             order_key=args.get("path"),
                         )
                         if self.store.enqueue_in(conn, row):
-                            made.append(self._memory_row(row))
+                            made.append(row)
         self._store_position_in(conn, last)
         return made
 
     def _depth_in(self, conn: Connection, cause: str | None) -> int:
         if not cause:
             return 0
-        from headrace.db.schema import fn_activations
-
         found = conn.execute(select(fn_activations.c.depth).where(fn_activations.c.activation_id == cause)).first()
         return (int(found.depth) + 1) if found else 1
 
@@ -311,10 +310,6 @@ class Controller:
             "depth": depth,
         }
 
-    @staticmethod
-    def _memory_row(row: dict[str, Any]) -> dict[str, Any]:
-        return dict(row)
-
     def _enqueue_memory(self, row: dict[str, Any]) -> None:
         if row["not_before"] > now_ms():
             heapq.heappush(self.delayed, (row["not_before"], row["activation_id"], row))
@@ -323,12 +318,9 @@ class Controller:
 
     # -- direct invocation and triggers fired through the API ------------------------------------------
 
-    def in_flight(self, namespace: str, *, direct: bool = False) -> int:
-        """Activations of the namespace queued or running (with `direct`, only invocations through the API,
-        which are the ones waiting for an answer)."""
-        if direct:
-            return sum(1 for aid in self.waiters if self._waiter_ns.get(aid) == namespace)
-        return sum(len(q.items) + q.running for (ns, _), q in self.queues.items() if ns == namespace)
+    def invocations_in_flight(self, namespace: str) -> int:
+        """The namespace's invocations through the API that have not finished (OpenWhisk's in-flight count)."""
+        return sum(1 for ns, _ in self.waiters.values() if ns == namespace)
 
     async def invoke(
         self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None
@@ -340,8 +332,7 @@ class Controller:
         row["max_attempts"] = 1
         row["cause"] = cause
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiters[row["activation_id"]] = fut
-        self._waiter_ns[row["activation_id"]] = namespace
+        self.waiters[row["activation_id"]] = (namespace, fut)
         await self.db.group.run(self.store.enqueue_in, row)
         self._enqueue_memory(row)
         self._wake.set()
@@ -591,8 +582,7 @@ class Controller:
         record = {**record, "state": final}
         await self.db.group.run(self.store.update_in, row["activation_id"], **record)
         FN_ACTIVATIONS.labels(row["name"], _status_name(int(record.get("status_code") or 0), final)).inc()
-        fut = self.waiters.pop(row["activation_id"], None)
-        self._waiter_ns.pop(row["activation_id"], None)
+        _, fut = self.waiters.pop(row["activation_id"], (None, None))
         if fut is not None and not fut.done():
             fut.set_result({**row, **record})
 
@@ -764,8 +754,6 @@ def _status_name(code: int, final: str) -> str:
 
 
 def _rule_log(rule: dict[str, Any], activation_id: str | None, code: int, error: str | None) -> str:
-    import json
-
     entry: dict[str, Any] = {
         "statusCode": code,
         "success": code == 0,

@@ -3,7 +3,7 @@ action, and one activation at a time through each. Limits are enforced here: the
 killed and replaced), memory (an address-space rlimit set in the worker), log size (cut with a warning line)
 and result size.
 
-`ActionPool.run(request)` is the whole interface the controller needs; `scale_to(n)` and `idle_for()` are
+`ActionPool.run(request)` is the whole interface the controller needs; `warm(n)`, `shrink(n)` and `size` are
 what the autoscaler uses.
 """
 
@@ -155,7 +155,6 @@ class Worker:
         self.err = _Stream("stderr", err_fd, self)
         self.exit: dict[str, Any] | None = None
         self.exited = asyncio.Event()
-        self.used = 0
         self.last_used = time.monotonic()
         self.dead = False
         self._answers: asyncio.Task[None] | None = None
@@ -187,7 +186,6 @@ class Worker:
         assert self.writer is not None
         aid = str(request["id"])
         act = self.inflight[aid] = _InFlight(log_limit)
-        self.used += 1
         try:
             self.writer.write(wire.encode(request))
             await self.writer.drain()
@@ -371,7 +369,6 @@ class ActionPool:
         self.zygote: Zygote | None = None
         self.workers: list[Worker] = []
         self.starting = 0
-        self.cold_starts = 0
         self._zygote_lock = asyncio.Lock()
         self._forking: list[tuple[asyncio.Future[Worker], list[int]]] = []
 
@@ -439,12 +436,6 @@ class ActionPool:
             stopped += 1
         return stopped
 
-    def idle_for(self) -> float:
-        if self.busy or self.starting:
-            return 0.0
-        last = max((w.last_used for w in self.workers), default=None)
-        return 0.0 if last is None else time.monotonic() - last
-
     def _available(self) -> Worker | None:
         self.workers = [w for w in self.workers if not w.dead]
         room = [w for w in self.workers if w.load < self.spec.concurrency]
@@ -466,7 +457,6 @@ class ActionPool:
             except (RuntimeError, OSError, TimeoutError) as exc:
                 end = int(time.time() * 1000)
                 return Outcome(INTERNAL_ERROR, {"error": f"Could not start a worker: {exc}"}, [], start, end, True)
-            self.cold_starts += 1
             init_ms = (time.perf_counter() - fork_start) * 1000
         answer, logs = await w.run(request, self.spec.timeout_ms / 1000, self.spec.logs_mb * 1024 * 1024)
         if w.dead:
