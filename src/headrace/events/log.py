@@ -48,6 +48,7 @@ class EventLog:
         self.poll = poll
         self._committed = asyncio.Event()
         self._read_at: dict[int, int] = {}  # offset -> db.event_epoch when a read past it found nothing
+        self._head_at: tuple[int, int, float] | None = None  # (db.event_epoch, head, loop time) of the last read
         db.commit_listeners.append(self.notify)
 
     def read_from(self, offset: int, limit: int = 1000) -> list[StorageEvent]:
@@ -114,13 +115,24 @@ class EventLog:
                 async with asyncio.timeout(min(self.poll, left)):
                     await committed.wait()
 
+    async def _head_now(self, now: float) -> int:
+        """The head, read again only when this process has committed events since the last read (the event
+        epoch, with one SQLite writer) or the poll interval has passed (other processes' commits)."""
+        epoch = self.db.event_epoch
+        cached = self._head_at
+        if self.db.is_sqlite and cached is not None and cached[0] == epoch and now - cached[2] < self.poll:
+            return cached[1]
+        head = await self.db.read(self.head)
+        self._head_at = (epoch, head, now)
+        return head
+
     async def wait_beyond(self, offset: int, timeout: float) -> int:
         """Wait until the log holds an event past `offset` or `timeout` passes; the head either way."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             committed = self._committed  # taken before reading the head: no commit can slip between
-            head = await self.db.read(self.head)
+            head = await self._head_now(loop.time())
             left = deadline - loop.time()
             if head > offset or left <= 0:
                 return head
