@@ -259,13 +259,14 @@ def _fork(control: socket.socket, fn: Any, fds: list[int], limits: dict[str, Any
     return pid
 
 
-def _reap(control: socket.socket, lock: threading.Lock) -> None:
+def _reap(control: socket.socket, lock: threading.Lock, forked: threading.Event) -> None:
     """Tell the invoker how each worker ended (exit code, or the signal that killed it)."""
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            time.sleep(0.05)
+        except ChildProcessError:  # no worker now: sleep until the next fork, not in a polling loop
+            forked.wait()
+            forked.clear()
             continue
         report: dict[str, Any] = {"exited": pid}
         if os.WIFSIGNALED(status):
@@ -306,9 +307,13 @@ def main() -> None:
         import headrace.functions.storage  # noqa: F401
     control.send(json.dumps({"ok": True, "initMs": round(init_ms, 3)}).encode())
     lock = threading.Lock()
-    threading.Thread(target=_reap, args=(control, lock), daemon=True).start()
+    forked = threading.Event()
+    threading.Thread(target=_reap, args=(control, lock, forked), daemon=True).start()
     while True:
-        msg, fds, _, _ = socket.recv_fds(control, 65536, 3)
+        try:
+            msg, fds, _, _ = socket.recv_fds(control, 65536, 3)
+        except OSError:  # the invoker hung up (a server stopping): as at end of file
+            return
         if not msg:
             return  # the invoker has gone: so do we (workers notice their own sockets closing)
         request = json.loads(msg)
@@ -317,6 +322,7 @@ def main() -> None:
                 os.close(fd)
             continue
         pid = _fork(control, fn, fds, request.get("limits", {}))
+        forked.set()
         with lock:
             control.send(json.dumps({"forked": pid, "tag": request.get("tag")}).encode())
 
