@@ -601,6 +601,11 @@ class Client:
             )
         return UploadResult(remote_path, size, adler, created=response.status_code == 201)
 
+    def read_bytes(self, remote_path: str) -> bytes:
+        """The whole content of a (small) file, in memory."""
+        remote_path = normalize_remote(remote_path)
+        return self._send("GET", self._door_url(remote_path), path=remote_path).content
+
     def download(
         self,
         remote_path: str,

@@ -17,6 +17,7 @@ import base64
 import io
 import math
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -494,6 +495,26 @@ def normalize_flags(values: list[str] | tuple[str, ...] | str) -> tuple[str, ...
     return tuple(out)
 
 
+_ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+
+
+def expand_env(value: Any, where: str) -> Any:
+    """A string parameter with `${VAR}` or `${VAR:-default}` in it, the variable's value put in (as a shell
+    would); other values as they are. An unset variable without a default is an error."""
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        got = os.environ.get(m["name"])
+        if got:
+            return got
+        if m["default"] is None:
+            raise HeadraceClientError(0, f"{where}: the environment variable {m['name']} is not set")
+        return m["default"]
+
+    return _ENV_REF.sub(sub, value)
+
+
 def spec_from_mapping(name: str, raw: Any, base: Path, where: str) -> FunctionSpec:
     """One function of a headrace.yaml (`where` names it in messages; code paths are relative to `base`)."""
     if not isinstance(raw, dict):
@@ -507,6 +528,7 @@ def spec_from_mapping(name: str, raw: Any, base: Path, where: str) -> FunctionSp
     params = raw.get("params") or {}
     if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
         raise HeadraceClientError(0, f"{where}.params must be a mapping of names to values")
+    params = {k: expand_env(v, f"{where}.params.{k}") for k, v in params.items()}
     main = raw.get("main", "main")
     if not isinstance(main, str):
         raise HeadraceClientError(0, f"{where}.main must be a function name")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from headrace.cli import events, files, functions, token, transfer
+from headrace.cli import catalogue, demo, events, files, functions, token, transfer
 from headrace.cli.common import HeadraceGroup
 from headrace.cli.up import up
 from headrace.cli.users import user_app
@@ -27,6 +27,8 @@ app.command("get")(transfer.get)
 app.add_typer(token.app, name="token")
 app.add_typer(user_app, name="user")
 app.add_typer(events.app, name="events")
+app.add_typer(catalogue.app, name="catalogue")
+app.command("demo")(demo.demo)
 functions.register(app)
 
 

@@ -1,0 +1,381 @@
+"""`headrace demo`: see headrace do a facility's job on a synthetic European XFEL run.
+
+It uses the server the CLI is configured for, or starts the embedded one (`headrace up --data DIR`) when none
+answers; deploys the four example functions of examples/xfel (run summary, catalogue, azimuthal integration,
+cache); writes a run through the door as a DAQ would, one sequence file after the other; shows the events and
+the activations as they happen; and ends with a summary table. Exit status 0 when every activation succeeded
+and the results are what the generated data says they must be, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import httpx
+import typer
+
+from headrace.cli.catalogue import default_catalogue, search_records
+from headrace.cli.common import CliError, usage_error
+from headrace.cli.functions import table
+from headrace.client import Client, ClientConfig, HeadraceClientError
+from headrace.events_client import EventStream
+from headrace.functions_client import FINAL_STATES, Functions, load_deploy_file
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "xfel"
+DEPLOY_FILE = "headrace.yaml"
+QUIET_SECONDS = 1.5  # no activation queued or running for this long: the run's work is done
+
+
+def examples_dir() -> Path:
+    """examples/xfel of the source tree headrace runs from (HEADRACE_EXAMPLES overrides)."""
+    where = Path(os.environ.get("HEADRACE_EXAMPLES") or EXAMPLES)
+    if not (where / DEPLOY_FILE).is_file():
+        raise CliError(f"{where}: the XFEL example functions are not here (set HEADRACE_EXAMPLES to examples/xfel)")
+    return where
+
+
+# -- the server ---------------------------------------------------------------------------------------------
+
+
+def _healthy(config: ClientConfig) -> bool:
+    try:
+        return httpx.get(f"{config.api}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_server(data: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[bytes] | None, ClientConfig]:
+    """The configured server if it answers; otherwise the embedded one started on the configured ports."""
+    config = ClientConfig.load()
+    if _healthy(config):
+        return None, config
+    door, api = urlsplit(config.door), urlsplit(config.api)
+    if door.hostname not in ("127.0.0.1", "localhost") or api.hostname not in ("127.0.0.1", "localhost"):
+        raise CliError(f"no headrace server answers at {config.api}, and it is not one this machine can start")
+    data.mkdir(parents=True, exist_ok=True)
+    log = open(data / "demo-server.log", "ab")  # noqa: SIM115 - the server's output, for as long as it runs
+    cmd = [
+        sys.executable, "-m", "headrace.cli.main", "up", "--data", str(data), "--host", "127.0.0.1",
+        "--door-port", str(door.port or 2880), "--api-port", str(api.port or 3880),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout
+    while not _healthy(config):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise CliError(f"the embedded server did not start; its log is {data / 'demo-server.log'}")
+        time.sleep(0.1)
+    print(f"started the embedded server (data in {data}; its log: {data / 'demo-server.log'})", flush=True)
+    return proc, ClientConfig.load()  # `up` wrote the admin's key into the CLI config if it made one
+
+
+# -- watching --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Watch:
+    """What the demo has seen: uploads, events, finished activations."""
+
+    t0: float = field(default_factory=time.time)
+    closed: dict[str, float] = field(default_factory=dict)  # uploaded path -> when its PUT completed (s)
+    activations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            sys.stdout.write(f"{time.time() - self.t0:7.3f}s  {text}\n")
+            sys.stdout.flush()
+
+
+def follow_events(config: ClientConfig, base: str, watch: Watch, stop: threading.Event) -> EventStream:
+    stream = EventStream(config, keepalive=2.0)
+    stream.subscribe_inotify(base, flags=["IN_CLOSE_WRITE", "IN_MOVED_TO", "IN_DELETE"], recursive=True)
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                ev = stream.next(timeout=0.2)
+            except HeadraceClientError:
+                return
+            if ev is None or ev.system:
+                continue
+            payload = ev.payload
+            if isinstance(payload, dict) and payload.get("name"):
+                watch.events += 1
+                flags = ",".join(payload.get("mask") or []) or ev.event
+                where = posixpath.relpath(posixpath.join(base, str(payload.get("name"))), base)
+                watch.say(f"event       {flags:<15} {where}")
+
+    threading.Thread(target=run, name="demo-events", daemon=True).start()
+    return stream
+
+
+def _brief(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return str(result["error"])[:100]
+    text = json.dumps(result, separators=(",", ":"))
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def poll_activations(fn: Functions, since_ms: int, watch: Watch) -> int:
+    """Record newly finished activations (printing each); the number still queued or running."""
+    pending = 0
+    skip = 0
+    while True:
+        page = fn.activations(limit=200, skip=skip, since=since_ms, docs=True)
+        for a in page:
+            if a.get("state") not in FINAL_STATES:
+                pending += 1
+                continue
+            if a["activationId"] in watch.activations:
+                continue
+            watch.activations[a["activationId"]] = a
+            resp = a.get("response") or {}
+            status = "ok" if resp.get("success") else resp.get("status", "failed")
+            watch.say(
+                f"activation  {a['name']:<15} {status:<6} {a.get('duration', 0):5d} ms  {_brief(resp.get('result') or {})}"
+            )
+        if len(page) < 200:
+            return pending
+        skip += 200
+
+
+# -- the summary -----------------------------------------------------------------------------------------------
+
+
+def _input_of(result: dict[str, Any]) -> str | None:
+    for key in ("input", "file", "upserted", "cached"):
+        value = result.get(key)
+        if isinstance(value, str):
+            return posixpath.basename(value)
+    return None
+
+
+def latencies(watch: Watch) -> dict[str, list[float]]:
+    """Per function: ms from a file's PUT completing to the end of the activation it fired."""
+    closed = {posixpath.basename(p): t for p, t in watch.closed.items()}
+    out: dict[str, list[float]] = {}
+    for a in watch.activations.values():
+        name = _input_of((a.get("response") or {}).get("result") or {})
+        if name in closed and a.get("end"):
+            out.setdefault(a["name"], []).append(a["end"] - closed[name] * 1000)
+    return out
+
+
+def _ms(values: list[float], q: float) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))]:.0f}"
+
+
+def demo(
+    files: Annotated[int, typer.Option("--files", help="Sequence files in the run (all aggregators together)")] = 20,
+    data: Annotated[Path, typer.Option("--data", help="Data directory, if the embedded server is started")] = Path(
+        "headrace-data"
+    ),
+    base: Annotated[str, typer.Option(help="Where the experiment's data goes")] = "/exp/SPB/202601/p700000",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run's work to finish")] = 300.0,
+    catalogue: Annotated[Path | None, typer.Option(help="Catalogue database (default $HEADRACE_CATALOGUE)")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache directory (default the example's)")] = None,
+    keep: Annotated[bool, typer.Option("--keep/--stop", help="Leave a server the demo started running")] = False,
+) -> None:
+    """Write a synthetic XFEL run and watch headrace process it: events, activations, results."""
+    if files < 1:
+        usage_error("--files must be at least 1")
+    if not base.startswith("/") or base.rstrip("/") == "":
+        usage_error(f"--base must be an absolute directory, not {base!r}")
+    base = base.rstrip("/")
+    examples = examples_dir()
+    proc, config = ensure_server(data)
+    try:
+        code = _run(config, examples, files, base, timeout, catalogue, cache_dir)
+    finally:
+        if proc is not None and not keep:
+            proc.terminate()
+            proc.wait(30)
+    raise typer.Exit(code)
+
+
+def _run(
+    config: ClientConfig,
+    examples: Path,
+    n_files: int,
+    base: str,
+    timeout: float,
+    catalogue: Path | None,
+    cache_dir: Path | None,
+) -> int:
+    from headrace.xfel import generate  # numpy and h5py: only when a demo runs
+
+    catalogue = (catalogue or default_catalogue()).expanduser().resolve()
+    with Client(config) as client:
+        fn = Functions(client)
+        print(f"deploying {examples / DEPLOY_FILE}", flush=True)
+        for spec in load_deploy_file(examples / DEPLOY_FILE):
+            if "catalogue" in spec.params:
+                spec.params["catalogue"] = str(catalogue)
+            if "cache_dir" in spec.params and cache_dir is not None:
+                spec.params["cache_dir"] = str(cache_dir.expanduser().resolve())
+            changes = fn.deploy(spec)
+            print(f"  {spec.name}: " + ", ".join(f"{c.kind} {c.status}" for c in changes), flush=True)
+        cache = (
+            Path(
+                next(s.params["cache_dir"] for s in load_deploy_file(examples / DEPLOY_FILE) if "cache_dir" in s.params)
+            ).expanduser()
+            if cache_dir is None
+            else cache_dir.expanduser().resolve()
+        )
+        run = next_run(client, base)
+        spec = generate.spec_for_files(n_files, run=run)
+        expect = generate.expected(spec)
+        raw_dir = f"{base}/raw/r{run:04d}"
+        proc_dir = f"{base}/proc/r{run:04d}"
+        client.mkdir(raw_dir, parents=True)
+        watch = Watch()
+        since_ms = int(watch.t0 * 1000) - 1000
+        stop = threading.Event()
+        stream = follow_events(config, base, watch, stop)
+        try:
+            watch.say(f"writing run {run} ({n_files} files) into {raw_dir}")
+            total = 0
+            for name, body in generate.run_files(spec):
+                client.put_bytes(f"{raw_dir}/{name}", body)
+                watch.closed[f"{raw_dir}/{name}"] = time.time()
+                total += len(body)
+                watch.say(f"closed      {name} ({len(body) / 1e6:.1f} MB)")
+            written_s = time.time() - watch.t0
+            deadline = time.monotonic() + timeout
+            quiet_since = None
+            while time.monotonic() < deadline:
+                pending = poll_activations(fn, since_ms, watch)
+                if pending or len(watch.activations) < expected_minimum(expect):
+                    quiet_since = None
+                elif quiet_since is None:
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= QUIET_SECONDS:
+                    break
+                time.sleep(0.2)
+            else:
+                watch.say(f"gave up waiting after {timeout:.0f} s")
+        finally:
+            stop.set()
+            stream.close()
+        return report(client, watch, expect, total, written_s, raw_dir, proc_dir, catalogue, cache)
+
+
+def next_run(client: Client, base: str) -> int:
+    """One more than the highest run number under BASE/raw (42 for the first)."""
+    try:
+        names = [e.name for e in client.listdir(f"{base}/raw")]
+    except HeadraceClientError as exc:
+        if exc.status == 404:
+            return 42
+        raise
+    runs = [int(n[1:]) for n in names if n.startswith("r") and n[1:].isdigit()]
+    return max(runs, default=41) + 1
+
+
+def expected_minimum(expect: Any) -> int:
+    """Activations the run's files fire at the least: summary or azint on their kind, catalogue and cache
+    on every one (the results' own files fire more)."""
+    return 3 * len(expect.files)
+
+
+def report(
+    client: Client,
+    watch: Watch,
+    expect: Any,
+    total_bytes: int,
+    written_s: float,
+    raw_dir: str,
+    proc_dir: str,
+    catalogue: Path,
+    cache: Path,
+) -> int:
+    problems: list[str] = []
+    by_action: dict[str, dict[str, int]] = {}
+    for a in watch.activations.values():
+        status = (a.get("response") or {}).get("status", "?")
+        by_action.setdefault(a["name"], {}).setdefault(status, 0)
+        by_action[a["name"]][status] += 1
+        if status != "success":
+            problems.append(f"{a['name']} {a['activationId']}: {status}")
+    lat = latencies(watch)
+    print()
+    print(f"files written: {len(watch.closed)} ({total_bytes / 1e6:.1f} MB in {written_s:.1f} s) into {raw_dir}")
+    print(f"events seen:   {watch.events}")
+    print()
+    table(
+        ("function", "activations", "by status", "close→done p50 ms", "max ms"),
+        [
+            (name, sum(c.values()), ", ".join(f"{k} {v}" for k, v in sorted(c.items())), _ms(lat.get(name, []), 0.5),
+             _ms(lat.get(name, []), 1.0))
+            for name, c in sorted(by_action.items())
+        ],
+    )  # fmt: skip
+    # outputs and their checks
+    outputs = (
+        sorted(e.name for e in client.tree(proc_dir, checksum=False) if not e.is_dir)
+        if _exists(client, proc_dir)
+        else []
+    )
+    print()
+    print(f"outputs in {proc_dir}: {len(outputs)}")
+    summary = _json(client, f"{proc_dir}/run-summary.json")
+    if summary is None:
+        problems.append("no run-summary.json")
+    else:
+        for key, want in (("trains", expect.run.trains), ("missingTrains", expect.run.missing_trains)):
+            if summary.get(key) != want:
+                problems.append(f"run summary {key} = {summary.get(key)!r}, expected {want!r}")
+        print(f"run summary:   {summary.get('trains')} trains, {summary.get('firstTrainId')}..{summary.get('lastTrainId')},"
+              f" missing {summary.get('missingTrains')}, mean pulse energy {summary.get('meanPulseEnergy'):.1f} uJ")  # fmt: skip
+    closing = _summary_ready_ms(watch, expect)
+    if closing is not None:
+        print(f"last file closed → run summary complete: {closing:.0f} ms")
+    records = search_records(catalogue, path=f"{raw_dir}/*") if catalogue.exists() else []
+    print(f"catalogue:     {len(records)} records for {raw_dir} in {catalogue}")
+    if len(records) != len(watch.closed):
+        problems.append(f"catalogue holds {len(records)} records for the run, expected {len(watch.closed)}")
+    cached = [p for p in watch.closed if (cache / p.lstrip("/")).exists()]
+    print(f"cache:         {len(cached)} of the run's files in {cache}")
+    for p in problems:
+        print(f"PROBLEM: {p}")
+    print("demo: all activations succeeded" if not problems else f"demo: {len(problems)} problems", flush=True)
+    return 0 if not problems else 1
+
+
+def _summary_ready_ms(watch: Watch, expect: Any) -> float | None:
+    """From the last file's PUT completing to the end of the first summary activation that saw every train."""
+    last = max(watch.closed.values(), default=None)
+    ends = [
+        a["end"]
+        for a in watch.activations.values()
+        if a["name"].endswith("xfel-summary")
+        and ((a.get("response") or {}).get("result") or {}).get("runTrains") == expect.run.trains
+    ]
+    return (min(ends) - last * 1000) if ends and last else None
+
+
+def _exists(client: Client, path: str) -> bool:
+    return client.probe(path) is not None
+
+
+def _json(client: Client, path: str) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(client.read_bytes(path)))
+    except (HeadraceClientError, ValueError):
+        return None
