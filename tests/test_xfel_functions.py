@@ -116,7 +116,9 @@ def test_cache_copies_drops_moves_and_evicts_least_recently_used(client: Client,
         settle(client, "cache", at_least=done, quiet=0.2)
 
     def held() -> dict[str, bytes]:
-        return {str(p.relative_to(cache)): p.read_bytes() for p in cache.rglob("*") if p.is_file() and p.name != ".lock"}
+        return {
+            str(p.relative_to(cache)): p.read_bytes() for p in cache.rglob("*") if p.is_file() and p.name != ".lock"
+        }
 
     upload("A")
     upload("B")
@@ -133,7 +135,9 @@ def test_cache_copies_drops_moves_and_evicts_least_recently_used(client: Client,
     settle(client, "cache", at_least=done + 2)
     assert held() == {"cache/run/E": blobs["D"]}
     assert zlib.adler32(held()["cache/run/E"]) == zlib.adler32(blobs["D"])
-    failures = [r for r in Functions(client).activations(name="cache", limit=200, docs=True) if not r["response"]["success"]]
+    failures = [
+        r for r in Functions(client).activations(name="cache", limit=200, docs=True) if not r["response"]["success"]
+    ]
     assert failures == []
 
 

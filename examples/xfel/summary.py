@@ -28,6 +28,8 @@ import numpy as np
 
 RAW_NAME = re.compile(r"^RAW-R(?P<run>\d{4})-(?P<aggregator>[A-Z0-9]+)-S(?P<seq>\d{5})\.h5$")
 XGM_KEY = "data/intensityTD"
+#: What the XGM writes into the slots of its 1000 per train beyond the pulses of the train.
+XGM_FILL = 1.0
 ROUNDS = 5  # times the run summary is made again if file summaries keep appearing while it is written
 
 
@@ -56,20 +58,19 @@ def summarise_file(f: h5py.File, name: str, xgm_source: str | None = None) -> di
         if section not in f:
             continue
         for device in _sources(f[section]):
-            groups = [g for g in _index_groups(f, device)]
-            count = max((int(np.sum(f[f"INDEX/{device}/{g}/count"][:][valid])) for g in groups), default=0)
+            counts = [f[posixpath.join("INDEX", device, g, "count")][:] for g in _index_groups(f, device)]
+            count = max((int(np.sum(c[valid])) for c in counts), default=0)
             sources[device] = sources.get(device, 0) + count
     energies: dict[int, float] = {}
     source = xgm_source or next((s for s in sources if "XGM" in s and s.endswith(":output")), None)
     if source and f"INSTRUMENT/{source}/{XGM_KEY}" in f:
-        group = XGM_KEY.split("/")[0]
-        first = f[f"INDEX/{source}/{group}/first"][:]
-        count = f[f"INDEX/{source}/{group}/count"][:]
+        index = f[f"INDEX/{source}/{XGM_KEY.split('/')[0]}"]
+        first, count = index["first"][:], index["count"][:]
         data = np.asarray(f[f"INSTRUMENT/{source}/{XGM_KEY}"][:], dtype=np.float64)
         for tid, start, n in zip(train_ids, first, count, strict=True):
             if tid and n:
                 pulses = data[int(start) : int(start) + int(n)].ravel()
-                pulses = pulses[pulses > 0]
+                pulses = pulses[(pulses > 0) & (pulses != XGM_FILL)]
                 if pulses.size:
                     energies[int(tid)] = float(pulses.mean())
     meta = f.get("METADATA")

@@ -40,7 +40,8 @@ def search_records(
     """Records matching every filter given, by path; `text` is a case-insensitive substring of the path."""
     if not db.exists():
         raise CliError(f"{db}: no catalogue here (deploy examples/xfel and write some files, or give --db)")
-    where, args = [], []
+    where: list[str] = []
+    args: list[Any] = []
     if not removed:
         where.append("removed = 0")
     if proposal is not None:

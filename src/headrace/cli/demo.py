@@ -9,12 +9,13 @@ and the results are what the generated data says they must be, 1 otherwise.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import posixpath
-import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ def ensure_server(data: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[b
             proc.kill()
             raise CliError(f"the embedded server did not start; its log is {data / 'demo-server.log'}")
         time.sleep(0.1)
-    print(f"started the embedded server (data in {data}; its log: {data / 'demo-server.log'})", flush=True)
+    print(f"started the embedded server, pid {proc.pid} (data in {data}; log {data / 'demo-server.log'})", flush=True)
     return proc, ClientConfig.load()  # `up` wrote the admin's key into the CLI config if it made one
 
 
@@ -109,14 +110,13 @@ def follow_events(config: ClientConfig, base: str, watch: Watch, stop: threading
                 ev = stream.next(timeout=0.2)
             except HeadraceClientError:
                 return
-            if ev is None or ev.system:
+            if ev is None or ev.type == "SYSTEM":
                 continue
             payload = ev.payload
             if isinstance(payload, dict) and payload.get("name"):
                 watch.events += 1
-                flags = ",".join(payload.get("mask") or []) or ev.event
-                where = posixpath.relpath(posixpath.join(base, str(payload.get("name"))), base)
-                watch.say(f"event       {flags:<15} {where}")
+                flags = ",".join(payload.get("mask") or []) or ev.type
+                watch.say(f"event       {flags:<15} {payload['name']}")
 
     threading.Thread(target=run, name="demo-events", daemon=True).start()
     return stream
@@ -144,9 +144,8 @@ def poll_activations(fn: Functions, since_ms: int, watch: Watch) -> int:
             watch.activations[a["activationId"]] = a
             resp = a.get("response") or {}
             status = "ok" if resp.get("success") else resp.get("status", "failed")
-            watch.say(
-                f"activation  {a['name']:<15} {status:<6} {a.get('duration', 0):5d} ms  {_brief(resp.get('result') or {})}"
-            )
+            brief = _brief(resp.get("result") or {})
+            watch.say(f"activation  {a['name']:<15} {status:<6} {a.get('duration', 0):5d} ms  {brief}")
         if len(page) < 200:
             return pending
         skip += 200
@@ -221,59 +220,68 @@ def _run(
     from headrace.xfel import generate  # numpy and h5py: only when a demo runs
 
     catalogue = (catalogue or default_catalogue()).expanduser().resolve()
+    specs = load_deploy_file(examples / DEPLOY_FILE)
+    for f in specs:
+        if "catalogue" in f.params:
+            f.params["catalogue"] = str(catalogue)
+        if "cache_dir" in f.params and cache_dir is not None:
+            f.params["cache_dir"] = str(cache_dir.expanduser().resolve())
+    cache = Path(next(f.params["cache_dir"] for f in specs if "cache_dir" in f.params)).expanduser()
     with Client(config) as client:
         fn = Functions(client)
         print(f"deploying {examples / DEPLOY_FILE}", flush=True)
-        for spec in load_deploy_file(examples / DEPLOY_FILE):
-            if "catalogue" in spec.params:
-                spec.params["catalogue"] = str(catalogue)
-            if "cache_dir" in spec.params and cache_dir is not None:
-                spec.params["cache_dir"] = str(cache_dir.expanduser().resolve())
-            changes = fn.deploy(spec)
-            print(f"  {spec.name}: " + ", ".join(f"{c.kind} {c.status}" for c in changes), flush=True)
-        cache = (
-            Path(
-                next(s.params["cache_dir"] for s in load_deploy_file(examples / DEPLOY_FILE) if "cache_dir" in s.params)
-            ).expanduser()
-            if cache_dir is None
-            else cache_dir.expanduser().resolve()
-        )
+        for f in specs:
+            changes = fn.deploy(f)
+            print(f"  {f.name}: " + ", ".join(f"{c.kind} {c.status}" for c in changes), flush=True)
         run = next_run(client, base)
         spec = generate.spec_for_files(n_files, run=run)
         expect = generate.expected(spec)
-        raw_dir = f"{base}/raw/r{run:04d}"
-        proc_dir = f"{base}/proc/r{run:04d}"
-        client.mkdir(raw_dir, parents=True)
+        raw_dir = posixpath.dirname(generate.file_path(base, spec.name("RAW", "DA01", 0)))
+        proc_dir = posixpath.dirname(generate.file_path(base, spec.name("CORR", "JNGFR01", 0)))
         watch = Watch()
         since_ms = int(watch.t0 * 1000) - 1000
         stop = threading.Event()
+        client.mkdir(raw_dir, parents=True)
         stream = follow_events(config, base, watch, stop)
+        total = 0
         try:
-            watch.say(f"writing run {run} ({n_files} files) into {raw_dir}")
-            total = 0
-            for name, body in generate.run_files(spec):
-                client.put_bytes(f"{raw_dir}/{name}", body)
-                watch.closed[f"{raw_dir}/{name}"] = time.time()
-                total += len(body)
-                watch.say(f"closed      {name} ({len(body) / 1e6:.1f} MB)")
+            watch.say(f"writing run {run} ({n_files} files) into {base}")
+            with tempfile.TemporaryDirectory(prefix="headrace-demo-") as tmp:
+                for name, body in itertools.islice(generate.run_files(spec), n_files):
+                    remote = generate.file_path(base, name)
+                    client.mkdir(posixpath.dirname(remote), parents=True)
+                    local = Path(tmp) / name
+                    local.write_bytes(body)
+                    client.upload(local, remote)  # the DAQ closes a sequence file when it is full
+                    watch.closed[remote] = time.time()
+                    local.unlink()
+                    total += len(body)
+                    watch.say(f"closed      {name} ({len(body) / 1e6:.1f} MB)")
             written_s = time.time() - watch.t0
-            deadline = time.monotonic() + timeout
-            quiet_since = None
-            while time.monotonic() < deadline:
-                pending = poll_activations(fn, since_ms, watch)
-                if pending or len(watch.activations) < expected_minimum(expect):
-                    quiet_since = None
-                elif quiet_since is None:
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since >= QUIET_SECONDS:
-                    break
-                time.sleep(0.2)
-            else:
-                watch.say(f"gave up waiting after {timeout:.0f} s")
+            wait_quiet(fn, since_ms, watch, at_least=3 * n_files, timeout=timeout)
         finally:
             stop.set()
             stream.close()
         return report(client, watch, expect, total, written_s, raw_dir, proc_dir, catalogue, cache)
+
+
+def wait_quiet(fn: Functions, since_ms: int, watch: Watch, *, at_least: int, timeout: float) -> bool:
+    """Until at least `at_least` activations have finished (every file fires a summary or an integration,
+    the catalogue and the cache; the results' own files fire more) and none has been queued or running for
+    QUIET_SECONDS. False after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while time.monotonic() < deadline:
+        pending = poll_activations(fn, since_ms, watch)
+        if pending or len(watch.activations) < at_least:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= QUIET_SECONDS:
+            return True
+        time.sleep(0.2)
+    watch.say(f"gave up waiting after {timeout:.0f} s")
+    return False
 
 
 def next_run(client: Client, base: str) -> int:
@@ -288,12 +296,6 @@ def next_run(client: Client, base: str) -> int:
     return max(runs, default=41) + 1
 
 
-def expected_minimum(expect: Any) -> int:
-    """Activations the run's files fire at the least: summary or azint on their kind, catalogue and cache
-    on every one (the results' own files fire more)."""
-    return 3 * len(expect.files)
-
-
 def report(
     client: Client,
     watch: Watch,
@@ -305,73 +307,73 @@ def report(
     catalogue: Path,
     cache: Path,
 ) -> int:
+    """Print the summary table and what was checked; 0 when every check held."""
     problems: list[str] = []
     by_action: dict[str, dict[str, int]] = {}
     for a in watch.activations.values():
         status = (a.get("response") or {}).get("status", "?")
-        by_action.setdefault(a["name"], {}).setdefault(status, 0)
-        by_action[a["name"]][status] += 1
+        counts = by_action.setdefault(a["name"], {})
+        counts[status] = counts.get(status, 0) + 1
         if status != "success":
             problems.append(f"{a['name']} {a['activationId']}: {status}")
     lat = latencies(watch)
     print()
-    print(f"files written: {len(watch.closed)} ({total_bytes / 1e6:.1f} MB in {written_s:.1f} s) into {raw_dir}")
+    print(f"files written: {len(watch.closed)} ({total_bytes / 1e6:.1f} MB in {written_s:.1f} s)")
     print(f"events seen:   {watch.events}")
     print()
-    table(
-        ("function", "activations", "by status", "close→done p50 ms", "max ms"),
-        [
-            (name, sum(c.values()), ", ".join(f"{k} {v}" for k, v in sorted(c.items())), _ms(lat.get(name, []), 0.5),
-             _ms(lat.get(name, []), 1.0))
-            for name, c in sorted(by_action.items())
-        ],
-    )  # fmt: skip
-    # outputs and their checks
-    outputs = (
-        sorted(e.name for e in client.tree(proc_dir, checksum=False) if not e.is_dir)
-        if _exists(client, proc_dir)
-        else []
-    )
+    rows = []
+    for name, counts in sorted(by_action.items()):
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+        rows.append((name, sum(counts.values()), statuses, _ms(lat.get(name, []), 0.5), _ms(lat.get(name, []), 1.0)))
+    table(("function", "activations", "by status", "close->done p50 ms", "max ms"), rows)
     print()
-    print(f"outputs in {proc_dir}: {len(outputs)}")
+    uploaded = set(watch.closed)
+    outputs = []
+    if client.probe(proc_dir) is not None:
+        outputs = [e.path for e in client.tree(proc_dir, checksum=False) if not e.is_dir and e.path not in uploaded]
+    azint = [p for p in outputs if posixpath.basename(p).startswith("AZINT-")]
+    corr = [p for p in uploaded if posixpath.basename(p).startswith("CORR-")]
+    print(f"outputs:       {len(outputs)} files in {proc_dir} ({len(azint)} AZINT-*.h5, run-summary.json, preview.png,"
+          f" {len(outputs) - len(azint) - 2} file summaries)")  # fmt: skip
+    if len(azint) != len(corr):
+        problems.append(f"{len(azint)} AZINT files for {len(corr)} CORR files")
     summary = _json(client, f"{proc_dir}/run-summary.json")
     if summary is None:
         problems.append("no run-summary.json")
     else:
-        for key, want in (("trains", expect.run.trains), ("missingTrains", expect.run.missing_trains)):
+        for key, want in (("trains", expect.run.trains), ("missingTrains", list(expect.run.missing_trains))):
             if summary.get(key) != want:
                 problems.append(f"run summary {key} = {summary.get(key)!r}, expected {want!r}")
-        print(f"run summary:   {summary.get('trains')} trains, {summary.get('firstTrainId')}..{summary.get('lastTrainId')},"
-              f" missing {summary.get('missingTrains')}, mean pulse energy {summary.get('meanPulseEnergy'):.1f} uJ")  # fmt: skip
-    closing = _summary_ready_ms(watch, expect)
-    if closing is not None:
-        print(f"last file closed → run summary complete: {closing:.0f} ms")
-    records = search_records(catalogue, path=f"{raw_dir}/*") if catalogue.exists() else []
-    print(f"catalogue:     {len(records)} records for {raw_dir} in {catalogue}")
-    if len(records) != len(watch.closed):
-        problems.append(f"catalogue holds {len(records)} records for the run, expected {len(watch.closed)}")
-    cached = [p for p in watch.closed if (cache / p.lstrip("/")).exists()]
-    print(f"cache:         {len(cached)} of the run's files in {cache}")
-    for p in problems:
-        print(f"PROBLEM: {p}")
-    print("demo: all activations succeeded" if not problems else f"demo: {len(problems)} problems", flush=True)
+        trains = f"{summary.get('trains')} trains, {summary.get('firstTrainId')}..{summary.get('lastTrainId')}"
+        energy = summary.get("meanPulseEnergy") or 0.0
+        print(f"run summary:   {trains}, missing {summary.get('missingTrains')}, mean pulse energy {energy:.1f} uJ")
+    ready = summary_ready_ms(watch, expect.run.trains)
+    if ready is not None:
+        print(f"last file closed -> complete run summary written: {ready:.0f} ms")
+    records = {r["datablocks"][0]["path"] for r in search_records(catalogue)} if catalogue.exists() else set()
+    print(f"catalogue:     {len(uploaded & records)} of the run's files have a record ({catalogue})")
+    if not uploaded <= records:
+        problems.append(f"{len(uploaded - records)} files have no catalogue record")
+    cached = [p for p in uploaded if (cache / p.lstrip("/")).is_file()]
+    print(f"cache:         {len(cached)} of the run's files are cached ({cache})")
+    if len(cached) != len(uploaded):
+        problems.append(f"{len(uploaded) - len(cached)} files are not in the cache")
+    for problem in problems:
+        print(f"PROBLEM: {problem}")
+    print("demo: every activation succeeded and every result checked" if not problems else
+          f"demo: {len(problems)} problems", flush=True)  # fmt: skip
     return 0 if not problems else 1
 
 
-def _summary_ready_ms(watch: Watch, expect: Any) -> float | None:
-    """From the last file's PUT completing to the end of the first summary activation that saw every train."""
+def summary_ready_ms(watch: Watch, trains: int) -> float | None:
+    """From the last file's PUT completing to the end of the first summary activation that saw all `trains`."""
     last = max(watch.closed.values(), default=None)
     ends = [
         a["end"]
         for a in watch.activations.values()
-        if a["name"].endswith("xfel-summary")
-        and ((a.get("response") or {}).get("result") or {}).get("runTrains") == expect.run.trains
+        if a["name"] == "xfel-summary" and ((a.get("response") or {}).get("result") or {}).get("runTrains") == trains
     ]
     return (min(ends) - last * 1000) if ends and last else None
-
-
-def _exists(client: Client, path: str) -> bool:
-    return client.probe(path) is not None
 
 
 def _json(client: Client, path: str) -> dict[str, Any] | None:

@@ -1,0 +1,1058 @@
+"""The Kubernetes deployment in deploy/: schemas, the KEDA ScaledObject, and the links between the files.
+
+Nothing here talks to a cluster. Three kinds of check:
+- every Kubernetes object under deploy/kubernetes passes the OpenAPI schema of each Kubernetes version in
+  K8S_VERSIONS, as kubernetes-validate ships it, in strict mode (an unknown or misspelt field fails);
+- the KEDA ScaledObject passes the openAPIV3Schema of KEDA's own CRD (deploy/kubernetes/keda/crd/), made
+  as strict as the API server's field validation, plus the CRD's one CEL rule, translated by hand;
+- what no schema sees: roles, selectors, ports, environment names, the Secret, the autoscalers' caps.
+
+Each semantic check returns a list of problems; the negative tests break a copy of the manifests and
+assert that the check, or the validator, names the breakage.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import typer.main
+import yaml
+
+from headrace.cli.main import app as headrace_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+KUSTOMIZATION = K8S / "kustomization.yaml"
+SCALEDOBJECT = K8S / "keda" / "scaledobject-invoker.yaml"
+HPA = K8S / "hpa" / "hpa-invoker.yaml"
+CRD = K8S / "keda" / "crd" / "keda.sh_scaledobjects.yaml"
+CONTAINERFILE = DEPLOY / "Containerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+CONFIG_PY = ROOT / "src" / "headrace" / "config.py"
+
+#: The oldest Kubernetes the manifests are meant for, and the newest whose schemas kubernetes-validate ships.
+K8S_VERSIONS = ("1.30", "1.37")
+#: The KEDA release the CRD in deploy/kubernetes/keda/crd/ comes from.
+KEDA_VERSION = "v2.21.0"
+#: `headrace ROLE`: the server roles a pod can run.
+ROLES = ("door", "frontend", "pool", "controller", "invoker")
+#: Roles that serve HTTP, with the ConfigMap variable that holds their port (None: a flag gives it).
+HTTP_ROLES = {"door": "HEADRACE_DOOR_PORT", "frontend": "HEADRACE_API_PORT", "pool": None}
+#: Variables that must come from the Secret, with the roles that need them: every role opens the shared
+#: database; the pools check pool tokens, not users, so they go without the admin key.
+SECRET_VARS = {"HEADRACE_DB": ROLES, "HEADRACE_ADMIN_KEY": ("door", "frontend", "controller", "invoker")}
+#: What headrace reckons one function worker needs (default_worker_cap in headrace.functions): 256 MiB.
+WORKER_MIB = 256
+
+Doc = dict[str, Any]
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+
+def load(path: Path) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def manifest_files() -> list[Path]:
+    return sorted([*K8S.rglob("*.yaml"), *K8S.rglob("*.yml")])
+
+
+def all_docs() -> list[tuple[Path, Doc]]:
+    return [(path, doc) for path in manifest_files() for doc in load(path)]
+
+
+def is_kustomization(doc: Doc) -> bool:
+    return str(doc.get("apiVersion", "")).startswith("kustomize.config.k8s.io/")
+
+
+def is_keda(doc: Doc) -> bool:
+    return str(doc.get("apiVersion", "")).split("/")[0] == "keda.sh"
+
+
+def kubernetes_docs() -> list[tuple[Path, Doc]]:
+    """Objects of Kubernetes' own kinds (KEDA's CRD is one: apiextensions.k8s.io/v1)."""
+    return [(p, d) for p, d in all_docs() if not is_kustomization(d) and not is_keda(d)]
+
+
+def core_docs() -> list[Doc]:
+    """What `kubectl apply -k deploy/kubernetes` applies: the files the kustomization lists."""
+    return [doc for name in load(KUSTOMIZATION)[0]["resources"] for doc in load(K8S / name)]
+
+
+def doc_id(path: Path, doc: Doc) -> str:
+    return f"{path.relative_to(K8S)}:{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def config_names() -> set[str]:
+    """Every HEADRACE_* variable that src/headrace/config.py reads."""
+    return set(re.findall(r'"(HEADRACE_[A-Z0-9_]+)"', CONFIG_PY.read_text()))
+
+
+def scaledobject() -> Doc:
+    (doc,) = load(SCALEDOBJECT)
+    return doc
+
+
+def hpa() -> Doc:
+    (doc,) = load(HPA)
+    return doc
+
+
+# --- accessors -------------------------------------------------------------------------------------------
+
+
+def by_kind(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def named(docs: list[Doc], kind: str, name: str) -> Doc | None:
+    return next((d for d in by_kind(docs, kind) if d["metadata"]["name"] == name), None)
+
+
+def workloads(docs: list[Doc]) -> list[Doc]:
+    return [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet")]
+
+
+def pod_spec(workload: Doc) -> Doc:
+    spec: Doc = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def containers(workload: Doc) -> list[Doc]:
+    spec = pod_spec(workload)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def role_of(workload: Doc) -> str:
+    args = pod_spec(workload)["containers"][0].get("args") or [""]
+    return str(args[0])
+
+
+def workload_for(docs: list[Doc], role: str) -> Doc | None:
+    return next((w for w in workloads(docs) if role_of(w) == role), None)
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def env_config(docs: list[Doc]) -> dict[str, str]:
+    """The data of every ConfigMap that some container loads with envFrom."""
+    out: dict[str, str] = {}
+    for w in workloads(docs):
+        for c in containers(w):
+            for src in c.get("envFrom", []):
+                ref = src.get("configMapRef")
+                cm = named(docs, "ConfigMap", ref["name"]) if ref else None
+                if cm:
+                    out.update(cm.get("data", {}))
+    return out
+
+
+def activations(docs: list[Doc]) -> dict[str, str]:
+    """The Kafka contract of controller, invokers and autoscaler, as the ConfigMap gives it to the roles."""
+    cfg = env_config(docs)
+    return {
+        "topic": cfg.get("HEADRACE_ACTIVATION_TOPIC", ""),
+        "partitions": cfg.get("HEADRACE_ACTIVATION_PARTITIONS", "0"),
+        "consumerGroup": cfg.get("HEADRACE_INVOKER_GROUP", ""),
+        "transport": cfg.get("HEADRACE_ACTIVATIONS", ""),
+    }
+
+
+def port_names(container: Doc) -> dict[str | int, int]:
+    ports: dict[str | int, int] = {}
+    for p in container.get("ports", []):
+        ports[p["containerPort"]] = p["containerPort"]
+        if "name" in p:
+            ports[p["name"]] = p["containerPort"]
+    return ports
+
+
+def image_uid() -> int:
+    users = re.findall(r"^USER\s+(\S+)", CONTAINERFILE.read_text(), re.M)
+    assert users, "the Containerfile sets no USER"
+    return int(users[-1].split(":")[0])
+
+
+# --- semantic checks: each returns its problems ----------------------------------------------------------
+
+
+def check_roles(docs: list[Doc]) -> list[str]:
+    problems = []
+    for w in workloads(docs):
+        name = w["metadata"]["name"]
+        for c in pod_spec(w)["containers"]:
+            if c.get("command") != ["headrace"]:
+                problems.append(f"{name}/{c['name']}: command {c.get('command')!r} is not ['headrace']")
+            if not c.get("args") or c["args"][0] not in ROLES:
+                problems.append(f"{name}/{c['name']}: args {c.get('args')!r} start with no role of {ROLES}")
+    roles = [role_of(w) for w in workloads(docs)]
+    for role in ROLES:
+        if roles.count(role) != 1:
+            problems.append(f"role {role} is run by {roles.count(role)} workloads, not 1")
+    pool = workload_for(docs, "pool")
+    if pool and pool["kind"] != "StatefulSet":
+        problems.append("the pools are not a StatefulSet")
+    controller = workload_for(docs, "controller")
+    if controller:
+        if controller["spec"].get("replicas") != 1:
+            problems.append("the controller runs more (or fewer) than 1 replica")
+        if controller["spec"].get("strategy", {}).get("type") != "Recreate":
+            problems.append("the controller's rollout can overlap two controllers (strategy is not Recreate)")
+    door = workload_for(docs, "door")
+    frontend_svc = named(docs, "Service", "headrace-frontend")
+    if door and frontend_svc:
+        args = pod_spec(door)["containers"][0]["args"]
+        api = args[args.index("--api") + 1] if "--api" in args else ""
+        want = f"http://{frontend_svc['metadata']['name']}:{frontend_svc['spec']['ports'][0]['port']}"
+        if api != want:
+            problems.append(f"the door's --api is {api!r}, not the frontend Service {want!r}")
+    return problems
+
+
+def check_services(docs: list[Doc]) -> list[str]:
+    problems = []
+    for w in workloads(docs):
+        match = w["spec"]["selector"].get("matchLabels", {})
+        if not selects(match, w["spec"]["template"]["metadata"].get("labels", {})):
+            problems.append(f"{w['metadata']['name']}: selector {match} does not match its own pod labels")
+    for svc in by_kind(docs, "Service"):
+        name, selector = svc["metadata"]["name"], svc["spec"].get("selector", {})
+        hits = [w for w in workloads(docs) if selects(selector, w["spec"]["template"]["metadata"]["labels"])]
+        if len(hits) != 1:
+            problems.append(f"Service {name}: selector {selector} matches {len(hits)} workloads, not 1")
+            continue
+        ports = {k: v for c in containers(hits[0]) for k, v in port_names(c).items()}
+        for p in svc["spec"]["ports"]:
+            if p.get("targetPort", p["port"]) not in ports:
+                problems.append(f"Service {name}: targetPort {p.get('targetPort')!r} is no port of its pods")
+    for role in ("door", "frontend", "pool"):
+        served = workload_for(docs, role)
+        if served and not any(
+            selects(s["spec"].get("selector", {}), served["spec"]["template"]["metadata"]["labels"])
+            for s in by_kind(docs, "Service")
+        ):
+            problems.append(f"no Service selects the {role} pods")
+    for sts in by_kind(docs, "StatefulSet"):
+        headless = named(docs, "Service", sts["spec"].get("serviceName", ""))
+        if headless is None or headless["spec"].get("clusterIP") != "None":
+            problems.append(f"StatefulSet {sts['metadata']['name']}: serviceName names no headless Service")
+    return problems
+
+
+def check_pdbs(docs: list[Doc]) -> list[str]:
+    problems = []
+    covered = set()
+    for pdb in by_kind(docs, "PodDisruptionBudget"):
+        name, match = pdb["metadata"]["name"], pdb["spec"]["selector"].get("matchLabels", {})
+        hits = [w for w in workloads(docs) if selects(match, w["spec"]["template"]["metadata"]["labels"])]
+        if len(hits) != 1:
+            problems.append(f"PDB {name}: selects {len(hits)} workloads, not 1")
+            continue
+        covered.add(role_of(hits[0]))
+        replicas = hits[0]["spec"].get("replicas", 1)
+        if "minAvailable" in pdb["spec"] and not isinstance(pdb["spec"]["minAvailable"], int):
+            problems.append(f"PDB {name}: give minAvailable as a count")
+        elif pdb["spec"].get("minAvailable", 0) >= replicas or pdb["spec"].get("maxUnavailable", 1) == 0:
+            problems.append(f"PDB {name}: no pod of {replicas} may ever be evicted, so no node can be drained")
+    for role in HTTP_ROLES:
+        if role not in covered:
+            problems.append(f"no PodDisruptionBudget covers the {role}s")
+    return problems
+
+
+def check_env(docs: list[Doc], known: set[str]) -> list[str]:
+    problems = []
+    for key in env_config(docs):
+        if key not in known:
+            problems.append(f"ConfigMap key {key} is loaded as a variable that config.py does not read")
+    for w in workloads(docs):
+        for c in containers(w):
+            where = f"{w['metadata']['name']}/{c['name']}"
+            for e in c.get("env", []):
+                downward = "fieldRef" in e.get("valueFrom", {})
+                if e["name"] not in known and not (downward and not e["name"].startswith("HEADRACE_")):
+                    problems.append(f"{where}: {e['name']} is not a variable config.py reads")
+                ref = e.get("valueFrom", {}).get("configMapKeyRef")
+                if ref and ref["key"] not in (named(docs, "ConfigMap", ref["name"]) or {}).get("data", {}):
+                    problems.append(f"{where}: {e['name']} refers to a missing ConfigMap key")
+            for src in c.get("envFrom", []):
+                ref = src.get("configMapRef") or src.get("secretRef")
+                kind = "ConfigMap" if "configMapRef" in src else "Secret"
+                if named(docs, kind, ref["name"]) is None:
+                    problems.append(f"{where}: envFrom names a {kind} {ref['name']} that is not deployed")
+                if kind == "Secret":
+                    problems.append(f"{where}: load the Secret key by key (secretKeyRef), not whole")
+    return problems
+
+
+def check_secret(docs: list[Doc]) -> list[str]:
+    problems = []
+    secrets = by_kind(docs, "Secret")
+    if len(secrets) != 1:
+        return [f"{len(secrets)} Secrets, not 1"]
+    secret = secrets[0]
+    values = {**secret.get("stringData", {}), **secret.get("data", {})}
+    for key, value in secret.get("stringData", {}).items():
+        if "CHANGE-ME" not in value:
+            problems.append(f"Secret key {key} holds no clearly marked placeholder (CHANGE-ME)")
+    for cm in by_kind(docs, "ConfigMap"):
+        for var in SECRET_VARS:
+            if var in cm.get("data", {}):
+                problems.append(f"ConfigMap {cm['metadata']['name']} inlines {var}")
+    for w in workloads(docs):
+        for c in containers(w):
+            where = f"{w['metadata']['name']}/{c['name']}"
+            env = {e["name"]: e for e in c.get("env", [])}
+            for var in SECRET_VARS:
+                if var not in env:
+                    if role_of(w) in SECRET_VARS[var]:
+                        problems.append(f"{where}: {var} is not set (role {role_of(w)} needs it)")
+                    continue
+                ref = env[var].get("valueFrom", {}).get("secretKeyRef")
+                if "value" in env[var] or not ref:
+                    problems.append(f"{where}: {var} is inlined, not taken from the Secret")
+                elif ref["name"] != secret["metadata"]["name"] or ref["key"] not in values:
+                    problems.append(f"{where}: {var} refers to a key the Secret does not have")
+    others = [yaml.safe_dump(d) for d in docs if d.get("kind") != "Secret"]
+    others += [p.read_text() for p in DEPLOY.rglob("*") if p.is_file() and p.name != "secret.yaml"]
+    for key, value in values.items():
+        if value and any(value in text for text in others):
+            problems.append(f"the Secret's {key} is repeated outside secret.yaml")
+    return problems
+
+
+def check_security(docs: list[Doc], uid: int) -> list[str]:
+    problems = []
+    data_dir = env_config(docs).get("HEADRACE_DATA", "")
+    for w in workloads(docs):
+        name, spec = w["metadata"]["name"], pod_spec(w)
+        if spec.get("automountServiceAccountToken") is not False:
+            problems.append(f"{name}: mounts a service account token (no role uses the Kubernetes API)")
+        if spec.get("enableServiceLinks") is not False:
+            problems.append(f"{name}: service links would set HEADRACE_DOOR_PORT=tcp://... (see door.yaml)")
+        psc = spec.get("securityContext", {})
+        if psc.get("runAsNonRoot") is not True or psc.get("runAsUser") != uid or uid == 0:
+            problems.append(f"{name}: pod does not run as the image's non-root user {uid}")
+        if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+            problems.append(f"{name}: no RuntimeDefault seccomp profile")
+        for c in containers(w):
+            where, csc = f"{name}/{c['name']}", c.get("securityContext", {})
+            if csc.get("allowPrivilegeEscalation") is not False or csc.get("privileged"):
+                problems.append(f"{where}: privilege escalation is not ruled out")
+            if csc.get("readOnlyRootFilesystem") is not True:
+                problems.append(f"{where}: root filesystem is writable")
+            if "ALL" not in csc.get("capabilities", {}).get("drop", []):
+                problems.append(f"{where}: capabilities are not all dropped")
+            res = c.get("resources", {})
+            if not {"cpu", "memory"} <= set(res.get("requests", {})) or "memory" not in res.get("limits", {}):
+                problems.append(f"{where}: no CPU and memory requests and memory limit")
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            for path in (data_dir, "/tmp"):
+                if path not in mounts:
+                    problems.append(f"{where}: {path} is not a volume, and the root filesystem is read-only")
+    return problems
+
+
+def check_probes(docs: list[Doc]) -> list[str]:
+    problems = []
+    cfg = env_config(docs)
+    for w in workloads(docs):
+        role = role_of(w)
+        c = pod_spec(w)["containers"][0]
+        ports = port_names(c)
+        if role in HTTP_ROLES:
+            var = HTTP_ROLES[role]
+            args = c.get("args", [])
+            want = int(cfg.get(var, 0) if var else args[args.index("--port") + 1] if "--port" in args else 0)
+            if want not in ports.values():
+                problems.append(f"{role}: declares no containerPort {want} ({var or '--port'})")
+            for kind in ("readinessProbe", "livenessProbe"):
+                get = c.get(kind, {}).get("httpGet", {})
+                if get.get("path") != "/healthz" or ports.get(get.get("port")) != want:
+                    problems.append(f"{role}: {kind} is not GET /healthz on port {want}")
+        elif role in ("controller", "invoker"):
+            for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
+                if any(k in c.get(kind, {}) for k in ("httpGet", "tcpSocket", "grpc")):
+                    problems.append(f"{role}: {kind} probes a server the {role} does not run")
+    return problems
+
+
+def check_pool_storage(docs: list[Doc]) -> list[str]:
+    pool = workload_for(docs, "pool")
+    if pool is None or pool["kind"] != "StatefulSet":
+        return ["no pool StatefulSet"]
+    problems = []
+    templates = {t["metadata"]["name"]: t for t in pool["spec"].get("volumeClaimTemplates", [])}
+    if not templates:
+        problems.append("pool: no volumeClaimTemplates, so pool data lives and dies with the pod")
+    for t in templates.values():
+        if "storage" not in t["spec"].get("resources", {}).get("requests", {}):
+            problems.append(f"pool: volume claim {t['metadata']['name']} requests no storage size")
+    c = pod_spec(pool)["containers"][0]
+    args = c["args"]
+    data = args[args.index("--data") + 1] if "--data" in args else None
+    on_claims = [m["mountPath"] for m in c.get("volumeMounts", []) if m["name"] in templates]
+    if data is None or not any(Path(data).is_relative_to(m) for m in on_claims):
+        problems.append(f"pool: --data {data} is not on a mounted volume claim")
+    retention = pool["spec"].get("persistentVolumeClaimRetentionPolicy", {})
+    if retention.get("whenScaled") == "Delete" or retention.get("whenDeleted") == "Delete":
+        problems.append("pool: volumes are deleted with their pods")
+    return problems
+
+
+def check_invoker_workers(docs: list[Doc]) -> list[str]:
+    invoker = workload_for(docs, "invoker")
+    if invoker is None:
+        return ["no invoker"]
+    c = pod_spec(invoker)["containers"][0]
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    workers = env.get("HEADRACE_FN_MAX_WORKERS")
+    if not workers or not workers.isdigit() or int(workers) == 0:
+        return ["invoker: HEADRACE_FN_MAX_WORKERS unset, so the cap follows the node's CPUs, not the pod's"]
+    limit = c["resources"]["limits"]["memory"]
+    mib = int(limit[:-2]) * {"Mi": 1, "Gi": 1024}[limit[-2:]]
+    if int(workers) * WORKER_MIB > mib:
+        return [f"invoker: {workers} workers x {WORKER_MIB} MiB exceed the memory limit {limit}"]
+    return []
+
+
+def check_scaledobject(docs: list[Doc], so: Doc) -> list[str]:
+    problems = []
+    spec = so["spec"]
+    contract = activations(docs)
+    partitions = int(contract["partitions"])
+    if contract["transport"] != "kafka":
+        problems.append("HEADRACE_ACTIVATIONS is not kafka: the invokers would never get an activation")
+    invoker = workload_for(docs, "invoker")
+    ref = spec.get("scaleTargetRef", {})
+    if invoker is None or invoker["kind"] != "Deployment":
+        problems.append("no invoker Deployment")
+    elif (ref.get("kind", "Deployment"), ref.get("name")) != ("Deployment", invoker["metadata"]["name"]):
+        problems.append(f"scaleTargetRef {ref} is not the invoker Deployment {invoker['metadata']['name']}")
+    elif "replicas" in invoker["spec"]:
+        problems.append("the invoker Deployment sets replicas, which every apply resets under the autoscaler")
+    if so["metadata"].get("namespace") != (invoker or {}).get("metadata", {}).get("namespace"):
+        problems.append("the ScaledObject is not in the invoker's namespace")
+    if spec.get("minReplicaCount") != 0:
+        problems.append(f"minReplicaCount is {spec.get('minReplicaCount')}, not 0 (scale to zero)")
+    if spec.get("maxReplicaCount") != partitions:
+        problems.append(f"maxReplicaCount {spec.get('maxReplicaCount')} is not the partition count {partitions}")
+    for knob in ("pollingInterval", "cooldownPeriod"):
+        if not isinstance(spec.get(knob), int) or spec[knob] <= 0:
+            problems.append(f"{knob} is not set to a positive number of seconds")
+    behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior", {})
+    if not {"scaleUp", "scaleDown"} <= set(behavior):
+        problems.append("no HPA behavior for both scaleUp and scaleDown")
+    kafka = [t for t in spec.get("triggers", []) if t.get("type") == "kafka"]
+    if len(kafka) != 1 or len(spec.get("triggers", [])) != 1:
+        return [*problems, "not exactly one trigger, of type kafka"]
+    meta = kafka[0]["metadata"]
+    want = {
+        "topic": contract["topic"],
+        "consumerGroup": contract["consumerGroup"],
+        "bootstrapServers": env_config(docs).get("HEADRACE_KAFKA"),
+        "allowIdleConsumers": "false",
+        "offsetResetPolicy": "earliest",
+    }
+    for key, value in want.items():
+        if meta.get(key) != value:
+            problems.append(f"kafka trigger {key} is {meta.get(key)!r}, not {value!r}")
+    for key, least in (("lagThreshold", 1), ("activationLagThreshold", 0)):
+        raw = meta.get(key, "")
+        if not (isinstance(raw, str) and raw.isdigit() and int(raw) >= least):
+            problems.append(f"kafka trigger {key} {raw!r} is not an integer >= {least}")
+    if meta.get("allowIdleConsumers") == "true" and meta.get("limitToPartitionsWithLag") == "true":
+        problems.append("allowIdleConsumers and limitToPartitionsWithLag are both true (KEDA refuses that)")
+    if meta.get("limitToPartitionsWithLag") == "true" and not meta.get("topic"):
+        problems.append("limitToPartitionsWithLag needs a topic")
+    return problems
+
+
+def check_hpa(docs: list[Doc], h: Doc) -> list[str]:
+    problems = []
+    invoker = workload_for(docs, "invoker")
+    partitions = int(activations(docs)["partitions"])
+    ref = h["spec"]["scaleTargetRef"]
+    if invoker is None or (ref["kind"], ref["name"]) != ("Deployment", invoker["metadata"]["name"]):
+        problems.append(f"scaleTargetRef {ref} is not the invoker Deployment")
+    if h["spec"].get("minReplicas", 1) < 1:
+        problems.append("minReplicas below 1: a CPU-driven HPA cannot wake from zero")
+    if h["spec"]["maxReplicas"] > partitions:
+        problems.append(f"maxReplicas {h['spec']['maxReplicas']} exceeds the partition count {partitions}")
+    cpu = [m for m in h["spec"].get("metrics", []) if m.get("resource", {}).get("name") == "cpu"]
+    if not cpu or cpu[0]["resource"]["target"]["type"] != "Utilization":
+        problems.append("no CPU utilisation metric")
+    if invoker and not all("cpu" in c.get("resources", {}).get("requests", {}) for c in containers(invoker)):
+        problems.append("the invoker has no CPU request, so its utilisation is undefined")
+    return problems
+
+
+def cel_rules(so: Doc) -> list[str]:
+    """The CRD's x-kubernetes-validations rule on spec, which no JSON Schema validator evaluates:
+    `!has(self.minReplicaCount) || self.minReplicaCount <= (has(self.maxReplicaCount) ? self.maxReplicaCount : 100)`."""
+    spec = so["spec"]
+    if "minReplicaCount" in spec and spec["minReplicaCount"] > spec.get("maxReplicaCount", 100):
+        return ["minReplicaCount must be less than or equal to maxReplicaCount"]
+    return []
+
+
+# --- the KEDA CRD schema ---------------------------------------------------------------------------------
+
+
+def crd_doc() -> Doc:
+    (doc,) = load(CRD)
+    return doc
+
+
+def strict(schema: Any) -> Any:
+    """The CRD's structural schema as the API server applies it with strict field validation (kubectl's
+    default since 1.27): unknown fields are errors wherever the schema lists properties and does not say
+    x-kubernetes-preserve-unknown-fields; int32 has its range; int-or-string takes an int or a string."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) if k in ("items", "additionalProperties", "not") else v for k, v in schema.items()}
+    for key in ("properties", "patternProperties"):
+        if key in schema:
+            out[key] = {name: strict(sub) for name, sub in schema[key].items()}
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            out[key] = strict(schema[key])
+    open_ended = "additionalProperties" in schema or schema.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in schema and not open_ended:
+        out["additionalProperties"] = False
+    if schema.get("format") == "int32":
+        out.setdefault("minimum", -(2**31))
+        out.setdefault("maximum", 2**31 - 1)
+    if schema.get("x-kubernetes-int-or-string") and "type" not in schema:
+        out.pop("pattern", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string", "pattern": schema.get("pattern", "")}]
+    return out
+
+
+def scaledobject_validator() -> jsonschema.protocols.Validator:
+    crd = crd_doc()
+    (version,) = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]]
+    schema = strict(version["schema"]["openAPIV3Schema"])
+    cls = jsonschema.validators.Draft4Validator
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def crd_problems(so: Doc) -> list[str]:
+    crd = crd_doc()
+    versions = {f"{crd['spec']['group']}/{v['name']}" for v in crd["spec"]["versions"] if v["served"]}
+    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in scaledobject_validator().iter_errors(so)]
+    if so.get("apiVersion") not in versions:
+        problems.append(f"apiVersion {so.get('apiVersion')} is not served by the CRD ({sorted(versions)})")
+    if so.get("kind") != crd["spec"]["names"]["kind"]:
+        problems.append(f"kind {so.get('kind')} is not {crd['spec']['names']['kind']}")
+    if not so.get("metadata", {}).get("name"):
+        problems.append("no metadata.name")
+    return problems + cel_rules(so)
+
+
+# --- tests: files ----------------------------------------------------------------------------------------
+
+
+def test_the_expected_objects_are_there() -> None:
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in core_docs())
+    for want in (
+        "Namespace/headrace",
+        "ConfigMap/headrace-config",
+        "Secret/headrace-secrets",
+        "Deployment/headrace-door",
+        "Deployment/headrace-frontend",
+        "Deployment/headrace-controller",
+        "Deployment/headrace-invoker",
+        "StatefulSet/headrace-pool",
+        "Service/headrace-door",
+        "Service/headrace-frontend",
+        "Service/headrace-pool",
+        "PodDisruptionBudget/headrace-door",
+        "PodDisruptionBudget/headrace-frontend",
+        "PodDisruptionBudget/headrace-pool",
+    ):
+        assert want in kinds
+    assert [d["kind"] for d in load(SCALEDOBJECT)] == ["ScaledObject"]
+    assert [d["kind"] for d in load(HPA)] == ["HorizontalPodAutoscaler"]
+
+
+def test_kustomization_lists_every_core_manifest_and_no_autoscaler() -> None:
+    listed = load(KUSTOMIZATION)[0]["resources"]
+    on_disk = sorted(p.name for p in K8S.glob("*.y*ml") if p != KUSTOMIZATION)
+    assert sorted(listed) == on_disk
+    assert len(set(listed)) == len(listed)
+    # Both autoscalers at once would fight over the invoker's replica count.
+    assert not any(name.startswith(("keda", "hpa")) for name in listed)
+
+
+def test_every_namespaced_object_is_in_the_namespace() -> None:
+    (ns,) = by_kind(core_docs(), "Namespace")
+    name = ns["metadata"]["name"]
+    assert load(KUSTOMIZATION)[0]["namespace"] == name
+    for path, doc in all_docs():
+        if doc["kind"] not in ("Namespace", "CustomResourceDefinition", "Kustomization"):
+            assert doc["metadata"].get("namespace") == name, doc_id(path, doc)
+
+
+def test_every_document_has_a_validator() -> None:
+    """keda.sh objects are checked against the one CRD shipped (ScaledObject), everything else but the
+    kustomization against Kubernetes' schemas (test_kubernetes_schema): a document of another kind fails here."""
+    for path, doc in all_docs():
+        assert "apiVersion" in doc and "kind" in doc, doc_id(path, doc)
+        if is_keda(doc):
+            assert doc["kind"] == crd_doc()["spec"]["names"]["kind"], doc_id(path, doc)
+            assert path == SCALEDOBJECT, doc_id(path, doc)
+
+
+# --- tests: schemas --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize(("path", "doc"), kubernetes_docs(), ids=[doc_id(p, d) for p, d in kubernetes_docs()])
+def test_kubernetes_schema(path: Path, doc: Doc, version: str) -> None:
+    used = kubernetes_validate.validate(doc, version, strict=True)
+    assert used == version
+
+
+def test_the_crd_is_kedas_own_file_unmodified() -> None:
+    text = CRD.read_text()
+    header, sep, body = text.partition("\n---\n")
+    assert sep, "no document separator after the header"
+    assert f"KEDA version: {KEDA_VERSION}" in header
+    stated = re.findall(r"sha256 ([0-9a-f]{64}) for the part below", header)
+    assert stated == [hashlib.sha256((sep[1:] + body).encode()).hexdigest()]
+    crd = crd_doc()
+    assert crd["metadata"]["name"] == "scaledobjects.keda.sh"
+    assert crd["spec"]["names"]["kind"] == "ScaledObject"
+
+
+def test_scaledobject_matches_the_keda_crd() -> None:
+    assert crd_problems(scaledobject()) == []
+
+
+def test_kubernetes_validate_does_not_know_keda() -> None:
+    """Why the ScaledObject needs the CRD: kubernetes-validate has no schema for it."""
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate(scaledobject(), K8S_VERSIONS[-1], strict=True)
+
+
+# --- tests: what no schema sees --------------------------------------------------------------------------
+
+
+def test_workloads_run_headrace_roles() -> None:
+    assert check_roles(core_docs()) == []
+
+
+#: click's UsageError, whichever click typer uses (recent typers carry a copy of their own).
+USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def cli_command(role: str) -> Any:
+    command = typer.main.get_command(headrace_cli).commands.get(role)  # type: ignore[attr-defined]
+    if command is None:
+        pytest.skip(f"`headrace {role}` is not a command of the headrace CLI (yet)")
+    return command
+
+
+def parse_role_args(role: str, args: list[str]) -> None:
+    """Parse `headrace ROLE ARGS` as the CLI would (unknown options, missing values, bad types raise);
+    $(VAR) references, which the kubelet expands from the container's env, stand in as they are."""
+    cli_command(role).make_context(role, list(args))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_arguments_parse_with_the_cli(role: str) -> None:
+    workload = workload_for(core_docs(), role)
+    assert workload is not None
+    parse_role_args(role, pod_spec(workload)["containers"][0]["args"][1:])
+
+
+def test_cli_rejects_an_unknown_pool_option() -> None:
+    pool = workload_for(core_docs(), "pool")
+    assert pool is not None
+    with pytest.raises(USAGE_ERROR, match="no-such-option"):
+        parse_role_args("pool", [*pod_spec(pool)["containers"][0]["args"][1:], "--no-such-option"])
+
+
+def test_services_select_workloads_and_ports() -> None:
+    assert check_services(core_docs()) == []
+
+
+def test_disruption_budgets() -> None:
+    assert check_pdbs(core_docs()) == []
+
+
+def test_environment_names_are_read_by_config_py() -> None:
+    known = config_names()
+    assert {"HEADRACE_DB", "HEADRACE_KAFKA", "HEADRACE_ADMIN_KEY", "HEADRACE_DATA", "HEADRACE_LOG_LEVEL"} <= known
+    assert check_env(core_docs(), known) == []
+
+
+def test_secret_is_referenced_not_inlined() -> None:
+    assert check_secret(core_docs()) == []
+
+
+def test_security_context_and_resources() -> None:
+    assert check_security(core_docs(), image_uid()) == []
+
+
+def test_probes() -> None:
+    assert check_probes(core_docs()) == []
+
+
+def test_pool_storage() -> None:
+    assert check_pool_storage(core_docs()) == []
+
+
+def test_invoker_worker_cap_fits_the_pod() -> None:
+    assert check_invoker_workers(core_docs()) == []
+
+
+def test_scaledobject_semantics() -> None:
+    assert check_scaledobject(core_docs(), scaledobject()) == []
+
+
+def test_hpa_semantics() -> None:
+    assert check_hpa(core_docs(), hpa()) == []
+    assert "cannot scale to zero" in HPA.read_text()
+
+
+def test_containerfile() -> None:
+    text = CONTAINERFILE.read_text()
+    assert re.findall(r"^FROM\s+(\S+)", text, re.M)[-1] == "python:3.11-slim"
+    assert re.search(r'pip install "\.\[science\]"', text)
+    assert image_uid() != 0
+    assert re.search(r'^ENTRYPOINT \["headrace"\]$', text, re.M)
+    db_url = named(core_docs(), "Secret", "headrace-secrets")["stringData"]["db-url"]  # type: ignore[index]
+    if db_url.startswith(("postgresql://", "postgresql+psycopg://")):
+        dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        assert any(d.startswith("psycopg") for d in dependencies) or "psycopg" in text, "no PostgreSQL driver"
+    ignored = [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if not line.startswith("#")]
+    assert {".venv", ".git", "**/__pycache__"} <= set(ignored)
+    assert not {"src", "pyproject.toml", "README.md"} & set(ignored)
+
+
+# --- negative tests: broken copies are rejected ----------------------------------------------------------
+
+
+def broken(doc: Doc, change: Callable[[Doc], None]) -> Doc:
+    out = copy.deepcopy(doc)
+    change(out)
+    return out
+
+
+def door_deployment() -> Doc:
+    door = named(core_docs(), "Deployment", "headrace-door")
+    assert door is not None
+    return door
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param(lambda d: d["spec"].update(replicas="two"), "'two' is not of type 'integer'", id="replicas-two"),
+        pytest.param(
+            lambda d: pod_spec(d)["containers"][0].update(imagePullPolcy="Always"),
+            "('imagePullPolcy' was unexpected)",
+            id="misspelt-field",
+        ),
+        pytest.param(
+            lambda d: pod_spec(d)["containers"][0].pop("name"), "'name' is a required", id="container-without-name"
+        ),
+        pytest.param(
+            lambda d: pod_spec(d)["containers"][0]["ports"][0].update(containerPort="2880"),
+            "'2880' is not of type 'integer'",
+            id="port-as-string",
+        ),
+    ],
+)
+def test_kubernetes_schema_rejects(change: Callable[[Doc], None], expected: str, version: str) -> None:
+    with pytest.raises(kubernetes_validate.ValidationError) as caught:
+        kubernetes_validate.validate(broken(door_deployment(), change), version, strict=True)
+    assert expected in caught.value.message
+
+
+def trigger_meta(so: Doc) -> dict[str, Any]:
+    meta: dict[str, Any] = so["spec"]["triggers"][0]["metadata"]
+    return meta
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param(lambda s: trigger_meta(s).update(lagThreshold=50), "is not of type 'string'", id="lag-int"),
+        pytest.param(lambda s: s["spec"].update(maxReplicas=12), "Additional properties", id="unknown-field"),
+        pytest.param(lambda s: s["spec"].update(minReplicaCount=-1), "less than the minimum", id="min-negative"),
+        pytest.param(lambda s: s["spec"].update(pollingInterval=2**31), "greater than the maximum", id="int32"),
+        pytest.param(lambda s: s["spec"].update(triggers=[]), "should be non-empty", id="no-trigger"),
+        pytest.param(lambda s: s["spec"]["triggers"][0].pop("type"), "'type' is a required", id="no-type"),
+        pytest.param(lambda s: s["spec"].update(minReplicaCount=13), "less than or equal to max", id="cel-min-max"),
+        pytest.param(lambda s: s.update(apiVersion="keda.sh/v1"), "not served", id="api-version"),
+    ],
+)
+def test_keda_crd_rejects(change: Callable[[Doc], None], expected: str) -> None:
+    problems = crd_problems(broken(scaledobject(), change))
+    assert any(expected in p for p in problems), problems
+
+
+def mutate_docs(kind: str, name: str, change: Callable[[Doc], None]) -> list[Doc]:
+    docs = copy.deepcopy(core_docs())
+    target = named(docs, kind, name)
+    assert target is not None
+    change(target)
+    return docs
+
+
+def set_env(container: Doc, name: str, value: str) -> None:
+    """Set `name` to a literal value, replacing whatever the container had for it."""
+    container["env"] = [e for e in container.get("env", []) if e["name"] != name] + [{"name": name, "value": value}]
+
+
+def container0(kind: str, name: str, change: Callable[[Doc], None]) -> list[Doc]:
+    return mutate_docs(kind, name, lambda d: change(pod_spec(d)["containers"][0]))
+
+
+@pytest.mark.parametrize(
+    ("docs", "check", "expected"),
+    [
+        pytest.param(
+            lambda: container0("Deployment", "headrace-door", lambda c: c.update(args=["webdav"])),
+            check_roles,
+            "no role",
+            id="unknown-role",
+        ),
+        pytest.param(
+            lambda: mutate_docs("Deployment", "headrace-controller", lambda d: d["spec"].update(replicas=2)),
+            check_roles,
+            "controller runs more",
+            id="two-controllers",
+        ),
+        pytest.param(
+            lambda: container0("Deployment", "headrace-door", lambda c: c.update(args=["door", "--api", "http://x"])),
+            check_roles,
+            "--api",
+            id="door-api-url",
+        ),
+        pytest.param(
+            lambda: mutate_docs(
+                "Service",
+                "headrace-door",
+                lambda d: d["spec"]["selector"].update({"app.kubernetes.io/component": "doors"}),
+            ),
+            check_services,
+            "matches 0 workloads",
+            id="service-selector",
+        ),
+        pytest.param(
+            lambda: mutate_docs(
+                "Service", "headrace-frontend", lambda d: d["spec"]["ports"][0].update(targetPort="api")
+            ),
+            check_services,
+            "targetPort",
+            id="service-target-port",
+        ),
+        pytest.param(
+            lambda: mutate_docs("Service", "headrace-pool", lambda d: d["spec"].pop("clusterIP")),
+            check_services,
+            "headless",
+            id="pool-service-not-headless",
+        ),
+        pytest.param(
+            lambda: mutate_docs("PodDisruptionBudget", "headrace-door", lambda d: d["spec"].update(maxUnavailable=0)),
+            check_pdbs,
+            "no node can be drained",
+            id="pdb-blocks-drain",
+        ),
+        pytest.param(
+            lambda: mutate_docs("ConfigMap", "headrace-config", lambda d: d["data"].update(HEADRACE_DATABASE="x")),
+            lambda docs: check_env(docs, config_names()),
+            "HEADRACE_DATABASE",
+            id="unknown-env-name",
+        ),
+        pytest.param(
+            lambda: container0(
+                "Deployment",
+                "headrace-invoker",
+                lambda c: c["env"].append({"name": "HEADRACE_ACTIVATION_XYZ", "value": "1"}),
+            ),
+            lambda docs: check_env(docs, config_names()),
+            "HEADRACE_ACTIVATION_XYZ",
+            id="unknown-env-in-container",
+        ),
+        pytest.param(
+            lambda: container0("Deployment", "headrace-controller", lambda c: set_env(c, "POD_NAME", "x")),
+            lambda docs: check_env(docs, config_names()),
+            "POD_NAME",
+            id="non-headrace-literal-env",
+        ),
+        pytest.param(
+            lambda: container0("StatefulSet", "headrace-pool", lambda c: c.pop("livenessProbe")),
+            check_probes,
+            "pool: livenessProbe",
+            id="pool-without-liveness",
+        ),
+        pytest.param(
+            lambda: container0("StatefulSet", "headrace-pool", lambda c: c["args"].__setitem__(2, "/srv/pool")),
+            check_pool_storage,
+            "not on a mounted volume claim",
+            id="pool-data-off-volume",
+        ),
+        pytest.param(
+            lambda: container0(
+                "Deployment",
+                "headrace-invoker",
+                lambda c: set_env(c, "HEADRACE_DB", "postgresql://u:p@h/db"),
+            ),
+            check_secret,
+            "inlined",
+            id="secret-inlined-in-env",
+        ),
+        pytest.param(
+            lambda: mutate_docs("ConfigMap", "headrace-config", lambda d: d["data"].update(HEADRACE_ADMIN_KEY="k")),
+            check_secret,
+            "inlines HEADRACE_ADMIN_KEY",
+            id="secret-in-configmap",
+        ),
+        pytest.param(
+            lambda: mutate_docs(
+                "Secret", "headrace-secrets", lambda d: d["stringData"].update({"admin-key": "hunter2"})
+            ),
+            check_secret,
+            "placeholder",
+            id="secret-not-placeholder",
+        ),
+        pytest.param(
+            lambda: mutate_docs("Deployment", "headrace-frontend", lambda d: pod_spec(d).pop("enableServiceLinks")),
+            lambda docs: check_security(docs, image_uid()),
+            "service links",
+            id="service-links",
+        ),
+        pytest.param(
+            lambda: mutate_docs(
+                "Deployment", "headrace-invoker", lambda d: pod_spec(d)["securityContext"].update(runAsUser=0)
+            ),
+            lambda docs: check_security(docs, image_uid()),
+            "non-root",
+            id="root",
+        ),
+        pytest.param(
+            lambda: container0(
+                "Deployment", "headrace-door", lambda c: c["securityContext"].pop("readOnlyRootFilesystem")
+            ),
+            lambda docs: check_security(docs, image_uid()),
+            "writable",
+            id="writable-root",
+        ),
+        pytest.param(
+            lambda: container0("Deployment", "headrace-door", lambda c: c["volumeMounts"].pop()),
+            lambda docs: check_security(docs, image_uid()),
+            "/tmp is not a volume",
+            id="no-tmp",
+        ),
+        pytest.param(
+            lambda: container0(
+                "Deployment", "headrace-frontend", lambda c: c["readinessProbe"]["httpGet"].update(path="/")
+            ),
+            check_probes,
+            "readinessProbe is not GET /healthz",
+            id="probe-path",
+        ),
+        pytest.param(
+            lambda: container0(
+                "Deployment",
+                "headrace-invoker",
+                lambda c: c.update(livenessProbe={"httpGet": {"path": "/healthz", "port": 3880}}),
+            ),
+            check_probes,
+            "does not run",
+            id="invoker-http-probe",
+        ),
+        pytest.param(
+            lambda: mutate_docs("StatefulSet", "headrace-pool", lambda d: d["spec"].pop("volumeClaimTemplates")),
+            check_pool_storage,
+            "no volumeClaimTemplates",
+            id="pool-without-volume",
+        ),
+        pytest.param(
+            lambda: container0("Deployment", "headrace-invoker", lambda c: set_env(c, "HEADRACE_FN_MAX_WORKERS", "16")),
+            check_invoker_workers,
+            "exceed the memory limit",
+            id="too-many-workers",
+        ),
+    ],
+)
+def test_semantic_checks_reject(
+    docs: Callable[[], list[Doc]], check: Callable[[list[Doc]], list[str]], expected: str
+) -> None:
+    problems = check(docs())
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param(lambda s: s["spec"].update(maxReplicaCount=13), "not the partition count", id="above-partitions"),
+        pytest.param(lambda s: s["spec"].update(minReplicaCount=1), "not 0", id="no-scale-to-zero"),
+        pytest.param(lambda s: s["spec"]["scaleTargetRef"].update(name="headrace-door"), "scaleTargetRef", id="target"),
+        pytest.param(lambda s: trigger_meta(s).update(topic="headrace-events"), "topic", id="topic"),
+        pytest.param(lambda s: trigger_meta(s).update(consumerGroup="invokers"), "consumerGroup", id="group"),
+        pytest.param(lambda s: trigger_meta(s).update(bootstrapServers="kafka:9092"), "bootstrapServers", id="kafka"),
+        pytest.param(lambda s: trigger_meta(s).update(lagThreshold="0"), "lagThreshold", id="lag-zero"),
+        pytest.param(lambda s: trigger_meta(s).update(lagThreshold="fifty"), "lagThreshold", id="lag-word"),
+        pytest.param(
+            lambda s: trigger_meta(s).update(allowIdleConsumers="true"), "both true", id="idle-and-limit-to-lag"
+        ),
+        pytest.param(lambda s: s["spec"].pop("advanced"), "behavior", id="no-behavior"),
+        pytest.param(lambda s: trigger_meta(s).update(offsetResetPolicy="latest"), "offsetResetPolicy", id="latest"),
+    ],
+)
+def test_scaledobject_checks_reject(change: Callable[[Doc], None], expected: str) -> None:
+    problems = check_scaledobject(core_docs(), broken(scaledobject(), change))
+    assert any(expected in p for p in problems), problems
+
+
+def test_scaledobject_check_rejects_local_activations() -> None:
+    docs = mutate_docs("ConfigMap", "headrace-config", lambda d: d["data"].update(HEADRACE_ACTIVATIONS="local"))
+    assert any("never get an activation" in p for p in check_scaledobject(docs, scaledobject()))
+
+
+def test_scaledobject_check_rejects_fixed_invoker_replicas() -> None:
+    docs = mutate_docs("Deployment", "headrace-invoker", lambda d: d["spec"].update(replicas=3))
+    assert any("sets replicas" in p for p in check_scaledobject(docs, scaledobject()))
+
+
+def test_scaledobject_check_follows_the_partition_count() -> None:
+    docs = mutate_docs("ConfigMap", "headrace-config", lambda d: d["data"].update(HEADRACE_ACTIVATION_PARTITIONS="6"))
+    assert any("partition count 6" in p for p in check_scaledobject(docs, scaledobject()))
+    assert any("exceeds the partition count 6" in p for p in check_hpa(docs, hpa()))
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        pytest.param(lambda h: h["spec"].update(minReplicas=0), "minReplicas below 1", id="zero"),
+        pytest.param(lambda h: h["spec"].update(maxReplicas=13), "exceeds", id="above-partitions"),
+        pytest.param(lambda h: h["spec"]["scaleTargetRef"].update(name="headrace-pool"), "scaleTargetRef", id="target"),
+        pytest.param(lambda h: h["spec"].update(metrics=[]), "CPU", id="no-cpu"),
+    ],
+)
+def test_hpa_checks_reject(change: Callable[[Doc], None], expected: str) -> None:
+    problems = check_hpa(core_docs(), broken(hpa(), change))
+    assert any(expected in p for p in problems), problems
