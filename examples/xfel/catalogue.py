@@ -115,7 +115,7 @@ def _meta_of(path: str, ctx: Any) -> dict[str, Any]:
         source = ctx.storage.local_path(path) or io.BytesIO(ctx.storage.read(path))
         with h5py.File(source, "r") as f:
             return metadata(f)
-    except (OSError, ValueError) as exc:  # not HDF5 after all, or gone since
+    except Exception as exc:  # not HDF5 after all, or gone since (moved or deleted: a later event says where)
         ctx.logger.warning("no metadata from %s: %s", path, exc)
         return {}
 
@@ -189,6 +189,27 @@ def move_directory(conn: sqlite3.Connection, old: str, new: str, offset: int) ->
     return moved
 
 
+def _fill_metadata(conn: sqlite3.Connection, path: str, ctx: Any, pid: str | None = None) -> None:
+    """HDF5 records at or below `path` whose metadata could not be read when they were made (their file had
+    moved on before its close was catalogued): read it where the file is now."""
+    if pid is not None:
+        rows = conn.execute("SELECT pid, path, record FROM datasets WHERE pid = ?", (pid,)).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT pid, path, record FROM datasets WHERE path LIKE ? ESCAPE '\\'", (_like_prefix(path),)
+        ).fetchall()
+    for pid_, where, text in rows:
+        rec = json.loads(text) if text else None
+        if rec is None or rec["scientificMetadata"] or not where.endswith((".h5", ".hdf5")):
+            continue
+        rec["scientificMetadata"] = meta = _meta_of(where, ctx)
+        if meta:
+            conn.execute(
+                "UPDATE datasets SET record = ?, proposal = ?, run = ? WHERE pid = ?",
+                (json.dumps(rec), meta.get("proposal"), meta.get("runNumber"), pid_),
+            )
+
+
 def remove_directory(conn: sqlite3.Connection, path: str, offset: int) -> int:
     return conn.execute(
         "UPDATE datasets SET removed = 1, event_offset = ?, updated = ? WHERE path LIKE ? ESCAPE '\\'"
@@ -213,11 +234,20 @@ def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
     flag, path, offset = event["mask"][0], event["path"], int(event["offset"])
     is_dir = bool(event.get("isDir"))
     pid = f"headrace/{event['pnfsId']}"
-    # A record's metadata is read from the file before the transaction (the file may be gone by now).
-    meta = _meta_of(path, ctx) if not is_dir and flag in ("IN_CLOSE_WRITE", "IN_MOVED_TO") else {}
     conn = connect(db)
     try:
+        # The metadata is read before the transaction, from where the file is now as far as the catalogue
+        # knows (a directory move may have come since the event).
+        meta: dict[str, Any] = {}
+        wants_meta = not is_dir and flag in ("IN_CLOSE_WRITE", "IN_MOVED_TO")
+        tried = moved_since(conn, path, offset)
+        if wants_meta:
+            meta = _meta_of(tried, ctx)
         conn.execute("BEGIN IMMEDIATE")
+        if wants_meta and not meta and moved_since(conn, path, offset) != tried:
+            # a directory move was catalogued meanwhile (it found no record of this file to fill in): read the
+            # file where it went, now that no other activation can change the catalogue
+            meta = _meta_of(moved_since(conn, path, offset), ctx)
         if flag == "IN_CLOSE_WRITE" and not is_dir:
             out: dict[str, Any] = {"upserted": path, "changed": put(conn, pid, record(event, path, meta), offset, path)}
         elif flag == "IN_DELETE" or (flag == "IN_MOVED_FROM" and not _inside(event.get("newPath", ""), root)):
@@ -228,8 +258,10 @@ def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
             old = event.get("oldPath") or ""
             if is_dir:
                 n = move_directory(conn, old, path, offset) if old else 0
+                _fill_metadata(conn, path, ctx)
             elif move_file(conn, pid, path, offset):
                 n = 1
+                _fill_metadata(conn, path, ctx, pid)
             else:  # not catalogued yet (its close has not run, or it came from outside the tree)
                 n = int(put(conn, pid, record(event, path, meta), offset, path))
             out = {"moved": path, "from": old, "records": n}

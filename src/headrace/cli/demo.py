@@ -9,13 +9,11 @@ and the results are what the generated data says they must be, 1 otherwise.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import posixpath
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -246,17 +244,14 @@ def _run(
         total = 0
         try:
             watch.say(f"writing run {run} ({n_files} files) into {base}")
-            with tempfile.TemporaryDirectory(prefix="headrace-demo-") as tmp:
-                for name, body in itertools.islice(generate.run_files(spec), n_files):
-                    remote = generate.file_path(base, name)
-                    client.mkdir(posixpath.dirname(remote), parents=True)
-                    local = Path(tmp) / name
-                    local.write_bytes(body)
-                    client.upload(local, remote)  # the DAQ closes a sequence file when it is full
-                    watch.closed[remote] = time.time()
-                    local.unlink()
-                    total += len(body)
-                    watch.say(f"closed      {name} ({len(body) / 1e6:.1f} MB)")
+
+            def closed(path: str, size: int) -> None:
+                nonlocal total
+                watch.closed[path] = time.time()
+                total += size
+                watch.say(f"closed      {posixpath.basename(path)} ({size / 1e6:.1f} MB)")
+
+            generate.upload_run(client, base, spec, limit=n_files, on_closed=closed)
             written_s = time.time() - watch.t0
             wait_quiet(fn, since_ms, watch, at_least=3 * n_files, timeout=timeout)
         finally:

@@ -1,0 +1,1 @@
+"""European XFEL-style data for headrace's tests and examples: runs with known answers (`headrace.xfel.generate`)."""
