@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench test-deps clean
+.PHONY: run demo test lint typecheck pytest bench test-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "headrace needs Python 3.11+"'
@@ -17,13 +17,16 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/headrace up
 
+demo: $(STAMP)
+	$(BIN)/headrace demo
+
 test-deps: $(STAMP)
 	scripts/install-test-deps.sh
 	scripts/install-kafka.sh
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
