@@ -41,6 +41,7 @@ bench: test-deps
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/kafka_relay.py
 	$(BIN)/python bench/functions.py
+	$(BIN)/python bench/xfel.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

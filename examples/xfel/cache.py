@@ -5,7 +5,9 @@ Fired by IN_CLOSE_WRITE, IN_DELETE, IN_MOVED_FROM and IN_MOVED_TO. Parameters:
 - `cache_dir` (required): the cache directory on the worker's host; a file `/a/b.h5` is kept as
   `<cache_dir>/a/b.h5`;
 - `max_bytes` (default 1 GiB): past this, the least recently used files are evicted until it fits;
-- `root` (default `/`): only paths below it are cached (a move out of it drops the copy).
+- `root` (default `/`): only paths below it are cached (a move out of it drops the copy);
+- `patterns` (default `["*"]`): globs on a file's name; only files matching one are cached (the example's
+  headrace.yaml caches `*.h5`, not the JSON and PNG results that are rewritten as a run goes on).
 
 "Used" is a file's modification time in the cache: it is set when the file is cached, and a reader that
 wants a file kept marks it used with `os.utime(path)` (`touch`). Copies are written to a temporary name
@@ -18,7 +20,9 @@ Self-contained (stdlib only): deployable as one file.
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import os
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -131,6 +135,9 @@ def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
     root = event.get("root", "/")
     flag, path = event["mask"][0], event["path"]
     is_dir = bool(event.get("isDir"))
+    patterns = event.get("patterns") or ["*"]
+    if not is_dir and not any(fnmatch.fnmatchcase(posixpath.basename(path), p) for p in patterns):
+        return {"skipped": path, "reason": "not a file the cache keeps"}
     if flag == "IN_CLOSE_WRITE" and not is_dir:
         try:
             source = ctx.storage.open(path)

@@ -152,7 +152,7 @@ def poll_activations(fn: Functions, since_ms: int, watch: Watch) -> int:
 # -- the summary -----------------------------------------------------------------------------------------------
 
 
-def _input_of(result: dict[str, Any]) -> str | None:
+def input_of(result: dict[str, Any]) -> str | None:
     for key in ("input", "file", "upserted", "cached"):
         value = result.get(key)
         if isinstance(value, str):
@@ -165,7 +165,7 @@ def latencies(watch: Watch) -> dict[str, list[float]]:
     closed = {posixpath.basename(p): t for p, t in watch.closed.items()}
     out: dict[str, list[float]] = {}
     for a in watch.activations.values():
-        name = _input_of((a.get("response") or {}).get("result") or {})
+        name = input_of((a.get("response") or {}).get("result") or {})
         if name in closed and a.get("end"):
             out.setdefault(a["name"], []).append(a["end"] - closed[name] * 1000)
     return out
