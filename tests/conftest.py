@@ -1,4 +1,10 @@
-"""Shared fixtures: a real headrace server per test module (or per test where state matters)."""
+"""Shared fixtures: a real headrace server per test module (or per test where state matters).
+
+The whole suite runs on SQLite or on PostgreSQL ($HEADRACE_TEST_DB, see harness.py; `make pytest` runs both).
+Tests that only make sense on one are marked `sqlite_only(reason)` or `postgresql_only(reason)`; tests whose
+outcome does not depend on it (no database, or one of their own) are marked `db_independent(reason)` and run
+in the SQLite run only. Either way they are deselected (not skipped) in the other run.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,49 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Server
+from harness import Server, db_kind
 
 if TYPE_CHECKING:
     from kafka_harness import KafkaBroker
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(reason): runs only when the servers use SQLite")
+    config.addinivalue_line("markers", "postgresql_only(reason): runs only when the servers use PostgreSQL")
+    config.addinivalue_line("markers", "db_independent(reason): needs no run on PostgreSQL (SQLite run only)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    other = ("postgresql_only",) if db_kind() == "sqlite" else ("sqlite_only", "db_independent")
+    keep = [item for item in items if not any(item.get_closest_marker(m) for m in other)]
+    if len(keep) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_database() -> Iterator[str]:
+    """The database kind of this run; on PostgreSQL, its cluster runs for the whole session (one per xdist
+    worker), each server getting a database of its own in it."""
+    kind = db_kind()
+    if kind == "sqlite":
+        yield kind
+        return
+    from pg_harness import session_cluster, stop_session_cluster
+
+    session_cluster()
+    yield kind
+    stop_session_cluster()
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    """A fresh, empty database of this run's kind, as a URL for `headrace.db.engine.Database`."""
+    if db_kind() == "sqlite":
+        return f"sqlite:///{tmp_path / 'headrace.db'}"
+    from pg_harness import session_cluster
+
+    return session_cluster().create_database()
 
 
 @pytest.fixture(scope="module")

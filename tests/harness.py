@@ -1,4 +1,10 @@
-"""Starting a real `headrace up` process on free 127.0.0.1 ports, for tests and benchmarks."""
+"""Starting a real `headrace up` process on free 127.0.0.1 ports, for tests and benchmarks.
+
+The database under test comes from $HEADRACE_TEST_DB: `sqlite` (the default: SQLite in the server's data
+directory) or `postgresql` (a fresh database per server in this test process's PostgreSQL cluster,
+tests/pg_harness.py, given to the server as `--db`). `query`/`execute` reach a server's database whichever
+it is, by the server's data directory.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from headrace.db.engine import sqlalchemy_url
 
 ADMIN_KEY = "test-admin-key"
 T = TypeVar("T")
@@ -37,6 +47,65 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def db_kind() -> str:
+    """`sqlite` or `postgresql`: the database the servers of this test run use ($HEADRACE_TEST_DB)."""
+    kind = (os.environ.get("HEADRACE_TEST_DB") or "sqlite").strip().lower()
+    if kind in {"postgresql", "postgres", "pg"}:
+        return "postgresql"
+    if kind != "sqlite":
+        raise ValueError(f"HEADRACE_TEST_DB must be sqlite or postgresql, not {kind!r}")
+    return kind
+
+
+def new_test_database() -> str:
+    """The `--db` URL for a new server: '' (SQLite in its data directory) or a fresh PostgreSQL database."""
+    if db_kind() == "sqlite":
+        return ""
+    from pg_harness import session_cluster
+
+    return session_cluster().create_database()
+
+
+#: data directory -> the `--db` URL of the server on it (absent: SQLite in the data directory).
+_DATABASES: dict[Path, str] = {}
+_ENGINES: dict[tuple[str, bool], Engine] = {}
+
+
+def database_url(data: Path) -> str:
+    """The SQLAlchemy URL of the database of the server whose data directory is `data`."""
+    given = _DATABASES.get(data.resolve())
+    return sqlalchemy_url(given) if given else f"sqlite:///{data.resolve() / 'headrace.db'}"
+
+
+def _engine(data: Path, *, write: bool) -> Engine:
+    url = database_url(data)
+    if url.startswith("sqlite") and not write:
+        url = f"sqlite:///file:{data.resolve() / 'headrace.db'}?mode=ro&uri=true"
+    key = (url, write)
+    if key not in _ENGINES:
+        # No pool: nothing is held open between queries, as with a connection per query.
+        _ENGINES[key] = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30} if "sqlite" in url else {})
+    return _ENGINES[key]
+
+
+def query(data: Path, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """The rows of a read-only `sql` (named parameters `:name`) on the database of the server on `data`."""
+    with _engine(data, write=False).connect() as conn:
+        return [tuple(r) for r in conn.execute(text(sql), params)]
+
+
+def query_dicts(data: Path, sql: str, **params: Any) -> list[dict[str, Any]]:
+    """`query`, each row as a dict of column name to value."""
+    with _engine(data, write=False).connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(text(sql), params)]
+
+
+def execute(data: Path, sql: str, rows: list[dict[str, Any]]) -> None:
+    """Run `sql` once per parameter dict in `rows` and commit, on the database of the server on `data`."""
+    with _engine(data, write=True).begin() as conn:
+        conn.execute(text(sql), rows)
+
+
 @dataclass
 class Server:
     """A running headrace server; `door`/`api` are httpx clients authenticated as admin."""
@@ -50,6 +119,17 @@ class Server:
     log_path: Path | None = None
     #: More `headrace up` options, e.g. ["--kafka", "127.0.0.1:9092"].
     args_extra: list[str] = field(default_factory=list)
+    #: `--db` URL; '' = SQLite in the data directory. By default what $HEADRACE_TEST_DB asks for.
+    db: str = field(default_factory=new_test_database)
+
+    def __post_init__(self) -> None:
+        if self.db:
+            _DATABASES[self.data.resolve()] = self.db
+
+    @property
+    def db_url(self) -> str:
+        """The SQLAlchemy URL of this server's database."""
+        return database_url(self.data)
 
     @property
     def door_url(self) -> str:
@@ -72,6 +152,8 @@ class Server:
                 "HEADRACE_LOG_LEVEL": "warning",
             }
         )
+        if self.db:  # for `headrace user add` and other commands run on the server host
+            env["HEADRACE_DB"] = self.db
         env.update(self.env_extra)
         return env
 
@@ -81,7 +163,7 @@ class Server:
         cmd = [
             sys.executable, "-m", "headrace.cli.main", "up", "--data", str(self.data),
             "--door-port", str(self.door_port), "--api-port", str(self.api_port), "--host", "127.0.0.1",
-            *self.args_extra,
+            *(["--db", self.db] if self.db else []), *self.args_extra,
         ]  # fmt: skip
         self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -1,21 +1,16 @@
-"""Reading the outbox (the `events` table) of a server's database directly, read-only."""
+"""Reading the outbox (the `events` table) of a server's database directly, read-only (SQLite or PostgreSQL)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
+from harness import query, query_dicts
+
 
 def rows(data: Path, *, after: int = 0, path_prefix: str | None = None) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{data / 'headrace.db'}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        q = 'SELECT * FROM events WHERE "offset" > ? ORDER BY "offset"'
-        out = [dict(r) for r in conn.execute(q, (after,))]
-    finally:
-        conn.close()
+    out = query_dicts(data, 'SELECT * FROM events WHERE "offset" > :after ORDER BY "offset"', after=after)
     if path_prefix is not None:
         out = [
             r
@@ -39,11 +34,7 @@ def wait_rows(data: Path, *, after: int, count: int, timeout: float = 10.0) -> l
 
 
 def head(data: Path) -> int:
-    conn = sqlite3.connect(f"file:{data / 'headrace.db'}?mode=ro", uri=True)
-    try:
-        return int(conn.execute('SELECT COALESCE(MAX("offset"), 0) FROM events').fetchone()[0])
-    finally:
-        conn.close()
+    return int(query(data, 'SELECT COALESCE(MAX("offset"), 0) FROM events')[0][0])
 
 
 def kinds(rs: list[dict[str, Any]]) -> list[tuple[str, str]]:

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import socket
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import httpx
 import pytest
 from pymacaroons import Macaroon
 
-from harness import ADMIN_KEY, Server
+from harness import ADMIN_KEY, Server, query
 
 BASIC = "Basic " + base64.b64encode(f"admin:{ADMIN_KEY}".encode()).decode()
 
@@ -124,19 +123,17 @@ def assert_problem(reply: Reply | httpx.Response, status: int, detail: str | Non
 
 def server_state(server: Server) -> dict[str, Any]:
     """Namespace rows, outbox rows, pool files: everything a request could change."""
-    db = sqlite3.connect(f"file:{server.data / 'headrace.db'}?mode=ro", uri=True)
-    try:
-        state = {
-            "inodes": db.execute(
-                "SELECT id, parent_id, name, type, size, mode, uid, gid, ctime, mtime, generation, pool, blob"
-                " FROM inodes ORDER BY id"
-            ).fetchall(),
-            "checksums": db.execute("SELECT * FROM checksums ORDER BY inode_id, type").fetchall(),
-            "xattrs": db.execute("SELECT * FROM xattrs ORDER BY inode_id, name").fetchall(),
-            "events": db.execute('SELECT "offset", kind, path FROM events ORDER BY "offset"').fetchall(),
-        }
-    finally:
-        db.close()
+    data = server.data
+    state = {
+        "inodes": query(
+            data,
+            "SELECT id, parent_id, name, type, size, mode, uid, gid, ctime, mtime, generation, pool, blob"
+            " FROM inodes ORDER BY id",
+        ),
+        "checksums": query(data, "SELECT * FROM checksums ORDER BY inode_id, type"),
+        "xattrs": query(data, "SELECT * FROM xattrs ORDER BY inode_id, name"),
+        "events": query(data, 'SELECT "offset", kind, path FROM events ORDER BY "offset"'),
+    }
     pool = server.data / "pools" / "pool0"
     state["tmp"] = sorted(os.listdir(pool / "tmp"))
     state["blobs"] = sorted(f for _, _, files in os.walk(pool / "data") for f in files)

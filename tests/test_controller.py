@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from harness import new_test_database
 from headrace.auth.subject import ROOT
 from headrace.config import Settings
 from headrace.functions.controller import Controller
@@ -29,7 +30,9 @@ def anyio_backend() -> str:
 
 
 def open_service(tmp: Path) -> StorageService:
-    settings = Settings(data_dir=tmp / "data", admin_key="k", fsync=False, cli_config=tmp / "cli.json")
+    settings = Settings(
+        data_dir=tmp / "data", admin_key="k", fsync=False, cli_config=tmp / "cli.json", db_url=new_test_database()
+    )
     return StorageService.open(settings)[0]
 
 

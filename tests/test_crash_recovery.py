@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import threading
 import time
 import zlib
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import Server
+from harness import Server, query
 from test_bad_input import BASIC, server_state
 
 MB = 1024 * 1024
@@ -65,12 +64,8 @@ def paced_put(port: int, path: str, up: Upload, chunk: int = 256 * 1024) -> None
         up.error = f"{type(exc).__name__}: {exc}"
 
 
-def read_db(server: Server, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(f"file:{server.data / 'headrace.db'}?mode=ro", uri=True)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
+def read_db(server: Server, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    return query(server.data, sql, **params)
 
 
 def pool_files(server: Server) -> tuple[list[str], set[str]]:
@@ -114,14 +109,14 @@ def test_sigkill_during_concurrent_uploads(fresh_server: Server) -> None:
 
     # What the restarted server holds, read before any request adds read events.
     crash_id = read_db(srv, "SELECT id FROM inodes WHERE name = 'crash' AND type = 'DIR'")[0][0]
-    rows = read_db(srv, "SELECT id, name, size, pool, blob FROM inodes WHERE parent_id = ?", crash_id)
+    rows = read_db(srv, "SELECT id, name, size, pool, blob FROM inodes WHERE parent_id = :p", p=crash_id)
     visible = {name: (inode_id, size, pool, blob) for inode_id, name, size, pool, blob in rows}
     sums = dict(
         read_db(
             srv,
             "SELECT i.name, c.value FROM checksums c JOIN inodes i ON i.id = c.inode_id"
-            " WHERE i.parent_id = ? AND c.type = 'ADLER32'",
-            crash_id,
+            " WHERE i.parent_id = :p AND c.type = 'ADLER32'",
+            p=crash_id,
         )
     )
     events = read_db(srv, 'SELECT "offset", kind, path, inode_id, detail FROM events ORDER BY "offset"')

@@ -29,6 +29,8 @@ import yaml
 
 from headrace.cli.main import app as headrace_cli
 
+pytestmark = pytest.mark.db_independent("manifests and CLI parsing, no database")
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"

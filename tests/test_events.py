@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import Server
+from harness import Server, new_test_database
 from headrace.auth.subject import ROOT
 from headrace.config import Settings
 from headrace.events.log import EventLog
@@ -23,7 +23,13 @@ from outbox import rows
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[StorageService]:
-    settings = Settings(data_dir=tmp_path / "data", admin_key="k", fsync=False, cli_config=tmp_path / "cli.json")
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        admin_key="k",
+        fsync=False,
+        cli_config=tmp_path / "cli.json",
+        db_url=new_test_database(),
+    )
     svc, _ = StorageService.open(settings)
     yield svc
     svc.close()

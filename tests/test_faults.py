@@ -10,7 +10,6 @@ import os
 import re
 import select
 import socket
-import sqlite3
 import threading
 import time
 import zlib
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server
+from harness import Server, query
 from test_bad_input import BASIC, Reply, assert_problem, parse_reply, server_state, unchanged
 
 MB = 1024 * 1024
@@ -194,11 +193,7 @@ def full(full_server: Server) -> Server:
 
 
 def used_bytes(server: Server) -> int:
-    db = sqlite3.connect(f"file:{server.data / 'headrace.db'}?mode=ro", uri=True)
-    try:
-        return int(db.execute("SELECT COALESCE(SUM(size), 0) FROM inodes WHERE pool IS NOT NULL").fetchone()[0])
-    finally:
-        db.close()
+    return int(query(server.data, "SELECT COALESCE(SUM(size), 0) FROM inodes WHERE pool IS NOT NULL")[0][0])
 
 
 def refused_before_body(server: Server, path: str, size: int) -> Reply:

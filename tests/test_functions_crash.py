@@ -4,7 +4,6 @@ crash cut off) are counted and reported."""
 
 from __future__ import annotations
 
-import sqlite3
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Server
+from harness import Server, query
 from headrace.db.engine import Database
 from headrace.functions.model import STORAGE_FEED, limits, scaling
 from headrace.functions.store import FunctionStore
@@ -23,12 +22,8 @@ FILES = 200
 
 
 def counts(data: Path) -> dict[str, int]:
-    conn = sqlite3.connect(f"file:{data / 'headrace.db'}?mode=ro", uri=True)
-    try:
-        rows = conn.execute("SELECT state, count(*) FROM fn_activations WHERE entity = 'action' GROUP BY state")
-        return dict(rows.fetchall())
-    finally:
-        conn.close()
+    rows = query(data, "SELECT state, count(*) FROM fn_activations WHERE entity = 'action' GROUP BY state")
+    return {state: int(n) for state, n in rows}
 
 
 def test_sigkill_with_200_activations_in_flight_loses_none(fresh_server: Server, tmp_path: Path) -> None:
@@ -38,7 +33,7 @@ def test_sigkill_with_200_activations_in_flight_loses_none(fresh_server: Server,
     with srv.door() as door:
         assert door.request("MKCOL", "/det").status_code == 201
     srv.stop()
-    db = Database(f"sqlite:///{srv.data / 'headrace.db'}")
+    db = Database(srv.db_url)
     store = FunctionStore(db)
     code = textwrap.dedent(
         f"""

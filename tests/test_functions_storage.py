@@ -4,13 +4,12 @@ name the activation as their cause, so they do not fire the same rule forever.""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from harness import Server, wait_for
+from harness import Server, query, wait_for
 
 NS = "/api/v1/namespaces/_"
 SUMMARY = """
@@ -62,13 +61,9 @@ def test_ctx_storage_reads_locally_writes_back_and_marks_the_cause(server: Serve
     assert "/pools/" in first["response"]["result"]["local"]  # type: ignore[index]  # the pool file itself
     assert any(line.endswith("INFO wrote /proc/run7.h5.summary") for line in first["logs"])  # type: ignore[union-attr]
 
-    conn = sqlite3.connect(f"file:{server.data / 'headrace.db'}?mode=ro", uri=True)
-    try:
-        causes = conn.execute(
-            "SELECT DISTINCT cause FROM events WHERE path = '/proc/run7.h5.summary' AND kind = 'CLOSE_WRITE'"
-        ).fetchall()
-    finally:
-        conn.close()
+    causes = query(
+        server.data, "SELECT DISTINCT cause FROM events WHERE path = '/proc/run7.h5.summary' AND kind = 'CLOSE_WRITE'"
+    )
     assert causes == [(first["activationId"],)]
 
     def chain_cut() -> bool:
@@ -76,11 +71,7 @@ def test_ctx_storage_reads_locally_writes_back_and_marks_the_cause(server: Serve
         return bool(depths) and max(depths) == 8
 
     def conn2_depths() -> list[int]:
-        c = sqlite3.connect(f"file:{server.data / 'headrace.db'}?mode=ro", uri=True)
-        try:
-            return [d for (d,) in c.execute("SELECT depth FROM fn_activations WHERE name = 'summarise'")]
-        finally:
-            c.close()
+        return [d for (d,) in query(server.data, "SELECT depth FROM fn_activations WHERE name = 'summarise'")]
 
     wait_for(chain_cut, "the chain to reach its limit", timeout=60)
     depths = sorted(conn2_depths())

@@ -14,6 +14,8 @@ import pytest
 
 from headrace.functions.invoker import ActionPool, ActionSpec, Outcome
 
+pytestmark = pytest.mark.db_independent("worker processes, no database")
+
 T = TypeVar("T")
 
 CODE = textwrap.dedent(

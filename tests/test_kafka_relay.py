@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
-from harness import Server
+from harness import Server, query
 from headrace.events.log import _event
 from headrace.events.model import EventKind, StorageEvent
 from headrace.events.render import cloudevent_json
@@ -60,14 +60,8 @@ def topic_name() -> str:
 
 
 def stored_position(data: Path, topic: str) -> int:
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{data / 'headrace.db'}?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT value FROM state WHERE name = ?", (RELAY_STATE + topic,)).fetchone()
-    finally:
-        conn.close()
-    return int(row[0]) if row else 0
+    found = query(data, "SELECT value FROM state WHERE name = :name", name=RELAY_STATE + topic)
+    return int(found[0][0]) if found else 0
 
 
 def wait_relayed(bootstrap: str, topic: str, offsets: set[int], timeout: float = 60.0) -> list[Message]:

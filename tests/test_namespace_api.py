@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 import httpx
 import psutil
 
-from harness import Server
+from harness import Server, execute, query
 
 
 def test_stat_and_children_with_checksums(server: Server) -> None:
@@ -93,16 +92,14 @@ def test_listing_100000_entries_streams(server: Server) -> None:
     growing with the directory."""
     with server.door() as door:
         door.request("MKCOL", "/big")
-    conn = sqlite3.connect(server.data / "headrace.db", timeout=30)
-    parent = conn.execute("SELECT id FROM inodes WHERE name='big'").fetchone()[0]
+    parent = query(server.data, "SELECT id FROM inodes WHERE name='big'")[0][0]
     now = int(time.time() * 1000)
-    conn.executemany(
+    execute(
+        server.data,
         "INSERT INTO inodes (pnfsid,parent_id,name,type,size,mode,uid,gid,ctime,mtime,generation,locality,qos)"
-        " VALUES (?,?,?,'REGULAR',0,420,0,0,?,?,0,'ONLINE','disk')",
-        ((f"{i:036X}", parent, f"f{i:06d}", now, now) for i in range(100_000)),
+        " VALUES (:pnfsid,:parent,:name,'REGULAR',0,420,0,0,:now,:now,0,'ONLINE','disk')",
+        [{"pnfsid": f"{i:036X}", "parent": parent, "name": f"f{i:06d}", "now": now} for i in range(100_000)],
     )
-    conn.commit()
-    conn.close()
     assert server.proc is not None
     proc = psutil.Process(server.proc.pid)
     before = proc.memory_info().rss

@@ -19,6 +19,8 @@ import pytest
 from headrace.xfel.generate import Expected, RunSpec, expected, file_path, proposal_dir, run_files
 from xfel_ctx import Ctx, DirStorage, load_example
 
+pytestmark = pytest.mark.db_independent("the function on local files, no server")
+
 AZINT = Path(__file__).resolve().parents[1] / "examples" / "xfel" / "azint.py"
 SPEC = RunSpec()
 REL_TOLERANCE = 0.003

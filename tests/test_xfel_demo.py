@@ -20,7 +20,7 @@ from harness import free_port
 from headrace.cli.catalogue import search_records
 from headrace.xfel.generate import expected, spec_for_files
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.db_independent("`headrace demo` runs its own SQLite server")]
 BASE = "/exp/SPB/202601/p700000"
 
 

@@ -14,6 +14,8 @@ import pytest
 from headrace.xfel.generate import RunSpec, expected, file_path, proposal_dir, run_files
 from xfel_ctx import Ctx, DirStorage, load_example
 
+pytestmark = pytest.mark.db_independent("the function on local files, no server")
+
 summary = load_example("summary")
 SPEC = RunSpec(sequences=3, trains_per_sequence=12, missing_trains=(3, 17, 18, 30), seed=7)
 

@@ -604,7 +604,7 @@ class Client:
     def read_bytes(self, remote_path: str) -> bytes:
         """The whole content of a (small) file, in memory."""
         remote_path = normalize_remote(remote_path)
-        return self._send("GET", self._door_url(remote_path), path=remote_path).content
+        return self._send("GET", self._door_url(remote_path), path=remote_path, follow_redirects=True).content
 
     def download(
         self,
@@ -623,7 +623,9 @@ class Client:
         url = self._door_url(remote_path)
         size, value = 0, 1
         try:
-            with self._http.stream("GET", url, headers={"Want-Digest": "adler32", "Accept": "*/*"}) as response:
+            # A door may redirect a read to the pool that holds the file (HEADRACE_DOOR_REDIRECT).
+            headers = {"Want-Digest": "adler32", "Accept": "*/*"}
+            with self._http.stream("GET", url, headers=headers, follow_redirects=True) as response:
                 if not response.is_success:
                     response.read()
                     raise self._status_error(response, remote_path)

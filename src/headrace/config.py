@@ -78,6 +78,36 @@ class Settings:
     kafka: str = ""
     #: The topic the relay publishes every event to (CloudEvents); billing records go to "billing".
     kafka_topic: str = "headrace-events"
+    #: Redirect GETs (and PUTs with `Expect: 100-continue` or `X-Headrace-Redirect: yes`) of files on pool
+    #: processes to the pool, with a signed token, instead of proxying the data through the door.
+    door_redirect: bool = False
+    #: How long a redirect's pool token is good for, in seconds.
+    pool_token_seconds: float = 60.0
+    #: The secret doors and pools sign pool tokens with; empty: one kept in the shared database.
+    pool_secret: str = field(default="", repr=False)
+    #: Where activations run: "local" (this process's warm workers) or "kafka" (published to
+    #: `activation_topic` for `headrace invoker` processes; needs `kafka`).
+    activations: str = "local"
+    activation_topic: str = "headrace-activations"
+    #: Invokers publish a notice of every finished activation here (blocking invokes wait for it).
+    activation_results_topic: str = "headrace-activation-results"
+    #: Partitions of the activation topic when headrace creates it.
+    activation_partitions: int = 8
+    #: Partitions one action's unordered activations spread over (0: all of them); fewer keep its warm
+    #: workers on fewer invokers.
+    activation_lanes: int = 0
+    #: The invokers' consumer group.
+    invoker_group: str = "headrace-invokers"
+    #: Seconds an invoker waits for its running activations when partitions are taken from it (rebalance,
+    #: stop) before it hands them back to be run again elsewhere.
+    invoker_revoke_grace: float = 5.0
+    #: Seconds between looks for events that other processes committed (0: the component's default, 1 s
+    #: in `headrace up`, 0.05 s in the separate roles).
+    log_poll: float = 0.0
+    #: The door's and the frontend's URLs as functions and clients reach them (a load balancer, in a
+    #: cluster); empty: http://host:port of this process.
+    public_door_url: str = ""
+    public_api_url: str = ""
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -106,6 +136,20 @@ class Settings:
             upload_idle_timeout=float(os.environ.get("HEADRACE_UPLOAD_IDLE_TIMEOUT") or 60),
             kafka=os.environ.get("HEADRACE_KAFKA") or "",
             kafka_topic=os.environ.get("HEADRACE_KAFKA_TOPIC") or "headrace-events",
+            door_redirect=_env_bool("HEADRACE_DOOR_REDIRECT", False),
+            pool_token_seconds=float(os.environ.get("HEADRACE_POOL_TOKEN_SECONDS") or 60),
+            pool_secret=os.environ.get("HEADRACE_POOL_SECRET") or "",
+            activations=os.environ.get("HEADRACE_ACTIVATIONS") or "local",
+            activation_topic=os.environ.get("HEADRACE_ACTIVATION_TOPIC") or "headrace-activations",
+            activation_results_topic=os.environ.get("HEADRACE_ACTIVATION_RESULTS_TOPIC")
+            or "headrace-activation-results",
+            activation_partitions=_env_int("HEADRACE_ACTIVATION_PARTITIONS", 8),
+            activation_lanes=_env_int("HEADRACE_ACTIVATION_LANES", 0),
+            invoker_group=os.environ.get("HEADRACE_INVOKER_GROUP") or "headrace-invokers",
+            invoker_revoke_grace=float(os.environ.get("HEADRACE_INVOKER_REVOKE_GRACE") or 5.0),
+            log_poll=float(os.environ.get("HEADRACE_LOG_POLL") or 0.0),
+            public_door_url=os.environ.get("HEADRACE_PUBLIC_DOOR_URL") or "",
+            public_api_url=os.environ.get("HEADRACE_PUBLIC_API_URL") or "",
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(base, **clean)  # type: ignore[arg-type]
@@ -120,8 +164,17 @@ class Settings:
 
     @property
     def door_url(self) -> str:
-        return f"http://{self.host}:{self.door_port}"
+        return self.public_door_url.rstrip("/") or f"http://{self.host}:{self.door_port}"
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.host}:{self.api_port}"
+        return self.public_api_url.rstrip("/") or f"http://{self.host}:{self.api_port}"
+
+    def check_activations(self) -> None:
+        """Refuse a transport that cannot work (ValueError with the reason)."""
+        if self.activations not in ("local", "kafka"):
+            raise ValueError(f"activations are 'local' or 'kafka', not {self.activations!r}")
+        if self.activations == "kafka" and not self.kafka:
+            raise ValueError("activations through Kafka need --kafka HOST:PORT")
+        if self.activation_partitions < 1:
+            raise ValueError("HEADRACE_ACTIVATION_PARTITIONS must be at least 1")

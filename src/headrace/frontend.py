@@ -5,7 +5,7 @@ The storage-events SSE API (`/api/v1/events`) is mounted when a channel manager 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,11 +18,13 @@ from headrace import __version__
 from headrace.errors import HeaderTooLarge, HeadraceError, Unauthorized
 from headrace.events import api as events_api
 from headrace.events.channels import ChannelManager
-from headrace.functions.controller import Controller
 from headrace.http_common import client_ip, error_response, header, header_bytes, problem, query_param
 from headrace.metrics import API_REQUESTS, POOL_FREE, POOL_USED, REGISTRY
 from headrace.storage import namespace_api
 from headrace.storage.service import StorageService
+
+if TYPE_CHECKING:
+    from headrace.functions.api import Functions
 
 
 class HeaderLimit:
@@ -50,7 +52,7 @@ class HeaderLimit:
 
 
 def create_app(
-    service: StorageService, channels: ChannelManager | None = None, controller: Controller | None = None
+    service: StorageService, channels: ChannelManager | None = None, controller: Functions | None = None
 ) -> FastAPI:
     app = FastAPI(
         title="headrace frontend",

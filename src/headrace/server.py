@@ -1,56 +1,37 @@
-"""`headrace up`: the door and the frontend in one process, on one event loop, over one storage service.
+"""Running headrace's roles (src/headrace/roles/): `headrace up` composes all of them in one process, on one
+event loop, over one storage service; `headrace door`, `frontend` and `controller` run one each (and
+`headrace invoker`, roles/invoker.py, runs activations for a controller that publishes them to Kafka).
 
-Both are uvicorn servers; uvicorn's own signal capture is replaced by one handler that stops both, so that
-SIGINT/SIGTERM end in-flight requests, drain, and record a clean stop.
+HTTP servers are uvicorn (granian for the door); uvicorn's own signal capture is replaced by one handler
+that stops them all, so that SIGINT/SIGTERM end in-flight requests, drain, and record a clean stop.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import signal
-import sys
-from collections.abc import Generator
-
-import uvicorn
+from pathlib import Path
+from typing import Any
 
 from headrace.config import Settings
-from headrace.events.channels import ChannelManager
-from headrace.events.retention import Retention
-from headrace.frontend import create_app
-from headrace.functions.controller import Controller
-from headrace.storage.door import Door
+from headrace.roles.common import (
+    QuietServer,
+    Serving,
+    Waiting,
+    health_app,
+    open_service,
+    run_main,
+    serve_all,
+    uvicorn_config,
+)
+from headrace.roles.controller import ControllerRole, make_publisher
+from headrace.roles.door import DoorRole
+from headrace.roles.frontend import FrontendRole, NoInvoker
 from headrace.storage.service import StartReport, StorageService
 
 log = logging.getLogger("headrace")
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # signals are handled once, in `run`, for all servers
-
-
-def _config(app: object, settings: Settings, port: int, http: str = "httptools") -> uvicorn.Config:
-    return uvicorn.Config(
-        app,  # type: ignore[arg-type]
-        host=settings.host,
-        port=port,
-        http=http,
-        lifespan="off",
-        log_level=settings.log_level,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=10,
-    )
-
-
-def announce(settings: Settings, report: StartReport) -> None:
-    print(f"headrace: door     {settings.door_url}  (WebDAV)", flush=True)
-    print(f"headrace: frontend {settings.api_url}  (REST API, /metrics, /api/v1/openapi.json)", flush=True)
+def announce_data(settings: Settings, report: StartReport) -> None:
     print(f"headrace: data     {settings.data_dir.resolve()}", flush=True)
     if report.admin_key_generated:
         print(
@@ -65,104 +46,122 @@ def announce(settings: Settings, report: StartReport) -> None:
         )
 
 
-class _GranianDoor:
-    """The door on granian's embedded server: its Rust HTTP layer moves request bodies ~5x faster than
-    uvicorn's (measured: 1.6 GB/s vs 0.29 GB/s draining a 1 GiB PUT on this machine), and the door's data
-    path is what the storage benchmark holds against nginx."""
+def announce(settings: Settings, report: StartReport) -> None:
+    print(f"headrace: door     {settings.door_url}  (WebDAV)", flush=True)
+    print(f"headrace: frontend {settings.api_url}  (REST API, /metrics, /api/v1/openapi.json)", flush=True)
+    announce_data(settings, report)
 
-    def __init__(self, app: object, settings: Settings) -> None:
-        from granian.constants import Interfaces
-        from granian.server.embed import Server as Embedded
 
-        self.server = Embedded(
-            app,
-            address=settings.host,
-            port=settings.door_port,
-            interface=Interfaces.ASGINL,
-            log_enabled=False,
-            backlog=1024,
-        )
+def _remote_functions(service: StorageService, settings: Settings, publisher: Any, on_change: Any) -> Any:
+    """The functions API's back end when invokers run the activations: database + Kafka."""
+    from headrace.functions.gateway import RemoteFunctions
+    from headrace.functions.kafka_transport import ResultWaiters
 
-    async def serve(self) -> None:
-        await self.server.serve()
-
-    def stop(self) -> None:
-        self.server.stop()  # type: ignore[no-untyped-call]
+    results = ResultWaiters(settings.kafka, service.db, topic=settings.activation_results_topic)
+    return RemoteFunctions(
+        service.db, publisher, results, max_workers=settings.fn_max_workers, on_change=on_change
+    ), results
 
 
 async def run(settings: Settings) -> None:
+    """`headrace up`: every role in this process."""
     service, report = StorageService.open(settings)
     announce(settings, report)
-    door_app = Door(service, settings)
-    channels = ChannelManager(service.log, settings.data_dir / "channels", per_user=settings.channels_per_user)
-    await channels.start()
-    relay = None
-    if settings.kafka:  # Kafka is imported (and connected to) only when asked for
-        from headrace.events.kafka_relay import KafkaRelay
-
-        relay = KafkaRelay(service, settings.kafka, topic=settings.kafka_topic)
-        relay.start()
-    retention = Retention(
-        service.log,
-        max_age=settings.event_retention_seconds,
-        max_events=settings.event_retention_events,
-        holders=[lambda: relay.position] if relay is not None else [],
-    )
-    controller = Controller(
-        service,
-        code_root=settings.data_dir / "functions",
-        max_chain=settings.fn_max_chain,
-        max_workers=settings.fn_max_workers,
-        api_url=settings.api_url,
-        door_url=settings.door_url,
-    )
-    retention.holders.append(lambda: controller.position)
-    await controller.start()
-    retention_task = asyncio.create_task(retention.run_forever())
-    # h11 rather than httptools on the frontend: httptools lowercases response header names, and dCache's
-    # event clients find a channel's `Location` case-sensitively.
-    api = _Server(_config(create_app(service, channels, controller), settings, settings.api_port, http="h11"))
-    door: _Server | _GranianDoor
-    if settings.door_server == "granian":
-        door = _GranianDoor(door_app, settings)
-    else:
-        door = _Server(_config(door_app, settings, settings.door_port))
-    loop = asyncio.get_running_loop()
-
-    def stop(*_: object) -> None:
-        channels.shutdown_clients()
-        api.should_exit = True
-        if isinstance(door, _GranianDoor):
-            door.stop()
-        else:
-            door.should_exit = True
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop)
+    door = DoorRole(service, settings)
+    publisher = make_publisher(settings, "headrace-up") if settings.activations == "kafka" else None
+    controller = ControllerRole(service, settings, publisher=publisher)
+    functions: Any = controller.controller
+    results = None
+    if publisher is not None:
+        functions, results = _remote_functions(service, settings, publisher, controller.controller.reload)
+    frontend = FrontendRole(service, settings, functions, channels_dir=settings.data_dir / "channels")
+    await frontend.channels.start()
     try:
-        results = await asyncio.gather(door.serve(), api.serve(), return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        if not api.started:
-            raise SystemExit(1)
+        await controller.start()
+        if results is not None:
+            await results.start()
+        await serve_all([door.server, frontend.server], [frontend.request_stop, door.request_stop])
     finally:
-        retention_task.cancel()
         await controller.stop()
-        await channels.stop()
-        if relay is not None:
-            await relay.close()
+        if results is not None:
+            await results.close()
+        await frontend.channels.stop()
         service.close()
     print("headrace: stopped cleanly", flush=True)
 
 
 def main(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
+    run_main(settings, lambda: run(settings))
 
-        uvloop.run(run(settings))
-    except ImportError:
-        asyncio.run(run(settings))
-    except SystemExit as exc:
-        sys.exit(exc.code)
+
+# -- the roles one by one ---------------------------------------------------------------------------------
+
+
+async def run_door(settings: Settings) -> None:
+    service, report = open_service(settings, recover=False)
+    door = DoorRole(service, settings)
+    door.announce()
+    announce_data(settings, report)
+    try:
+        await serve_all([door.server], [door.request_stop])
+    finally:
+        service.close()
+    print("headrace: door stopped cleanly", flush=True)
+
+
+async def run_frontend(settings: Settings, channels_dir: Path | None = None) -> None:
+    service, report = open_service(settings, recover=False)
+    publisher = None
+    results = None
+    functions: Any = NoInvoker(service)
+    if settings.kafka:
+        publisher = make_publisher(settings, f"headrace-frontend-{settings.api_port}")
+        functions, results = _remote_functions(service, settings, publisher, None)
+    where = channels_dir or settings.data_dir / "channels" / f"frontend-{settings.host}-{settings.api_port}"
+    frontend = FrontendRole(service, settings, functions, channels_dir=where, results=results)
+    frontend.announce()
+    announce_data(settings, report)
+    try:
+        if publisher is not None:
+            await publisher.start()
+        await frontend.start()
+        await serve_all([frontend.server], [frontend.request_stop])
+    finally:
+        await frontend.stop()
+        if publisher is not None:
+            await publisher.close()
+        service.close()
+    print("headrace: frontend stopped cleanly", flush=True)
+
+
+async def run_controller(settings: Settings, *, port: int = 0, relay: bool = True) -> None:
+    service, report = open_service(settings, recover=False)
+    publisher = make_publisher(settings, "headrace-controller") if settings.activations == "kafka" else None
+    role = ControllerRole(service, settings, publisher=publisher, relay=relay, follow_entities=True)
+    role.announce()
+    announce_data(settings, report)
+    waiting = Waiting()
+    servers: list[Serving] = [waiting]
+    stoppers = [waiting.request_stop]
+    if port:
+        health = QuietServer(uvicorn_config(health_app(role.status), settings, port, http="h11"))
+        servers.append(health)
+        stoppers.append(health.request_stop)
+    try:
+        await role.start()
+        print(f"headrace: controller ready (feed at offset {role.controller.position})", flush=True)
+        await serve_all(servers, stoppers)
+    finally:
+        await role.stop()
+        service.close()
+    print("headrace: controller stopped cleanly", flush=True)
+
+
+def main_role(settings: Settings, role: str, **options: Any) -> None:
+    runners = {"door": run_door, "frontend": run_frontend, "controller": run_controller}
+    if role == "invoker":
+        from headrace.roles import invoker
+
+        run_main(settings, lambda: invoker.run(settings, **options))
+        return
+    run_main(settings, lambda: runners[role](settings, **options))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from headrace.cli import catalogue, demo, events, files, functions, token, transfer
+from headrace.cli import catalogue, demo, events, files, functions, roles, token, transfer
 from headrace.cli.common import HeadraceGroup
+from headrace.cli.pool import pool
 from headrace.cli.up import up
 from headrace.cli.users import user_app
 
@@ -17,6 +18,7 @@ app = typer.Typer(
     help="headrace: storage whose every change is an event.",
 )
 app.command("up")(up)
+app.command("pool")(pool)
 app.command("ls")(files.ls)
 app.command("stat")(files.stat)
 app.command("mkdir")(files.mkdir)
@@ -30,6 +32,7 @@ app.add_typer(events.app, name="events")
 app.add_typer(catalogue.app, name="catalogue")
 app.command("demo")(demo.demo)
 functions.register(app)
+roles.register(app)
 
 
 @app.callback()

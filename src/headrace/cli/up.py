@@ -14,6 +14,11 @@ def up(
     door_port: int | None = typer.Option(None, "--door-port", help="WebDAV door port (env HEADRACE_DOOR_PORT)"),
     api_port: int | None = typer.Option(None, "--api-port", help="Frontend port (env HEADRACE_API_PORT)"),
     host: str | None = typer.Option(None, "--host", help="Address to listen on (env HEADRACE_HOST)"),
+    db: str | None = typer.Option(
+        None,
+        "--db",
+        help="Namespace database URL, e.g. postgresql://user@host/db (env HEADRACE_DB; default: SQLite in --data)",
+    ),
     pool_max_bytes: int | None = typer.Option(None, "--pool-max-bytes", help="Cap on each pool's size in bytes"),
     anonymous: bool | None = typer.Option(None, "--anonymous/--no-anonymous", help="Allow unauthenticated reads"),
     kafka: str | None = typer.Option(
@@ -22,8 +27,11 @@ def up(
     kafka_topic: str | None = typer.Option(
         None, "--kafka-topic", help="Kafka topic for the events (env HEADRACE_KAFKA_TOPIC; default headrace-events)"
     ),
+    redirect: bool | None = typer.Option(
+        None, "--redirect/--no-redirect", help="Redirect transfers to pool processes (env HEADRACE_DOOR_REDIRECT)"
+    ),
 ) -> None:
-    """Run headrace: the WebDAV door and the frontend, on SQLite and a local pool."""
+    """Run headrace: the WebDAV door and the frontend, on SQLite (or --db PostgreSQL) and a local pool."""
     from headrace.server import main
 
     try:
@@ -32,10 +40,12 @@ def up(
             door_port=door_port,
             api_port=api_port,
             host=host,
+            db_url=db,
             pool_max_bytes=pool_max_bytes,
             anonymous=anonymous,
             kafka=kafka,
             kafka_topic=kafka_topic,
+            door_redirect=redirect,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -1,7 +1,19 @@
 """Creating the database engine, migrating it, and running blocking database work off the event loop.
 
 SQLite is opened in WAL mode and written by one thread (it allows one writer anyway; one thread avoids
-"database is locked" retries); reads run on a few more threads. PostgreSQL gets a larger pool for both.
+"database is locked" retries); reads run on a few more threads.
+
+PostgreSQL (psycopg 3; a plain `postgresql://` URL means it) gets the same one-writer-at-a-time discipline
+across all processes on one database: every write transaction first takes a transaction-scoped advisory lock
+(`WRITE_LOCK`), the counterpart of SQLite's BEGIN IMMEDIATE. It is what keeps the event log gap-free: an
+event's offset comes from a sequence when its row is inserted, and without the lock a transaction that took
+offset 11 could commit before one that took 10, so that a follower that had read up to 11 would never see
+10. With it, offsets are taken and committed in one order. It also gives the namespace's check-then-write
+transactions (READ COMMITTED: each statement sees every commit made before it) the serial schedule they
+were written for, and, as every writer takes it first, it cannot deadlock with row locks. Reads take no
+lock and run in autocommit mode (each statement sees a consistent snapshot; no BEGIN/ROLLBACK round trips).
+Followers in any process learn of new events from `NOTIFY headrace_events`, sent by a trigger on the
+outbox in the inserting transaction (migration 0003); see `EventSignal`.
 """
 
 from __future__ import annotations
@@ -9,28 +21,55 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import logging
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DataError
 from sqlalchemy.pool import ConnectionPoolEntry
+
+from headrace.errors import BadRequest
 
 T = TypeVar("T")
 
+log = logging.getLogger("headrace.db")
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+#: The key of the PostgreSQL advisory lock every write transaction holds until it ends ("headrac").
+WRITE_LOCK = 0x68656164726163
+#: The channel the outbox trigger notifies on every insert into `events` (PostgreSQL).
+EVENTS_CHANNEL = "headrace_events"
 
-def make_engine(url: str, *, durable: bool = True, writer: bool = True) -> Engine:
-    """An engine for `url`; on SQLite, WAL with synchronous=FULL (durable) or NORMAL.
 
-    A SQLite writer engine starts every transaction with BEGIN IMMEDIATE, taking the write lock up front
-    so that two transactions never deadlock upgrading a read lock; reader engines begin deferred.
+def sqlalchemy_url(url: str) -> str:
+    """`url` as SQLAlchemy takes it: a plain postgresql:// (or postgres://) URL means the psycopg 3 driver."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, durable: bool = True, writer: bool = True, pool_size: int = 8) -> Engine:
+    """An engine for `url`: on SQLite, WAL with synchronous=FULL (durable) or NORMAL; on PostgreSQL,
+    synchronous_commit on (durable) or off.
+
+    A writer engine's transactions take the write lock up front (SQLite: BEGIN IMMEDIATE, so that two
+    transactions never deadlock upgrading a read lock; PostgreSQL: `WRITE_LOCK`). Reader engines take none.
     """
-    if url.startswith("sqlite"):
+    url = sqlalchemy_url(url)
+    if is_sqlite(url):
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -54,7 +93,36 @@ def make_engine(url: str, *, durable: bool = True, writer: bool = True) -> Engin
             conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")
 
         return engine
-    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+    sync = "" if durable else "-c synchronous_commit=off"
+    if not writer:
+        return create_engine(
+            url,
+            isolation_level="AUTOCOMMIT",
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_args={"options": sync} if sync else {},
+        )
+    # A writer waits for the write lock at most as long as a SQLite writer waits for its (busy_timeout).
+    engine = create_engine(
+        url,
+        isolation_level="READ COMMITTED",
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args={"options": f"-c lock_timeout=30000 {sync}".strip()},
+    )
+
+    @event.listens_for(engine, "begin")
+    def _write_lock(conn: Any) -> None:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+
+    return engine
+
+
+def refused(exc: DataError) -> BadRequest:
+    """A value the database cannot store is the request's fault: 400, not 500. PostgreSQL refuses a string
+    longer than its column, a NUL character in text, an integer out of its column's range; SQLite takes them."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    return BadRequest(f"The database cannot store a value of this request: {reason}")
 
 
 def migrate(engine: Engine) -> None:
@@ -64,6 +132,108 @@ def migrate(engine: Engine) -> None:
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+class EventSignal(Protocol):
+    """How this process's log followers are woken when events may have been committed."""
+
+    #: True when only this process's own commits wake followers promptly (others' are found by polling): a
+    #: follower may then skip a read while `Database.event_epoch` is unchanged (SQLite, one writer thread).
+    local: bool
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` on the event loop whenever events may have been committed."""
+
+    def watch(self) -> None:
+        """Start listening, on the running event loop, if not started yet (idempotent, cheap)."""
+
+    def close(self) -> None: ...
+
+
+class LocalEventSignal:
+    """SQLite: followers are woken after this process's writes commit (`Database.commit_listeners`); commits
+    of other processes are found by polling."""
+
+    local = True
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        self.db.commit_listeners.append(wake)
+
+    def watch(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PostgresEventSignal:
+    """PostgreSQL: a thread LISTENs on `EVENTS_CHANNEL` on a connection of its own and wakes the followers
+    on the event loop for every notification, whichever process committed the events. Notifications are
+    delivered only after the commit, so a follower that reads after waking sees the events. While the
+    connection is down (it is re-opened every second), followers fall back to polling."""
+
+    local = False
+
+    def __init__(self, url: str) -> None:
+        self._conninfo = make_url(sqlalchemy_url(url)).set(drivername="postgresql").render_as_string(False)
+        self._wakes: list[Callable[[], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pending = False  # a wake-up is scheduled on the loop and has not run yet
+        #: Set once the first LISTEN is in place (tests wait for it).
+        self.listening = threading.Event()
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        self._wakes.append(wake)
+
+    def watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # the first loop, or a new one (a test's next asyncio.run)
+            self._loop, self._pending = loop, False
+        if self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._listen, name="db-listen", daemon=True)
+            self._thread.start()
+
+    def _listen(self) -> None:
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+                    self.listening.set()
+                    self._wake()  # events committed while no one listened
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._wake()
+            except Exception as exc:  # the database went away: poll until it is back
+                if not self._stop.is_set():
+                    log.warning("event notifications: %s; retrying in 1 s", exc)
+                    self._stop.wait(1.0)
+
+    def _wake(self) -> None:
+        loop = self._loop
+        if loop is None or self._pending:
+            return
+        self._pending = True
+        try:
+            loop.call_soon_threadsafe(self._wake_all)
+        except RuntimeError:  # the loop is closed
+            self._pending = False
+
+    def _wake_all(self) -> None:
+        self._pending = False
+        for wake in self._wakes:
+            wake()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
 
 
 class GroupCommit:
@@ -107,12 +277,16 @@ class GroupCommit:
                         done.set_exception(value)
 
     def _apply(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]) -> list[tuple[bool, Any]]:
+        # On both databases a failed statement spoils only its savepoint (PostgreSQL's "current transaction
+        # is aborted" state is cleared by rolling back to it), so the other calls of the batch still commit.
         outcomes: list[tuple[bool, Any]] = []
         with self.db.engine.begin() as conn:
             for fn, args, kwargs in calls:
                 try:
                     with conn.begin_nested():
                         outcomes.append((True, fn(conn, *args, **kwargs)))
+                except DataError as exc:
+                    outcomes.append((False, refused(exc)))
                 except Exception as exc:
                     outcomes.append((False, exc))
         return outcomes
@@ -122,21 +296,26 @@ class Database:
     """An engine plus the threads that run blocking database calls for async callers."""
 
     def __init__(self, url: str, *, durable: bool = True) -> None:
-        self.url = url
-        self.engine = make_engine(url, durable=durable)
-        self.is_sqlite = url.startswith("sqlite")
-        self.reader = make_engine(url, durable=durable, writer=False) if self.is_sqlite else self.engine
-        self._writer = ThreadPoolExecutor(1 if self.is_sqlite else 8, thread_name_prefix="db-write")
-        self._readers = ThreadPoolExecutor(4 if self.is_sqlite else 8, thread_name_prefix="db-read")
+        self.url = sqlalchemy_url(url)
+        self.is_sqlite = is_sqlite(self.url)
+        # PostgreSQL: the write lock serialises writers anyway; a few threads let the next transaction be
+        # ready the moment the lock is free, and cost a connection each.
+        writers, readers = (1, 4) if self.is_sqlite else (4, 8)
+        self.engine = make_engine(self.url, durable=durable, pool_size=writers)
+        self.reader = make_engine(self.url, durable=durable, writer=False, pool_size=readers)
+        self._writer = ThreadPoolExecutor(writers, thread_name_prefix="db-write")
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="db-read")
         self.group = GroupCommit(self)
         #: Called on the event loop after every write through `write` (and so `group`) has committed.
         self.commit_listeners: list[Callable[[], None]] = []
+        #: How log followers learn of committed events (see `EventSignal`).
+        self.events: EventSignal = LocalEventSignal(self) if self.is_sqlite else PostgresEventSignal(self.url)
         #: Event inserts in this process (bumped by the namespace inside a transaction, before it commits).
         self.event_writes = 0
         #: Bumped on the event loop after a write call whose transactions inserted events has returned, so
         #: after their commit. With one writer thread (SQLite), a log follower that finds it unchanged since
         #: before its last (empty) read knows no event of this process has been committed since and skips
-        #: the read; other processes' commits are found by polling.
+        #: the read; other processes' commits are found by polling. Not used on PostgreSQL (`events.local`).
         self.event_epoch = 0
         self._epoch_writes = 0
 
@@ -163,9 +342,13 @@ class Database:
         loop = asyncio.get_running_loop()
         ctx = contextvars.copy_context()
         call = functools.partial(ctx.run, fn, *args, **kwargs)
-        return await loop.run_in_executor(executor, call)
+        try:
+            return await loop.run_in_executor(executor, call)
+        except DataError as exc:
+            raise refused(exc) from exc
 
     def close(self) -> None:
+        self.events.close()
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         self.engine.dispose()

@@ -198,3 +198,17 @@ fn_activations = Table(
 )
 Index("ix_fn_activations_queue", fn_activations.c.state, fn_activations.c.not_before)
 Index("ix_fn_activations_list", fn_activations.c.namespace, fn_activations.c.created)
+
+# -- pools running as processes of their own (`headrace pool`), found by doors here ---------------------------
+
+pools = Table(
+    "pools",
+    metadata,
+    Column("name", String(64), primary_key=True),  # as inodes.pool names it
+    Column("url", Text, nullable=False),  # where doors and redirected clients reach it
+    Column("free_bytes", BigInteger, nullable=False),
+    Column("used_bytes", BigInteger, nullable=False),
+    Column("started", BigInteger, nullable=False),  # ms since epoch
+    Column("heartbeat", BigInteger, nullable=False),  # ms: the last time it said it was alive
+    Column("expires", BigInteger, nullable=False),  # ms: doors send it no new files after this without a heartbeat
+)

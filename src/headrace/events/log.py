@@ -1,8 +1,11 @@
 """The event log: the outbox read as an ordered, offset-addressed sequence, with readers woken on commit.
 
-Offsets are the outbox's own primary key: monotonically increasing, never reused (SQLite AUTOINCREMENT).
-Readers in this process are woken when a write transaction commits (the database's commit listeners);
-commits made by other processes are seen within `poll` seconds.
+Offsets are the outbox's own primary key: monotonically increasing, never reused (SQLite AUTOINCREMENT, a
+PostgreSQL sequence), and committed in offset order (one writer at a time: see headrace.db.engine), so a
+follower that has read up to an offset has seen every event below it. Followers are woken by the database's
+`EventSignal`: on SQLite when a write transaction of this process commits, commits made by other processes
+being seen within `poll` seconds; on PostgreSQL by LISTEN/NOTIFY, whichever process committed, with `poll`
+as the fallback.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class EventLog:
         self._committed = asyncio.Event()
         self._read_at: dict[int, int] = {}  # offset -> db.event_epoch when a read past it found nothing
         self._head_at: tuple[int, int, float] | None = None  # (db.event_epoch, head, loop time) of the last read
-        db.commit_listeners.append(self.notify)
+        db.events.subscribe(self.notify)
 
     def read_from(self, offset: int, limit: int = 1000) -> list[StorageEvent]:
         """Up to `limit` events with offset >= `offset`, in order. Blocking."""
@@ -86,7 +89,7 @@ class EventLog:
         return int(result.rowcount or 0)
 
     def notify(self) -> None:
-        """Wake every waiter (called on the event loop after each write transaction commits)."""
+        """Wake every waiter (called on the event loop when events may have been committed)."""
         self._committed.set()
         self._committed = asyncio.Event()
 
@@ -96,10 +99,11 @@ class EventLog:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last_poll = loop.time()
+        self.db.events.watch()
         while True:
             committed = self._committed  # taken before reading: no commit can slip between
             epoch = self.db.event_epoch
-            known_empty = self.db.is_sqlite and self._read_at.get(offset) == epoch
+            known_empty = self.db.events.local and self._read_at.get(offset) == epoch
             if not known_empty or loop.time() - last_poll >= self.poll:
                 last_poll = loop.time()
                 batch = await self.db.read(self.read_from, offset + 1, limit)
@@ -117,10 +121,11 @@ class EventLog:
 
     async def _head_now(self, now: float) -> int:
         """The head, read again only when this process has committed events since the last read (the event
-        epoch, with one SQLite writer) or the poll interval has passed (other processes' commits)."""
+        epoch, with one SQLite writer) or the poll interval has passed (other processes' commits); on
+        PostgreSQL, on every call (a follower is woken by a notification of any process's commit)."""
         epoch = self.db.event_epoch
         cached = self._head_at
-        if self.db.is_sqlite and cached is not None and cached[0] == epoch and now - cached[2] < self.poll:
+        if self.db.events.local and cached is not None and cached[0] == epoch and now - cached[2] < self.poll:
             return cached[1]
         head = await self.db.read(self.head)
         self._head_at = (epoch, head, now)
@@ -130,6 +135,7 @@ class EventLog:
         """Wait until the log holds an event past `offset` or `timeout` passes; the head either way."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        self.db.events.watch()
         while True:
             committed = self._committed  # taken before reading the head: no commit can slip between
             head = await self._head_now(loop.time())

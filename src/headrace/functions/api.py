@@ -17,7 +17,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,9 +30,8 @@ from starlette.routing import Match
 from headrace.auth.access import Principal
 from headrace.errors import Forbidden, HeadraceError, NotFound, Unauthorized
 from headrace.functions import model, records
-from headrace.functions.controller import Controller
 from headrace.functions.model import MAX_PARAMETERS_BYTES, STORAGE_FEED, ModelError
-from headrace.functions.store import Exists
+from headrace.functions.store import Exists, FunctionStore
 from headrace.functions.throttle import Throttle, concurrency_refusal
 from headrace.http_common import WWW_AUTHENTICATE, principal_of
 from headrace.storage.service import StorageService
@@ -47,6 +46,26 @@ DEFAULT_BLOCKING_MS = 60_000
 MAX_BLOCKING_MS = 600_000
 FEED_KEYS = ("path", "recursive", "flags", "pattern", "min_size")
 STATES = ("queued", "running", "done", "dead")
+
+
+class Functions(Protocol):
+    """What the API needs of the functions back end: the embedded `Controller`, or a frontend's
+    `RemoteFunctions` when invokers run the activations (functions/gateway.py)."""
+
+    store: FunctionStore
+    max_workers: int
+
+    async def reload(self) -> None: ...
+
+    def invocations_in_flight(self, namespace: str) -> int: ...
+
+    async def invoke(
+        self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None
+    ) -> tuple[str, asyncio.Future[dict[str, Any]]]: ...
+
+    async def fire(self, namespace: str, trigger: dict[str, Any], payload: dict[str, Any]) -> str | None: ...
+
+    async def redrive(self, namespace: str, ids: list[str] | None) -> int: ...
 
 
 class WhiskError(Exception):
@@ -178,7 +197,7 @@ def _reference(raw: Any, namespace: str, what: str) -> str:
     return model.check_name(parts[1], f"{what} name")
 
 
-def install(app: FastAPI, service: StorageService, controller: Controller) -> None:
+def install(app: FastAPI, service: StorageService, controller: Functions) -> None:
     """Mount the functions API on the frontend."""
     api = APIRouter(tags=["functions"], route_class=_OpenWhiskRoute)
     authenticated = Depends(principal_of(service))

@@ -115,6 +115,15 @@ class FunctionStore:
             ).first()
         return _row(row) if row else None
 
+    def stamp(self) -> tuple[Any, ...]:
+        """Changes to actions, triggers or rules change this (rows and newest update of each table): how a
+        process that did not make a change notices it."""
+        with self.db.reader.connect() as conn:
+            return tuple(
+                tuple(conn.execute(select(func.count(), func.max(t.c.updated), func.max(t.c.version))).one())
+                for t in TABLES.values()
+            )
+
     def active_rules(self, namespace: str, trigger: str) -> list[dict[str, Any]]:
         q = select(fn_rules).where(
             fn_rules.c.namespace == namespace, fn_rules.c.trigger == trigger, fn_rules.c.status == "active"
@@ -199,6 +208,81 @@ class FunctionStore:
             )
         return int(n or 0)
 
+    # -- activations run by invokers elsewhere (the Kafka transport) ------------------------------------
+    # An invoker claims an activation before running it, and every later write of its attempt is fenced by
+    # (state running, attempt, start): if the activation was handed back, or claimed again after the invoker
+    # was presumed dead, the late write changes nothing, so exactly one final record is ever written.
+
+    def claim_in(self, conn: Connection, activation_id: str, now: int) -> tuple[str, dict[str, Any] | None]:
+        """In the caller's transaction: take an activation to run now. Returns (verdict, row):
+        "run" (the row, now running with `start` = now: this call's claim), "later" (queued, due at
+        row["not_before"]), "final" (done or dead: nothing to do), "missing", or "dead" (it was running
+        when its invoker went away and no attempt is left: made dead here, the row as it is now)."""
+        t = fn_activations
+        found = conn.execute(select(t).where(t.c.activation_id == activation_id)).first()
+        if found is None:
+            return "missing", None
+        row = _row(found)
+        if row["state"] in ("done", "dead"):
+            return "final", row
+        if row["state"] == "queued":
+            if int(row["not_before"]) > now:
+                return "later", row
+            done = conn.execute(
+                update(t)
+                .where(t.c.activation_id == activation_id, t.c.state == "queued", t.c.attempt == row["attempt"])
+                .values(state="running", start=now)
+            ).rowcount
+            if not done:
+                return "final", row  # changed under us: whoever changed it runs it
+            row.update(state="running", start=now)
+            return "run", row
+        # running, and not by the caller: its invoker died or gave it up unfinished (a live invoker holds
+        # its activations' offsets, so their messages reach no one else): run it as its next attempt
+        fence: list[Any] = [t.c.activation_id == activation_id, t.c.state == "running", t.c.attempt == row["attempt"]]
+        if row["start"] is not None:
+            fence.append(t.c.start == row["start"])
+        if int(row["attempt"]) < int(row["max_attempts"]):
+            attempt = int(row["attempt"]) + 1
+            if not conn.execute(update(t).where(*fence).values(attempt=attempt, start=now)).rowcount:
+                return "final", row
+            row.update(attempt=attempt, start=now)
+            return "run", row
+        dead = {
+            "state": "dead",
+            "status_code": 3,
+            "end": now,
+            "result": {"error": "The invoker stopped while the activation ran, and no attempt is left."},
+        }
+        if not conn.execute(update(t).where(*fence).values(**_dump(dead))).rowcount:
+            return "final", row
+        row.update(dead)
+        return "dead", row
+
+    def claim_queued_in(self, conn: Connection, activation_id: str, attempt: int, start: int) -> bool:
+        """In the caller's transaction: take a queued activation (its attempt `attempt`) to run from `start`;
+        False if it is no longer queued at that attempt (someone else took it)."""
+        t = fn_activations
+        result = conn.execute(
+            update(t)
+            .where(t.c.activation_id == activation_id, t.c.state == "queued", t.c.attempt == attempt)
+            .values(state="running", start=start)
+        )
+        return bool(result.rowcount)
+
+    def update_fenced_in(self, conn: Connection, activation_id: str, fence: tuple[int, int], /, **values: Any) -> bool:
+        """Write an attempt's outcome (or hand it back) only if that attempt, `fence` = (attempt, start), is
+        still the caller's claim."""
+        t = fn_activations
+        attempt, start = fence
+        result = conn.execute(
+            update(t)
+            .where(t.c.activation_id == activation_id, t.c.state == "running", t.c.attempt == attempt)
+            .where(t.c.start == start)
+            .values(**_dump(values))
+        )
+        return bool(result.rowcount)
+
     def update(self, activation_id: str, **values: Any) -> None:
         with self.db.engine.begin() as conn:
             self.update_in(conn, activation_id, **values)
@@ -212,6 +296,14 @@ class FunctionStore:
         with self.db.reader.connect() as conn:
             row = conn.execute(select(fn_activations).where(fn_activations.c.activation_id == activation_id)).first()
         return _row(row) if row else None
+
+    def activations_by_id(self, ids: list[str]) -> list[dict[str, Any]]:
+        t = fn_activations
+        out: list[dict[str, Any]] = []
+        with self.db.reader.connect() as conn:
+            for i in range(0, len(ids), 500):
+                out += [_row(r) for r in conn.execute(select(t).where(t.c.activation_id.in_(ids[i : i + 500])))]
+        return out
 
     def activations(
         self,

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -21,6 +21,7 @@ from html import escape as html_escape
 from typing import Any
 from urllib.parse import quote
 
+import httpx
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -48,9 +49,11 @@ from headrace.metrics import DOOR_BYTES, DOOR_REQUESTS
 from headrace.storage import locks
 from headrace.storage import webdav_xml as dav
 from headrace.storage.checksums import Hasher, format_digest, parse_digest, parse_want_digest
-from headrace.storage.namespace import CopyItem, Inode
+from headrace.storage.namespace import Blob, CopyItem, Inode
 from headrace.storage.paths import from_destination
-from headrace.storage.pool import READ_CHUNK, Upload
+from headrace.storage.pool import READ_CHUNK, ClientGone, Pool, new_blob_name, receive_into
+from headrace.storage.pool_client import PoolUnavailable, PoolUnreachable, RemotePool, Stored
+from headrace.storage.pool_protocol import TOKEN_PARAM, Commit
 from headrace.storage.service import StorageService
 
 CAUSE_HEADER = "x-headrace-cause"
@@ -59,12 +62,11 @@ log = logging.getLogger("headrace.door")
 
 
 ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, LOCK, UNLOCK, POST"
-WRITE_BUFFER = 1024 * 1024
 MAX_XML_BODY = 1024 * 1024
-
-
-class ClientGone(Exception):
-    """The client hung up before the request body was complete."""
+#: Bytes gathered from the client before each write to a pool process.
+REMOTE_BUFFER = 1024 * 1024
+#: A client that sends this (yes) with a PUT asks to be redirected to the pool, as `Expect: 100-continue` does.
+REDIRECT_HEADER = "x-headrace-redirect"
 
 
 @dataclass
@@ -210,6 +212,11 @@ class Door:
             digest = format_digest(node.checksums, want)
             if digest:
                 headers["Digest"] = digest
+        remote = None
+        if not head and node.pool is not None and node.pool not in self.service.pools:
+            remote = await self._remote(node.pool)
+            if self.settings.door_redirect:
+                return await self._redirect_read(call, node, remote, headers)
         start, length, status = 0, node.size, 200
         rng = call.header("range")
         if rng and self._if_range_ok(call, node):
@@ -224,7 +231,9 @@ class Door:
         headers["Content-Length"] = str(length)
         if head:
             return Response(status_code=status, headers=headers)
-        if status == 200 and "http.response.pathsend" in (call.scope.get("extensions") or {}):
+        if remote is not None:
+            await self._stream_remote(call, node, remote, status, headers, start, length)
+        elif status == 200 and "http.response.pathsend" in (call.scope.get("extensions") or {}):
             await self._send_path(call, node, headers)
         else:
             await self._stream_blob(call, node, status, headers, start, length)
@@ -262,16 +271,10 @@ class Door:
     async def _compute_checksums(self, node: Inode, types: set[str]) -> None:
         if node.pool is None or node.blob is None:
             return
-        pool = self.service.pool(node.pool)
-
-        def compute() -> dict[str, str]:
-            hasher = Hasher(types)
-            with open(pool.blob_path(node.blob or ""), "rb") as f:
-                while chunk := f.read(READ_CHUNK):
-                    hasher.update(chunk)
-            return hasher.values()
-
-        sums = await asyncio.to_thread(compute)
+        if node.pool in self.service.pools:
+            sums = await asyncio.to_thread(self.service.pool(node.pool).compute_checksums, node.blob, types)
+        else:
+            sums = await (await self._remote(node.pool)).checksums(node.blob, types)
         await self.db.write(self.ns.add_checksums, node, {t: sums[t] for t in types if t in sums})
 
     async def _send_path(self, call: Call, node: Inode, headers: dict[str, str]) -> None:
@@ -325,6 +328,178 @@ class Door:
             watcher.cancel()
             os.close(fd)
 
+    # -- pool processes ------------------------------------------------------------------------------------
+
+    async def _remote(self, name: str) -> RemotePool:
+        remote = await self.service.remote_pools.get(name)
+        if remote is None:
+            raise PoolUnavailable(f"Pool {name} is not registered")
+        return remote
+
+    async def _target_pool(self, length: int | None) -> Pool | RemotePool:
+        """Where a new file goes: a pool process when any is registered, else this process's own pool."""
+        remote = await self.service.remote_pools.choose(length)
+        return remote if remote is not None else self.service.choose_pool()
+
+    @staticmethod
+    def _origin(call: Call) -> str:
+        return f"{call.scope.get('scheme', 'http')}://{call.header('host') or ''}"
+
+    async def _redirect_read(self, call: Call, node: Inode, remote: RemotePool, headers: dict[str, str]) -> Response:
+        """302 to the pool with a token good for this blob only, for `pool_token_seconds`; the pool repeats
+        the file's headers (ETag, Digest...) from the token. The read is recorded now: the door sees no more."""
+        assert node.blob is not None
+        token = await remote.client_token("read", node.blob, self.settings.pool_token_seconds, headers=headers)
+        location = f"{remote.url}{quote(call.principal.external(node.path), safe='/')}?{TOKEN_PARAM}={token}"
+        await self.db.group.run(self.ns.record_read_in, node, call.subject, call.cause)
+        return Response(status_code=302, headers={"Location": location, "Content-Length": "0"})
+
+    async def _stream_remote(
+        self, call: Call, node: Inode, remote: RemotePool, status: int, headers: dict[str, str], start: int, length: int
+    ) -> None:
+        """Proxy bytes [start, start+length) from the pool; the response starts only once the pool has answered,
+        so that an unreachable pool is a 503, not a cut-off 200."""
+        assert node.blob is not None
+        raw = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
+        if length == 0:
+            await call.send({"type": "http.response.start", "status": status, "headers": raw})
+            await call.send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        gone = asyncio.Event()
+        async with remote.read(node.blob, start, length) as r:
+            watcher = asyncio.create_task(_watch_disconnect(call.receive, gone))
+            sent = 0
+            try:
+                await call.send({"type": "http.response.start", "status": status, "headers": raw})
+                try:
+                    async for chunk in r.aiter_raw():
+                        if gone.is_set():
+                            break
+                        sent += len(chunk)
+                        await call.send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx.TransportError as exc:
+                    raise PoolUnavailable(f"Pool {remote.name} failed while sending {node.path}") from exc
+                if not gone.is_set():
+                    if sent < length:
+                        raise PoolUnavailable(f"Pool {remote.name} sent {sent} of {length} bytes of {node.path}")
+                    await call.send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                watcher.cancel()
+                DOOR_BYTES.labels("out").inc(sent)
+
+    def _redirects_put(self, call: Call) -> bool:
+        if not self.settings.door_redirect:
+            return False
+        expect = (call.header("expect") or "").strip().lower()
+        opted = (call.header(REDIRECT_HEADER) or "").strip().lower() in ("1", "yes", "true", "on")
+        return expect == "100-continue" or opted
+
+    async def _redirect_write(
+        self, call: Call, remote: RemotePool, want: list[str], if_match: str | None, inm_any: bool
+    ) -> Response:
+        """307 (method and body kept) to the pool, with a token that tells it to commit the upload as this
+        user, with these preconditions, once the data is durable and its checksum verified."""
+        commit = Commit(
+            path=call.path,
+            username=call.subject.username,
+            uid=call.subject.uid,
+            gids=tuple(call.subject.gids),
+            admin=call.subject.admin,
+            if_match=if_match,
+            if_none_match_any=inm_any,
+            cause=call.cause,
+            want=tuple(want),
+            location=self._origin(call) + call.href(call.path, False),
+        )
+        token = await remote.client_token("write", new_blob_name(), self.settings.pool_token_seconds, commit=commit)
+        location = f"{remote.url}{quote(call.principal.external(call.path), safe='/')}?{TOKEN_PARAM}={token}"
+        if (call.header("expect") or "").strip().lower() != "100-continue":
+            # The client is sending its body regardless: read it to the end (and drop it), for a connection
+            # closed on unread data is reset, and the reset can destroy the 307 before the client reads it.
+            await self._discard_body(call)
+        return Response(status_code=307, headers={"Location": location, "Content-Length": "0"})
+
+    async def _discard_body(self, call: Call) -> None:
+        timeout = self.settings.upload_idle_timeout
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await call.receive()
+            except TimeoutError as exc:
+                raise IncompleteUpload(f"No data for {timeout:g} s; upload abandoned") from exc
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            if not message.get("more_body", False):
+                return
+
+    async def _upload_remote(
+        self, call: Call, remote: RemotePool, types: set[str], length: int | None
+    ) -> tuple[RemotePool, Stored]:
+        """Stream the request body to a pool process. A pool that cannot be connected to before any byte was
+        read from the client is passed over for the next one."""
+        timeout = self.settings.upload_idle_timeout
+        started = False
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal started
+            started = True
+            pieces: list[bytes] = []
+            buffered = received = 0
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        message = await call.receive()
+                except TimeoutError as exc:
+                    raise IncompleteUpload(f"No data for {timeout:g} s; upload abandoned") from exc
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                if chunk:
+                    pieces.append(chunk)
+                    buffered += len(chunk)
+                    received += len(chunk)
+                if (buffered >= REMOTE_BUFFER or not more) and pieces:
+                    yield b"".join(pieces)
+                    pieces.clear()
+                    buffered = 0
+                if not more:
+                    break
+            if length is not None and received != length:
+                raise IncompleteUpload(f"Body has {received} bytes, Content-Length says {length}")
+
+        tried: set[str] = set()
+        while True:
+            try:
+                stored = await remote.upload(
+                    body(), blob=new_blob_name(), length=length, types=types, digest=call.header("digest")
+                )
+                return remote, stored
+            except PoolUnreachable:
+                tried.add(remote.name)
+                following = None if started else await self.service.remote_pools.choose(length, exclude=tried)
+                if following is None:
+                    raise
+                remote = following
+
+    async def _commit_remote(
+        self, call: Call, remote: RemotePool, stored: Stored, **kw: Any
+    ) -> tuple[Inode, Blob | None, bool]:
+        try:
+            return await self.db.group.run(
+                self.ns.commit_upload_in,
+                call.path,
+                call.subject,
+                pool=remote.name,
+                blob=stored.blob,
+                size=stored.size,
+                sums=stored.checksums,
+                **kw,
+            )
+        except BaseException:
+            await self.service.drop_blobs([Blob(remote.name, stored.blob, stored.size)])
+            raise
+
     async def _html_listing(self, call: Call, node: Inode) -> Response | None:
         self.ns.check_readable(node, call.subject)
         title = html_escape(call.principal.external(node.path))
@@ -371,12 +546,39 @@ class Door:
             raise BadRequest(f"Malformed Digest header: {exc}") from exc
         want = parse_want_digest(call.header("want-digest") or "")
         length = _content_length(call)
-        pool = self.service.choose_pool()
+        target = await self._target_pool(length)
+        if isinstance(target, RemotePool):
+            if self._redirects_put(call):
+                return await self._redirect_write(
+                    call, target, want, if_match.strip() if if_match else None, bool(inm and inm.strip() == "*")
+                )
+            remote, stored = await self._upload_remote(call, target, set(expected) | set(want), length)
+            for t, v in expected.items():  # the pool verified them too; never commit on its word alone
+                if stored.checksums.get(t) != v:
+                    await self.service.drop_blobs([Blob(remote.name, stored.blob, stored.size)])
+                    raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {stored.checksums.get(t)}")
+            node, old, created = await self._commit_remote(
+                call,
+                remote,
+                stored,
+                if_match=if_match.strip() if if_match else None,
+                if_none_match_any=bool(inm and inm.strip() == "*"),
+                cause=call.cause,
+            )
+            return await self._put_done(call, node, old, created, stored.checksums, want, stored.size)
+        pool = target
         upload = await asyncio.get_running_loop().run_in_executor(self.io, pool.start_upload)
         try:
             if length:
                 upload.reserve(length)
-            sums = await self._receive_into(call, upload, set(expected) | set(want), length)
+            sums = await receive_into(
+                call.receive,
+                upload,
+                set(expected) | set(want),
+                length,
+                idle_timeout=self.settings.upload_idle_timeout,
+                executor=self.io,
+            )
             for t, v in expected.items():
                 if sums.get(t) != v:
                     raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")
@@ -396,7 +598,19 @@ class Door:
         except BaseException:
             upload.abort()
             raise
-        DOOR_BYTES.labels("in").inc(upload.size)
+        return await self._put_done(call, node, old, created, sums, want, upload.size)
+
+    async def _put_done(
+        self,
+        call: Call,
+        node: Inode,
+        old: Blob | None,
+        created: bool,
+        sums: dict[str, str],
+        want: list[str],
+        size: int,
+    ) -> Response:
+        DOOR_BYTES.labels("in").inc(size)
         if old is not None:
             await self.service.drop_blobs([old])
         headers = {"ETag": node.etag}
@@ -406,61 +620,6 @@ class Door:
         if created:
             headers["Location"] = call.href(node.path, False)
         return Response(status_code=201 if created else 204, headers=headers)
-
-    async def _receive_into(self, call: Call, upload: Upload, types: set[str], length: int | None) -> dict[str, str]:
-        """Stream the request body into `upload`, hashing as it goes. Double-buffered: while one chunk of up
-        to WRITE_BUFFER bytes is hashed and written on an I/O thread (zlib, hashlib and os.write release the
-        GIL), the next is received; so at most two chunks are in memory."""
-        hasher = Hasher(types)
-        loop = asyncio.get_running_loop()
-        timeout = self.settings.upload_idle_timeout
-        pieces: list[bytes] = []
-        buffered = 0
-        pending: asyncio.Future[None] | None = None
-
-        def sink(data: bytes) -> None:
-            hasher.update(data)
-            upload.write_raw(data)
-
-        async def flush() -> None:
-            nonlocal pending, buffered
-            data = b"".join(pieces)
-            pieces.clear()
-            buffered = 0
-            if pending is not None:
-                await pending
-            upload.reserve_for(len(data))  # bookkeeping stays on the loop thread
-            pending = loop.run_in_executor(self.io, sink, data)
-
-        try:
-            async with asyncio.timeout(None) as idle:
-                while True:
-                    # One timer rescheduled per chunk: asyncio.wait_for would cost a task per chunk.
-                    idle.reschedule(loop.time() + timeout)
-                    message = await call.receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientGone()
-                    body = message.get("body", b"")
-                    if body:
-                        pieces.append(body)
-                        buffered += len(body)
-                        if buffered >= WRITE_BUFFER:
-                            await flush()
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError as exc:
-            raise IncompleteUpload(f"No data for {timeout:g} s; upload abandoned") from exc
-        finally:
-            if pending is not None and not pending.done():
-                # Never leave a write running against a file that abort() is about to remove.
-                await asyncio.shield(pending)
-        if pieces:
-            await flush()
-        if pending is not None:
-            await pending
-        if length is not None and upload.size != length:
-            raise IncompleteUpload(f"Body has {upload.size} bytes, Content-Length says {length}")
-        return hasher.values()
 
     async def mkcol(self, call: Call) -> Response | None:
         call.principal.check("MANAGE", call.path)
@@ -542,7 +701,12 @@ class Door:
         made: list[tuple[CopyItem, str | None, str | None]] = []
         try:
             for item in plan:
-                if item.type == "REGULAR" and item.pool and item.blob:
+                if item.type == "REGULAR" and item.pool and item.blob and item.pool not in self.service.pools:
+                    remote = await self._remote(item.pool)
+                    blob = new_blob_name()
+                    await remote.copy(item.blob, blob)
+                    made.append((item, remote.name, blob))
+                elif item.type == "REGULAR" and item.pool and item.blob:
                     src_pool = self.service.pool(item.pool)
                     blob = await asyncio.to_thread(src_pool.copy_blob, item.blob)
                     made.append((item, src_pool.name, blob))
@@ -555,8 +719,10 @@ class Door:
                 self.locks.drop(target)
         except BaseException:
             for _, pool_name, new_blob in made:
-                if pool_name and new_blob:
+                if pool_name and new_blob and pool_name in self.service.pools:
                     self.service.pool(pool_name).remove_blob(new_blob)
+                elif pool_name and new_blob:
+                    await self.service.drop_blobs([Blob(pool_name, new_blob, 0)])
             raise
         await self.service.drop_blobs(blobs)
         return Response(status_code=204 if existed else 201)
@@ -577,7 +743,11 @@ class Door:
 
     def _quota(self) -> tuple[int, int]:
         pools = self.service.pools.values()
-        return sum(p.used_bytes for p in pools), sum(p.free_bytes() for p in pools)
+        remote = self.service.remote_pools.cached().values()
+        used = sum(p.used_bytes for p in pools) + sum(r.used_bytes for r in remote)
+        if remote:  # new files go to the pool processes: theirs is the room left
+            return used, sum(r.free_bytes for r in remote if r.live())
+        return used, sum(p.free_bytes() for p in pools)
 
     async def propfind(self, call: Call) -> Response | None:
         request = dav.parse_propfind(await self._small_body(call))
@@ -744,7 +914,12 @@ class Door:
         return self._lock_reply(call, lock, 201 if created else 200, new=True)
 
     async def _create_empty(self, call: Call) -> Inode:
-        pool = self.service.choose_pool()
+        target = await self._target_pool(0)
+        if isinstance(target, RemotePool):
+            stored = await target.upload(b"", blob=new_blob_name(), length=0, types=set())
+            node, _, _ = await self._commit_remote(call, target, stored, if_none_match_any=True)
+            return node
+        pool = target
         upload = await asyncio.get_running_loop().run_in_executor(self.io, pool.start_upload)
         try:
             await asyncio.to_thread(upload.finish)

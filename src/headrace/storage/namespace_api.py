@@ -81,7 +81,7 @@ def router(service: StorageService) -> APIRouter:
         principal.check("LIST" if children else "READ_METADATA", path)
         node = await db.read(ns.stat, path, principal.subject, xattr=flags["xattr"], label=want_labels)
         head = render(node, name=False, **flags)
-        if _flag(request, "blob") and not node.is_dir and node.pool and node.blob:
+        if _flag(request, "blob") and not node.is_dir and node.pool in service.pools and node.blob:
             # headrace extension for functions on this host: where the data is, so that they open the pool file
             # directly instead of copying it through the door. Only for readers on the loopback address.
             if client_ip(request.scope) not in ("127.0.0.1", "::1"):

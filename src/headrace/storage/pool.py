@@ -2,23 +2,39 @@
 
 An upload goes to `tmp/` under a fresh name and is renamed into `data/` only when complete (after fsync);
 the namespace commit that makes it visible comes after that rename. So after a crash a blob may exist
-without a namespace entry (an orphan, removed by `cleanup`), never the reverse.
+without a namespace entry (an orphan, removed by `remove_orphans`), never the reverse.
+
+The same directory layout serves the embedded pool (opened by the door's own process) and a pool process
+of its own (`headrace pool`, see `pool_server`); `receive_into` streams a request body into an upload for both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
+import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
-from headrace.errors import InsufficientStorage
+from starlette.types import Receive
+
+from headrace.errors import Conflict, IncompleteUpload, InsufficientStorage
+from headrace.storage.checksums import Hasher
 
 READ_CHUNK = 1024 * 1024
+WRITE_BUFFER = 1024 * 1024
+BLOB_NAME = re.compile(r"[0-9a-f]{32}")
+
+
+class ClientGone(Exception):
+    """The client hung up before the request body was complete."""
 
 
 def new_blob_name() -> str:
@@ -49,10 +65,22 @@ class Pool:
 
     # -- writing -----------------------------------------------------------------------------------------
 
-    def start_upload(self) -> Upload:
-        blob = new_blob_name()
-        fd = os.open(self.tmp / blob, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        return Upload(self, blob, fd)
+    def start_upload(self, blob: str | None = None) -> Upload:
+        """A new upload in tmp/; `blob` names it when another process chose the name (a door writing to this
+        pool over HTTP): then an existing blob of that name is refused, and `finish` never replaces one."""
+        if blob is None:
+            name, external = new_blob_name(), False
+        else:
+            if not BLOB_NAME.fullmatch(blob):
+                raise Conflict(f"Not a blob name: {blob!r}")
+            if self.blob_path(blob).exists():
+                raise Conflict(f"Blob {blob} exists in pool {self.name}")
+            name, external = blob, True
+        try:
+            fd = os.open(self.tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError as exc:
+            raise Conflict(f"Blob {name} is being written in pool {self.name}") from exc
+        return Upload(self, name, fd, external=external)
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.root)
@@ -86,6 +114,14 @@ class Pool:
     def open_blob(self, blob: str) -> int:
         return os.open(self.blob_path(blob), os.O_RDONLY | os.O_CLOEXEC)
 
+    def compute_checksums(self, blob: str, types: set[str]) -> dict[str, str]:
+        """Checksums of a stored blob, read from disk (blocking; for Want-Digest types not computed at upload)."""
+        hasher = Hasher(types)
+        with open(self.blob_path(blob), "rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                hasher.update(chunk)
+        return hasher.values()
+
     def remove_blob(self, blob: str, size: int | None = None) -> None:
         """Remove a blob counted in `used_bytes`; `size` None means measure it (so a caller that does not
         know the size cannot leak the count: a leak makes the pool refuse uploads it has room for)."""
@@ -117,10 +153,23 @@ class Pool:
                 for entry in os.scandir(top.path):
                     yield entry.name
 
-    def remove_orphans(self, referenced: Iterable[str]) -> int:
-        """Remove blobs no namespace entry refers to (left by a crash between rename and commit)."""
+    def remove_orphans(self, referenced: Iterable[str], *, older_than: float = 0.0) -> int:
+        """Remove blobs no namespace entry refers to (left by a crash between rename and commit, or by a
+        delete whose door could not reach this pool). `older_than` (seconds) spares recent blobs: on a pool
+        that serves while it sweeps, a young unreferenced blob may be an upload whose commit is on its way."""
         keep = set(referenced)
-        orphans = [b for b in self.blobs() if b not in keep]
+        cutoff = time.time() - older_than
+        orphans = []
+        for blob in self.blobs():
+            if blob in keep:
+                continue
+            if older_than:
+                try:
+                    if self.blob_path(blob).stat().st_mtime > cutoff:
+                        continue
+                except FileNotFoundError:
+                    continue
+            orphans.append(blob)
         for blob in orphans:
             self.remove_blob(blob, 0)  # never counted in used_bytes
         return len(orphans)
@@ -137,6 +186,8 @@ class Upload:
     reserved: int = 0
     accepted: int = 0
     done: bool = False
+    #: The name came from another process: finish() must not replace a blob of that name.
+    external: bool = False
 
     def reserve(self, n: int) -> None:
         self.pool._reserve(n)
@@ -176,11 +227,30 @@ class Upload:
         finally:
             os.close(self.fd)
             self.fd = -1
-        os.rename(self.pool.tmp / self.blob, self.pool.blob_path(self.blob))
+        tmp, final = self.pool.tmp / self.blob, self.pool.blob_path(self.blob)
+        if self.external:
+            try:
+                os.link(tmp, final)  # fails rather than replace a blob that a second upload of this name made
+            except FileExistsError as exc:
+                os.unlink(tmp)
+                self.pool.reserved_bytes -= self.reserved
+                self.reserved = 0
+                raise Conflict(f"Blob {self.blob} exists in pool {self.pool.name}") from exc
+            os.unlink(tmp)
+        else:
+            os.rename(tmp, final)
         self.done = True
         self.pool.reserved_bytes -= self.reserved
         self.pool.used_bytes += self.size
         self.reserved = 0
+        if self.pool.fsync:
+            # The new directory entry too: without it a power cut could take back a rename that the namespace
+            # has since committed to, leaving a visible file without data. (A failure here: abort() removes it.)
+            dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     def abort(self) -> None:
         """Drop the partial data (also after finish(): the namespace commit failed)."""
@@ -194,3 +264,69 @@ class Upload:
                 os.unlink(self.pool.tmp / self.blob)
             self.pool.reserved_bytes -= self.reserved
             self.reserved = 0
+
+
+async def receive_into(
+    receive: Receive,
+    upload: Upload,
+    types: set[str],
+    length: int | None,
+    *,
+    idle_timeout: float,
+    executor: Executor | None = None,
+) -> dict[str, str]:
+    """Stream an ASGI request body into `upload`, hashing as it goes; the checksums.
+
+    Double-buffered: while one chunk of up to WRITE_BUFFER bytes is hashed and written on an I/O thread
+    (zlib, hashlib and os.write release the GIL), the next is received; so at most two chunks are in memory.
+    Raises ClientGone when the client hangs up, IncompleteUpload after `idle_timeout` seconds without data
+    or when the body is shorter than `length`."""
+    hasher = Hasher(types)
+    loop = asyncio.get_running_loop()
+    pieces: list[bytes] = []
+    buffered = 0
+    pending: asyncio.Future[None] | None = None
+
+    def sink(data: bytes) -> None:
+        hasher.update(data)
+        upload.write_raw(data)
+
+    async def flush() -> None:
+        nonlocal pending, buffered
+        data = b"".join(pieces)
+        pieces.clear()
+        buffered = 0
+        if pending is not None:
+            await pending
+        upload.reserve_for(len(data))  # bookkeeping stays on the loop thread
+        pending = loop.run_in_executor(executor, sink, data)
+
+    try:
+        async with asyncio.timeout(None) as idle:
+            while True:
+                # One timer rescheduled per chunk: asyncio.wait_for would cost a task per chunk.
+                idle.reschedule(loop.time() + idle_timeout)
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                body = message.get("body", b"")
+                if body:
+                    pieces.append(body)
+                    buffered += len(body)
+                    if buffered >= WRITE_BUFFER:
+                        await flush()
+                if not message.get("more_body", False):
+                    break
+    except TimeoutError as exc:
+        raise IncompleteUpload(f"No data for {idle_timeout:g} s; upload abandoned") from exc
+    finally:
+        if pending is not None and not pending.done():
+            # Never leave a write running against a file that abort() is about to remove.
+            await asyncio.shield(pending)
+    if pieces:
+        await flush()
+    if pending is not None:
+        await pending
+    if length is not None and upload.size != length:
+        raise IncompleteUpload(f"Body has {upload.size} bytes, Content-Length says {length}")
+    return hasher.values()

@@ -8,6 +8,7 @@ blobs that no namespace entry refers to are removed too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from headrace.auth.access import Authenticator
 from headrace.auth.macaroons import MacaroonAuthority
@@ -22,9 +24,11 @@ from headrace.auth.users import Users, new_key
 from headrace.config import Settings
 from headrace.db.engine import Database
 from headrace.db.schema import state
+from headrace.errors import HeadraceError
 from headrace.events.log import EventLog
 from headrace.storage.namespace import Blob, Namespace
 from headrace.storage.pool import Pool
+from headrace.storage.pool_client import PoolDirectory
 
 log = logging.getLogger("headrace.storage")
 
@@ -51,15 +55,25 @@ class StorageService:
             f"pool{i}": Pool(f"pool{i}", d, max_bytes=settings.pool_max_bytes, fsync=settings.fsync)
             for i, d in enumerate(settings.pool_dirs)
         }
+        #: Pools running as processes of their own (`headrace pool`), as registered in the database. When any
+        #: is registered, new files go to them; files in this process's own pools are still served from there.
+        self.remote_pools = PoolDirectory(db, settings.pool_secret)
         self.macaroons = MacaroonAuthority(self._root_key())
+        #: Whether this process recovers the pools at start and marks a clean stop (see `open`).
+        self.recovers = True
         self.auth = Authenticator(self.users, self.macaroons, anonymous=settings.anonymous)
 
     @classmethod
-    def open(cls, settings: Settings) -> tuple[StorageService, StartReport]:
+    def open(cls, settings: Settings, *, recover: bool = True) -> tuple[StorageService, StartReport]:
+        """Open (and migrate) the database and start the service. `recover=False` is for a process that
+        shares its pools and database with others that are running (`headrace door`, `frontend`,
+        `controller`): it leaves the pools' tmp/ and blobs alone (another door's upload may be in
+        progress) and the clean-stop mark too (it is the embedded server's)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.database_url, durable=settings.fsync)
         db.migrate()
         service = cls(settings, db)
+        service.recovers = recover
         report = service._start()
         return service, report
 
@@ -79,8 +93,11 @@ class StorageService:
     def _root_key(self) -> str:
         key = self.get_state("macaroon-root-key")
         if key is None:
-            key = MacaroonAuthority.new_root_key()
-            self.set_state("macaroon-root-key", key)
+            # insert, never replace: processes starting at once must all end up with the one key
+            with contextlib.suppress(IntegrityError), self.db.engine.begin() as conn:
+                conn.execute(insert(state).values(name="macaroon-root-key", value=MacaroonAuthority.new_root_key()))
+            key = self.get_state("macaroon-root-key")
+            assert key is not None
         return key
 
     # -- start and stop ------------------------------------------------------------------------------------
@@ -88,6 +105,10 @@ class StorageService:
     def _start(self) -> StartReport:
         self.namespace.bootstrap()
         generated = self._ensure_admin()
+        if not self.recovers:
+            for name, pool in self.pools.items():
+                pool.used_bytes = self.namespace.bytes_in(name)
+            return StartReport(generated, 0, 0, True)
         clean = self.get_state(CLEAN_MARK) is not None
         self.set_state(CLEAN_MARK, None)  # until the next clean stop
         partial = sum(p.clear_tmp() for p in self.pools.values())
@@ -133,7 +154,8 @@ class StorageService:
 
     def close(self) -> None:
         """A clean stop: mark it so that the next start can skip the orphan scan."""
-        self.set_state(CLEAN_MARK, "1")
+        if self.recovers:
+            self.set_state(CLEAN_MARK, "1")
         self.db.close()
 
     # -- helpers for the transports ----------------------------------------------------------------------
@@ -145,8 +167,27 @@ class StorageService:
         return self.pools[name]
 
     async def drop_blobs(self, blobs: list[Blob]) -> None:
-        """Remove data no longer referenced (after the transaction that dropped it has committed)."""
+        """Remove data no longer referenced (after the transaction that dropped it has committed). A pool
+        process that cannot be reached keeps the blob until its orphan sweep removes it."""
+        remote: list[Blob] = []
         for b in blobs:
             pool = self.pools.get(b.pool)
             if pool is not None:
                 await asyncio.to_thread(pool.remove_blob, b.blob, b.size)
+            else:
+                remote.append(b)
+        if not remote:
+            return
+        limit = asyncio.Semaphore(32)  # a deleted tree's blobs go in parallel, but not all at once
+
+        async def drop_remote(b: Blob) -> None:
+            async with limit:
+                try:
+                    pool = await self.remote_pools.get(b.pool)
+                    if pool is not None:
+                        await pool.delete(b.blob)
+                except HeadraceError as exc:
+                    log.warning("blob %s stays in pool %s until its orphan sweep: %s", b.blob, b.pool, exc.detail)
+
+        for i in range(0, len(remote), 1000):
+            await asyncio.gather(*(drop_remote(b) for b in remote[i : i + 1000]))

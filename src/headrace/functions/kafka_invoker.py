@@ -1,0 +1,636 @@
+"""`headrace invoker`: a member of the invokers' consumer group, running the activations published to the
+activation topic on this host's warm workers (the same `Runner` as the embedded controller: zygotes,
+forked workers, limits, sequences).
+
+**Messages and records.** A message names an activation; its row in the database is the activation. For
+each message the invoker claims the row (`FunctionStore.claim_in`: queued → running with `start` = now;
+running but not held by this process → its invoker died: the next attempt, or dead when none is left;
+done or dead → nothing to do; not due yet → held until it is), runs it, and writes the outcome fenced by
+(attempt, start), so that a late writer (an invoker presumed dead, an activation handed back) changes
+nothing: exactly one final record per activation. A failed attempt with attempts left is written back as
+queued with its backoff and held here until due, then claimed again; its message stays uncommitted
+meanwhile, so an invoker that dies takes no retry with it. After each final record, a notice goes to the
+results topic (for blocking invokes).
+
+**Offsets.** Messages of one partition are run concurrently (one path's activations of an `ordered` action
+one at a time, in offset order); a partition's offset is committed up to, not including, its oldest
+message whose activation has not finished, and only after that activation's record has committed. A
+crash re-delivers what was not committed: finished activations are skipped (their rows are final),
+interrupted ones run again as their next attempt, so at most those run twice.
+
+**Flow.** The invoker holds at most `4 x workers` activations (running, waiting for a worker, waiting for a
+retry); past that it pauses its partitions, so that a backlog stays in Kafka as consumer lag (what KEDA
+scales on), not in memory, and partitions given to a new member carry their backlog with them.
+
+**Rebalance** (cooperative-sticky: only partitions that move are revoked). On revoke, activations of those
+partitions that have not started are dropped (their rows are queued; the new owner reads them again from the
+committed offset), running ones get up to `invoker_revoke_grace` seconds to finish; the rest are handed
+back (row queued again, same attempt, their late outcome fenced out) and run again by the new owner. Then
+the finished part is committed, synchronously, before the partitions go. Lost partitions (the session
+expired) are handed back without a commit. Stopping (SIGTERM) is a revoke of everything.
+
+**Group settings**: session.timeout.ms 6000 (the broker's minimum: a killed invoker's partitions move after
+at most 6 s), heartbeat.interval.ms 500 (members learn of a new member within half a second),
+max.poll.interval.ms >= 30 s (the consumer thread polls every 100 ms even when paused; only a revoke blocks
+it, for at most the grace), partition.assignment.strategy cooperative-sticky, auto commit off.
+
+Blocking consumer calls run on a thread of their own; rebalance callbacks (called inside poll) block that
+thread until the event loop has finished handling the revoke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import os
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from headrace.functions import messages
+from headrace.functions.controller import backoff_ms, status_label
+from headrace.functions.invoker import Outcome
+from headrace.functions.kafka_transport import ActivationPublisher, LibrdkafkaLog
+from headrace.functions.records import FINAL_STATES
+from headrace.functions.runner import ActionQueue, Host, Runner, capacity, internal, next_runnable, record_of
+from headrace.functions.store import FunctionStore, now_ms
+from headrace.metrics import FN_ACTIVATIONS, FN_COLD_STARTS, FN_LATENCY
+
+log = logging.getLogger("headrace.invoker")
+
+ACTION_TTL = 2.0  # seconds an action's row is reused before it is read again (updates show within this)
+COMMIT_EVERY = 0.1  # seconds between asynchronous commits of finished offsets
+SESSION_TIMEOUT_MS = 6000
+HEARTBEAT_MS = 500
+
+
+@dataclass
+class _Partition:
+    """One assigned partition's messages in offset order, and which of them are finished."""
+
+    pending: deque[int] = field(default_factory=deque)
+    done: set[int] = field(default_factory=set)
+    last: int = -1  # the newest offset received
+    committed: int = -1  # the offset last asked to be committed
+
+    def add(self, offset: int) -> None:
+        if offset > self.last:
+            self.pending.append(offset)
+            self.last = offset
+
+    def finish(self, offset: int) -> None:
+        self.done.add(offset)
+        while self.pending and self.pending[0] in self.done:
+            self.done.discard(self.pending.popleft())
+
+    def commit_point(self) -> int | None:
+        """The offset to commit (the next to read after a restart), if it moved since the last commit."""
+        if self.last < 0:
+            return None
+        point = self.pending[0] if self.pending else self.last + 1
+        return point if point > self.committed else None
+
+
+@dataclass
+class _Job:
+    """One message's activation while this invoker holds it."""
+
+    aid: str
+    namespace: str
+    name: str
+    partition: int
+    offset: int
+    order_key: str | None
+    state: str = "waiting"  # waiting (for a worker) | running | later (for its retry) | gone
+    row: dict[str, Any] | None = None
+    abandoned: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def queue_row(self) -> dict[str, Any]:
+        """The dict the per-action queue holds (next_runnable reads order_key and activation_id)."""
+        return {"activation_id": self.aid, "order_key": self.order_key, "job": self}
+
+
+class KafkaInvoker:
+    def __init__(
+        self,
+        host: Host,
+        *,
+        bootstrap: str,
+        code_root: Path,
+        api_url: str,
+        door_url: str,
+        max_workers: int,
+        topic: str = messages.ACTIVATION_TOPIC,
+        results_topic: str = messages.RESULTS_TOPIC,
+        group: str = messages.INVOKER_GROUP,
+        partitions: int = 8,
+        revoke_grace: float = 5.0,
+        client_id: str | None = None,
+    ) -> None:
+        self.host = host
+        self.db = host.db
+        self.store = FunctionStore(host.db)
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.group = group
+        self.partitions = partitions
+        self.revoke_grace = revoke_grace
+        self.max_workers = max_workers
+        self.max_held = 4 * max_workers
+        self.client_id = client_id or f"headrace-invoker-{socket.gethostname()}-{os.getpid()}"
+        self.runner = Runner(host, code_root=code_root, api_url=api_url, door_url=door_url, lookup=self._action)
+        self.publisher = ActivationPublisher(
+            bootstrap, topic=topic, results_topic=results_topic, partitions=partitions, client_id=self.client_id
+        )
+        self.parts: dict[int, _Partition] = {}
+        self.jobs: dict[str, _Job] = {}
+        self.queues: dict[tuple[str, str], ActionQueue] = {}
+        self.delayed: list[tuple[int, str, _Job]] = []  # (due, activation id, job) heap
+        self.running_total = 0
+        self.finished = 0  # activations this invoker has finished (a final record written), for tests/bench
+        self.assigned: set[int] = set()
+        self._actions: dict[tuple[str, str], tuple[dict[str, Any] | None, float]] = {}
+        self._consumer: Consumer | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = threading.Event()
+        self._stopped = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._commit_lock = threading.Lock()
+        self._to_commit: dict[int, int] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._paused = False
+        self._paused_count = 0
+
+    # -- life ---------------------------------------------------------------------------------------------
+
+    def consumer_config(self) -> dict[str, Any]:
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "group.id": self.group,
+            "client.id": self.client_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": SESSION_TIMEOUT_MS,
+            "heartbeat.interval.ms": HEARTBEAT_MS,
+            "max.poll.interval.ms": int(max(30.0, self.revoke_grace + 25.0) * 1000),
+            # what librdkafka fetches ahead per partition: small, the backlog belongs in Kafka
+            "queued.max.messages.kbytes": 1024,
+            "fetch.wait.max.ms": 100,
+            "log.connection.close": False,
+            "error_cb": self._on_error,
+            "logger": LibrdkafkaLog(),
+        }
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.publisher.start()  # creates the topics if they are missing
+        self._consumer = Consumer(self.consumer_config())
+        self._consumer.subscribe(
+            [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self._thread = threading.Thread(target=self._consume, name="invoker-consumer", daemon=True)
+        self._thread.start()
+        self._tasks = [
+            asyncio.create_task(self._schedule_forever()),
+            asyncio.create_task(self._autoscale_forever()),
+            asyncio.create_task(self._commit_forever()),
+        ]
+        log.info(
+            "invoker %s: group %s on %s topic %s, %d workers", self.client_id, self.group, self.bootstrap,
+            self.topic, self.max_workers,
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Finish (within the grace) or hand back what runs, commit, leave the group, stop the workers."""
+        self._stopping.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        running = [j.task for j in self.jobs.values() if j.task is not None and not j.task.done()]
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        await self.runner.close()
+        await self.publisher.close()
+
+    # -- the consumer thread ------------------------------------------------------------------------------
+
+    def _consume(self) -> None:
+        consumer = self._consumer
+        loop = self._loop
+        assert consumer is not None and loop is not None
+        try:
+            while not self._stopping.is_set():
+                self._flow(consumer)
+                self._commit_now(consumer)
+                room = max(1, self.max_held - len(self.jobs))
+                try:
+                    # poll() returns with the first message; consume(n) would wait for n of them (or the
+                    # timeout): one message would wait the whole timeout. Then take what is already here.
+                    first = consumer.poll(0.1)
+                    msgs = [first] if first is not None else []
+                    if first is not None and room > 1:
+                        msgs += consumer.consume(num_messages=min(room - 1, 500), timeout=0)
+                except KafkaException as exc:
+                    log.warning("invoker: consume failed: %s", exc)
+                    time.sleep(0.5)
+                    continue
+                batch = []
+                for m in msgs:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("invoker: %s", err.str())
+                        continue
+                    batch.append((m.partition() or 0, m.offset() or 0, m.value()))
+                if batch:
+                    loop.call_soon_threadsafe(self._received, batch)
+            # stopping: everything assigned is revoked (wait, hand back, commit), then leave the group
+            assignment = [tp.partition for tp in consumer.assignment()]
+            if assignment:
+                self._revoke_blocking(consumer, assignment, lost=False)
+        except Exception:
+            log.exception("invoker: the consumer failed")
+        finally:
+            with contextlib.suppress(Exception):
+                consumer.close()
+            loop.call_soon_threadsafe(self._stopped.set)
+
+    def _flow(self, consumer: Consumer) -> None:
+        """Pause every partition while this invoker holds as much as it may, resume below half of it."""
+        held = len(self.jobs)
+        if self._paused and held < self.max_held // 2:
+            consumer.resume(consumer.assignment())
+            self._paused = False
+        elif held >= self.max_held:
+            assignment = consumer.assignment()
+            if not self._paused or len(assignment) != self._paused_count:  # newly assigned ones too
+                consumer.pause(assignment)
+                self._paused, self._paused_count = True, len(assignment)
+
+    def _commit_now(self, consumer: Consumer) -> None:
+        """Commit (asynchronously) what the event loop has asked for since the last time."""
+        with self._commit_lock:
+            todo, self._to_commit = self._to_commit, {}
+        if todo:
+            try:
+                consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in todo.items()], asynchronous=True)
+            except KafkaException as exc:  # the next owner re-reads these, and skips what is final
+                log.info("invoker: commit of %s failed: %s", todo, exc)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        parts = [tp.partition for tp in partitions]
+        log.info("invoker %s: assigned partitions %s", self.client_id, parts)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._assigned, parts)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        parts = [tp.partition for tp in partitions]
+        if parts:
+            self._revoke_blocking(consumer, parts, lost=False)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        parts = [tp.partition for tp in partitions]
+        if parts:
+            self._revoke_blocking(consumer, parts, lost=True)
+
+    def _revoke_blocking(self, consumer: Consumer, parts: list[int], *, lost: bool) -> None:
+        loop = self._loop
+        assert loop is not None
+        log.info("invoker %s: %s partitions %s", self.client_id, "lost" if lost else "revoked", parts)
+        fut = asyncio.run_coroutine_threadsafe(self._revoke(parts, lost=lost), loop)
+        try:
+            offsets = fut.result(timeout=self.revoke_grace + 20)
+        except Exception:
+            log.exception("invoker: handing back partitions %s failed", parts)
+            offsets = {}
+        # what the loop queued for these partitions is superseded by the final offsets
+        with self._commit_lock:
+            for p in parts:
+                self._to_commit.pop(p, None)
+        if offsets and not lost:
+            try:
+                consumer.commit(
+                    offsets=[TopicPartition(self.topic, p, o) for p, o in offsets.items()], asynchronous=False
+                )
+            except KafkaException as exc:
+                log.info("invoker: final commit of %s failed: %s", offsets, exc)
+
+    # -- on the event loop: messages in ------------------------------------------------------------------
+
+    def _assigned(self, parts: list[int]) -> None:
+        for p in parts:
+            self.parts.setdefault(p, _Partition())
+            self.assigned.add(p)
+
+    def _received(self, batch: list[tuple[int, int, bytes | None]]) -> None:
+        for partition, offset, value in batch:
+            part = self.parts.setdefault(partition, _Partition())
+            self.assigned.add(partition)
+            if offset <= part.last:
+                continue  # fetched again after a seek: already held
+            part.add(offset)
+            body = messages.parse_activation(value)
+            if body is None:
+                log.warning("invoker: partition %d offset %d is no activation message; skipped", partition, offset)
+                part.finish(offset)
+                continue
+            if body["id"] in self.jobs:  # published twice (a controller restarted): the first one runs it
+                part.finish(offset)
+                continue
+            job = _Job(body["id"], body["ns"], body["name"], partition, offset, body.get("orderKey"))
+            self.jobs[job.aid] = job
+            self._queue(job)
+        self._request_commits()
+        self._wake.set()
+
+    def _queue(self, job: _Job) -> None:
+        job.state = "waiting"
+        self.queues.setdefault((job.namespace, job.name), ActionQueue()).items.append(job.queue_row())
+
+    def _finish(self, job: _Job) -> None:
+        """The job's message is dealt with: its offset may be committed."""
+        job.state = "gone"
+        if self.jobs.get(job.aid) is job:
+            del self.jobs[job.aid]
+        part = self.parts.get(job.partition)
+        if part is not None and not job.abandoned:
+            part.finish(job.offset)
+        self._request_commits()
+
+    def _request_commits(self) -> None:
+        points = {p: point for p, part in self.parts.items() if (point := part.commit_point()) is not None}
+        if points:
+            with self._commit_lock:
+                self._to_commit.update(points)
+            for p, point in points.items():
+                self.parts[p].committed = point
+
+    async def _commit_forever(self) -> None:
+        # commits are made on the consumer thread between polls; this only keeps the loop's side moving
+        while True:
+            await asyncio.sleep(COMMIT_EVERY)
+            self._request_commits()
+
+    async def _revoke(self, parts: list[int], *, lost: bool) -> dict[int, int]:
+        gone = set(parts)
+
+        def held() -> list[_Job]:
+            return [j for j in self.jobs.values() if j.partition in gone]
+
+        for job in held():
+            if job.state in ("waiting", "later"):  # not started: the next owner reads it again
+                self._forget(job)
+        running = [j.task for j in held() if j.state == "running" and j.task is not None]
+        if running and not lost:
+            await asyncio.wait(running, timeout=self.revoke_grace)
+        handed = 0
+        for job in held():
+            if job.state == "running":
+                await self._hand_back(job)
+                handed += 1
+            else:  # a retry that became due later, or one that started waiting again
+                self._forget(job)
+        offsets: dict[int, int] = {}
+        for p in parts:
+            part = self.parts.pop(p, None)
+            self.assigned.discard(p)
+            if part is not None and part.last >= 0:
+                offsets[p] = part.pending[0] if part.pending else part.last + 1
+        if handed:
+            log.warning(
+                "invoker %s: handed back %d running activations with partitions %s", self.client_id, handed, parts
+            )
+        self._wake.set()
+        return offsets
+
+    def _forget(self, job: _Job) -> None:
+        job.abandoned = True
+        job.state = "gone"
+        if self.jobs.get(job.aid) is job:
+            del self.jobs[job.aid]
+        aq = self.queues.get((job.namespace, job.name))
+        if aq is not None:
+            aq.items = deque(r for r in aq.items if r["job"] is not job)
+        self.delayed = [d for d in self.delayed if d[2] is not job]
+        heapq.heapify(self.delayed)
+
+    async def _hand_back(self, job: _Job) -> None:
+        """Give a running activation back (queued, the same attempt): its late outcome is fenced out."""
+        job.abandoned = True
+        if self.jobs.get(job.aid) is job:
+            del self.jobs[job.aid]
+        row = job.row
+        if row is None:
+            return
+        try:
+            await self.db.group.run(
+                self.store.update_fenced_in, job.aid, (int(row["attempt"]), int(row["start"])),
+                state="queued", not_before=now_ms(),
+            )  # fmt: skip
+        except Exception:
+            # left running: the next owner takes it as interrupted (its next attempt)
+            log.exception("invoker: handing back %s failed", job.aid)
+
+    # -- scheduling ---------------------------------------------------------------------------------------
+
+    async def _action(self, namespace: str, name: str) -> dict[str, Any] | None:
+        key = (namespace, name)
+        cached = self._actions.get(key)
+        if cached is not None and time.monotonic() - cached[1] < ACTION_TTL:
+            return cached[0]
+        row = await self.db.read(self.store.get, "actions", namespace, name)
+        self._actions[key] = (row, time.monotonic())
+        return row
+
+    def _known_actions(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {k: a for k, (a, _) in self._actions.items() if a is not None}
+
+    async def _schedule_forever(self) -> None:
+        while True:
+            timeout = None
+            now = now_ms()
+            while self.delayed and self.delayed[0][0] <= now:
+                _, _, due = heapq.heappop(self.delayed)
+                if due.state == "later" and self.jobs.get(due.aid) is due:
+                    self._queue(due)
+            if self.delayed:
+                timeout = max(0.001, (self.delayed[0][0] - now) / 1000)
+            for key, aq in self.queues.items():
+                cached = self._actions.get(key)
+                cap = capacity(cached[0] if cached else None) if cached else 4
+                while aq.items and aq.running < cap and self.running_total < self.max_workers:
+                    nxt = next_runnable(aq, True)
+                    if nxt is None:
+                        break
+                    job: _Job = nxt["job"]
+                    aq.running += 1
+                    self.running_total += 1
+                    aq.last_work = time.monotonic()
+                    aq.busy_keys.add(job.order_key or job.aid)
+                    job.state = "running"
+                    job.task = asyncio.create_task(self._run(key, aq, job))
+            self.runner.publish_metrics(self.queues)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def _autoscale_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.runner.autoscale(self._known_actions(), self.queues)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("invoker: autoscaler failed")
+
+    async def _run(self, key: tuple[str, str], aq: ActionQueue, job: _Job) -> None:
+        try:
+            await self._attempt(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # the database or a worker start failed: not this activation's fault; leave the message
+            # uncommitted (the next owner or a restart runs it again) and hand the claim back
+            log.exception("invoker: activation %s failed inside the invoker", job.aid)
+            if job.state == "running" and job.row is not None and not job.abandoned:
+                await self._hand_back(job)
+        finally:
+            aq.running -= 1
+            self.running_total -= 1
+            aq.last_work = time.monotonic()
+            aq.busy_keys.discard(job.order_key or job.aid)
+            self._wake.set()
+
+    async def _attempt(self, job: _Job) -> None:
+        row = await self.db.read(self.store.activation, job.aid)
+        if job.abandoned:
+            return
+        if row is None or row["state"] in FINAL_STATES:
+            self._finish(job)
+            return
+        if row["state"] == "queued" and int(row["not_before"]) > now_ms():
+            self._later(job, int(row["not_before"]))
+            return
+        claim: asyncio.Future[bool] | None = None
+        if row["state"] == "queued":
+            # claimed while the function starts, as the embedded controller marks it running: the claim is
+            # one commit off the latency, and if it loses (someone else took the row meanwhile, which only a
+            # duplicate on another partition can), the outcome is dropped: its writes are fenced anyway
+            start = now_ms()
+            claim = asyncio.ensure_future(
+                self.db.group.run(self.store.claim_queued_in, job.aid, int(row["attempt"]), start)
+            )
+            row = {**row, "state": "running", "start": start}
+        else:  # running, not here: interrupted elsewhere; the claim decides (next attempt, or dead) first
+            verdict, claimed = await self.db.group.run(self.store.claim_in, job.aid, now_ms())
+            if verdict == "dead" and claimed is not None:
+                self._notify(claimed)
+            if verdict == "later" and claimed is not None:
+                self._later(job, int(claimed["not_before"]))
+                return
+            if verdict != "run" or claimed is None:
+                self._finish(job)
+                return
+            row = claimed
+        job.row = row
+        try:
+            action = await self._action(job.namespace, job.name)
+            outcome: Outcome | None = None
+            failure: dict[str, Any] | None = None
+            if action is None:
+                failure = internal(f"The action {job.name} does not exist (any more).", 2)
+            elif (
+                row.get("event_time")
+                and now_ms() - int(row["event_time"]) > float(action["scaling"].get("maxEventAge", 6 * 3600)) * 1000
+            ):
+                failure = internal("The event is older than the action's maxEventAge.", 2)
+            elif not job.abandoned:  # (handed back while its claim was being made: not run here)
+                outcome = await self.runner.execute(action, job.aid, row["args"], int(row["start"]))
+        finally:
+            won = await claim if claim is not None else True
+        if not won:
+            self._finish(job)
+            return
+        if job.abandoned:  # handed back meanwhile: its row is queued again, this outcome is fenced out
+            return
+        if failure is not None or action is None or outcome is None:
+            await self._final(job, row, "dead", failure or internal("The action is gone.", 2))
+            return
+        FN_LATENCY.labels(action["name"]).observe((outcome.end - outcome.start) / 1000)
+        if outcome.cold:
+            FN_COLD_STARTS.labels(action["name"]).inc()
+        record = record_of(action, row, outcome)
+        if outcome.status != 0 and int(row["attempt"]) < int(row["max_attempts"]):
+            due = now_ms() + backoff_ms(int(row["attempt"]))
+            record.update(state="queued", not_before=due, attempt=int(row["attempt"]) + 1)
+            if await self._write(job, row, record):
+                FN_ACTIVATIONS.labels(action["name"], "retried").inc()
+                self._later(job, due)
+            else:
+                self._finish(job)
+            return
+        final = "done" if outcome.status == 0 or not row.get("rule") else "dead"
+        await self._final(job, row, final, record, outcome)
+
+    def _later(self, job: _Job, due: int) -> None:
+        """Hold the job (and its offset) until its retry is due."""
+        job.state = "later"
+        job.row = None
+        heapq.heappush(self.delayed, (due, job.aid, job))
+        self._wake.set()
+
+    async def _write(self, job: _Job, row: dict[str, Any], values: dict[str, Any]) -> bool:
+        return bool(
+            await self.db.group.run(
+                self.store.update_fenced_in, job.aid, (int(row["attempt"]), int(row["start"])), **values
+            )
+        )
+
+    async def _final(
+        self, job: _Job, row: dict[str, Any], final: str, record: dict[str, Any], outcome: Outcome | None = None
+    ) -> None:
+        values = {**record, "state": final}
+        if await self._write(job, row, values):
+            self.finished += 1
+            FN_ACTIVATIONS.labels(row["name"], status_label(int(values.get("status_code") or 0), final)).inc()
+            self._notify({**row, **values})
+        self._finish(job)
+
+    def _notify(self, row: dict[str, Any]) -> None:
+        if row.get("state") in FINAL_STATES:
+            try:
+                self.publisher.notify(row)
+            except Exception:
+                log.exception("invoker: the notice of %s was not sent", row.get("activation_id"))
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            log.error("invoker: fatal Kafka error %s", err.str())
+        elif err.code() not in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            log.warning("invoker: %s", err.str())
+
+    async def run_until_stopped(self, stop: asyncio.Event) -> None:
+        await self.start()
+        waiter = asyncio.create_task(stop.wait())
+        ended = asyncio.create_task(self._stopped.wait())
+        await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        ended.cancel()
+        await self.stop()

@@ -1,0 +1,358 @@
+"""Running activations on this process's warm workers: what the embedded controller and a `headrace invoker`
+share. One `Runner` keeps an `ActionPool` per action version (code written out of the database into
+`code_root/<namespace>/<name>/<version>/`), gives each activation its environment (the `__OW_*` variables and
+a macaroon acting as the action's owner), runs sequences component by component, turns an `Outcome` into
+the activation record's fields, and sizes the pools (the autoscaler).
+
+It decides nothing about queues, retries or where records go: its callers do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import math
+import os
+import shutil
+import time
+import zipfile
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from headrace.auth.macaroons import MacaroonAuthority
+from headrace.auth.users import Users
+from headrace.db.engine import Database
+from headrace.functions.invoker import ActionPool, ActionSpec, Outcome
+from headrace.functions.model import as_dict
+from headrace.functions.store import FunctionStore, new_activation_id, now_ms
+from headrace.metrics import FN_QUEUED, FN_RUNNING, FN_WORKERS
+
+TOKEN_VALIDITY_MS = 10 * 60_000
+SCALE_DOWN_WINDOW = 10.0  # seconds a pool must have been larger than needed before it shrinks
+
+#: An action by (namespace, name), or None when there is none.
+ActionLookup = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+
+
+class Host(Protocol):
+    """What running activations needs of the storage service: the database, users and token minting."""
+
+    db: Database
+    users: Users
+    macaroons: MacaroonAuthority
+
+
+@dataclass
+class ActionQueue:
+    items: deque[dict[str, Any]] = field(default_factory=deque)
+    running: int = 0
+    busy_keys: set[str] = field(default_factory=set)
+    surplus_since: float | None = None
+    last_work: float = field(default_factory=time.monotonic)
+
+
+def next_runnable(aq: ActionQueue, ordered: bool) -> dict[str, Any] | None:
+    """The next activation of `aq` that may start: the first; with `ordered`, the first whose path (order
+    key) has no activation running or waiting ahead of it."""
+    if not ordered:
+        return aq.items.popleft()
+    waiting: set[str] = set()
+    for i, row in enumerate(aq.items):
+        k = row.get("order_key") or row["activation_id"]
+        if k in aq.busy_keys or k in waiting:
+            waiting.add(k)
+            continue
+        del aq.items[i]
+        return row
+    return None
+
+
+def capacity(action: Mapping[str, Any] | None) -> int:
+    """Activations of one action that run at once: maxScale workers times their concurrency."""
+    if action is None:
+        return 1  # finishes at once as dead
+    return max(1, int(action["scaling"].get("maxScale", 4))) * max(1, int(action["limits"].get("concurrency", 1)))
+
+
+def default_worker_cap() -> int:
+    """Workers the server runs at once: four per CPU, and no more than memory holds at 256 MB each."""
+    cpus = os.cpu_count() or 1
+    try:
+        with open("/proc/meminfo") as f:
+            total_kb = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable"))
+        by_memory = max(1, total_kb // (256 * 1024))
+    except (OSError, StopIteration, ValueError):
+        by_memory = 64
+    return max(2, min(4 * cpus, by_memory))
+
+
+def record_of(action: dict[str, Any], row: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
+    """The activation record's fields for one finished attempt (OpenWhisk's annotations included)."""
+    annotations = [
+        {"key": "path", "value": f"{action['namespace']}/{action['name']}"},
+        {"key": "waitTime", "value": max(0, outcome.start - int(row["created"]))},
+        {"key": "kind", "value": action["exec"].get("kind", "python:3")},
+        {"key": "limits", "value": action["limits"]},
+        {"key": "attempt", "value": row["attempt"]},
+    ]
+    if outcome.cold and outcome.init_ms is not None:
+        annotations.append({"key": "initTime", "value": round(outcome.init_ms)})
+    if row.get("event_offset") is not None:
+        annotations.append({"key": "eventOffset", "value": row["event_offset"]})
+    if row.get("trigger"):
+        annotations.append({"key": "causedBy", "value": "trigger"})
+    return {
+        "start": outcome.start,
+        "end": outcome.end,
+        "status_code": outcome.status,
+        "result": outcome.result,
+        "logs": outcome.logs,
+        "annotations": annotations,
+        "attempt": row["attempt"],
+    }
+
+
+def internal(message: str, code: int = 3) -> dict[str, Any]:
+    """The record of an attempt that never reached a worker (an internal or a developer error)."""
+    stamp = now_ms()
+    return {"start": stamp, "end": stamp, "status_code": code, "result": {"error": message}, "logs": []}
+
+
+class Runner:
+    def __init__(self, host: Host, *, code_root: Path, api_url: str, door_url: str, lookup: ActionLookup) -> None:
+        self.host = host
+        self.db = host.db
+        self.store = FunctionStore(host.db)
+        self.code_root = code_root
+        self.api_url = api_url
+        self.door_url = door_url
+        self.lookup = lookup
+        self.pools: dict[str, ActionPool] = {}
+        self._tokens: dict[str, tuple[str, int]] = {}  # namespace -> (macaroon, valid until, ms)
+        self._runs: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for t in list(self._runs):
+            t.cancel()
+        await asyncio.gather(*self._runs, return_exceptions=True)
+        for pool in self.pools.values():
+            await pool.close()
+
+    # -- running ------------------------------------------------------------------------------------------
+
+    async def execute(self, action: dict[str, Any], aid: str, args: dict[str, Any], start: int) -> Outcome:
+        """Run one action (a Python function, or a sequence of them) for activation `aid`."""
+        params = {**as_dict(action["parameters"]), **args}
+        if action["exec"].get("kind") == "sequence":
+            return await self._sequence(action, aid, params, start)
+        deadline = start + int(action["limits"].get("timeout", 60_000))
+        request = {
+            "id": aid,
+            "args": params,
+            "deadline": deadline,
+            "action": f"/{action['namespace']}/{action['name']}",
+            "namespace": action["namespace"],
+            "env": self._env(action, aid, deadline),
+        }
+        return await self.pool(action).run(request)
+
+    async def _sequence(self, seq: dict[str, Any], aid: str, args: dict[str, Any], start: int) -> Outcome:
+        """Each component runs with the previous one's result; each gets an activation record of its own
+        (caused by the sequence's), and the sequence's logs list their ids, as OpenWhisk's do."""
+        ids: list[str] = []
+        result: dict[str, Any] = args
+        for name in seq["exec"]["components"]:
+            ns, _, short = name.strip("/").rpartition("/")
+            component = await self.lookup(ns or seq["namespace"], short)
+            if component is None or component["exec"].get("kind") == "sequence":
+                error = f"Sequence component {name} does not exist or is itself a sequence."
+                return Outcome(2, {"error": error}, ids, start, now_ms())
+            cid = new_activation_id()
+            ids.append(cid)
+            part = await self.execute(component, cid, result, now_ms())
+            record = {
+                "activation_id": cid,
+                "namespace": component["namespace"],
+                "name": component["name"],
+                "version": f"0.0.{component['version']}",
+                "subject": seq["namespace"],
+                "state": "done",
+                "created": part.start,
+                "not_before": part.start,
+                "start": part.start,
+                "end": part.end,
+                "status_code": part.status,
+                "result": part.result,
+                "logs": part.logs,
+                "cause": aid,
+                "annotations": [{"key": "causedBy", "value": "sequence"}],
+            }
+            await self.db.group.run(self.store.record_in, record)
+            if part.status != 0:
+                return Outcome(part.status, part.result, ids, start, part.end)
+            result = part.result
+        return Outcome(0, result, ids, start, now_ms())
+
+    def _env(self, action: dict[str, Any], aid: str, deadline: int) -> dict[str, str]:
+        env = {
+            "__OW_ACTIVATION_ID": aid,
+            "__OW_ACTION_NAME": f"/{action['namespace']}/{action['name']}",
+            "__OW_ACTION_VERSION": f"0.0.{action['version']}",
+            "__OW_NAMESPACE": action["namespace"],
+            "__OW_DEADLINE": str(deadline),
+            "__OW_API_HOST": self.api_url,
+            "HEADRACE_DOOR_URL": self.door_url,
+            "HEADRACE_API_URL": self.api_url,
+        }
+        token = self._token(action["namespace"], deadline)
+        if token:
+            env["HEADRACE_TOKEN"] = token
+            if any(a.get("key") == "provide-api-key" and a.get("value") for a in action.get("annotations", [])):
+                env["__OW_API_KEY"] = token
+        return env
+
+    def _token(self, namespace: str, deadline: int) -> str | None:
+        """A macaroon acting as the action's owner at least until the activation's deadline (for ctx.storage).
+        Minted for ten minutes at a time and reused while it outlasts the deadline."""
+        cached = self._tokens.get(namespace)
+        if cached is not None and cached[1] > deadline + 5000:
+            return cached[0]
+        try:
+            user = self.host.users.get(namespace)
+        except Exception:
+            return None
+        validity_ms = max(TOKEN_VALIDITY_MS, deadline - now_ms() + 5000 + TOKEN_VALIDITY_MS // 2)
+        token = self.host.macaroons.mint(
+            username=user.username,
+            uid=user.uid,
+            gids=tuple(user.gids),
+            caveats=[],
+            validity=timedelta(milliseconds=validity_ms),
+        )
+        self._tokens[namespace] = (token, now_ms() + validity_ms - 1000)
+        return token
+
+    # -- workers ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def key(action: dict[str, Any]) -> str:
+        return f"{action['namespace']}/{action['name']}@{action['version']}"
+
+    def pool(self, action: dict[str, Any]) -> ActionPool:
+        key = self.key(action)
+        pool = self.pools.get(key)
+        if pool is None:
+            code_dir = self._materialize(action)
+            limits = action["limits"]
+            spec = ActionSpec(
+                key=key,
+                code_dir=code_dir,
+                main=action["exec"].get("main") or "main",
+                timeout_ms=int(limits.get("timeout", 60_000)),
+                memory_mb=int(limits.get("memory", 256)),
+                logs_mb=int(limits.get("logs", 10)),
+                concurrency=int(limits.get("concurrency", 1)),
+            )
+            pool = self.pools[key] = ActionPool(spec)
+        return pool
+
+    def _materialize(self, action: dict[str, Any]) -> Path:
+        """The action's code as files: code_root/<namespace>/<name>/<version>/. Written to a directory of this
+        process's own and renamed into place, so that processes sharing a code root never see half of it."""
+        target = Path(self.code_root, str(action["namespace"]), str(action["name"]), str(action["version"]))
+        if (target / ".complete").exists():
+            return target
+        if target.exists():  # left incomplete by an older server (before the rename)
+            shutil.rmtree(target, ignore_errors=True)
+        work = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        ex = action["exec"]
+        try:
+            if ex.get("binary"):
+                with zipfile.ZipFile(io.BytesIO(base64.b64decode(ex["code"]))) as z:
+                    for member in z.namelist():
+                        dest = (work / member).resolve()
+                        if not str(dest).startswith(str(work.resolve())):
+                            raise ValueError(f"zip member escapes the action directory: {member}")
+                    z.extractall(work)
+            else:
+                (work / "__main__.py").write_text(ex["code"])
+            (work / ".complete").touch()
+            try:
+                os.rename(work, target)
+            except OSError:  # another process put it there first
+                if not (target / ".complete").exists():
+                    raise
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+        return target
+
+    async def drop_pools_except(self, live: set[str]) -> None:
+        """Close the idle pools of action versions not in `live` (busy ones: the autoscaler, once idle)."""
+        for key in [k for k in self.pools if k not in live]:
+            pool = self.pools.pop(key)
+            if not pool.busy:
+                await pool.close()
+            else:
+                self.pools[key] = pool
+
+    async def autoscale(
+        self, actions: Mapping[tuple[str, str], dict[str, Any]], queues: Mapping[tuple[str, str], ActionQueue]
+    ) -> None:
+        """Size each action's warm workers: up at once (every activation takes or forks a worker), down to the
+        demand after a stable window, to zero after `idleSeconds` without work, never below minScale."""
+        now = time.monotonic()
+        current = {self.key(a): a for a in actions.values()}
+        for key, pool in list(self.pools.items()):
+            action = current.get(key)
+            if action is None:  # an old version: gone once idle
+                if not pool.busy:
+                    del self.pools[key]
+                    await pool.close()
+                continue
+            aq = queues.get((action["namespace"], action["name"]), ActionQueue())
+            sc = action["scaling"]
+            concurrency = max(1, int(action["limits"].get("concurrency", 1)))
+            low, high = int(sc.get("minScale", 0)), int(sc.get("maxScale", 4))
+            desired = min(high, max(low, math.ceil((len(aq.items) + aq.running) / concurrency)))
+            if pool.size < low:
+                self._background(pool.warm(low))
+            if pool.size > desired:
+                if aq.surplus_since is None:
+                    aq.surplus_since = now
+                idle = now - aq.last_work
+                if desired == 0 and idle >= float(sc.get("idleSeconds", 60)):
+                    pool.shrink(low)
+                elif desired > 0 and now - aq.surplus_since >= SCALE_DOWN_WINDOW:
+                    pool.shrink(max(desired, low))
+            else:
+                aq.surplus_since = None
+        # actions with minScale but no pool yet
+        for action in actions.values():
+            if (
+                int(action["scaling"].get("minScale", 0)) > 0
+                and action["exec"].get("kind") != "sequence"
+                and self.key(action) not in self.pools
+            ):
+                self._background(self.pool(action).warm(int(action["scaling"]["minScale"])))
+        self.publish_metrics(queues)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+
+    def publish_metrics(self, queues: Mapping[tuple[str, str], ActionQueue]) -> None:
+        for (_, name), aq in queues.items():
+            FN_QUEUED.labels(name).set(len(aq.items))
+            FN_RUNNING.labels(name).set(aq.running)
+        for key, pool in self.pools.items():
+            FN_WORKERS.labels(key.rsplit("/", 1)[-1].split("@")[0]).set(pool.size)

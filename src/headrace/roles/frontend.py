@@ -1,0 +1,88 @@
+"""The frontend role: the namespace and events APIs, the functions API, OpenAPI and /metrics (uvicorn, h11).
+
+Its functions back end is the in-process controller (`headrace up`), or, when invokers run the activations,
+`RemoteFunctions` (database + Kafka, functions/gateway.py), or none of the invoking part at all (a
+standalone frontend without Kafka: invokes, fires and redrives answer 503).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from headrace.config import Settings
+from headrace.events.channels import ChannelManager
+from headrace.frontend import create_app
+from headrace.roles.common import QuietServer, uvicorn_config
+from headrace.storage.service import StorageService
+
+if TYPE_CHECKING:
+    from headrace.functions.api import Functions
+    from headrace.functions.kafka_transport import ResultWaiters
+
+
+class FrontendRole:
+    def __init__(
+        self,
+        service: StorageService,
+        settings: Settings,
+        functions: Functions | None,
+        *,
+        channels_dir: Path,
+        results: ResultWaiters | None = None,
+    ) -> None:
+        self.settings = settings
+        self.channels = ChannelManager(service.log, channels_dir, per_user=settings.channels_per_user)
+        self.results = results
+        # h11 rather than httptools: httptools lowercases response header names, and dCache's event clients
+        # find a channel's `Location` case-sensitively.
+        self.app = create_app(service, self.channels, functions)
+        self.server = QuietServer(uvicorn_config(self.app, settings, settings.api_port, http="h11"))
+
+    def announce(self) -> None:
+        print(f"headrace: frontend {self.settings.api_url}  (REST API, /metrics, /api/v1/openapi.json)", flush=True)
+
+    async def start(self) -> None:
+        await self.channels.start()
+        if self.results is not None:
+            await self.results.start()
+
+    def request_stop(self) -> None:
+        self.channels.shutdown_clients()
+        self.server.request_stop()
+
+    async def stop(self) -> None:
+        await self.channels.stop()
+        if self.results is not None:
+            await self.results.close()
+
+
+class NoInvoker:
+    """The functions back end of a standalone frontend without Kafka: entities and records work (they are in
+    the database), invokes, fires and redrives are refused, for nothing here could run them."""
+
+    def __init__(self, service: StorageService) -> None:
+        from headrace.functions.store import FunctionStore
+
+        self.store = FunctionStore(service.db)
+        self.max_workers = 0
+
+    async def reload(self) -> None:
+        pass
+
+    def invocations_in_flight(self, namespace: str) -> int:
+        return 0
+
+    def _refuse(self) -> Any:
+        from headrace.functions.api import WhiskError
+
+        return WhiskError(503, "This frontend runs no activations: start it with --kafka to hand them to the invokers.")
+
+    async def invoke(self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None) -> Any:
+        raise self._refuse()
+
+    async def fire(self, namespace: str, trigger: dict[str, Any], payload: dict[str, Any]) -> str | None:
+        raise self._refuse()
+
+    async def redrive(self, namespace: str, ids: list[str] | None) -> int:
+        raise self._refuse()
