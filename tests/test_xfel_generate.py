@@ -10,6 +10,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from extra_data import H5File, RunDirectory
+from extra_data.components import JUNGFRAU
+from extra_data.validation import RunValidator
 
 from harness import Server
 from headrace.client import Client, ClientConfig
@@ -28,11 +31,6 @@ from headrace.xfel.generate import (
     upload_run,
     write_run,
 )
-
-extra_data = pytest.importorskip("extra_data")
-from extra_data import H5File, RunDirectory  # noqa: E402
-from extra_data.components import JUNGFRAU  # noqa: E402
-from extra_data.validation import RunValidator  # noqa: E402
 
 SPEC = RunSpec(agipd=True)  # 2 sequences of 10 trains; missing offsets 5, 14, 15; a detector gap at 8
 
