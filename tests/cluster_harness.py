@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,18 @@ def _listening(role: Role) -> bool:
             return True
     except OSError:
         return False
+
+
+def own_topics(**extra: str) -> dict[str, str]:
+    """Environment giving a cluster Kafka topics and a consumer group of its own on the session's broker."""
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "HEADRACE_ACTIVATION_TOPIC": f"activations-{tag}",
+        "HEADRACE_ACTIVATION_RESULTS_TOPIC": f"results-{tag}",
+        "HEADRACE_INVOKER_GROUP": f"invokers-{tag}",
+        "HEADRACE_KAFKA_TOPIC": f"events-{tag}",
+        **extra,
+    }
 
 
 @dataclass

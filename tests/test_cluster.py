@@ -12,9 +12,9 @@ cut by the kill may have started twice, no more), and every invoker, the restart
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from cluster_harness import AUTH, Cluster, Role, api, deploy
+from cluster_harness import AUTH, Cluster, Role, api, deploy, own_topics
 from harness import wait_for
 from sse_reader import SseReader
 from test_kafka_invokers import mark_code, records, runs, wait_done
@@ -48,18 +48,11 @@ def postgres() -> Iterator[PostgresCluster]:
 
 @pytest.fixture
 def cluster(tmp_path: Path, kafka: KafkaBroker, postgres: PostgresCluster) -> Iterator[Cluster]:
-    tag = uuid.uuid4().hex[:8]
     cl = Cluster(
         tmp_path / "cluster",
         postgres.create_database(),
         kafka.bootstrap,
-        env_extra={
-            "HEADRACE_ACTIVATION_TOPIC": f"activations-{tag}",
-            "HEADRACE_ACTIVATION_RESULTS_TOPIC": f"results-{tag}",
-            "HEADRACE_INVOKER_GROUP": f"invokers-{tag}",
-            "HEADRACE_KAFKA_TOPIC": f"events-{tag}",
-            "HEADRACE_POOL_HEARTBEAT": "0.5",
-        },
+        env_extra=own_topics(HEADRACE_POOL_HEARTBEAT="0.5"),
     )
     yield cl
     cl.stop()
@@ -199,7 +192,11 @@ def test_a_cluster_loses_no_event_and_no_activation_when_an_invoker_and_a_door_d
     # its invoker died, with the record not yet written); every other one ran exactly once
     again = {r["activationId"] for r in recs if r["attempt"] > 1}
     twice = {aid for aid, n in starts.items() if n > 1}
-    assert twice <= again and all(n <= 2 for n in starts.values())
+    # ... and so may those a rebalance handed back still running after the revoke grace (the invokers log how
+    # many): at least once, with their late outcome fenced out of the record
+    handed = sum(int(n) for r in cluster.roles for n in re.findall(r"handed back (\d+) running", r.log()))
+    assert len(twice - again) <= handed, f"{sorted(twice - again)} ran twice; {handed} handed back"
+    assert all(n <= 2 for n in starts.values())
     assert {aid for aid, v in ends.items() if len(v) > 1} <= again and all(len(v) <= 2 for v in ends.values())
     assert victim.health()["finished"] > 0, "the restarted invoker took no work"
     assert all(i.health()["finished"] > 0 for i in invokers)

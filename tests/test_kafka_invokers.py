@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 import pytest
 
-from cluster_harness import Cluster, Role, activation_states, api, deploy, door
+from cluster_harness import Cluster, Role, activation_states, api, deploy, door, own_topics
 from harness import wait_for
 
 if TYPE_CHECKING:
@@ -48,19 +48,7 @@ def main(args):
 
 @pytest.fixture
 def cluster(tmp_path: Path, kafka: KafkaBroker, db_url: str) -> Iterator[Cluster]:
-    tag = uuid.uuid4().hex[:8]
-    cl = Cluster(
-        tmp_path / "cluster",
-        db_url,
-        kafka.bootstrap,
-        env_extra={
-            "HEADRACE_ACTIVATION_TOPIC": f"activations-{tag}",
-            "HEADRACE_ACTIVATION_RESULTS_TOPIC": f"results-{tag}",
-            "HEADRACE_INVOKER_GROUP": f"invokers-{tag}",
-            "HEADRACE_KAFKA_TOPIC": f"events-{tag}",
-            "HEADRACE_INVOKER_REVOKE_GRACE": "5",
-        },
-    )
+    cl = Cluster(tmp_path / "cluster", db_url, kafka.bootstrap, env_extra=own_topics(HEADRACE_INVOKER_REVOKE_GRACE="5"))
     yield cl
     cl.stop()
     (tmp_path / "cluster-logs.txt").write_text(cl.logs())

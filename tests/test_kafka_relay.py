@@ -322,6 +322,7 @@ def test_relay_restart_neither_loses_nor_floods(kafka: KafkaBroker, tmp_path: Pa
     assert all(n <= 2 for n in counts.values())
 
 
+@pytest.mark.db_independent("a broker outage: the relay's handling of Kafka, not of the database")
 def test_broker_restart_during_writes(flaky_kafka: KafkaBroker, tmp_path: Path, kafka_server: list[Server]) -> None:
     flaky_kafka.start()
     topic = topic_name()
@@ -349,6 +350,7 @@ def test_broker_restart_during_writes(flaky_kafka: KafkaBroker, tmp_path: Path, 
 # -- Kafka down -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.db_independent("a broker outage: the relay's handling of Kafka, not of the database")
 def test_kafka_down_at_start(flaky_kafka: KafkaBroker, tmp_path: Path, kafka_server: list[Server]) -> None:
     flaky_kafka.stop()
     topic = topic_name()
@@ -372,6 +374,7 @@ def test_kafka_down_at_start(flaky_kafka: KafkaBroker, tmp_path: Path, kafka_ser
     assert "reachable again" in srv.log()
 
 
+@pytest.mark.db_independent("a broker outage: the relay's handling of Kafka, not of the database")
 def test_kafka_down_mid_run(flaky_kafka: KafkaBroker, tmp_path: Path, kafka_server: list[Server]) -> None:
     if not flaky_kafka.running:
         flaky_kafka.start()

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from headrace.xfel.generate import Expected, RunSpec, expected, file_path, proposal_dir, run_files
+from headrace.xfel.generate import Expected, RunSpec, expected, file_path, proposal_dir, run_files, write_run
 from xfel_ctx import Ctx, DirStorage, load_example
 
 pytestmark = pytest.mark.db_independent("the function on local files, no server")
@@ -34,10 +34,7 @@ azint = load_example("azint")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default run, stored as headrace stores it: RAW-* in raw/r0042, CORR-* in proc/r0042."""
     root = tmp_path_factory.mktemp("store")
-    for name, data in run_files(SPEC):
-        target = root / file_path(proposal_dir(SPEC), name).lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+    write_run(SPEC, root / proposal_dir(SPEC).lstrip("/"), tree=True)
     return root
 
 

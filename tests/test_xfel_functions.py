@@ -19,6 +19,7 @@ from headrace.cli.catalogue import search_records
 from headrace.client import Client, ClientConfig
 from headrace.functions_client import FeedSpec, Functions, FunctionSpec
 
+pytestmark = pytest.mark.db_independent("the example functions and their own SQLite catalogue, not the server database")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "xfel"
 ALL_CHANGES = ("IN_CLOSE_WRITE", "IN_DELETE", "IN_MOVED_FROM", "IN_MOVED_TO")
 

@@ -34,6 +34,8 @@ from headrace.xfel.generate import (
 
 SPEC = RunSpec(agipd=True)  # 2 sequences of 10 trains; missing offsets 5, 14, 15; a detector gap at 8
 
+pytestmark = pytest.mark.db_independent("the generator's files; its one upload test needs any server")
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from headrace.xfel.generate import RunSpec, expected, file_path, proposal_dir, run_files
+from headrace.xfel.generate import RunSpec, expected, file_path, proposal_dir, run_files, write_run
 from xfel_ctx import Ctx, DirStorage, load_example
 
 pytestmark = pytest.mark.db_independent("the function on local files, no server")
@@ -23,10 +23,7 @@ SPEC = RunSpec(sequences=3, trains_per_sequence=12, missing_trains=(3, 17, 18, 3
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("store")
-    for name, data in run_files(SPEC):
-        target = root / file_path(proposal_dir(SPEC), name).lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+    write_run(SPEC, root / proposal_dir(SPEC).lstrip("/"), tree=True)
     return root
 
 
