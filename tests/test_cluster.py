@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import psutil
 import pytest
 
 from cluster_harness import AUTH, Cluster, Role, api, deploy, own_topics
@@ -159,6 +160,9 @@ def test_a_cluster_loses_no_event_and_no_activation_when_an_invoker_and_a_door_d
     threads = upload_through([door_a, door_b], [n[:half] for n in names], "/cluster")
     wait_for(lambda: all(i.health()["finished"] >= 2 for i in invokers), "every invoker to run some", 60)
     victim = invokers[2]
+    assert victim.proc is not None
+    # the processes whose runs the kill cuts: the invoker, its zygotes and their workers
+    victim_pids = {victim.proc.pid} | {c.pid for c in psutil.Process(victim.proc.pid).children(recursive=True)}
     victim.kill()
     door_b.kill()
     time.sleep(1.0)
@@ -192,10 +196,18 @@ def test_a_cluster_loses_no_event_and_no_activation_when_an_invoker_and_a_door_d
     # its invoker died, with the record not yet written); every other one ran exactly once
     again = {r["activationId"] for r in recs if r["attempt"] > 1}
     twice = {aid for aid, n in starts.items() if n > 1}
-    # ... and so may those a rebalance handed back still running after the revoke grace (the invokers log how
-    # many): at least once, with their late outcome fenced out of the record
+    # The kill can also cut a run after its function started but before its claim committed: the row is
+    # still queued at attempt 1 and the next owner runs it again at attempt 1. So: a second run at attempt 1
+    # only for activations that started in one of the killed processes, or that a rebalance handed back
+    # still running after the revoke grace (the invokers log how many).
+    cut = {
+        f.name.split(".")[0]
+        for f in marks.iterdir()
+        if ".start." in f.name and int(f.name.split(".")[2]) in victim_pids
+    }
     handed = sum(int(n) for r in cluster.roles for n in re.findall(r"handed back (\d+) running", r.log()))
-    assert len(twice - again) <= handed, f"{sorted(twice - again)} ran twice; {handed} handed back"
+    unexplained = twice - again - cut
+    assert len(unexplained) <= handed, f"{sorted(unexplained)} ran twice; {handed} handed back"
     assert all(n <= 2 for n in starts.values())
     assert {aid for aid, v in ends.items() if len(v) > 1} <= again and all(len(v) <= 2 for v in ends.values())
     assert victim.health()["finished"] > 0, "the restarted invoker took no work"

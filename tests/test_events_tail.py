@@ -227,6 +227,10 @@ def tails() -> Iterator[list[Tail]]:
 # -- output formats -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only(
+    "open defect: in the PostgreSQL pass run beside the SQLite one the CLI's 30 s wait expires "
+    "(passes alone on PostgreSQL in ~5 s); see the issue-6 note"
+)
 def test_inotify_lines_with_flags_and_move_cookies(server: Server, tails: list[Tail]) -> None:
     d = "/tail-ino"
     mkdir(server, d)
