@@ -7,6 +7,7 @@ their own (`flaky_kafka`); the session's `kafka` broker stays up for everyone el
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -50,6 +51,12 @@ def outbox_events(data: Path) -> list[StorageEvent]:
 
 
 def relay_server(base: Path, bootstrap: str, topic: str) -> Server:
+    # The topic is made first when the broker is up (as an operator would): in 2 of 6 parallel test passes the
+    # first event sent to a topic the broker auto-created under heavy load never reached it (open, see the
+    # issue-6 note). With the broker down this gives up after 3 s and the relay's first send creates it.
+    with contextlib.suppress(Exception):
+        admin = AdminClient({"bootstrap.servers": bootstrap, "logger": QUIET})
+        admin.create_topics([NewTopic(topic, 3, 1)])[topic].result(3)
     return Server(
         data=base / "data", cli_config=base / "cli.json", args_extra=["--kafka", bootstrap, "--kafka-topic", topic]
     )
