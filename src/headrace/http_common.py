@@ -12,6 +12,18 @@ from starlette.responses import Response
 
 from headrace.errors import HeadraceError
 
+
+async def acknowledge_lifespan(receive: Any, send: Any) -> None:
+    """An ASGI lifespan with nothing to start or stop: acknowledge startup, return at shutdown."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 WWW_AUTHENTICATE = 'Basic realm="headrace", Bearer realm="headrace"'
 
 

@@ -44,7 +44,7 @@ from headrace.errors import (
     RangeNotSatisfiable,
     UnsupportedMediaType,
 )
-from headrace.http_common import client_ip, error_response, header, header_bytes, query_param
+from headrace.http_common import acknowledge_lifespan, client_ip, error_response, header, header_bytes, query_param
 from headrace.metrics import DOOR_BYTES, DOOR_REQUESTS
 from headrace.storage import locks
 from headrace.storage import webdav_xml as dav
@@ -123,13 +123,8 @@ class Door:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await acknowledge_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         method = scope["method"]

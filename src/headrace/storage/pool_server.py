@@ -43,7 +43,7 @@ from headrace.errors import (
     RangeNotSatisfiable,
     Unauthorized,
 )
-from headrace.http_common import error_response, header, problem, query_param
+from headrace.http_common import acknowledge_lifespan, error_response, header, problem, query_param
 from headrace.storage import pool_protocol as proto
 from headrace.storage.checksums import FROM_WIRE, SUPPORTED, format_digest, parse_digest, parse_want_digest
 from headrace.storage.door import parse_range  # one Range grammar for door and pool
@@ -137,13 +137,8 @@ class PoolServer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await acknowledge_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         started = False
