@@ -186,7 +186,16 @@ class Tail:
 
     def finish(self, timeout: float = 30.0) -> tuple[int, list[str], str]:
         """Exit status, every stdout line, and stderr, once it has exited by itself."""
-        self.proc.wait(timeout)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            for t in self._readers:
+                t.join(5)
+            raise AssertionError(
+                f"tail did not exit in {timeout} s; stderr: {''.join(self.err)!r}\n"
+                f"server log:\n{self.srv.log()[-6000:]}"
+            ) from None
         for t in self._readers:
             t.join(5)
         while not self.lines.empty():
@@ -227,10 +236,6 @@ def tails() -> Iterator[list[Tail]]:
 # -- output formats -------------------------------------------------------------------------------------------
 
 
-@pytest.mark.sqlite_only(
-    "open defect: in the PostgreSQL pass run beside the SQLite one the CLI's 30 s wait expires "
-    "(passes alone on PostgreSQL in ~5 s); see the issue-6 note"
-)
 def test_inotify_lines_with_flags_and_move_cookies(server: Server, tails: list[Tail]) -> None:
     d = "/tail-ino"
     mkdir(server, d)

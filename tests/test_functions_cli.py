@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,10 +208,6 @@ def test_fn_list_get_invoke_delete(server: Server, tmp_path: Path) -> None:
     assert "does not exist" in one_line_error(run(server, "activations", "get", "0" * 32))
 
 
-@pytest.mark.sqlite_only(
-    "open defect: in the PostgreSQL pass run beside the SQLite one the CLI's 30 s wait expires "
-    "(passes alone on PostgreSQL in ~5 s); see the issue-6 note"
-)
 def test_activations_list_filters_and_follow(server: Server, fn: Functions) -> None:
     for name in ("cli-list-a", "cli-list-b"):
         fn.deploy(FunctionSpec(name, ECHO))
@@ -247,21 +245,39 @@ def test_activations_list_filters_and_follow(server: Server, fn: Functions) -> N
         stderr=subprocess.PIPE,
         text=True,
     )
+    lines: queue.Queue[str] = queue.Queue()
+    assert follow.stdout is not None
+    threading.Thread(target=lambda: [lines.put(x) for x in follow.stdout or ()], daemon=True).start()
+
+    def next_line(what: str) -> dict[str, Any]:
+        try:
+            return dict(json.loads(lines.get(timeout=30)))
+        except queue.Empty:
+            follow.kill()
+            _, err = follow.communicate()
+            log = server.log()[-6000:]
+            raise AssertionError(f"no line for {what} in 30 s; stderr: {err!r}\nserver log:\n{log}") from None
+
     try:
-        assert follow.stdout is not None
-        first = json.loads(follow.stdout.readline())
+        first = next_line("the finished activation")
         assert first["name"] == "cli-list-b" and first["state"] == "done"
         new_id = fn.invoke("cli-list-b", {"n": 9}).activation_id
-        seen = json.loads(follow.stdout.readline())
+        seen = next_line(f"the new activation {new_id}")
         assert seen["activationId"] == new_id and seen["state"] == "done" and seen["statusCode"] == 0
     finally:
         follow.send_signal(signal.SIGINT)
-        _, err = follow.communicate(timeout=30)
+        try:
+            err = follow.communicate(timeout=30)[1] or ""
+        except subprocess.TimeoutExpired:
+            follow.kill()
+            err = follow.communicate()[1] or ""
+            raise AssertionError(f"--follow did not exit in 30 s after SIGINT; stderr: {err!r}") from None
     assert follow.returncode == 130 and "Traceback" not in err
 
 
 UNTIL_FLAG = """\
 import os
+import queue
 import urllib.error
 import urllib.request
 

@@ -308,8 +308,10 @@ def test_an_invoker_started_under_load_takes_work_within_seconds(cluster: Cluste
         cluster.door(start=False), cluster.frontend(start=False), cluster.invoker("--workers", "2", start=False)
     )
     deploy(f, "slow", mark_code(marks), path="/in", maxScale=2)
-    with api(f) as c:  # each activation sleeps 0.25 s: 10 s of work for one invoker with 2 workers
-        body = {"parameters": [{"key": "sleep", "value": 0.25}]}
+    # each activation sleeps 0.5 s: 20 s of work for one invoker with 2 workers, so that under load the backlog
+    # outlasts the new invoker's start and the rebalance that gives it partitions
+    with api(f) as c:
+        body = {"parameters": [{"key": "sleep", "value": 0.5}]}
         assert c.put("/api/v1/namespaces/_/actions/slow?overwrite=true", json=body).status_code == 200
     upload(d, "/in", files)
     wait_for(lambda: first.health()["finished"] >= 4, "the first invoker to be busy", timeout=30)
@@ -317,7 +319,11 @@ def test_an_invoker_started_under_load_takes_work_within_seconds(cluster: Cluste
     second = cluster.invoker("--workers", "2", start=False).launch()
     second.wait_ready()
     ready = time.monotonic()
-    wait_for(lambda: second.health()["finished"] >= 1, "the new invoker to finish an activation", timeout=30)
+    try:
+        wait_for(lambda: second.health()["finished"] >= 1, "the new invoker to finish an activation", timeout=30)
+    except AssertionError as e:
+        state = {"first": first.health(), "second": second.health()}
+        raise AssertionError(f"{e}: {state}\n{cluster.logs()[-8000:]}") from None
     took = time.monotonic()
     print(f"new invoker: ready {ready - launched:.1f} s after launch, first activation done {took - ready:.1f} s later")
     assert took - ready < 15

@@ -27,6 +27,7 @@ import httpx
 import pytest
 
 from harness import ADMIN_KEY, Server, query, wait_for
+from headrace.errors import Forbidden
 from headrace.storage import pool_protocol as proto
 from pool_harness import PoolProcess, pool_db_url
 
@@ -77,6 +78,22 @@ class Cluster:
             if p.proc is not None:
                 p.stop()
         self.server.stop()
+
+
+@pytest.mark.db_independent("the token functions alone, no server")
+def test_a_token_is_refused_unless_exactly_as_issued() -> None:
+    """Each of the four values of a signature's last character that decode to the same bytes (base64url's
+    unused low bits) is refused but the one issued; so are a forged and a truncated one."""
+    token = proto.PoolToken("pool", "read", "p1", "0" * 32, 4_000_000_000.0)
+    issued = proto.sign(SECRET, token)
+    assert proto.verify(SECRET, issued, pool="p1", aud="pool") == token
+    head, last = issued[:-1], issued[-1]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    k = alphabet.index(last) & ~3  # a 43-character SHA-256 signature: its last character's 2 low bits unused
+    same_bytes = [alphabet[k + j] for j in range(4) if alphabet[k + j] != last]
+    for bad in [head + c for c in same_bytes] + [issued[:-1], proto.sign("not-the-secret", token)]:
+        with pytest.raises(Forbidden, match="signature does not verify"):
+            proto.verify(SECRET, bad, pool="p1", aud="pool")
 
 
 @pytest.fixture(scope="module")
