@@ -136,7 +136,8 @@ class KafkaBroker:
         props.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
         cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         fmt = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster, "-c", str(props)),
+            # `=`: a base64url id may begin with "-", which the tool would take for an option (1 start in 32)
+            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(props)),
             capture_output=True,
             text=True,
             timeout=120,
