@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from harness import ADMIN_KEY, free_port
+from harness import ADMIN_KEY, client, free_port, http
 
 AUTH = ("admin", ADMIN_KEY)
 
@@ -93,7 +93,7 @@ class Role:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def health(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.url}/healthz", timeout=5).json())
+        return dict(http("GET", f"{self.url}/healthz", timeout=5).json())
 
 
 def _kill_left(proc: subprocess.Popen[bytes]) -> None:
@@ -104,7 +104,7 @@ def _kill_left(proc: subprocess.Popen[bytes]) -> None:
 
 def _healthz(role: Role) -> bool:
     try:
-        return httpx.get(f"{role.url}/healthz", timeout=1).status_code == 200
+        return http("GET", f"{role.url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -231,11 +231,11 @@ class Cluster:
 
 
 def api(role: Role) -> httpx.Client:
-    return httpx.Client(base_url=role.url, auth=AUTH, timeout=30)
+    return client(base_url=role.url, auth=AUTH, timeout=30)
 
 
 def door(role: Role) -> httpx.Client:
-    return httpx.Client(base_url=role.url, auth=AUTH, timeout=30)
+    return client(base_url=role.url, auth=AUTH, timeout=30)
 
 
 def deploy(frontend: Role, name: str, code: str, *, path: str | None = None, **scaling: Any) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from harness import Server, free_port
+from harness import Server, free_port, http
 
 #: Pools heartbeat this often in tests (a killed pool is offline for doors after three missed beats).
 HEARTBEAT = "0.5"
@@ -55,7 +55,7 @@ class PoolProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pool exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if http("GET", f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

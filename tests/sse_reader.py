@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from harness import client
+
 
 class SseReader:
     def __init__(
@@ -32,7 +34,7 @@ class SseReader:
         headers = {"Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = str(last_event_id)
-        self._client = httpx.Client(auth=auth)
+        self._client = client(auth=auth)
         self._cm = self._client.stream("GET", url, headers=headers, params=params, timeout=httpx.Timeout(30, read=None))
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from pymacaroons import Macaroon
 
-from harness import ADMIN_KEY, Server, query
+from harness import ADMIN_KEY, Server, http, query
 
 BASIC = "Basic " + base64.b64encode(f"admin:{ADMIN_KEY}".encode()).decode()
 
@@ -500,7 +500,7 @@ def test_bad_credentials_are_401(server: Server, base: str, authorization: str |
         for method in ("GET", "PUT", "MKCOL", "PROPFIND", "DELETE", "POST"):
             target = f"{base}/new" if method in ("PUT", "MKCOL") else f"{base}/f"
             h = {**headers, "Content-Type": "application/macaroon-request"} if method == "POST" else headers
-            r = httpx.request(method, server.door_url + target, headers=h, content=b"x" if method == "PUT" else None)
+            r = http(method, server.door_url + target, headers=h, content=b"x" if method == "PUT" else None)
             assert_problem(r, 401)
             assert "Basic" in r.headers["www-authenticate"]
             assert "Bearer" in r.headers["www-authenticate"]
@@ -527,11 +527,11 @@ def bearer(token: str) -> dict[str, str]:
 def test_token_works_as_bearer_and_as_authz(server: Server, base: str) -> None:
     token = mint(server, [f"path:{base}", "activity:DOWNLOAD,UPLOAD,LIST"])
     url = server.door_url + base
-    assert httpx.put(f"{url}/by-bearer", content=b"B", headers=bearer(token)).status_code == 201
-    assert httpx.put(f"{url}/by-authz", content=b"A", params={"authz": token}).status_code == 201
-    assert httpx.get(f"{url}/by-bearer", params={"authz": token}).content == b"B"
-    assert httpx.get(f"{url}/by-authz", headers=bearer(token)).content == b"A"
-    listing = httpx.request("PROPFIND", url, headers={**bearer(token), "Depth": "1"})
+    assert http("PUT", f"{url}/by-bearer", content=b"B", headers=bearer(token)).status_code == 201
+    assert http("PUT", f"{url}/by-authz", content=b"A", params={"authz": token}).status_code == 201
+    assert http("GET", f"{url}/by-bearer", params={"authz": token}).content == b"B"
+    assert http("GET", f"{url}/by-authz", headers=bearer(token)).content == b"A"
+    listing = http("PROPFIND", url, headers={**bearer(token), "Depth": "1"})
     assert listing.status_code == 207 and b"by-authz" in listing.content
 
 
@@ -539,8 +539,8 @@ def test_expired_token_is_401(server: Server, base: str) -> None:
     token = mint(server, [f"path:{base}"], validity="PT1S")
     time.sleep(2.0)
     with unchanged(server):
-        assert_problem(httpx.put(f"{server.door_url}{base}/new", content=b"x", headers=bearer(token)), 401, "expired")
-        assert_problem(httpx.get(f"{server.door_url}{base}/f", params={"authz": token}), 401, "expired")
+        assert_problem(http("PUT", f"{server.door_url}{base}/new", content=b"x", headers=bearer(token)), 401, "expired")
+        assert_problem(http("GET", f"{server.door_url}{base}/f", params={"authz": token}), 401, "expired")
 
 
 def test_token_for_another_path_is_403(server: Server, base: str) -> None:
@@ -548,35 +548,35 @@ def test_token_for_another_path_is_403(server: Server, base: str) -> None:
         assert c.request("MKCOL", f"{base}/a").status_code == 201
         assert c.request("MKCOL", f"{base}/b").status_code == 201
     token = mint(server, [f"path:{base}/a"])
-    assert httpx.put(f"{server.door_url}{base}/a/ok", content=b"x", headers=bearer(token)).status_code == 201
+    assert http("PUT", f"{server.door_url}{base}/a/ok", content=b"x", headers=bearer(token)).status_code == 201
     asked_at = mint(server, [], at=f"{base}/a")  # minted at a path: confined to it
     with unchanged(server):
         for t in (token, asked_at):
-            assert_problem(httpx.put(f"{server.door_url}{base}/b/no", content=b"x", headers=bearer(t)), 403)
-            assert_problem(httpx.get(f"{server.door_url}{base}/f", headers=bearer(t)), 403)
-            assert_problem(httpx.request("MKCOL", f"{server.door_url}{base}/a-sibling", headers=bearer(t)), 403)
+            assert_problem(http("PUT", f"{server.door_url}{base}/b/no", content=b"x", headers=bearer(t)), 403)
+            assert_problem(http("GET", f"{server.door_url}{base}/f", headers=bearer(t)), 403)
+            assert_problem(http("MKCOL", f"{server.door_url}{base}/a-sibling", headers=bearer(t)), 403)
             move = {**bearer(t), "Destination": f"{base}/b/x"}
-            assert_problem(httpx.request("MOVE", f"{server.door_url}{base}/a/ok", headers=move), 403)
+            assert_problem(http("MOVE", f"{server.door_url}{base}/a/ok", headers=move), 403)
 
 
 def test_token_for_another_activity_is_403(server: Server, base: str) -> None:
     token = mint(server, ["activity:LIST"])
-    listing = httpx.request("PROPFIND", server.door_url + base, headers={**bearer(token), "Depth": "1"})
+    listing = http("PROPFIND", server.door_url + base, headers={**bearer(token), "Depth": "1"})
     assert listing.status_code == 207
     with unchanged(server):
-        r = httpx.put(f"{server.door_url}{base}/new", content=b"x", headers=bearer(token))
+        r = http("PUT", f"{server.door_url}{base}/new", content=b"x", headers=bearer(token))
         assert_problem(r, 403, "UPLOAD")
-        assert_problem(httpx.delete(f"{server.door_url}{base}/f", headers=bearer(token)), 403, "DELETE")
-        assert_problem(httpx.get(f"{server.door_url}{base}/f", headers=bearer(token)), 403, "DOWNLOAD")
+        assert_problem(http("DELETE", f"{server.door_url}{base}/f", headers=bearer(token)), 403, "DELETE")
+        assert_problem(http("GET", f"{server.door_url}{base}/f", headers=bearer(token)), 403, "DOWNLOAD")
 
 
 def test_token_for_another_network_is_401(server: Server, base: str) -> None:
     token = mint(server, ["ip:10.0.0.0/8"])
     local = mint(server, ["ip:127.0.0.0/8"])
-    assert httpx.get(f"{server.door_url}{base}/f", headers=bearer(local)).content == b"original"
+    assert http("GET", f"{server.door_url}{base}/f", headers=bearer(local)).content == b"original"
     with unchanged(server):
-        assert_problem(httpx.get(f"{server.door_url}{base}/f", headers=bearer(token)), 401)
-        assert_problem(httpx.put(f"{server.door_url}{base}/new", content=b"x", params={"authz": token}), 401)
+        assert_problem(http("GET", f"{server.door_url}{base}/f", headers=bearer(token)), 401)
+        assert_problem(http("PUT", f"{server.door_url}{base}/new", content=b"x", params={"authz": token}), 401)
 
 
 def test_tampered_token_is_401(server: Server, base: str) -> None:
@@ -587,10 +587,10 @@ def test_tampered_token_is_401(server: Server, base: str) -> None:
     m = Macaroon.deserialize(token)
     kept = [c for c in m.first_party_caveats() if not c.caveat_id.startswith("activity:")]
     widened = Macaroon(location=m.location, identifier=m.identifier, caveats=kept, signature=m.signature).serialize()
-    assert httpx.get(f"{server.door_url}{base}/f", headers=bearer(widened)).status_code == 401
+    assert http("GET", f"{server.door_url}{base}/f", headers=bearer(widened)).status_code == 401
     with unchanged(server):
         for bad in (flipped, widened, token + "x", token[:-8]):
-            assert_problem(httpx.put(f"{server.door_url}{base}/new", content=b"x", headers=bearer(bad)), 401)
+            assert_problem(http("PUT", f"{server.door_url}{base}/new", content=b"x", headers=bearer(bad)), 401)
 
 
 def test_bad_macaroon_requests_are_400(server: Server, base: str) -> None:

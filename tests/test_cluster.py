@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from cluster_harness import AUTH, Cluster, Role, api, deploy, own_topics
-from harness import wait_for
+from harness import client, wait_for
 from sse_reader import SseReader
 from test_kafka_invokers import mark_code, records, runs, wait_done
 
@@ -97,7 +97,7 @@ class Uploader(threading.Thread):
 
     def run(self) -> None:
         try:
-            with httpx.Client(auth=AUTH, timeout=30) as c:
+            with client(auth=AUTH, timeout=30) as c:
                 for name in self.names:
                     deadline = time.monotonic() + 60
                     while True:
@@ -149,7 +149,7 @@ def test_a_cluster_loses_no_event_and_no_activation_when_an_invoker_and_a_door_d
         assert c.get("/api/v1/namespaces/_/actions/mark").status_code == 200
         body = {"parameters": [{"key": "sleep", "value": 0.1}]}
         assert c.put("/api/v1/namespaces/_/actions/mark?overwrite=true", json=body).status_code == 200
-    with httpx.Client(auth=AUTH, timeout=30) as c:
+    with client(auth=AUTH, timeout=30) as c:
         assert c.request("MKCOL", f"{door_a.url}/cluster").status_code == 201
     wait_for(lambda: all(i.health()["assigned"] for i in invokers), "every invoker assigned partitions", 30)
     sse = [sse_channel(fe_a, "/cluster"), sse_channel(fe_b, "/cluster")]
@@ -215,7 +215,7 @@ def test_a_cluster_loses_no_event_and_no_activation_when_an_invoker_and_a_door_d
     assert victim.health()["finished"] > 0, "the restarted invoker took no work"
     assert all(i.health()["finished"] > 0 for i in invokers)
 
-    with httpx.Client(auth=AUTH, timeout=30) as c:  # every file, through the door it was not written to
+    with client(auth=AUTH, timeout=30) as c:  # every file, through the door it was not written to
         for name in sorted(every)[::7]:
             other = door_b if name.startswith("a") else door_a
             r = c.get(f"{other.url}/cluster/{name}")

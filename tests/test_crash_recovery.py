@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import Server, query
+from harness import Server, http, query
 from test_bad_input import BASIC, server_state
 
 MB = 1024 * 1024
@@ -185,7 +185,7 @@ def test_clean_sigterm_when_idle_keeps_everything(fresh_server: Server) -> None:
     assert "stopped cleanly" in srv.log()
     assert read_db(srv, "SELECT value FROM state WHERE name = 'clean-shutdown'") == [("1",)]
     with pytest.raises(httpx.ConnectError):
-        httpx.get(srv.door_url, timeout=2)
+        http("GET", srv.door_url, timeout=2)
 
     log_before = len(srv.log())
     srv.start()

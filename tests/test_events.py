@@ -8,10 +8,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from harness import Server, new_test_database
+from harness import Server, http, new_test_database
 from headrace.auth.subject import ROOT
 from headrace.config import Settings
 from headrace.events.log import EventLog
@@ -198,7 +197,7 @@ def test_server_applies_retention_settings(fresh_server: Server) -> None:
         assert time.monotonic() < deadline, rows(srv.data)
         time.sleep(0.1)
     assert [r["offset"] for r in rows(srv.data)] == [r["offset"] for r in before[-5:]]
-    assert "headrace_event_log_tail" in httpx.get(f"{srv.api_url}/metrics").text
+    assert "headrace_event_log_tail" in http("GET", f"{srv.api_url}/metrics").text
 
 
 def test_cloudevent_json_is_byte_for_byte_the_sdks() -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import Server
+from harness import Server, client, http
+from headrace.tls import tls_context
 from sse_reader import SseReader, masks
 from test_permissions import add_user
 
@@ -43,7 +44,7 @@ def error(r: httpx.Response, status: int, detail: str) -> None:
 def wait_disconnected(server: Server) -> None:
     """Until the server has seen every SSE client go (events sent before that count as delivered)."""
     deadline = time.monotonic() + 10
-    while "headrace_sse_connections 0.0" not in httpx.get(f"{server.api_url}/metrics").text:
+    while "headrace_sse_connections 0.0" not in http("GET", f"{server.api_url}/metrics").text:
         assert time.monotonic() < deadline, "an SSE client is still connected"
         time.sleep(0.05)
 
@@ -63,13 +64,13 @@ def test_metadata_event_types_and_schemas(server: Server) -> None:
         assert sel["required"] == ["path"] and sel["properties"]["path"]["pattern"] == "^/(.*[^/])?$"
         assert api.get(f"{EV}/eventTypes/metronome/event").json()["type"] == "string"
         assert "mask" in api.get(f"{EV}/eventTypes/inotify/event").json()["properties"]
-    r = httpx.get(f"{server.api_url}{EV}/channels")
+    r = http("GET", f"{server.api_url}{EV}/channels")
     error(r, 401, "")
 
 
 def test_channel_lifecycle_listing_and_ownership(server: Server) -> None:
     _, key, _ = add_user(server, "evowner")
-    other = httpx.Client(base_url=server.api_url, auth=("evowner", key))
+    other = client(base_url=server.api_url, auth=("evowner", key))
     with server.api() as api, other:
         r = api.post(f"{EV}/channels/")  # the trailing slash form
         assert r.status_code == 201
@@ -103,7 +104,7 @@ def test_channel_lifecycle_listing_and_ownership(server: Server) -> None:
 
 def test_per_user_channel_limit_is_429(server: Server) -> None:
     _, key, _ = add_user(server, "evlimit")
-    with httpx.Client(base_url=server.api_url, auth=("evlimit", key)) as api:
+    with client(base_url=server.api_url, auth=("evlimit", key)) as api:
         made = [channel(api) for _ in range(128)]
         error(api.post(f"{EV}/channels"), 429, "Too many channels")
         api.delete(made[0])
@@ -246,7 +247,7 @@ def test_subscription_errors_use_dcache_wording(server: Server) -> None:
         error(api.post(f"{ch}/subscriptions/metronome", json={"frequency": -1}), 400, "Bad selector:")
         assert api.get(f"{ch}/subscriptions").json() == []
         api.delete(ch)
-    with httpx.Client(base_url=server.api_url, auth=("evnosy", key)) as api:
+    with client(base_url=server.api_url, auth=("evnosy", key)) as api:
         ch = channel(api)
         error(api.post(f"{ch}/subscriptions/inotify", json={"path": "/ev4/private/x"}), 400, "Permission denied")
         api.delete(ch)
@@ -276,8 +277,8 @@ def test_replay_with_last_event_id_and_queueing_while_disconnected(server: Serve
         assert [f["id"] for f in reader.take(4)] == [2, 3, 4, 5]
         assert reader.quiet() == []
         reader.close()
-        error(httpx.get(ch, auth=server.auth, headers={"Last-Event-ID": "banana"}), 400, "Bad Last-Event-ID")
-        error(httpx.get(ch, auth=server.auth, headers={"Last-Event-ID": "-3"}), 400, "Bad Last-Event-ID")
+        error(http("GET", ch, auth=server.auth, headers={"Last-Event-ID": "banana"}), 400, "Bad Last-Event-ID")
+        error(http("GET", ch, auth=server.auth, headers={"Last-Event-ID": "-3"}), 400, "Bad Last-Event-ID")
         api.delete(ch)
 
 
@@ -488,7 +489,7 @@ def test_a_thousand_channels_streaming_at_once(server: Server) -> None:
     urls: list[tuple[tuple[str, str], str]] = []
     with contextlib.ExitStack() as stack:
         for name, key, _ in users:
-            api = stack.enter_context(httpx.Client(base_url=server.api_url, auth=(name, key)))
+            api = stack.enter_context(client(base_url=server.api_url, auth=(name, key)))
             for _ in range(125):
                 ch = channel(api)
                 subscribe(api, ch, {"path": "/ev9", "flags": ["IN_CLOSE_WRITE"]})
@@ -497,7 +498,7 @@ def test_a_thousand_channels_streaming_at_once(server: Server) -> None:
 
     async def run() -> list[dict[str, Any]]:
         limits = httpx.Limits(max_connections=1100, max_keepalive_connections=0)
-        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(60, read=60)) as client:
+        async with httpx.AsyncClient(verify=tls_context(), limits=limits, timeout=httpx.Timeout(60, read=60)) as client:
             connected = 0
             all_connected = asyncio.Event()
 
@@ -515,7 +516,7 @@ def test_a_thousand_channels_streaming_at_once(server: Server) -> None:
 
             tasks = [asyncio.create_task(one(a, u)) for a, u in urls]
             await asyncio.wait_for(all_connected.wait(), 60)
-            async with httpx.AsyncClient(base_url=server.door_url, auth=server.auth) as door:
+            async with httpx.AsyncClient(verify=tls_context(), base_url=server.door_url, auth=server.auth) as door:
                 assert (await door.put("/ev9/for-everyone.h5", content=b"1")).status_code == 201
             return await asyncio.wait_for(asyncio.gather(*tasks), 60)
 
@@ -524,7 +525,7 @@ def test_a_thousand_channels_streaming_at_once(server: Server) -> None:
     assert all(d["event"] == {"name": "for-everyone.h5", "mask": ["IN_CLOSE_WRITE"]} for d in got)
     assert len({d["subscription"] for d in got}) == 1000
     for name, key, _ in users:
-        with httpx.Client(auth=(name, key)) as api:
+        with client(auth=(name, key)) as api:
             for auth, url in urls:
                 if auth[0] == name:
                     assert api.delete(url).status_code == 204

@@ -24,10 +24,9 @@ import time
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from harness import Server, free_port
+from harness import Server, free_port, http
 from test_cli import CLI_ENV_KEYS, one_line_error, run
 
 EV = "/api/v1/events"
@@ -163,7 +162,7 @@ class Tail:
         self.err.extend(self.proc.stderr)
 
     def channels(self) -> list[str]:
-        r = httpx.get(f"{self.srv.api_url}{EV}/channels", params={"client-id": self.client_id}, auth=self.srv.auth)
+        r = http("GET", f"{self.srv.api_url}{EV}/channels", params={"client-id": self.client_id}, auth=self.srv.auth)
         assert r.status_code == 200, r.text
         return list(r.json())
 
@@ -173,7 +172,7 @@ class Tail:
         while True:
             assert self.proc.poll() is None, f"tail exited: {''.join(self.err)}"
             for ch in self.channels():
-                if httpx.get(f"{ch}/subscriptions", auth=self.srv.auth).json():
+                if http("GET", f"{ch}/subscriptions", auth=self.srv.auth).json():
                     return
             assert time.monotonic() < deadline, "tail never subscribed"
             time.sleep(0.05)

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import Server, wait_for
+from harness import Server, client, wait_for
 
 NS = "/api/v1/namespaces/_"
 
@@ -69,7 +69,7 @@ def test_namespaces_auth_and_unknown_routes(server: Server, api: httpx.Client, t
     assert api.get("/api/v1/namespaces").json() == ["admin"]
     assert api.get("/api/v1/namespaces/admin/actions").status_code == 200
 
-    with httpx.Client(base_url=server.api_url) as anonymous:
+    with client(base_url=server.api_url) as anonymous:
         r = anonymous.get(f"{NS}/actions")
         assert "requires authentication" in whisk_error(r, 401)
         assert r.headers["www-authenticate"].startswith("Basic")
@@ -91,7 +91,7 @@ def test_namespaces_auth_and_unknown_routes(server: Server, api: httpx.Client, t
             return str(r.json()["macaroon"])
 
         full, limited = macaroon("/", []), macaroon("/", ["activity:DOWNLOAD,LIST"])
-    with httpx.Client(base_url=server.api_url) as bearer:
+    with client(base_url=server.api_url) as bearer:
         assert bearer.get("/api/v1/namespaces", headers={"Authorization": f"Bearer {full}"}).json() == ["admin"]
         r = bearer.get(f"{NS}/actions", headers={"Authorization": f"Bearer {limited}"})
         assert "limited" in whisk_error(r, 403)
@@ -122,7 +122,7 @@ def test_another_users_namespace_is_its_own(server: Server, api: httpx.Client) -
         capture_output=True,
     )
     assert api.put(f"{NS}/actions/api-mine", json=action_body(HELLO)).status_code == 200
-    with httpx.Client(base_url=server.api_url, auth=("fn-bob", "k1"), timeout=30) as bob:
+    with client(base_url=server.api_url, auth=("fn-bob", "k1"), timeout=30) as bob:
         assert bob.get("/api/v1/namespaces").json() == ["fn-bob"]
         assert [a["name"] for a in bob.get(f"{NS}/actions").json()] == []
         whisk_error(bob.get(f"{NS}/actions/api-mine"), 404)
@@ -626,7 +626,7 @@ def test_per_minute_and_in_flight_limits_answer_429(fresh_server: Server) -> Non
         }
     )
     srv = fresh_server.start()
-    with httpx.Client(base_url=srv.api_url, auth=srv.auth, timeout=30) as api:
+    with client(base_url=srv.api_url, auth=srv.auth, timeout=30) as api:
         assert api.put(f"{NS}/actions/quick", json=action_body(HELLO)).status_code == 200
         sleepy = "import time\ndef main(args):\n    time.sleep(3)\n    return {}\n"
         assert api.put(f"{NS}/actions/sleepy", json=action_body(sleepy)).status_code == 200

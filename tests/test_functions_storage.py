@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from harness import Server, query, wait_for
+from harness import Server, http, query, wait_for
 
 NS = "/api/v1/namespaces/_"
 SUMMARY = """
@@ -44,7 +44,7 @@ def test_ctx_storage_reads_locally_writes_back_and_marks_the_cause(server: Serve
         assert door.put("/incoming/run7.h5", content=b"HDF5 pretend").status_code == 201
 
     def summary() -> bytes | None:
-        r = httpx.get(f"{server.door_url}/proc/run7.h5.summary", auth=server.auth)
+        r = http("GET", f"{server.door_url}/proc/run7.h5.summary", auth=server.auth)
         return r.content if r.status_code == 200 else None
 
     assert wait_for(summary, "the summary") == b"12 bytes; local=True; first=HDF5 "

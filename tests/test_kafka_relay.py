@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic, ResourceType
 
-from harness import Server, query
+from harness import Server, http, query
 from headrace.events.log import _event
 from headrace.events.model import EventKind, StorageEvent
 from headrace.events.render import cloudevent_json
@@ -114,7 +113,7 @@ def check_relayed(msgs: list[Message], events: list[StorageEvent]) -> Counter[in
 
 
 def metric(srv: Server, name: str, topic: str) -> float:
-    text = httpx.get(f"{srv.api_url}/metrics", timeout=10).text
+    text = http("GET", f"{srv.api_url}/metrics", timeout=10).text
     m = re.search(rf'^{name}{{topic="{re.escape(topic)}"}} (\S+)$', text, re.M)
     assert m is not None, f"{name} not in /metrics"
     return float(m.group(1))
@@ -214,7 +213,7 @@ def test_every_event_arrives_once_in_order_per_key(
 def test_without_kafka_nothing_needs_it(fresh_server: Server) -> None:
     srv = fresh_server.start()
     write_files(srv, "/plain", 2)
-    text = httpx.get(f"{srv.api_url}/metrics", timeout=10).text
+    text = http("GET", f"{srv.api_url}/metrics", timeout=10).text
     assert "headrace_kafka_relay_offset{" not in text
     assert srv.proc is not None
     maps = Path(f"/proc/{srv.proc.pid}/maps").read_text()

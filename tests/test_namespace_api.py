@@ -8,7 +8,7 @@ import time
 import httpx
 import psutil
 
-from harness import Server, execute, query
+from harness import Server, execute, http, query
 
 
 def test_stat_and_children_with_checksums(server: Server) -> None:
@@ -67,7 +67,7 @@ def test_errors_are_precise_json(server: Server) -> None:
             (api.post("/api/v1/namespace/", content=b""), 400),
             (api.get("/api/v1/namespace/", params={"children": "true", "limit": "x"}), 400),
             (api.get("/api/v1/no-such-endpoint"), 404),
-            (httpx.get(f"{server.api_url}/api/v1/namespace/"), 401),
+            (http("GET", f"{server.api_url}/api/v1/namespace/"), 401),
         ]
         for response, status in cases:
             assert response.status_code == status, response.text
@@ -76,7 +76,7 @@ def test_errors_are_precise_json(server: Server) -> None:
 
 
 def test_user_health_metrics_openapi(server: Server) -> None:
-    assert httpx.get(f"{server.api_url}/api/v1/user").json() == {"status": "ANONYMOUS"}
+    assert http("GET", f"{server.api_url}/api/v1/user").json() == {"status": "ANONYMOUS"}
     with server.api() as api:
         me = api.get("/api/v1/user").json()
         assert me["status"] == "AUTHENTICATED" and me["username"] == "admin" and me["uid"] == 0

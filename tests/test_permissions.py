@@ -6,9 +6,7 @@ import json
 import subprocess
 import sys
 
-import httpx
-
-from harness import Server
+from harness import Server, client, http
 
 
 def add_user(server: Server, name: str) -> tuple[str, str, int]:
@@ -30,8 +28,8 @@ def test_owner_and_mode_checks(server: Server) -> None:
         assert door.request("MKCOL", "/home").status_code == 201
         assert door.request("MKCOL", "/home/alice").status_code == 201
         assert api.post("/api/v1/namespace/home/alice", json={"action": "chown", "uid": alice_uid}).status_code == 200
-    a = httpx.Client(base_url=server.door_url, auth=(alice, alice_key))
-    b = httpx.Client(base_url=server.door_url, auth=(bob, bob_key))
+    a = client(base_url=server.door_url, auth=(alice, alice_key))
+    b = client(base_url=server.door_url, auth=(bob, bob_key))
     # alice owns her directory; bob may not write into it
     assert a.put("/home/alice/mine", content=b"secret").status_code == 201
     assert b.put("/home/alice/bobs", content=b"x").status_code == 403
@@ -41,8 +39,8 @@ def test_owner_and_mode_checks(server: Server) -> None:
     assert b.put("/home/alice/mine", content=b"mine now").status_code == 403
     assert b.delete("/home/alice/mine").status_code == 403
     # chmod 0600 by the owner: bob can no longer read; bob cannot chmod it back
-    api_a = httpx.Client(base_url=server.api_url, auth=(alice, alice_key))
-    api_b = httpx.Client(base_url=server.api_url, auth=(bob, bob_key))
+    api_a = client(base_url=server.api_url, auth=(alice, alice_key))
+    api_b = client(base_url=server.api_url, auth=(bob, bob_key))
     assert api_a.post("/api/v1/namespace/home/alice/mine", json={"action": "chmod", "mode": 0o600}).status_code == 200
     r = b.get("/home/alice/mine")
     assert r.status_code == 403 and r.json()["status"] == "403"
@@ -57,7 +55,7 @@ def test_owner_and_mode_checks(server: Server) -> None:
 
 
 def test_anonymous_is_off_by_default(server: Server) -> None:
-    r = httpx.get(f"{server.door_url}/")
+    r = http("GET", f"{server.door_url}/")
     assert r.status_code == 401 and "Basic" in r.headers["www-authenticate"]
     assert r.json()["detail"] == "Authentication required"
-    assert httpx.get(f"{server.door_url}/", auth=("admin", "wrong")).status_code == 401
+    assert http("GET", f"{server.door_url}/", auth=("admin", "wrong")).status_code == 401

@@ -23,10 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
-from harness import ADMIN_KEY, Server, query, wait_for
+from harness import ADMIN_KEY, Server, http, query, wait_for
 from headrace.errors import Forbidden
 from headrace.storage import pool_protocol as proto
 from pool_harness import PoolProcess, pool_db_url
@@ -252,8 +251,8 @@ def test_pool_api_needs_a_valid_token(cluster: Cluster) -> None:
     def token(key: str = secret, aud: str = "door", op: str = "read", pool: str = pool_name, blob: str = blob) -> str:
         return proto.mint(key, aud=aud, op=op, pool=pool, blob=blob, seconds=60.0)
 
-    assert httpx.get(url).status_code == 401
-    ok = httpx.get(url, headers={"Authorization": f"Bearer {token()}"})
+    assert http("GET", url).status_code == 401
+    ok = http("GET", url, headers={"Authorization": f"Bearer {token()}"})
     assert ok.status_code == 200 and ok.content == b"secret data"
     refused = {
         "signed with another secret": token(key="guess"),
@@ -264,10 +263,10 @@ def test_pool_api_needs_a_valid_token(cluster: Cluster) -> None:
         "for another blob": token(blob="0" * 32),
     }
     for what, t in refused.items():
-        r = httpx.get(url, headers={"Authorization": f"Bearer {t}"})
+        r = http("GET", url, headers={"Authorization": f"Bearer {t}"})
         assert r.status_code == 403, f"a token {what} was accepted"
         assert r.json()["status"] == "403"
-    assert httpx.delete(url, headers={"Authorization": f"Bearer {token()}"}).status_code == 403
+    assert http("DELETE", url, headers={"Authorization": f"Bearer {token()}"}).status_code == 403
     assert pool.blob_path(blob).exists()
 
 
@@ -290,7 +289,7 @@ def test_redirected_reads_and_writes(redirecting: Cluster) -> None:
         location = r.headers["Location"]
         assert any(location.startswith(u + "/redir/a.bin?token=") for u in pool_urls), location
         assert door.head("/redir/a.bin").status_code == 404, "visible before any data was sent"
-        r = httpx.put(location, content=data, headers={"Want-Digest": "md5"})
+        r = http("PUT", location, content=data, headers={"Want-Digest": "md5"})
         assert r.status_code == 201, r.text
         assert r.headers["Location"] == f"{srv.door_url}/redir/a.bin"
         assert r.headers["Digest"] == f"md5={b64(hashlib.md5(data).digest())}"
@@ -298,7 +297,7 @@ def test_redirected_reads_and_writes(redirecting: Cluster) -> None:
         pool_name, blob, size = inode(srv, "/redir/a.bin")
         assert size == len(data) and redirecting.pools[pool_name].blob_path(blob).read_bytes() == data
         # The token is for that one blob: a second upload with it is refused, the first is untouched.
-        assert httpx.put(location, content=b"again").status_code == 409
+        assert http("PUT", location, content=b"again").status_code == 409
         assert redirecting.pools[pool_name].blob_path(blob).read_bytes() == data
 
         # HEAD is the door's; GET is a 302 to the pool that holds the file.
@@ -308,11 +307,11 @@ def test_redirected_reads_and_writes(redirecting: Cluster) -> None:
         assert r.status_code == 302
         read_url = r.headers["Location"]
         assert read_url.startswith(redirecting.pools[pool_name].url + "/redir/a.bin?token=")
-        followed = httpx.get(read_url)
+        followed = http("GET", read_url)
         assert followed.status_code == 200 and followed.content == data
         assert followed.headers["ETag"] == head.headers["ETag"]
         assert followed.headers["Digest"] == f"adler32={adler32(data)}"
-        part = httpx.get(read_url, headers={"Range": "bytes=1000-1999"})
+        part = http("GET", read_url, headers={"Range": "bytes=1000-1999"})
         assert part.status_code == 206 and part.content == data[1000:2000]
         with srv.door(follow_redirects=True) as following:
             assert following.get("/redir/a.bin").content == data
@@ -327,7 +326,7 @@ def test_redirected_reads_and_writes(redirecting: Cluster) -> None:
             f"{version}.{payload}.{signature[:-1]}{'A' if signature[-1] != 'A' else 'B'}",
             forged,
         ):
-            r = httpx.get(base, params={"token": bad})
+            r = http("GET", base, params={"token": bad})
             assert r.status_code == 403, f"altered token accepted: {bad}"
 
 
@@ -344,13 +343,13 @@ def test_redirect_tokens_expire(redirecting: Cluster) -> None:
         assert door.put("/expire/x", content=b"expiring").status_code == 201
         read_url = door.get("/expire/x").headers["Location"]
         write_url = door.put("/expire/y", content=b"", headers={"X-Headrace-Redirect": "yes"}).headers["Location"]
-        assert httpx.get(read_url).content == b"expiring"
+        assert http("GET", read_url).content == b"expiring"
         exp = min(claims_of(read_url).exp, claims_of(write_url).exp)
         assert exp - time.time() < 6.5
         time.sleep(max(0.0, exp - time.time()) + 0.3)
-        r = httpx.get(read_url)
+        r = http("GET", read_url)
         assert r.status_code == 403 and "expired" in r.json()["detail"]
-        r = httpx.put(write_url, content=b"too late")
+        r = http("PUT", write_url, content=b"too late")
         assert r.status_code == 403 and "expired" in r.json()["detail"]
         assert door.head("/expire/y").status_code == 404
 
@@ -362,7 +361,7 @@ def test_redirected_upload_with_a_wrong_digest_leaves_nothing(redirecting: Clust
         door.request("MKCOL", "/digest")
         r = door.put("/digest/bad", content=b"x", headers={"X-Headrace-Redirect": "yes"})
         assert r.status_code == 307
-        r = httpx.put(r.headers["Location"], content=b"payload", headers={"Digest": "adler32=00000000"})
+        r = http("PUT", r.headers["Location"], content=b"payload", headers={"Digest": "adler32=00000000"})
         assert r.status_code == 400 and "Digest mismatch" in r.json()["detail"]
         assert door.head("/digest/bad").status_code == 404
     assert events_for(srv, "/digest/bad") == []

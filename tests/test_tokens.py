@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
-
-from harness import Server
+from harness import Server, client, http
 
 
 def mint(server: Server, at: str, caveats: list[str]) -> str:
@@ -26,8 +24,8 @@ def test_root_caveat_shifts_the_view_on_door_and_frontend(server: Server) -> Non
         door.put("/tr/outside", content=b"outside")
     token = mint(server, "/", ["root:/tr/home", "activity:DOWNLOAD,LIST,READ_METADATA,UPLOAD"])
     bearer = {"Authorization": f"Bearer {token}"}
-    door_c = httpx.Client(base_url=server.door_url, headers=bearer)
-    api_c = httpx.Client(base_url=server.api_url, headers=bearer)
+    door_c = client(base_url=server.door_url, headers=bearer)
+    api_c = client(base_url=server.api_url, headers=bearer)
     # '/f' under the token is /tr/home/f in the namespace
     assert door_c.get("/f").content == b"inside"
     assert door_c.put("/new", content=b"n").status_code == 201
@@ -51,13 +49,14 @@ def test_token_minted_from_a_token_keeps_its_limits(server: Server) -> None:
         door.request("MKCOL", "/tt/a")
         door.put("/tt/a/f", content=b"a")
     first = mint(server, "/tt/a", ["activity:DOWNLOAD,LIST"])
-    r = httpx.post(
+    r = http(
+        "POST",
         f"{server.door_url}/tt/a",
         json={"caveats": [], "validity": "PT1H"},
         headers={"Content-Type": "application/macaroon-request", "Authorization": f"Bearer {first}"},
     )
     assert r.status_code == 200
     second = {"Authorization": f"Bearer {r.json()['macaroon']}"}
-    assert httpx.get(f"{server.door_url}/tt/a/f", headers=second).content == b"a"
-    assert httpx.put(f"{server.door_url}/tt/a/g", content=b"x", headers=second).status_code == 403
-    assert httpx.get(f"{server.door_url}/tt/other", headers=second).status_code == 403
+    assert http("GET", f"{server.door_url}/tt/a/f", headers=second).content == b"a"
+    assert http("PUT", f"{server.door_url}/tt/a/g", content=b"x", headers=second).status_code == 403
+    assert http("GET", f"{server.door_url}/tt/other", headers=second).status_code == 403

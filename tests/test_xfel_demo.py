@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import h5py
-import httpx
 import pytest
 
-from harness import free_port
+from harness import free_port, http
 from headrace.cli.catalogue import search_records
 from headrace.xfel.generate import expected, spec_for_files
 
@@ -62,10 +61,10 @@ def test_demo_starts_a_server_runs_the_four_functions_and_checks_their_results(t
         answer = expected(spec_for_files(5, run=42))
         key = json.loads((tmp_path / "cli.json").read_text())["key"]
         auth = ("admin", key)
-        summary = httpx.get(f"{env['HEADRACE_DOOR_URL']}{BASE}/proc/r0042/run-summary.json", auth=auth).json()
+        summary = http("GET", f"{env['HEADRACE_DOOR_URL']}{BASE}/proc/r0042/run-summary.json", auth=auth).json()
         assert summary["trains"] == answer.run.trains
         assert summary["missingTrains"] == list(answer.run.missing_trains)
-        azint = httpx.get(f"{env['HEADRACE_DOOR_URL']}{BASE}/proc/r0042/AZINT-R0042-JNGFR01-S00000.h5", auth=auth)
+        azint = http("GET", f"{env['HEADRACE_DOOR_URL']}{BASE}/proc/r0042/AZINT-R0042-JNGFR01-S00000.h5", auth=auth)
         assert azint.status_code == 200
         (tmp_path / "azint.h5").write_bytes(azint.content)
         with h5py.File(tmp_path / "azint.h5", "r") as f:
@@ -75,7 +74,8 @@ def test_demo_starts_a_server_runs_the_four_functions_and_checks_their_results(t
         for path in uploaded:
             assert records[path]["scientificMetadata"]["runNumber"] == 42
             assert (tmp_path / "cache" / path.lstrip("/")).is_file()
-        activations = httpx.get(
+        activations = http(
+            "GET",
             f"{env['HEADRACE_API_URL']}/api/v1/namespaces/_/activations",
             params={"limit": 200, "docs": "true"},
             auth=auth,

@@ -29,6 +29,8 @@ from urllib.parse import quote
 
 import httpx
 
+from headrace.tls import tls_context
+
 __all__ = [
     "Client",
     "ClientConfig",
@@ -266,6 +268,7 @@ class Client:
             auth = httpx.BasicAuth(config.username, config.key)
         self._http = httpx.Client(
             auth=auth,
+            verify=tls_context(),
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,

@@ -30,6 +30,7 @@ from headrace.cli.functions import table
 from headrace.client import Client, ClientConfig, HeadraceClientError
 from headrace.events_client import EventStream
 from headrace.functions_client import FINAL_STATES, Functions, load_deploy_file
+from headrace.tls import tls_context
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "xfel"
 DEPLOY_FILE = "headrace.yaml"
@@ -49,7 +50,7 @@ def examples_dir() -> Path:
 
 def _healthy(config: ClientConfig) -> bool:
     try:
-        return httpx.get(f"{config.api}/healthz", timeout=1).status_code == 200
+        return httpx.get(f"{config.api}/healthz", timeout=1, verify=tls_context()).status_code == 200
     except httpx.HTTPError:
         return False
 

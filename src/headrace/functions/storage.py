@@ -15,6 +15,8 @@ from urllib.parse import quote
 
 import httpx
 
+from headrace.tls import tls_context
+
 CAUSE_HEADER = "X-Headrace-Cause"
 
 
@@ -35,7 +37,7 @@ class _SharedTransport(httpx.BaseTransport):
     _instance: tuple[int, _SharedTransport] | None = None
 
     def __init__(self) -> None:
-        self._inner = httpx.HTTPTransport()
+        self._inner = httpx.HTTPTransport(verify=tls_context())
 
     @classmethod
     def get(cls) -> _SharedTransport:

@@ -24,6 +24,7 @@ from headrace.db.engine import Database
 from headrace.errors import HeadraceError, InsufficientStorage, NotFound
 from headrace.storage import pool_protocol as proto
 from headrace.storage.pool_registry import PoolRow, now_ms, pool_secret, read_pools
+from headrace.tls import tls_context
 
 log = logging.getLogger("headrace.pools")
 
@@ -208,6 +209,7 @@ class PoolDirectory:
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(
+                verify=tls_context(),
                 timeout=httpx.Timeout(30.0, connect=5.0, read=300.0, write=300.0),
                 limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
                 trust_env=False,  # pool traffic never goes through the environment's HTTP proxy
