@@ -8,6 +8,7 @@ in the SQLite run only. Either way they are deselected (not skipped) in the othe
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts a background job (`make test` runs the PostgreSQL pass with `&`) with SIGINT ignored, and
+    # an ignored signal stays ignored across exec: the CLI processes the tests interrupt would never see their
+    # Ctrl-C. A handler, unlike SIG_IGN, is reset to the default in children: they get theirs back.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line("markers", "sqlite_only(reason): runs only when the servers use SQLite")
     config.addinivalue_line("markers", "postgresql_only(reason): runs only when the servers use PostgreSQL")
     config.addinivalue_line("markers", "db_independent(reason): needs no run on PostgreSQL (SQLite run only)")

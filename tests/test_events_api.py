@@ -401,6 +401,17 @@ def test_unread_channel_overflows_and_memory_stays_bounded(server: Server) -> No
         subscribe(api, ch, {"path": "/ev8", "flags": ["IN_CREATE"]})
         for i in range(1010):
             door.put(f"/ev8/f{i}", content=b"")
+        # One dispatcher hands each event of the log to every channel in turn: once a second channel has the
+        # event of a later write, the first has been offered all 1010 (connecting earlier would drain it while
+        # it is still being fed, and the last ones would find room)
+        door.request("MKCOL", "/ev8-mark")
+        marker = channel(api)
+        subscribe(api, marker, {"path": "/ev8-mark", "flags": ["IN_CREATE"]})
+        door.put("/ev8-mark/m", content=b"")
+        marked = SseReader(marker, server.auth)
+        assert marked.next()["data"]["event"]["name"] == "m"
+        marked.close()
+        api.delete(marker)
         reader = SseReader(ch, server.auth)
         frames = reader.take(1001, timeout=30)
         names = [f["data"]["event"].get("name") for f in frames]
