@@ -1210,15 +1210,7 @@ def compute(report: dict[str, Any]) -> None:
 
 
 def fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "NO"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    return sb.fmt(value, digits)
 
 
 def render_markdown(report: dict[str, Any]) -> str:

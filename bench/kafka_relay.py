@@ -243,7 +243,7 @@ def machine_info() -> dict[str, Any]:
     libs = next(iter(sorted((Path.home() / ".cache" / "headrace").glob("kafka-*"))), None)
     return {
         "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": _cpu_model(),
+        "cpu_model": sb.cpu_model(),
         "python": platform.python_version(),
         "kafka": os.environ.get("KAFKA_VERSION") or (libs.name.removeprefix("kafka-") if libs else "unknown"),
         "java": _first_line(["java", "-version"]),
@@ -251,16 +251,6 @@ def machine_info() -> dict[str, Any]:
         "librdkafka": confluent_kafka.libversion()[0],
         "headrace_git": _first_line(["git", "-C", str(REPO_DIR), "rev-parse", "--short", "HEAD"]),
     }
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def _first_line(cmd: list[str]) -> str:

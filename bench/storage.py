@@ -1120,13 +1120,15 @@ def compute_goals(servers: dict[str, Any], ratios: dict[str, dict[str, float | N
     return goals
 
 
-def machine_info() -> dict[str, Any]:
-    cpu_model = "unknown"
+def cpu_model() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def machine_info() -> dict[str, Any]:
     mem_kib = 0
     with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -1136,7 +1138,7 @@ def machine_info() -> dict[str, Any]:
         "nproc": len(os.sched_getaffinity(0)),
         "ram_GiB": round(mem_kib / (1 << 20), 1),
         "kernel": platform.release(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "curl": run_text(["curl", "--version"]).splitlines()[0],
         "go": run_text([go_binary() or "go", "version"]),
@@ -1148,9 +1150,16 @@ def pct(value: float | None) -> str:
 
 
 def fmt(value: Any, digits: int = 0) -> str:
-    if isinstance(value, float | int) and not isinstance(value, bool):
+    """A number for a results table: thousands separated, floats to `digits` places; "-" for None."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
         return f"{value:,.{digits}f}"
-    return "-" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
 
 
 MD_BEGIN = "<!-- storage-bench:begin (written by bench/storage.py) -->"
@@ -1327,8 +1336,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 @contextlib.contextmanager
-def workspace(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="headrace-bench-"))
+def workspace(keep: bool, prefix: str = "headrace-bench-") -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield path
     finally:

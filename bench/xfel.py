@@ -35,7 +35,6 @@ failed or a run summary is wrong.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import json
 import multiprocessing
@@ -43,11 +42,10 @@ import os
 import posixpath
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -734,12 +732,7 @@ def compute(report: dict[str, Any]) -> None:
 # Report
 
 
-def fmt(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
+fmt = sb.fmt
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -905,18 +898,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@contextlib.contextmanager
-def workspace(keep: bool) -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="headrace-xfel-bench-"))
-    try:
-        yield path
-    finally:
-        if keep:
-            print(f"kept {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK_PLAN if args.quick else FULL_PLAN
@@ -937,7 +918,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "out_name": out.name if out else "(none)",
         "notes": args.note,
     }
-    with workspace(args.keep_tmp) as tmp:
+    with sb.workspace(args.keep_tmp, "headrace-xfel-bench-") as tmp:
         print(f"workspace {tmp}; plan {plan}", flush=True)
         try:
             report.update(bench(plan, tmp))

@@ -10,13 +10,9 @@ again on the same ports. The first process started on a new database creates its
 
 from __future__ import annotations
 
-import atexit
 import os
-import signal
 import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,13 +21,13 @@ from typing import Any
 
 import httpx
 
-from harness import ADMIN_KEY, client, free_port, http
+from harness import ADMIN_KEY, ManagedProcess, client, free_port, http
 
 AUTH = ("admin", ADMIN_KEY)
 
 
 @dataclass
-class Role:
+class Role(ManagedProcess):
     """One headrace process of the cluster."""
 
     name: str
@@ -48,58 +44,18 @@ class Role:
 
     def launch(self) -> Role:
         """Start the process without waiting for it (see `wait_ready`)."""
-        assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
-        cmd = [sys.executable, "-m", "headrace.cli.main", *self.args]
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        atexit.register(_kill_left, self.proc)
+        self.spawn(self.args, self.env)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> Role:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-6000:]}")
-            if self.ready(self):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} did not become ready in {timeout} s:\n{self.log()[-6000:]}")
+        self.wait_until(lambda: self.ready(self), timeout)
+        return self
 
     def start(self, timeout: float = 60.0) -> Role:
         return self.launch().wait_ready(timeout)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-        proc = self.proc
-        if proc is None:
-            return 0
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return int(proc.returncode)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
     def health(self) -> dict[str, Any]:
         return dict(http("GET", f"{self.url}/healthz", timeout=5).json())
-
-
-def _kill_left(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
 
 
 def _healthz(role: Role) -> bool:

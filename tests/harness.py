@@ -8,6 +8,7 @@ it is, by the server's data directory.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import socket
@@ -120,8 +121,79 @@ def execute(data: Path, sql: str, rows: list[dict[str, Any]]) -> None:
         conn.execute(text(sql), rows)
 
 
+class ManagedProcess:
+    """A `python -m headrace.cli.main …` process a test starts, waits for, reads the log of and stops. The
+    dataclasses using it have `proc` and `log_path` fields; `name` says which process in errors."""
+
+    proc: subprocess.Popen[bytes] | None
+    log_path: Path | None
+
+    @property
+    def label(self) -> str:
+        return getattr(self, "name", None) or type(self).__name__.lower()
+
+    def spawn(self, args: list[str], env: dict[str, str]) -> None:
+        """Start `headrace ARGS` with its output appended to `log_path`, without waiting for it."""
+        assert self.proc is None or self.proc.poll() is not None, f"{self.label} is running"
+        assert self.log_path is not None
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
+        self.proc = subprocess.Popen(headrace_command(args), env=env, stdout=log, stderr=subprocess.STDOUT)
+        atexit.register(_kill_left, self.proc)  # a crashed test leaves no process behind
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float) -> None:
+        """Until `ready()` (an HTTP or socket error counts as not yet); RuntimeError with the log if the
+        process exits or `timeout` passes first."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.label} exited with {self.proc.returncode}:\n{self.log()[-6000:]}")
+            try:
+                if ready():
+                    return
+            except (httpx.HTTPError, OSError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.label} did not become ready in {timeout} s:\n{self.log()[-6000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal it and wait (SIGKILL after `timeout`); its exit status (0 if it never started)."""
+        proc = self.proc
+        if proc is None:
+            return 0
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return int(proc.returncode)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def headrace_command(args: list[str]) -> list[str]:
+    """The command line of `headrace ARGS` in this Python environment."""
+    return [sys.executable, "-m", "headrace.cli.main", *args]
+
+
+def _kill_left(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass
-class Server:
+class Server(ManagedProcess):
     """A running headrace server; `door`/`api` are httpx clients authenticated as admin."""
 
     data: Path
@@ -173,42 +245,19 @@ class Server:
 
     def start(self, timeout: float = 20.0) -> Server:
         self.log_path = self.data.parent / f"server-{self.door_port}.log"
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
-        cmd = [
-            sys.executable, "-m", "headrace.cli.main", "up", "--data", str(self.data),
-            "--door-port", str(self.door_port), "--api-port", str(self.api_port), "--host", "127.0.0.1",
-            *(["--db", self.db] if self.db else []), *self.args_extra,
+        args = [
+            "up", "--data", str(self.data), "--door-port", str(self.door_port), "--api-port", str(self.api_port),
+            "--host", "127.0.0.1", *(["--db", self.db] if self.db else []), *self.args_extra,
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"headrace exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if http("GET", f"{self.api_url}/healthz", timeout=1).status_code == 200:
-                    with socket.create_connection(("127.0.0.1", self.door_port), timeout=1):
-                        return self
-            except (httpx.HTTPError, OSError):
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"headrace did not become ready in {timeout} s:\n{self.log()}")
+        self.spawn(args, self.env())
+        self.wait_until(self._ready, timeout)
+        return self
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return int(self.proc.returncode)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+    def _ready(self) -> bool:
+        if http("GET", f"{self.api_url}/healthz", timeout=1).status_code != 200:
+            return False
+        with socket.create_connection(("127.0.0.1", self.door_port), timeout=1):
+            return True
 
     def door(self, **kw: Any) -> httpx.Client:
         return client(base_url=self.door_url, auth=self.auth, timeout=30, **kw)

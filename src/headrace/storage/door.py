@@ -212,18 +212,13 @@ class Door:
             remote = await self._remote(node.pool)
             if self.settings.door_redirect:
                 return await self._redirect_read(call, node, remote, headers)
-        start, length, status = 0, node.size, 200
         rng = call.header("range")
-        if rng and self._if_range_ok(call, node):
-            try:
-                parsed = parse_range(rng, node.size)
-            except RangeNotSatisfiable as exc:
-                return error_response(exc, {"Content-Range": f"bytes */{node.size}"})
-            if parsed is not None:
-                start, length = parsed
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{node.size}"
-        headers["Content-Length"] = str(length)
+        try:
+            start, length, status = answer_range(
+                rng if rng and self._if_range_ok(call, node) else None, node.size, headers
+            )
+        except RangeNotSatisfiable as exc:
+            return error_response(exc, {"Content-Range": f"bytes */{node.size}"})
         if head:
             return Response(status_code=status, headers=headers)
         if remote is not None:
@@ -1051,6 +1046,20 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
         raise RangeNotSatisfiable(f"Range {value} starts beyond the end of the file ({size} bytes)")
     end = min(end, size - 1)
     return start, end - start + 1
+
+
+def answer_range(value: str | None, size: int, headers: dict[str, str]) -> tuple[int, int, int]:
+    """(start, length, status) of a read answering the Range header `value` (None: absent, or not honoured
+    because If-Range failed): 206 and Content-Range for one satisfiable range, else 200 and the whole file.
+    Sets Content-Length in `headers`; raises RangeNotSatisfiable (416) for a range outside the file."""
+    parsed = parse_range(value, size) if value else None
+    if parsed is None:
+        headers["Content-Length"] = str(size)
+        return 0, size, 200
+    start, length = parsed
+    headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
+    headers["Content-Length"] = str(length)
+    return start, length, 206
 
 
 def _dead(xattrs: dict[str, str] | None) -> dict[str, str]:

@@ -46,7 +46,7 @@ from headrace.errors import (
 from headrace.http_common import acknowledge_lifespan, error_response, header, problem, query_param
 from headrace.storage import pool_protocol as proto
 from headrace.storage.checksums import FROM_WIRE, SUPPORTED, format_digest, parse_digest, parse_want_digest
-from headrace.storage.door import parse_range  # one Range grammar for door and pool
+from headrace.storage.door import answer_range  # one Range grammar for door and pool
 from headrace.storage.namespace import Blob, Namespace
 from headrace.storage.pool import BLOB_NAME, READ_CHUNK, ClientGone, Pool, Upload, receive_into
 from headrace.storage.pool_client import PoolDirectory
@@ -340,19 +340,13 @@ class PoolServer:
         except FileNotFoundError as exc:
             raise NotFound(f"No blob {blob} in pool {self.name}") from exc
         headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream", **extra}
-        start, length, status = 0, size, 200
         rng = header(scope, b"range")
         if_range = header(scope, b"if-range")
-        if rng and (not if_range or if_range.strip() == extra.get("ETag", if_range.strip())):
-            try:
-                parsed = parse_range(rng, size)
-            except RangeNotSatisfiable as exc:
-                return error_response(exc, {"Content-Range": f"bytes */{size}"})
-            if parsed is not None:
-                start, length = parsed
-                status = 206
-                headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
-        headers["Content-Length"] = str(length)
+        honoured = not if_range or if_range.strip() == extra.get("ETag", if_range.strip())
+        try:
+            start, length, status = answer_range(rng if honoured else None, size, headers)
+        except RangeNotSatisfiable as exc:
+            return error_response(exc, {"Content-Range": f"bytes */{size}"})
         if head:
             return Response(status_code=status, headers=headers)
         raw_headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
