@@ -138,7 +138,7 @@ class ManagedProcess:
         assert self.log_path is not None
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.proc = subprocess.Popen(headrace_command(args), env=env, stdout=log, stderr=subprocess.STDOUT)
-        atexit.register(_kill_left, self.proc)  # a crashed test leaves no process behind
+        kill_at_exit(self.proc)
 
     def wait_until(self, ready: Callable[[], bool], timeout: float) -> None:
         """Until `ready()` (an HTTP or socket error counts as not yet); RuntimeError with the log if the
@@ -186,10 +186,15 @@ def headrace_command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "headrace.cli.main", *args]
 
 
-def _kill_left(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+def kill_at_exit(proc: subprocess.Popen[bytes]) -> None:
+    """Kill `proc` when this Python process exits, if it still runs: a crashed test leaves nothing behind."""
+
+    def kill() -> None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    atexit.register(kill)
 
 
 @dataclass

@@ -10,10 +10,8 @@ again reuse the same ports and data, so a test can take the broker away and brin
 
 from __future__ import annotations
 
-import atexit
 import base64
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -25,7 +23,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from harness import free_port
+from harness import ManagedProcess, free_port, kill_at_exit
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL_SCRIPT = REPO / "scripts" / "install-kafka.sh"
@@ -61,7 +59,7 @@ def kafka_libs() -> Path:
 
 
 @dataclass
-class KafkaBroker:
+class KafkaBroker(ManagedProcess):
     workdir: Path
     libs: Path = field(default_factory=kafka_libs)
     port: int = field(default_factory=free_port)
@@ -154,16 +152,16 @@ class KafkaBroker:
             self.proc = subprocess.Popen(
                 self._java("kafka.Kafka", str(props)), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir
             )
-        atexit.register(self._kill_left, self.proc)  # a crashed test or script leaves no broker behind
+        kill_at_exit(self.proc)  # a crashed test or script leaves no broker behind
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"kafka exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(f"kafka exited with {self.proc.returncode}:\n{self.log()[-8000:]}")
             if self._ready():
                 return self
             time.sleep(0.1)
         self.kill()
-        raise RuntimeError(f"kafka did not become ready in {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"kafka did not become ready in {timeout} s:\n{self.log()[-8000:]}")
 
     def _ready(self) -> bool:
         try:
@@ -176,34 +174,6 @@ class KafkaBroker:
             return bool(admin.list_topics(timeout=2).brokers)
         except Exception:
             return False
-
-    @staticmethod
-    def _kill_left(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-        """Stop the broker (SIGTERM: a controlled shutdown) and wait for it; SIGKILL if it hangs."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-8000:] if self.log_path.exists() else ""
 
 
 def consumer(bootstrap: str) -> Consumer:
