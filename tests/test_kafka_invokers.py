@@ -378,6 +378,55 @@ def test_an_invoker_killed_mid_activation_has_them_run_again_elsewhere(cluster: 
     assert all(n <= 2 for n in starts.values())
 
 
+def test_an_activation_queued_without_a_message_is_published_again_by_the_sweep(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A frontend that died between its database commit and Kafka's acknowledgement leaves an activation queued
+    and unpublished, with no message anywhere: the controller's sweep publishes it and an invoker runs it."""
+    from sqlalchemy import text
+
+    from headrace.db.engine import Database
+    from headrace.functions.controller import activation_row
+    from headrace.functions.store import FunctionStore, now_ms
+
+    marks = marks_dir(tmp_path)
+    cluster.controller(HEADRACE_FN_SWEEP_SECONDS="1")
+    d, f, _ = Cluster.start_all(
+        cluster.door(start=False), cluster.frontend(start=False), cluster.invoker("--workers", "2", start=False)
+    )
+    deploy(f, "mark", mark_code(marks), path="/in")
+    upload(d, "/in", 3)
+    wait_done(f, "mark", 3, 60, cluster)
+    db = Database(cluster.db_url)
+
+    def published() -> dict[str, bool]:
+        with db.engine.connect() as conn:
+            rows = conn.execute(text("SELECT activation_id, published FROM fn_activations WHERE name = 'mark'"))
+            return {r[0]: bool(r[1]) for r in rows}
+
+    try:
+        # what went through Kafka is marked so once acknowledged
+        wait_for(lambda: len(published()) == 3 and all(published().values()), "the 3 activations marked published")
+        store = FunctionStore(db, via_kafka=True)
+        row = activation_row(store.get("actions", "admin", "mark"), "admin", "mark", {"path": "/stranded"})
+        assert row is not None
+        row["created"] = row["not_before"] = now_ms() - 120_000  # queued two minutes ago, never published
+        with db.engine.begin() as conn:
+            assert store.enqueue_in(conn, row)
+        aid = row["activation_id"]
+        assert published()[aid] is False
+        wait_for(lambda: ends_of(marks, aid), "the stranded activation to run", timeout=30)
+        wait_for(lambda: published()[aid], "the stranded activation marked published")
+        wait_for(lambda: activation_states(f, "mark").get("done") == 4, "the stranded activation's record")
+        recs = {r["activationId"]: r for r in records(f, "mark")}
+        assert recs[aid]["attempt"] == 1 and recs[aid]["response"]["success"]
+    finally:
+        db.close()
+    assert (marks / f"{aid}.end").read_text().splitlines() == ["/stranded"]  # run once
+    controller_log = next(r for r in cluster.roles if r.name == "controller").log()
+    assert "published again 1 activations queued without an acknowledged message" in controller_log
+
+
 def started_under(role: Role, marks: Path) -> set[str]:
     """Activations whose function has started in a worker process of `role` (and not ended)."""
     assert role.proc is not None

@@ -101,6 +101,9 @@ class Settings:
     #: Seconds an invoker waits for its running activations when partitions are taken from it (rebalance,
     #: stop) before it hands them back to be run again elsewhere.
     invoker_revoke_grace: float = 5.0
+    #: With the Kafka transport, the controller looks this often (s) for activations queued a minute ago or
+    #: more whose message Kafka never acknowledged (their publisher died), and publishes them again.
+    fn_sweep_seconds: float = 30.0
     #: Seconds between looks for events that other processes committed (0: the component's default, 1 s
     #: in `headrace up`, 0.05 s in the separate roles).
     log_poll: float = 0.0
@@ -147,6 +150,7 @@ class Settings:
             activation_lanes=_env_int("HEADRACE_ACTIVATION_LANES", 0),
             invoker_group=os.environ.get("HEADRACE_INVOKER_GROUP") or "headrace-invokers",
             invoker_revoke_grace=float(os.environ.get("HEADRACE_INVOKER_REVOKE_GRACE") or 5.0),
+            fn_sweep_seconds=float(os.environ.get("HEADRACE_FN_SWEEP_SECONDS") or 30.0),
             log_poll=float(os.environ.get("HEADRACE_LOG_POLL") or 0.0),
             public_door_url=os.environ.get("HEADRACE_PUBLIC_DOOR_URL") or "",
             public_api_url=os.environ.get("HEADRACE_PUBLIC_API_URL") or "",

@@ -68,7 +68,7 @@ async def run(settings: Settings) -> None:
     service, report = StorageService.open(settings)
     announce(settings, report)
     door = DoorRole(service, settings)
-    publisher = make_publisher(settings, "headrace-up") if settings.activations == "kafka" else None
+    publisher = make_publisher(settings, "headrace-up", service.db) if settings.activations == "kafka" else None
     controller = ControllerRole(service, settings, publisher=publisher)
     functions: Any = controller.controller
     results = None
@@ -115,7 +115,7 @@ async def run_frontend(settings: Settings, channels_dir: Path | None = None) -> 
     results = None
     functions: Any = NoInvoker(service)
     if settings.kafka:
-        publisher = make_publisher(settings, f"headrace-frontend-{settings.api_port}")
+        publisher = make_publisher(settings, f"headrace-frontend-{settings.api_port}", service.db)
         functions, results = _remote_functions(service, settings, publisher, None)
     where = channels_dir or settings.data_dir / "channels" / f"frontend-{settings.host}-{settings.api_port}"
     frontend = FrontendRole(service, settings, functions, channels_dir=where, results=results)
@@ -136,7 +136,7 @@ async def run_frontend(settings: Settings, channels_dir: Path | None = None) -> 
 
 async def run_controller(settings: Settings, *, port: int = 0, relay: bool = True) -> None:
     service, report = open_service(settings, recover=False)
-    publisher = make_publisher(settings, "headrace-controller") if settings.activations == "kafka" else None
+    publisher = make_publisher(settings, "headrace-controller", service.db) if settings.activations == "kafka" else None
     role = ControllerRole(service, settings, publisher=publisher, relay=relay, follow_entities=True)
     role.announce()
     announce_data(settings, report)

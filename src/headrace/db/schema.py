@@ -18,6 +18,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
@@ -195,6 +196,9 @@ fn_activations = Table(
     Column("order_key", Text, nullable=True),  # activations with one key run in event order (per-path ordering)
     Column("depth", Integer, nullable=False),  # length of the activation chain that led here
     Column("dedup", String(128), nullable=True, unique=True),  # "<rule id>:<event offset>": one per (event, rule)
+    # With the Kafka transport: false from the commit until Kafka has acknowledged the activation's message
+    # (functions/kafka_transport.py); the controller publishes again one that stays false (its publisher died)
+    Column("published", Boolean, nullable=False, server_default=true()),
 )
 Index("ix_fn_activations_queue", fn_activations.c.state, fn_activations.c.not_before)
 Index("ix_fn_activations_list", fn_activations.c.namespace, fn_activations.c.created)

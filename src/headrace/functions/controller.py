@@ -166,11 +166,12 @@ class Controller:
         door_url: str = "",
         publisher: Publisher | None = None,
         follow_entities: bool = False,
+        sweep_seconds: float = 30.0,
     ) -> None:
         self.service = service
         self.db = service.db
         self.log = service.log
-        self.store = FunctionStore(service.db)
+        self.store = FunctionStore(service.db, via_kafka=publisher is not None)
         self.code_root = code_root
         self.max_chain = max_chain
         self.max_workers = max_workers or default_worker_cap()
@@ -178,6 +179,8 @@ class Controller:
         self.door_url = door_url
         #: The Kafka transport: activations are published for invokers instead of run here.
         self.publisher = publisher
+        #: With the Kafka transport: how often to look for activations queued without an acknowledged message.
+        self.sweep_seconds = sweep_seconds
         self.follow_entities = follow_entities
         self._entity_stamp: tuple[Any, ...] | None = None
         self.actions: dict[tuple[str, str], dict[str, Any]] = {}
@@ -218,6 +221,8 @@ class Controller:
             await self.db.write(self._store_position, self.position)
         await self._load_queued()
         self._tasks = [asyncio.create_task(self._feed_forever())]
+        if self.publisher is not None:
+            self._tasks.append(asyncio.create_task(self._sweep_forever()))
         if self.publisher is None:
             self._tasks += [
                 asyncio.create_task(self._schedule_forever()),
@@ -282,6 +287,31 @@ class Controller:
         # pools of versions gone: closed now if idle, else by the autoscaler when idle
         await self.runner.drop_pools_except({Runner.key(a) for a in actions})
         self._wake.set()
+
+    #: How long after being queued an activation without an acknowledged message counts as stranded (a
+    #: frontend answers within 10 s, acknowledged or not; the marks are written every 0.2 s).
+    STRANDED_AFTER_MS = 60_000
+
+    async def _sweep_forever(self) -> None:
+        assert self.publisher is not None
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            try:
+                await self._sweep()
+            except Exception:
+                log.exception("functions: the sweep for unpublished activations failed; trying again later")
+
+    async def _sweep(self) -> int:
+        """Publish again the activations queued long ago whose message Kafka never acknowledged (their
+        publisher died between its commit and the acknowledgement), except those this process has in flight."""
+        assert self.publisher is not None
+        rows = await self.db.read(self.store.unpublished, now_ms() - self.STRANDED_AFTER_MS)
+        rows = [r for r in rows if r["activation_id"] not in self.publisher.unacknowledged]
+        if rows:
+            await self._follow_entities()
+            self.publisher.submit(rows, self.actions)
+            log.warning("functions: published again %d activations queued without an acknowledged message", len(rows))
+        return len(rows)
 
     async def _load_queued(self) -> None:
         after: tuple[int, str] | None = None
@@ -452,10 +482,7 @@ class Controller:
         dead = await self.db.read(self.store.activations, namespace, limit=0, states=("dead",))
         chosen = [d for d in dead if ids is None or d["activation_id"] in ids]
         for d in chosen:
-            stamp = now_ms()
-            values = {"state": "queued", "attempt": 1, "not_before": stamp, "created": stamp, "status_code": None}
-            await self.db.group.run(self.store.update_in, d["activation_id"], **values)
-            d.update(values)
+            d.update(await self.db.group.run(self.store.redrive_in, d["activation_id"]))
             self._enqueue_memory(d)
         self._wake.set()
         return len(chosen)

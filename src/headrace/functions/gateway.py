@@ -13,7 +13,9 @@ fire limits and the in-flight count are counted per frontend (the namespace's ef
 many times the settings), and a blocking invoke is answered by the frontend it was sent to.
 
 If this process dies between its database commit and Kafka's acknowledgement, the activation stays queued
-without a message: the controller publishes every queued activation again when it starts.
+without a message, marked unpublished (`fn_activations.published`): the controller publishes it again, in a
+sweep every HEADRACE_FN_SWEEP_SECONDS (30) for those queued a minute ago or more, and all queued ones when it
+starts.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlalchemy.engine import Connection
 from headrace.db.engine import Database
 from headrace.functions.controller import activation_row, fire_plan
 from headrace.functions.kafka_transport import ActivationPublisher, ResultWaiters
-from headrace.functions.store import FunctionStore, now_ms
+from headrace.functions.store import FunctionStore
 
 log = logging.getLogger("headrace.functions")
 
@@ -47,7 +49,7 @@ class RemoteFunctions:
         on_change: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.db = db
-        self.store = FunctionStore(db)
+        self.store = FunctionStore(db, via_kafka=True)
         self.publisher = publisher
         self.results = results
         self.max_workers = max_workers
@@ -112,10 +114,7 @@ class RemoteFunctions:
         chosen = [d for d in dead if ids is None or d["activation_id"] in ids]
         actions: dict[tuple[str, str], dict[str, Any]] = {}
         for d in chosen:
-            stamp = now_ms()
-            values = {"state": "queued", "attempt": 1, "not_before": stamp, "created": stamp, "status_code": None}
-            await self.db.group.run(self.store.update_in, d["activation_id"], **values)
-            d.update(values)
+            d.update(await self.db.group.run(self.store.redrive_in, d["activation_id"]))
             key = (namespace, d["name"])
             if key not in actions:
                 found = await self.db.read(self.store.get, "actions", namespace, d["name"])

@@ -119,8 +119,15 @@ class ActivationPublisher:
         partitions: int = 8,
         lanes: int = 0,
         client_id: str = "headrace-publisher",
+        db: Database | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        #: With a database: activations whose message Kafka acknowledged are marked published there (in
+        #: batches, every MARK_EVERY s), and `unacknowledged` says which of this process's are in flight.
+        self.store = FunctionStore(db) if db is not None else None
+        self.unacknowledged: set[str] = set()
+        self._acknowledged: list[str] = []
+        self._marker: asyncio.Task[None] | None = None
         self.topic = topic
         self.results_topic = results_topic
         self.partitions = partitions
@@ -143,6 +150,8 @@ class ActivationPublisher:
         self._producer = Producer(producer_config(self.bootstrap, self.client_id))
         self._thread = threading.Thread(target=self._serve, name="activation-producer", daemon=True)
         self._thread.start()
+        if self.store is not None:
+            self._marker = asyncio.create_task(self._mark_forever())
 
     async def close(self, timeout: float = 10.0) -> None:
         """Wait (bounded) for what is in flight; what is not delivered is queued in the database anyway."""
@@ -158,6 +167,31 @@ class ActivationPublisher:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 2.0)
         self._producer = None
+        if self._marker is not None:
+            self._marker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._marker
+        await self._mark()
+
+    MARK_EVERY = 0.2
+
+    async def _mark_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.MARK_EVERY)
+            try:
+                await self._mark()
+            except Exception:  # the database away: marked at the next round (or swept and sent again)
+                log.exception("kafka: could not mark %d activations published", len(self._acknowledged))
+
+    async def _mark(self) -> None:
+        if self.store is None or not self._acknowledged:
+            return
+        ids, self._acknowledged = self._acknowledged, []
+        try:
+            await self.store.db.write(self.store.mark_published, ids)
+        except BaseException:
+            self._acknowledged[:0] = ids
+            raise
 
     def _serve(self) -> None:
         while not self._stopping.is_set():
@@ -188,8 +222,28 @@ class ActivationPublisher:
 
     def _send(self, row: dict[str, Any], action: Any, cb: Callable[..., None] | None) -> None:
         key, partition = messages.placement(row, action, self.partitions, self.lanes)
+        if self.store is not None:
+            cb = self._tracked(str(row["activation_id"]), cb)
         self._produce(self.topic, messages.activation_message(row, action), key, partition, cb)
         self.published += 1
+
+    def _tracked(self, aid: str, cb: Callable[..., None] | None) -> Callable[[KafkaError | None, Message], None]:
+        """`cb`, and (on the event loop) the activation's acknowledgement noted for marking."""
+        loop = self._loop
+        assert loop is not None
+        self.unacknowledged.add(aid)
+
+        def settle(ok: bool) -> None:
+            self.unacknowledged.discard(aid)
+            if ok:
+                self._acknowledged.append(aid)
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            loop.call_soon_threadsafe(settle, err is None)
+            if cb is not None:
+                cb(err, msg)
+
+        return delivered
 
     def _settle(self, fut: asyncio.Future[None]) -> Callable[[KafkaError | None, Message], None]:
         loop = self._loop

@@ -34,6 +34,9 @@ Actions = Mapping[tuple[str, str], Mapping[str, Any]]
 class Publisher(Protocol):
     """What the controller (and a frontend) hands queued activations to when invokers run them."""
 
+    #: Activations this process has sent whose message Kafka has not acknowledged yet (nor refused).
+    unacknowledged: set[str]
+
     def submit(self, rows: list[dict[str, Any]], actions: Actions) -> None:
         """Publish these queued activations (in the background, retried until Kafka takes them)."""
 

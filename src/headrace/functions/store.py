@@ -53,8 +53,11 @@ class Exists(Exception):
 
 
 class FunctionStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, via_kafka: bool = False) -> None:
         self.db = db
+        #: Activations queued here are published to Kafka: they are written unpublished, and the publisher
+        #: marks them once Kafka has acknowledged their message (`mark_published`).
+        self.via_kafka = via_kafka
 
     # -- entities ---------------------------------------------------------------------------------------
 
@@ -145,6 +148,7 @@ class FunctionStore:
             "attempt": 1,
             "max_attempts": 1,
             "depth": 0,
+            **({"published": False} if self.via_kafka else {}),
             **values,
         }
         if row.get("dedup"):
@@ -159,6 +163,40 @@ class FunctionStore:
         except IntegrityError:
             return False
         return True
+
+    def redrive_in(self, conn: Connection, activation_id: str) -> dict[str, Any]:
+        """A dead letter back to the queue as a fresh first attempt; the values it was given."""
+        stamp = now_ms()
+        values: dict[str, Any] = {
+            "state": "queued", "attempt": 1, "not_before": stamp, "created": stamp, "status_code": None
+        }  # fmt: skip
+        if self.via_kafka:
+            values["published"] = False
+        self.update_in(conn, activation_id, **values)
+        return values
+
+    def mark_published(self, activation_ids: list[str]) -> None:
+        """Kafka has acknowledged these activations' messages."""
+        t = fn_activations
+        with self.db.engine.begin() as conn:
+            for at in range(0, len(activation_ids), 500):
+                chunk = activation_ids[at : at + 500]
+                conn.execute(
+                    update(t).where(t.c.activation_id.in_(chunk), t.c.published.is_(False)).values(published=True)
+                )
+
+    def unpublished(self, created_before: int, limit: int = 1000) -> list[dict[str, Any]]:
+        """Queued activations whose message Kafka never acknowledged, queued before `created_before` (ms):
+        their publisher died between its commit and the acknowledgement."""
+        t = fn_activations
+        q = (
+            select(t)
+            .where(t.c.state == "queued", t.c.published.is_(False), t.c.created < created_before)
+            .order_by(t.c.created, t.c.activation_id)
+            .limit(limit)
+        )
+        with self.db.reader.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
 
     def record_in(self, conn: Connection, values: dict[str, Any]) -> None:
         """Write a finished activation (a trigger's, or a blocking invoke's) in one go."""

@@ -11,6 +11,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from headrace.config import Settings
+from headrace.db.engine import Database
 from headrace.events.retention import Retention
 from headrace.functions.controller import Controller
 from headrace.storage.service import StorageService
@@ -20,12 +21,14 @@ if TYPE_CHECKING:
     from headrace.functions.kafka_transport import ActivationPublisher
 
 
-def make_publisher(settings: Settings, client_id: str) -> ActivationPublisher:
-    """The Kafka activation publisher (Kafka's client is imported only when activations go through it)."""
+def make_publisher(settings: Settings, client_id: str, db: Database) -> ActivationPublisher:
+    """The Kafka activation publisher (Kafka's client is imported only when activations go through it); it
+    marks in `db` the activations whose message Kafka acknowledged."""
     from headrace.functions.kafka_transport import ActivationPublisher
 
     return ActivationPublisher(
         settings.kafka,
+        db=db,
         topic=settings.activation_topic,
         results_topic=settings.activation_results_topic,
         partitions=settings.activation_partitions,
@@ -61,6 +64,7 @@ class ControllerRole:
             door_url=settings.door_url,
             publisher=publisher,
             follow_entities=follow_entities,
+            sweep_seconds=settings.fn_sweep_seconds,
         )
         relay_ = self.relay
         self.retention = Retention(
