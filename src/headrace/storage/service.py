@@ -24,7 +24,7 @@ from headrace.auth.users import Users, new_key
 from headrace.config import Settings
 from headrace.db.engine import Database
 from headrace.db.schema import state
-from headrace.errors import HeadraceError
+from headrace.errors import Exists, HeadraceError
 from headrace.events.log import EventLog
 from headrace.storage.namespace import Blob, Namespace
 from headrace.storage.pool import Pool
@@ -123,19 +123,21 @@ class StorageService:
         return StartReport(generated, partial, orphans, clean)
 
     def _ensure_admin(self) -> str | None:
-        """Create or re-key the admin user; returns a newly generated key (to print once), if any."""
+        """Create or re-key the admin user; returns a newly generated key (to print once), if any. Processes
+        starting at once on a new database (the roles of a deployment) may all find no admin: one creates
+        it, the others then find it there."""
         key = self.settings.admin_key
-        generated = None
-        if self.users.exists("admin"):
-            if key and self.users.authenticate("admin", key) is None:
-                self.users.set_key("admin", key)
-        else:
-            if not key:
-                key = generated = new_key()
-            self.users.create("admin", key, uid=0, gids=(0,), admin=True)
+        if not self.users.exists("admin"):
+            made = key or new_key()
+            with contextlib.suppress(Exists):  # another process starting at once made it first
+                self.users.create("admin", made, uid=0, gids=(0,), admin=True)
+                self.write_cli_config(made)
+                return None if key else made
         if key:
+            if self.users.authenticate("admin", key) is None:
+                self.users.set_key("admin", key)
             self.write_cli_config(key)
-        return generated
+        return None
 
     def write_cli_config(self, key: str) -> None:
         """Point the CLI at this server with the admin's key, so `headrace ls /` works straight away."""
@@ -146,7 +148,7 @@ class StorageService:
             current = {}
         current.update({"door": self.settings.door_url, "api": self.settings.api_url, "username": "admin", "key": key})
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: roles may start at once
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(current, f, indent=2)
