@@ -171,7 +171,10 @@ class ActivationPublisher:
             self._marker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._marker
-        await self._mark()
+        try:
+            await self._mark()
+        except Exception:  # left unmarked: the controller's sweep sends them again (a harmless copy)
+            log.exception("kafka: could not mark %d activations published at stop", len(self._acknowledged))
 
     MARK_EVERY = 0.2
 
