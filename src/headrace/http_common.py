@@ -1,7 +1,9 @@
-"""Small HTTP helpers shared by the door and the frontend: error bodies, client address, header access."""
+"""Small HTTP helpers shared by the door, the pool server and the frontend: error bodies, client address,
+header access."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -10,7 +12,7 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import Response
 
-from headrace.errors import HeadraceError
+from headrace.errors import BadRequest, HeadraceError
 
 
 async def acknowledge_lifespan(receive: Any, send: Any) -> None:
@@ -45,6 +47,29 @@ def header(scope: Mapping[str, Any], name: bytes) -> str | None:
         if k == name:
             return str(v.decode("latin-1"))
     return None
+
+
+def content_length(scope: Mapping[str, Any]) -> int | None:
+    """The request's Content-Length; None if absent; BadRequest if it is not a non-negative integer."""
+    raw = header(scope, b"content-length")
+    if raw is None:
+        return None
+    try:
+        n = int(raw)
+    except ValueError as exc:
+        raise BadRequest(f"Invalid Content-Length: {raw!r}") from exc
+    if n < 0:
+        raise BadRequest(f"Invalid Content-Length: {raw!r}")
+    return n
+
+
+async def watch_disconnect(receive: Any, gone: asyncio.Event) -> None:
+    """Set `gone` when the client disconnects (run as a task while a response streams)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            gone.set()
+            return
 
 
 def header_bytes(scope: Mapping[str, Any]) -> int:

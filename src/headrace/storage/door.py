@@ -44,14 +44,23 @@ from headrace.errors import (
     RangeNotSatisfiable,
     UnsupportedMediaType,
 )
-from headrace.http_common import acknowledge_lifespan, client_ip, error_response, header, header_bytes, query_param
+from headrace.http_common import (
+    acknowledge_lifespan,
+    client_ip,
+    content_length,
+    error_response,
+    header,
+    header_bytes,
+    query_param,
+    watch_disconnect,
+)
 from headrace.metrics import DOOR_BYTES, DOOR_REQUESTS
 from headrace.storage import locks
 from headrace.storage import webdav_xml as dav
 from headrace.storage.checksums import Hasher, format_digest, parse_digest, parse_want_digest
 from headrace.storage.namespace import Blob, CopyItem, Inode
 from headrace.storage.paths import from_destination
-from headrace.storage.pool import READ_CHUNK, ClientGone, Pool, new_blob_name, receive_into
+from headrace.storage.pool import READ_CHUNK, ClientGone, Pool, new_blob_name, receive_verified
 from headrace.storage.pool_client import PoolUnavailable, PoolUnreachable, RemotePool, Stored
 from headrace.storage.pool_protocol import TOKEN_PARAM, Commit
 from headrace.storage.service import StorageService
@@ -294,7 +303,7 @@ class Door:
         except FileNotFoundError as exc:
             raise NotFound(f"Data of {node.path} is missing from pool {node.pool}") from exc
         gone = asyncio.Event()
-        watcher = asyncio.create_task(_watch_disconnect(call.receive, gone))
+        watcher = asyncio.create_task(watch_disconnect(call.receive, gone))
         try:
             await call.send(
                 {
@@ -357,7 +366,7 @@ class Door:
             return
         gone = asyncio.Event()
         async with remote.read(node.blob, start, length) as r:
-            watcher = asyncio.create_task(_watch_disconnect(call.receive, gone))
+            watcher = asyncio.create_task(watch_disconnect(call.receive, gone))
             sent = 0
             try:
                 await call.send({"type": "http.response.start", "status": status, "headers": raw})
@@ -409,25 +418,27 @@ class Door:
             await self._discard_body(call)
         return Response(status_code=307, headers={"Location": location, "Content-Length": "0"})
 
-    async def _discard_body(self, call: Call) -> None:
+    async def _body_message(self, call: Call) -> dict[str, Any]:
+        """The client's next body message; ClientGone if it hung up, IncompleteUpload after the idle timeout."""
         timeout = self.settings.upload_idle_timeout
-        while True:
-            try:
-                async with asyncio.timeout(timeout):
-                    message = await call.receive()
-            except TimeoutError as exc:
-                raise IncompleteUpload(f"No data for {timeout:g} s; upload abandoned") from exc
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            if not message.get("more_body", False):
-                return
+        try:
+            async with asyncio.timeout(timeout):
+                message = dict(await call.receive())
+        except TimeoutError as exc:
+            raise IncompleteUpload(f"No data for {timeout:g} s; upload abandoned") from exc
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        return message
+
+    async def _discard_body(self, call: Call) -> None:
+        while (await self._body_message(call)).get("more_body", False):
+            pass
 
     async def _upload_remote(
         self, call: Call, remote: RemotePool, types: set[str], length: int | None
     ) -> tuple[RemotePool, Stored]:
         """Stream the request body to a pool process. A pool that cannot be connected to before any byte was
         read from the client is passed over for the next one."""
-        timeout = self.settings.upload_idle_timeout
         started = False
 
         async def body() -> AsyncIterator[bytes]:
@@ -436,13 +447,7 @@ class Door:
             pieces: list[bytes] = []
             buffered = received = 0
             while True:
-                try:
-                    async with asyncio.timeout(timeout):
-                        message = await call.receive()
-                except TimeoutError as exc:
-                    raise IncompleteUpload(f"No data for {timeout:g} s; upload abandoned") from exc
-                if message["type"] == "http.disconnect":
-                    raise ClientGone()
+                message = await self._body_message(call)
                 chunk = message.get("body", b"")
                 more = message.get("more_body", False)
                 if chunk:
@@ -535,7 +540,7 @@ class Door:
         except ValueError as exc:
             raise BadRequest(f"Malformed Digest header: {exc}") from exc
         want = parse_want_digest(call.header("want-digest") or "")
-        length = _content_length(call)
+        length = content_length(call.scope)
         target = await self._target_pool(length)
         if isinstance(target, RemotePool):
             if self._redirects_put(call):
@@ -559,20 +564,10 @@ class Door:
         pool = target
         upload = await asyncio.get_running_loop().run_in_executor(self.io, pool.start_upload)
         try:
-            if length:
-                upload.reserve(length)
-            sums = await receive_into(
-                call.receive,
-                upload,
-                set(expected) | set(want),
-                length,
-                idle_timeout=self.settings.upload_idle_timeout,
-                executor=self.io,
-            )
-            for t, v in expected.items():
-                if sums.get(t) != v:
-                    raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")
-            await asyncio.to_thread(upload.finish)
+            sums = await receive_verified(
+                call.receive, upload, set(want), expected, length,
+                idle_timeout=self.settings.upload_idle_timeout, executor=self.io,
+            )  # fmt: skip
             node, old, created = await self.db.group.run(
                 self.ns.commit_upload_in,
                 call.path,
@@ -613,7 +608,7 @@ class Door:
 
     async def mkcol(self, call: Call) -> Response | None:
         call.principal.check("MANAGE", call.path)
-        if (_content_length(call) or 0) > 0 or call.header("transfer-encoding"):
+        if (content_length(call.scope) or 0) > 0 or call.header("transfer-encoding"):
             raise UnsupportedMediaType("MKCOL with a body is not supported")
         if call.path == "/":
             raise MethodNotAllowed("The root exists")
@@ -985,27 +980,6 @@ class Door:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            gone.set()
-            return
-
-
-def _content_length(call: Call) -> int | None:
-    raw = call.header("content-length")
-    if raw is None:
-        return None
-    try:
-        n = int(raw)
-    except ValueError as exc:
-        raise BadRequest(f"Invalid Content-Length: {raw!r}") from exc
-    if n < 0:
-        raise BadRequest(f"Invalid Content-Length: {raw!r}")
-    return n
 
 
 def _etags(header_value: str) -> set[str]:

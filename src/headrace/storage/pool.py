@@ -5,7 +5,8 @@ the namespace commit that makes it visible comes after that rename. So after a c
 without a namespace entry (an orphan, removed by `remove_orphans`), never the reverse.
 
 The same directory layout serves the embedded pool (opened by the door's own process) and a pool process
-of its own (`headrace pool`, see `pool_server`); `receive_into` streams a request body into an upload for both.
+of its own (`headrace pool`, see `pool_server`); `receive_into` streams a request body into an upload for
+both (`receive_verified`: with the sent digests checked and the file made durable).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from starlette.types import Receive
 
-from headrace.errors import Conflict, IncompleteUpload, InsufficientStorage
+from headrace.errors import BadRequest, Conflict, IncompleteUpload, InsufficientStorage
 from headrace.storage.checksums import Hasher
 
 READ_CHUNK = 1024 * 1024
@@ -330,3 +331,28 @@ async def receive_into(
     if length is not None and upload.size != length:
         raise IncompleteUpload(f"Body has {upload.size} bytes, Content-Length says {length}")
     return hasher.values()
+
+
+async def receive_verified(
+    receive: Receive,
+    upload: Upload,
+    types: set[str],
+    expected: dict[str, str],
+    length: int | None,
+    *,
+    idle_timeout: float,
+    executor: Executor | None = None,
+) -> dict[str, str]:
+    """`receive_into` (room for Content-Length reserved first), then the client's digests (`expected`) checked
+    against what was computed, and the file made durable; the checksums. The caller aborts the upload if
+    this raises."""
+    if length:
+        upload.reserve(length)
+    sums = await receive_into(
+        receive, upload, types | set(expected), length, idle_timeout=idle_timeout, executor=executor
+    )
+    for t, v in expected.items():
+        if sums.get(t) != v:
+            raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")
+    await asyncio.to_thread(upload.finish)
+    return sums

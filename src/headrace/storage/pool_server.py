@@ -43,12 +43,20 @@ from headrace.errors import (
     RangeNotSatisfiable,
     Unauthorized,
 )
-from headrace.http_common import acknowledge_lifespan, error_response, header, problem, query_param
+from headrace.http_common import (
+    acknowledge_lifespan,
+    content_length,
+    error_response,
+    header,
+    problem,
+    query_param,
+    watch_disconnect,
+)
 from headrace.storage import pool_protocol as proto
 from headrace.storage.checksums import FROM_WIRE, SUPPORTED, format_digest, parse_digest, parse_want_digest
 from headrace.storage.door import answer_range  # one Range grammar for door and pool
 from headrace.storage.namespace import Blob, Namespace
-from headrace.storage.pool import BLOB_NAME, READ_CHUNK, ClientGone, Pool, Upload, receive_into
+from headrace.storage.pool import BLOB_NAME, READ_CHUNK, ClientGone, Pool, Upload, receive_verified
 from headrace.storage.pool_client import PoolDirectory
 from headrace.storage.pool_registry import heartbeat, mark_offline, pool_secret, register
 
@@ -221,23 +229,18 @@ class PoolServer:
             expected = parse_digest(header(scope, b"digest") or "")
         except ValueError as exc:
             raise BadRequest(f"Malformed Digest header: {exc}") from exc
-        length = _content_length(scope)
+        length = content_length(scope)
         upload = await asyncio.get_running_loop().run_in_executor(self.io, self.pool.start_upload, blob)
         try:
-            if length:
-                upload.reserve(length)
-            sums = await receive_into(
+            sums = await receive_verified(
                 receive,
                 upload,
-                types | set(expected),
+                types,
+                expected,
                 length,
                 idle_timeout=self.options.upload_idle_timeout,
                 executor=self.io,
             )
-            for t, v in expected.items():
-                if sums.get(t) != v:
-                    raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")
-            await asyncio.to_thread(upload.finish)
         except BaseException:
             upload.abort()
             raise
@@ -357,7 +360,7 @@ class PoolServer:
         loop = asyncio.get_running_loop()
         fd = self.pool.open_blob(blob)
         gone = asyncio.Event()
-        watcher = asyncio.create_task(_watch_disconnect(receive, gone))
+        watcher = asyncio.create_task(watch_disconnect(receive, gone))
         try:
             await send({"type": "http.response.start", "status": status, "headers": raw_headers})
             pos, remaining = start, length
@@ -431,27 +434,6 @@ def _types(value: str | None) -> set[str]:
             raise BadRequest(f"Unknown checksum type {item!r}")
         out.add(name)
     return out
-
-
-def _content_length(scope: Scope) -> int | None:
-    raw = header(scope, b"content-length")
-    if raw is None:
-        return None
-    try:
-        n = int(raw)
-    except ValueError as exc:
-        raise BadRequest(f"Invalid Content-Length: {raw!r}") from exc
-    if n < 0:
-        raise BadRequest(f"Invalid Content-Length: {raw!r}")
-    return n
-
-
-async def _watch_disconnect(receive: Receive, gone: asyncio.Event) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            gone.set()
-            return
 
 
 # -- the process -------------------------------------------------------------------------------------------
