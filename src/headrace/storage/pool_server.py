@@ -47,6 +47,7 @@ from headrace.http_common import (
     acknowledge_lifespan,
     content_length,
     error_response,
+    granian_server,
     header,
     problem,
     query_param,
@@ -451,9 +452,6 @@ def check_listen(host: str, port: int) -> None:
 
 
 async def run(options: PoolOptions) -> None:
-    from granian.constants import Interfaces
-    from granian.server.embed import Server as Embedded
-
     name = resolve_name(options.data, options.name)
     check_listen(options.host, options.port)  # before registering a URL that nothing would answer at
     db = Database(options.db_url, durable=options.fsync)
@@ -468,14 +466,7 @@ async def run(options: PoolOptions) -> None:
     print(f"headrace: pool {name} at {options.public_url}  (data {options.data.resolve()})", flush=True)
     if partial or orphans:
         print(f"headrace: recovered: removed {partial} partial uploads, {orphans} orphaned blobs", flush=True)
-    http = Embedded(
-        server,
-        address=options.host,
-        port=options.port,
-        interface=Interfaces.ASGINL,
-        log_enabled=False,
-        backlog=1024,
-    )
+    http = granian_server(server, options.host, options.port)
     beats = asyncio.create_task(server.beat_forever())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
