@@ -5,6 +5,8 @@
 # The tests (tests/pg_harness.py) run their own throwaway cluster with these programs; the cluster that
 # Debian's package creates and may start as a service is stopped, and its service disabled.
 set -euo pipefail
+# shellcheck source=scripts/apt.sh
+source "$(dirname "$0")/apt.sh"
 
 newest_bin() {
   local d
@@ -17,20 +19,7 @@ if bin="$(newest_bin)"; then
   exit 0
 fi
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "install-postgres: need root or sudo to install postgresql" >&2; exit 1; }
-  sudo="sudo"
-fi
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/headrace/apt"
-mkdir -p "$cache/partial"
-apt_opts=(-y -q -o "Dir::Cache::archives=$cache" -o APT::Sandbox::User=root)
-export DEBIAN_FRONTEND=noninteractive
-echo "install-postgres: installing postgresql" >&2
-if ! $sudo apt-get install "${apt_opts[@]}" postgresql >/dev/null; then
-  $sudo apt-get update -q >/dev/null
-  $sudo apt-get install "${apt_opts[@]}" postgresql >/dev/null
-fi
+apt_install install-postgres postgresql
 
 # Debian creates a "main" cluster and starts it as a service (where services start at all): the tests
 # never use it, so stop it and keep it from starting at boot.
