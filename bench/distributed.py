@@ -194,8 +194,6 @@ def drain_rate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     ends = sorted(int(r["end"]) for r in done)
     first = min(int(r["start"]) for r in done)
     span = (ends[-1] - first) / 1000
-    lo, hi = ends[len(ends) // 10], ends[len(ends) * 9 // 10]
-    steady_n = sum(1 for e in ends if lo < e <= hi)
     return {
         "activations": len(rows),
         "done": len(done),
@@ -203,7 +201,7 @@ def drain_rate(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cold_starts": sum(1 for r in rows if r["init_ms"] is not None),
         "seconds": round(span, 2),
         "per_s": round(len(done) / span, 1) if span > 0 else None,
-        "steady_per_s": round(steady_n / ((hi - lo) / 1000), 1) if hi > lo else None,
+        "steady_per_s": fb.steady_rate(ends),
     }
 
 

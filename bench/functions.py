@@ -557,6 +557,14 @@ def wait_done(server: FnServer, action: str, n: int, timeout: float) -> list[dic
         time.sleep(0.2)
 
 
+def steady_rate(ends: list[int]) -> float | None:
+    """Activations per second between the 10th and the 90th percentile of the sorted end times (ms): the rate
+    without the ramp-up and the tail."""
+    lo, hi = ends[len(ends) // 10], ends[len(ends) * 9 // 10]
+    steady_n = sum(1 for e in ends if lo < e <= hi)
+    return round(steady_n / ((hi - lo) / 1000), 1) if hi > lo else None
+
+
 def activation_rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Completed activations per second: over the whole run (first queued -> last finished) and steady (between
     the 10th and the 90th percentile of the end times, which leaves out start-up and the tail)."""
@@ -566,8 +574,6 @@ def activation_rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {"activations": len(rows), "succeeded": len(ok)}
     first_created = min(int(r["created"]) for r in rows)
     span_s = (ends[-1] - first_created) / 1000
-    lo, hi = ends[len(ends) // 10], ends[len(ends) * 9 // 10]
-    steady_n = sum(1 for e in ends if lo < e <= hi)
     wait = sorted(int(r["start"]) - int(r["created"]) for r in rows if r["start"] is not None)
     return {
         "activations": len(rows),
@@ -576,7 +582,7 @@ def activation_rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "cold_starts": sum(1 for r in rows if r["init_ms"] is not None),
         "seconds": round(span_s, 3),
         "per_s": round(len(ends) / span_s, 1) if span_s > 0 else None,
-        "steady_per_s": round(steady_n / ((hi - lo) / 1000), 1) if hi > lo else None,
+        "steady_per_s": steady_rate(ends),
         "wait_ms_p50": wait[len(wait) // 2] if wait else None,
         "wait_ms_max": wait[-1] if wait else None,
     }
