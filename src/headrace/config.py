@@ -50,6 +50,11 @@ class Settings:
     upload_idle_timeout: float = 60.0
     #: Largest total request header size the door and frontend accept.
     max_header_bytes: int = 16 * 1024
+    #: Close a connection whose request line and headers have not all arrived this many seconds after it
+    #: started waiting for them (door, frontend, pool processes).
+    header_timeout: float = 30.0
+    #: Answer 408 when a request body other than an upload's (JSON, WebDAV XML) stalls this many seconds.
+    body_timeout: float = 30.0
     #: Where the CLI keeps its URLs and credentials.
     cli_config: Path = field(
         default_factory=lambda: Path(
@@ -137,6 +142,8 @@ class Settings:
             fn_concurrent_invocations=_env_int("HEADRACE_FN_CONCURRENT_INVOCATIONS", 100),
             door_server=os.environ.get("HEADRACE_DOOR_SERVER") or "granian",
             upload_idle_timeout=float(os.environ.get("HEADRACE_UPLOAD_IDLE_TIMEOUT") or 60),
+            header_timeout=float(os.environ.get("HEADRACE_HEADER_TIMEOUT") or 30),
+            body_timeout=float(os.environ.get("HEADRACE_BODY_TIMEOUT") or 30),
             kafka=os.environ.get("HEADRACE_KAFKA") or "",
             kafka_topic=os.environ.get("HEADRACE_KAFKA_TOPIC") or "headrace-events",
             door_redirect=_env_bool("HEADRACE_DOOR_REDIRECT", False),

@@ -46,6 +46,13 @@ class Conflict(HeadraceError):
     title = "Conflict"
 
 
+class RequestTimeout(HeadraceError):
+    """The client did not send its request body (or headers) in time."""
+
+    status = 408
+    title = "Request Timeout"
+
+
 class PreconditionFailed(HeadraceError):
     status = 412
     title = "Precondition Failed"
@@ -54,6 +61,13 @@ class PreconditionFailed(HeadraceError):
 class PayloadTooLarge(HeadraceError):
     status = 413
     title = "Payload Too Large"
+
+
+class URITooLong(HeadraceError):
+    """A path over the namespace's length or depth bound (paths.MAX_PATH_BYTES, paths.MAX_DEPTH)."""
+
+    status = 414
+    title = "URI Too Long"
 
 
 class UnsupportedMediaType(HeadraceError):
@@ -74,6 +88,13 @@ class TooManyRequests(HeadraceError):
 class HeaderTooLarge(HeadraceError):
     status = 431
     title = "Request Header Fields Too Large"
+
+
+class BadGateway(HeadraceError):
+    """A request that would have to act on another server (RFC 4918 9.8.5: COPY/MOVE to another host)."""
+
+    status = 502
+    title = "Bad Gateway"
 
 
 class InsufficientStorage(HeadraceError):

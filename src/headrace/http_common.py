@@ -26,14 +26,25 @@ async def acknowledge_lifespan(receive: Any, send: Any) -> None:
             return
 
 
-def granian_server(app: Any, host: str, port: int) -> Any:
+def granian_server(app: Any, host: str, port: int, *, header_timeout: float = 30.0) -> Any:
     """An embedded granian server for a data path (the door, a pool): its Rust HTTP layer moves request bodies
     ~5x faster than uvicorn's (1.6 GB/s vs 0.29 GB/s draining a 1 GiB PUT on this machine). `serve()` runs
-    it, `stop()` ends it. granian is imported only when one is made."""
+    it, `stop()` ends it. A connection whose request head has not arrived `header_timeout` seconds after
+    the server began reading it is closed. granian is imported only when one is made."""
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
     from granian.server.embed import Server as Embedded
 
-    return Embedded(app, address=host, port=port, interface=Interfaces.ASGINL, log_enabled=False, backlog=1024)
+    http1 = HTTP1Settings(header_read_timeout=max(1, round(header_timeout * 1000)))
+    return Embedded(
+        app,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGINL,
+        log_enabled=False,
+        backlog=1024,
+        http1_settings=http1,
+    )
 
 
 WWW_AUTHENTICATE = 'Basic realm="headrace", Bearer realm="headrace"'

@@ -69,6 +69,7 @@ def pool(
         orphan_grace=_env_float("HEADRACE_POOL_ORPHAN_GRACE", 600.0),
         orphan_sweep=_env_float("HEADRACE_POOL_ORPHAN_SWEEP", 3600.0),
         upload_idle_timeout=_env_float("HEADRACE_UPLOAD_IDLE_TIMEOUT", 60.0),
+        header_timeout=_env_float("HEADRACE_HEADER_TIMEOUT", 30.0),
         log_level=os.environ.get("HEADRACE_LOG_LEVEL") or "info",
     )
     if options.heartbeat_seconds <= 0:

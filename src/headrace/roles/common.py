@@ -60,7 +60,7 @@ class GranianDoor:
     storage benchmark holds against nginx."""
 
     def __init__(self, app: object, settings: Settings) -> None:
-        self.server = granian_server(app, settings.host, settings.door_port)
+        self.server = granian_server(app, settings.host, settings.door_port, header_timeout=settings.header_timeout)
 
     async def serve(self) -> None:
         await self.server.serve()

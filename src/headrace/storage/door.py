@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from html import escape as html_escape
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from starlette.responses import Response
@@ -30,6 +30,7 @@ from headrace.auth.macaroons import check_caveat, parse_validity
 from headrace.auth.subject import W
 from headrace.config import Settings
 from headrace.errors import (
+    BadGateway,
     BadRequest,
     Conflict,
     Exists,
@@ -42,6 +43,7 @@ from headrace.errors import (
     PayloadTooLarge,
     PreconditionFailed,
     RangeNotSatisfiable,
+    RequestTimeout,
     UnsupportedMediaType,
 )
 from headrace.http_common import (
@@ -71,7 +73,12 @@ log = logging.getLogger("headrace.door")
 
 
 ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, LOCK, UNLOCK, POST"
+#: The largest body of a request other than PUT (PROPFIND/PROPPATCH/LOCK XML, macaroon requests): 413 past it.
 MAX_XML_BODY = 1024 * 1024
+#: On every response carrying a file's content (or a listing): a browser neither guesses an active type for
+#: it nor runs it as a page of the door's origin (an uploaded .html or .svg stays inert: no script, no
+#: forms, an opaque origin without the door's cookies or storage).
+CONTENT_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 #: Bytes gathered from the client before each write to a pool process.
 REMOTE_BUFFER = 1024 * 1024
 #: A client that sends this (yes) with a PUT asks to be redirected to the pool, as `Expect: 100-continue` does.
@@ -198,13 +205,15 @@ class Door:
                 return Response(status_code=200, media_type="text/html; charset=utf-8")
             return await self._html_listing(call, node)
         call.principal.check("READ_METADATA" if head else "DOWNLOAD", node.path)
-        if not head:
+        if not head or want_header:
+            # A digest is computed from, and tells about, the content: only for those who may read it.
             self.ns.check_readable(node, call.subject)
         headers = {
             "ETag": node.etag,
             "Last-Modified": dav.http_date(node.mtime),
             "Accept-Ranges": "bytes",
             "Content-Type": dav.content_type(node.name),
+            **CONTENT_HEADERS,
         }
         not_modified = self._preconditions(call, node)
         if not_modified:
@@ -498,9 +507,9 @@ class Door:
     async def _html_listing(self, call: Call, node: Inode) -> Response | None:
         self.ns.check_readable(node, call.subject)
         title = html_escape(call.principal.external(node.path))
-        await call.send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/html; charset=utf-8")]}
-        )
+        listing_headers = {"Content-Type": "text/html; charset=utf-8", **CONTENT_HEADERS}
+        raw_headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in listing_headers.items()]
+        await call.send({"type": "http.response.start", "status": 200, "headers": raw_headers})
         head = (
             f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body><h1>{title}</h1><ul>"
         )
@@ -638,7 +647,9 @@ class Door:
         dest = call.header("destination")
         if not dest:
             raise BadRequest("Missing Destination header")
-        target = call.principal.internal(from_destination(dest))
+        named = from_destination(dest)  # a malformed path is a 400 wherever it points
+        self._check_same_server(call, dest)
+        target = call.principal.internal(named)
         ow = (call.header("overwrite") or "T").strip().upper()
         if ow not in ("T", "F"):
             raise BadRequest("Overwrite must be T or F")
@@ -646,6 +657,32 @@ class Door:
             # Overwriting an ancestor would delete the source first (as mod_dav, 403; Overwrite: F gives 412).
             raise Forbidden("The destination contains the source and Overwrite is T")
         return target, ow == "T"
+
+    def _check_same_server(self, call: Call, dest: str) -> None:
+        """502 for a Destination URL on another server (RFC 4918 9.8.5, 9.9.4): this door acts only on its
+        own namespace. The destination's host and port must be those the client addressed (Host, or a
+        proxy's X-Forwarded-Host), or this door's public URL. The scheme is not compared, for a TLS
+        terminator in front changes it; a port left out stands for the scheme's default on either side."""
+        parts = urlsplit(dest)
+        if not parts.netloc:
+            return  # an absolute path: on this server
+        try:
+            wanted = _authority(parts.netloc, parts.scheme)
+        except ValueError as exc:
+            raise BadRequest(f"Invalid Destination: {dest!r}") from exc
+        scheme = call.scope.get("scheme", "http")
+        public = urlsplit(self.settings.door_url)
+        ours = [
+            (call.header("host"), scheme),
+            (call.header("x-forwarded-host"), scheme),
+            (public.netloc, public.scheme),
+        ]
+        for value, its_scheme in ours:
+            for authority in (value or "").split(","):
+                with contextlib.suppress(ValueError):
+                    if authority.strip() and _authority(authority.strip(), its_scheme) == wanted:
+                        return
+        raise BadGateway(f"Destination {parts.netloc} is another server; this door copies and moves only within itself")
 
     async def move(self, call: Call) -> Response | None:
         target, overwrite = self._destination(call)
@@ -715,9 +752,15 @@ class Door:
     # -- properties ----------------------------------------------------------------------------------------
 
     async def _small_body(self, call: Call) -> bytes:
+        """A non-PUT body, whole: 413 past MAX_XML_BODY, 408 when the client sends nothing for `body_timeout`."""
         body = bytearray()
+        timeout = self.settings.body_timeout
         while True:
-            message = await call.receive()
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await call.receive()
+            except TimeoutError as exc:
+                raise RequestTimeout(f"No request body data for {timeout:g} s") from exc
             if message["type"] == "http.disconnect":
                 raise ClientGone()
             body += message.get("body", b"")
@@ -1034,6 +1077,19 @@ def answer_range(value: str | None, size: int, headers: dict[str, str]) -> tuple
     headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
     headers["Content-Length"] = str(length)
     return start, length, 206
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _authority(netloc: str, scheme: str) -> tuple[str, int | None]:
+    """(lower-case host, port) of a URL authority; the port None when absent or the scheme's default.
+    ValueError for a port that is not a number."""
+    parts = urlsplit(f"//{netloc.rpartition('@')[2]}")
+    port = parts.port
+    if port is not None and port == _DEFAULT_PORTS.get(scheme.lower()):
+        port = None
+    return (parts.hostname or "").lower(), port
 
 
 def _dead(xattrs: dict[str, str] | None) -> dict[str, str]:

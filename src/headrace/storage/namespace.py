@@ -132,10 +132,18 @@ _INSERT_CHECKSUM = insert(checksums)
 _TOUCH = update(inodes).where(inodes.c.id == bindparam("id_")).values(mtime=bindparam("mtime"))
 
 
+#: Names one chain query looks up: a deeper path takes one query per this many names. It bounds the statements
+#: compiled and kept (two per depth up to it: from the root, and from a directory) whatever depth clients
+#: send, and stays under SQLite's 64 tables in a join.
+CHAIN_LEVELS = 32
+
+
 @functools.cache
-def _chain(depth: int) -> Select[Any]:
-    """SELECT the root and every level of a path of `depth` names below it in one row: the root is level
-    `r`, name i is level `l{i}`, columns labelled `<level>_<column>`; NULL from the first missing level on."""
+def _chain(depth: int, rooted: bool) -> Select[Any]:
+    """SELECT a start directory and `depth` levels of names below it in one row: the start is level `r` (the
+    root if `rooted`, else the inode whose id is the `start` parameter), name i is level `l{i}`, columns
+    labelled `<level>_<column>`; NULL from the first missing level on."""
+    assert 0 < depth <= CHAIN_LEVELS
     root = inodes.alias("r")
     levels = [inodes.alias(f"l{i}") for i in range(depth)]
     joined: Any = root
@@ -145,23 +153,27 @@ def _chain(depth: int) -> Select[Any]:
         parent = level
     cols = [root.c[c].label(f"r_{c}") for c in _COLUMNS]
     cols += [lv.c[c].label(f"l{i}_{c}") for i, lv in enumerate(levels) for c in _COLUMNS]
-    return select(*cols).select_from(joined).where(root.c.parent_id.is_(None))
+    start = root.c.parent_id.is_(None) if rooted else root.c.id == bindparam("start")
+    return select(*cols).select_from(joined).where(start)
 
 
-_CHAIN_SQL: dict[tuple[str, int], tuple[str, tuple[str, ...] | None]] = {}
+_CHAIN_SQL: dict[tuple[str, int, bool], tuple[str, tuple[str, ...] | None]] = {}
 
 
-def _run_chain(conn: Connection, names: list[str]) -> tuple[Any, ...]:
-    """Execute `_chain(len(names))` as SQL compiled once per dialect and depth. SQLAlchemy would otherwise
-    rebuild the cache key and result metadata of this wide statement on every call (measured: most of a
-    lookup's CPU). The string and its parameter order come from the dialect, so this stays portable."""
-    key = (conn.dialect.name, len(names))
+def _run_chain(conn: Connection, names: list[str], start: int | None) -> tuple[Any, ...]:
+    """Execute `_chain(len(names), start is None)` from the root or the directory with id `start`, as SQL
+    compiled once per dialect and depth. SQLAlchemy would otherwise rebuild the cache key and result metadata
+    of this wide statement on every call (measured: most of a lookup's CPU). The string and its parameter
+    order come from the dialect, so this stays portable."""
+    key = (conn.dialect.name, len(names), start is None)
     compiled = _CHAIN_SQL.get(key)
     if compiled is None:
-        c = _chain(len(names)).compile(dialect=conn.dialect)
+        c = _chain(len(names), start is None).compile(dialect=conn.dialect)
         compiled = _CHAIN_SQL[key] = (c.string, tuple(c.positiontup) if c.positiontup else None)
     sql, order = compiled
-    params = {f"n{i}": name for i, name in enumerate(names)}
+    params: dict[str, Any] = {f"n{i}": name for i, name in enumerate(names)}
+    if start is not None:
+        params["start"] = start
     args: Any = tuple(params[k] for k in order) if order is not None else params
     return tuple(conn.exec_driver_sql(sql, args).one())
 
@@ -218,14 +230,15 @@ class Namespace:
     def _walk(self, conn: Connection, path: str, subject: Subject) -> tuple[Inode | None, Inode | None]:
         """(parent, target) for `path`: target None if absent; raises if the parent chain is broken.
 
-        One query for the whole path (a chain of self-joins, built once per depth), not one per name:
+        One query per CHAIN_LEVELS names (a chain of self-joins, built once per depth), not one per name:
         statement construction, not SQLite, is what a lookup costs in Python.
         """
         path = normalize(path)
         if path == "/":
             return None, self._root(conn)
         names = path[1:].split("/")
-        row = _run_chain(conn, names)
+        row = _run_chain(conn, names[:CHAIN_LEVELS], None)
+        base = 0  # the index in `names` of the row's level 1
         node = _level(row, 0, "/")
         assert node is not None
         for i, name in enumerate(names):
@@ -233,7 +246,9 @@ class Namespace:
                 raise Conflict(f"Not a directory: {node.path}")
             if not subject.may(X, mode=node.mode, uid=node.uid, gid=node.gid):
                 raise Forbidden(f"Permission denied: {node.path}")
-            child = _level(row, i + 1, join(node.path, name))
+            if i - base == CHAIN_LEVELS:
+                row, base = _run_chain(conn, names[i : i + CHAIN_LEVELS], node.id), i
+            child = _level(row, i - base + 1, join(node.path, name))
             if child is None:
                 if i == len(names) - 1:
                     return node, None

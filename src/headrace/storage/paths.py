@@ -2,16 +2,21 @@
 
 A path is absolute, '/'-separated, UTF-8; each name is 1..255 bytes with no NUL, '/', or backslash, and
 '.' and '..' are refused rather than resolved, so that no spelling of a path can escape its root.
+
+The bounds are enforced here, for every path any door or API is given: names of at most 255 bytes (400, as
+dCache's Chimera and POSIX file systems), paths of at most 4096 bytes and 256 names deep (414). The depth
+bound keeps a lookup's work (Namespace._walk) proportional to a small constant, whatever a client sends.
 """
 
 from __future__ import annotations
 
 from urllib.parse import unquote_to_bytes, urlsplit
 
-from headrace.errors import BadRequest
+from headrace.errors import BadRequest, URITooLong
 
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 4096
+MAX_DEPTH = 256
 
 
 def check_name(name: str) -> str:
@@ -34,8 +39,10 @@ def normalize(path: str) -> str:
     if not path.startswith("/"):
         raise BadRequest(f"Path must be absolute: {path!r}")
     if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
-        raise BadRequest(f"Path too long: over {MAX_PATH_BYTES} bytes")
+        raise URITooLong(f"Path too long: over {MAX_PATH_BYTES} bytes")
     parts = [p for p in path.split("/") if p != ""]
+    if len(parts) > MAX_DEPTH:
+        raise URITooLong(f"Path too deep: over {MAX_DEPTH} names")
     for part in parts:
         check_name(part)
     return "/" + "/".join(parts)

@@ -55,7 +55,7 @@ from headrace.http_common import (
 )
 from headrace.storage import pool_protocol as proto
 from headrace.storage.checksums import FROM_WIRE, SUPPORTED, format_digest, parse_digest, parse_want_digest
-from headrace.storage.door import answer_range  # one Range grammar for door and pool
+from headrace.storage.door import CONTENT_HEADERS, answer_range  # one Range grammar for door and pool
 from headrace.storage.namespace import Blob, Namespace
 from headrace.storage.pool import BLOB_NAME, READ_CHUNK, ClientGone, Pool, Upload, receive_verified
 from headrace.storage.pool_client import PoolDirectory
@@ -92,6 +92,8 @@ class PoolOptions:
     orphan_grace: float = 600.0
     orphan_sweep: float = 3600.0
     upload_idle_timeout: float = 60.0
+    #: Close a connection whose request head has not arrived in this many seconds.
+    header_timeout: float = 30.0
     log_level: str = "info"
 
     @property
@@ -343,7 +345,7 @@ class PoolServer:
             size = path.stat().st_size
         except FileNotFoundError as exc:
             raise NotFound(f"No blob {blob} in pool {self.name}") from exc
-        headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream", **extra}
+        headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream", **CONTENT_HEADERS, **extra}
         rng = header(scope, b"range")
         if_range = header(scope, b"if-range")
         honoured = not if_range or if_range.strip() == extra.get("ETag", if_range.strip())
@@ -466,7 +468,7 @@ async def run(options: PoolOptions) -> None:
     print(f"headrace: pool {name} at {options.public_url}  (data {options.data.resolve()})", flush=True)
     if partial or orphans:
         print(f"headrace: recovered: removed {partial} partial uploads, {orphans} orphaned blobs", flush=True)
-    http = granian_server(server, options.host, options.port)
+    http = granian_server(server, options.host, options.port, header_timeout=options.header_timeout)
     beats = asyncio.create_task(server.beat_forever())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
