@@ -20,6 +20,7 @@ from headrace.events import api as events_api
 from headrace.events.channels import ChannelManager
 from headrace.http_common import client_ip, error_response, header, header_bytes, problem, query_param
 from headrace.metrics import API_REQUESTS, POOL_FREE, POOL_USED, REGISTRY
+from headrace.openapi import install as declare_errors
 from headrace.storage import namespace_api
 from headrace.storage.service import StorageService
 
@@ -116,5 +117,6 @@ def create_app(
             POOL_FREE.labels(name).set(pool.free_bytes())
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    declare_errors(app)
     app.add_middleware(HeaderLimit, limit=service.settings.max_header_bytes)
     return app
