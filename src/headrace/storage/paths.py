@@ -63,7 +63,10 @@ def from_url_path(raw: bytes | str) -> str:
 
 def from_destination(header: str, *, prefix: str = "") -> str:
     """The namespace path named by a WebDAV Destination header (absolute URL or absolute path)."""
-    parts = urlsplit(header)
+    try:
+        parts = urlsplit(header)
+    except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 host
+        raise BadRequest(f"Invalid URL {header[:200]!r}: {exc}") from exc
     raw = parts.path or "/"
     if prefix and raw.startswith(prefix):
         raw = raw[len(prefix) :] or "/"
