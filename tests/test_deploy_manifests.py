@@ -5,7 +5,8 @@ Nothing here talks to a cluster. Three kinds of check:
   K8S_VERSIONS, as kubernetes-validate ships it, in strict mode (an unknown or misspelt field fails);
 - the KEDA ScaledObject passes the openAPIV3Schema of KEDA's own CRD (deploy/kubernetes/keda/crd/), made
   as strict as the API server's field validation, plus the CRD's one CEL rule, translated by hand;
-- what no schema sees: roles, selectors, ports, environment names, the Secret, the autoscalers' caps.
+- what no schema sees: roles, selectors, ports, environment names, the Secret, the autoscalers' caps,
+  what the invoker pods hold and may do (issue 10), and the NetworkPolicies' table of who reaches whom.
 
 Each semantic check returns a list of problems; the negative tests break a copy of the manifests and
 assert that the check, or the validator, names the breakage.
@@ -50,9 +51,12 @@ KEDA_VERSION = "v2.21.0"
 ROLES = ("door", "frontend", "pool", "controller", "invoker")
 #: Roles that serve HTTP, with the ConfigMap variable that holds their port (None: a flag gives it).
 HTTP_ROLES = {"door": "HEADRACE_DOOR_PORT", "frontend": "HEADRACE_API_PORT", "pool": None}
-#: Variables that must come from the Secret, with the roles that need them: every role opens the shared
-#: database; the pools check pool tokens, not users, so they go without the admin key.
-SECRET_VARS = {"HEADRACE_DB": ROLES, "HEADRACE_ADMIN_KEY": ("door", "frontend", "controller", "invoker")}
+#: Variables that must come from the Secret, with the roles that need them and the Secret's key for each:
+#: every role opens the shared database; the pools check pool tokens, not users, and the invokers never act
+#: as admin, so both go without the admin key (a function must find no admin key in its pod, issue 10).
+SECRET_VARS = {"HEADRACE_DB": ROLES, "HEADRACE_ADMIN_KEY": ("door", "frontend", "controller")}
+SECRET_KEYS = {"HEADRACE_DB": "db-url", "HEADRACE_ADMIN_KEY": "admin-key"}
+PEERS = K8S / "peers"
 #: What headrace reckons one function worker needs (default_worker_cap in headrace.functions): 256 MiB.
 WORKER_MIB = 256
 
@@ -318,16 +322,29 @@ def check_secret(docs: list[Doc]) -> list[str]:
         for c in containers(w):
             where = f"{w['metadata']['name']}/{c['name']}"
             env = {e["name"]: e for e in c.get("env", [])}
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("secretKeyRef") or {}
+                held = [var for var, key in SECRET_KEYS.items() if ref.get("key") == key]
+                if held and role_of(w) not in SECRET_VARS[held[0]]:
+                    problems.append(
+                        f"{where}: holds the Secret's {ref['key']} as {e['name']}, which {role_of(w)} must not"
+                    )
             for var in SECRET_VARS:
                 if var not in env:
                     if role_of(w) in SECRET_VARS[var]:
                         problems.append(f"{where}: {var} is not set (role {role_of(w)} needs it)")
                     continue
+                if role_of(w) not in SECRET_VARS[var]:
+                    problems.append(f"{where}: {var} is set, and role {role_of(w)} must not hold it")
                 ref = env[var].get("valueFrom", {}).get("secretKeyRef")
                 if "value" in env[var] or not ref:
                     problems.append(f"{where}: {var} is inlined, not taken from the Secret")
                 elif ref["name"] != secret["metadata"]["name"] or ref["key"] not in values:
                     problems.append(f"{where}: {var} refers to a key the Secret does not have")
+        for v in pod_spec(w).get("volumes", []):
+            sources = [v, *v.get("projected", {}).get("sources", [])]
+            if any("secret" in s for s in sources):
+                problems.append(f"{w['metadata']['name']}: volume {v['name']} mounts a Secret (take keys one by one)")
     others = [yaml.safe_dump(d) for d in docs if d.get("kind") != "Secret"]
     others += [p.read_text() for p in DEPLOY.rglob("*") if p.is_file() and p.name != "secret.yaml"]
     for key, value in values.items():
@@ -350,8 +367,20 @@ def check_security(docs: list[Doc], uid: int) -> list[str]:
             problems.append(f"{name}: pod does not run as the image's non-root user {uid}")
         if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
             problems.append(f"{name}: no RuntimeDefault seccomp profile")
+        for host in ("hostNetwork", "hostPID", "hostIPC"):
+            if spec.get(host):
+                problems.append(f"{name}: {host} shares the node's namespace")
         for c in containers(w):
             where, csc = f"{name}/{c['name']}", c.get("securityContext", {})
+            if csc.get("capabilities", {}).get("add"):
+                problems.append(f"{where}: adds capabilities {csc['capabilities']['add']}")
+            if role_of(w) != "invoker":  # the one exception, for bubblewrap: check_sandbox
+                if csc.get("seccompProfile", {}).get("type", "RuntimeDefault") != "RuntimeDefault":
+                    problems.append(f"{where}: seccomp profile {csc['seccompProfile']} is not RuntimeDefault")
+                if csc.get("appArmorProfile", {}).get("type", "RuntimeDefault") != "RuntimeDefault":
+                    problems.append(f"{where}: AppArmor profile {csc['appArmorProfile']} is not RuntimeDefault")
+                if csc.get("procMount", "Default") != "Default":
+                    problems.append(f"{where}: procMount {csc['procMount']} unmasks /proc")
             if csc.get("allowPrivilegeEscalation") is not False or csc.get("privileged"):
                 problems.append(f"{where}: privilege escalation is not ruled out")
             if csc.get("readOnlyRootFilesystem") is not True:
@@ -365,6 +394,213 @@ def check_security(docs: list[Doc], uid: int) -> list[str]:
             for path in (data_dir, "/tmp"):
                 if path not in mounts:
                     problems.append(f"{where}: {path} is not a volume, and the root filesystem is read-only")
+    return problems
+
+
+#: What a container running bubblewrap may relax, and how (docs/security.md, "Kubernetes"): its own
+#: seccomp and AppArmor profile (the runtime defaults refuse unshare(2)/mount(2)), an unmasked /proc (a
+#: sandbox mounts a fresh one), only in a user-namespaced pod.
+SANDBOX_PROFILES = ("Unconfined", "Localhost")
+
+
+def check_sandbox(docs: list[Doc]) -> list[str]:
+    """The invoker pods run functions in bubblewrap: what they relax for it, and nothing more."""
+    invoker = workload_for(docs, "invoker")
+    if invoker is None:
+        return ["no invoker"]
+    problems = []
+    spec = pod_spec(invoker)
+    if spec.get("hostUsers") is not False:
+        problems.append("invoker: hostUsers is not false, so its uids (and its sandboxes') are the node's")
+    relaxed = []
+    for c in containers(invoker):
+        where, csc = f"invoker/{c['name']}", c.get("securityContext", {})
+        if csc.get("procMount") != "Unmasked":
+            problems.append(f"{where}: procMount is not Unmasked, so a sandbox cannot mount its own /proc")
+        for field in ("seccompProfile", "appArmorProfile"):
+            kind = csc.get(field, {}).get("type")
+            if kind not in SANDBOX_PROFILES:
+                problems.append(
+                    f"{where}: {field} {kind} refuses what bubblewrap needs (use one of {SANDBOX_PROFILES})"
+                )
+            elif kind == "Unconfined":
+                relaxed.append(field)
+    (ns,) = by_kind(docs, "Namespace")
+    labels = ns["metadata"].get("labels", {})
+    enforce = labels.get("pod-security.kubernetes.io/enforce")
+    # Baseline refuses Unconfined seccomp/AppArmor profiles; with Localhost ones it admits the invoker.
+    if enforce != ("privileged" if relaxed else "baseline"):
+        problems.append(f"namespace: Pod Security {enforce!r} does not admit the invoker pods")
+    for mode in ("warn", "audit"):
+        if labels.get(f"pod-security.kubernetes.io/{mode}") != "restricted":
+            problems.append(f"namespace: Pod Security {mode} is not restricted, so drift in other pods goes unseen")
+    return problems
+
+
+# --- network policies ------------------------------------------------------------------------------------
+
+#: Who talks to whom (deploy/kubernetes/networkpolicy.yaml's table): for each role, the peers it accepts
+#: and the peers it reaches, as (peer, port-setting). A peer is a role, "any" (no `from`: clients), "kafka"
+#: or "postgres"; ports are resolved from the settings by `service_ports`. DNS is every pod's, apart.
+#: Functions have no network at all (empty network namespace, issue 10); the invoker pod that runs them
+#: reaches Kafka, PostgreSQL, the doors and the frontends, and never a pool.
+ACCEPTS = {
+    "door": {("any", "door")},
+    "frontend": {("any", "frontend")},
+    "pool": {("door", "pool"), ("frontend", "pool")},
+    "controller": set(),
+    "invoker": set(),
+}
+REACHES = {
+    "door": {("pool", "pool"), ("postgres", "postgres")},
+    "frontend": {("pool", "pool"), ("postgres", "postgres"), ("kafka", "kafka")},
+    "pool": {("postgres", "postgres")},
+    "controller": {("postgres", "postgres"), ("kafka", "kafka")},
+    "invoker": {("kafka", "kafka"), ("postgres", "postgres"), ("door", "door"), ("frontend", "frontend")},
+}
+COMPONENT = "app.kubernetes.io/component"
+NS_NAME = "kubernetes.io/metadata.name"
+
+
+def host_port(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def svc_namespace(host: str) -> str | None:
+    """`NAME.NAMESPACE.svc[.cluster.local]`: the namespace; None for a host outside the cluster."""
+    parts = host.split(".")
+    return parts[1] if len(parts) >= 3 and parts[2] == "svc" else None
+
+
+def service_ports(docs: list[Doc]) -> dict[str, tuple[str | None, int]]:
+    """Where each peer listens, from the settings the pods get: (namespace or None, port)."""
+    cfg = env_config(docs)
+    pool = workload_for(docs, "pool")
+    args = pod_spec(pool)["containers"][0]["args"] if pool else []
+    kafka_host, kafka_port = host_port(cfg.get("HEADRACE_KAFKA", "").split(",")[0])
+    secret = named(docs, "Secret", "headrace-secrets") or {}
+    db = re.sub(r"^[a-z0-9+]+://([^@/]*@)?", "", secret.get("stringData", {}).get("db-url", "")).split("/")[0]
+    db_host, db_port = host_port(db if ":" in db else f"{db}:5432")
+    return {
+        "door": (None, int(cfg.get("HEADRACE_DOOR_PORT", 0))),
+        "frontend": (None, int(cfg.get("HEADRACE_API_PORT", 0))),
+        "pool": (None, int(args[args.index("--port") + 1]) if "--port" in args else 0),
+        "kafka": (svc_namespace(kafka_host), kafka_port),
+        "postgres": (svc_namespace(db_host), db_port),
+    }
+
+
+def peer_names(rule_peers: list[Doc] | None, docs: list[Doc]) -> list[str]:
+    """What the peers of one ingress/egress rule are: roles by their pods' component label, "kafka" and
+    "postgres" by the namespace their settings name, "dns", or "any" (no peers: everything)."""
+    if rule_peers is None:
+        return ["any"]
+    where = {ns: name for name, (ns, _) in service_ports(docs).items() if ns}
+    out = []
+    for peer in rule_peers:
+        pods = peer.get("podSelector", {}).get("matchLabels", {})
+        ns = peer.get("namespaceSelector", {}).get("matchLabels", {}).get(NS_NAME)
+        if "ipBlock" in peer:
+            out.append(f"ip:{peer['ipBlock']['cidr']}")
+        elif "namespaceSelector" in peer and ns is None:
+            out.append(f"namespaces:{peer['namespaceSelector']}")
+        elif ns == "kube-system" and pods.get("k8s-app") == "kube-dns":
+            out.append("dns")
+        elif ns is not None:
+            out.append(where.get(ns, f"namespace:{ns}"))
+        elif set(pods) == {"app.kubernetes.io/name", COMPONENT} and pods[COMPONENT] in ROLES:
+            out.append(pods[COMPONENT])
+        else:
+            out.append(f"pods:{peer.get('podSelector')}")
+    return out
+
+
+def policy_edges(docs: list[Doc], role: str, direction: str) -> set[tuple[str, int]]:
+    """(peer, port) pairs that the NetworkPolicies selecting `role`'s pods allow in `direction`
+    ("ingress" or "egress"); a rule without ports counts as port 0 (every port)."""
+    workload = workload_for(docs, role)
+    labels = workload["spec"]["template"]["metadata"]["labels"] if workload else {}
+    kind = direction.capitalize()
+    edges = set()
+    for pol in by_kind(docs, "NetworkPolicy"):
+        spec = pol["spec"]
+        selector = spec.get("podSelector", {}).get("matchLabels", {})
+        if (selector and not selects(selector, labels)) or kind not in spec.get("policyTypes", []):
+            continue
+        for rule in spec.get(direction, []):
+            peers = peer_names(rule.get("from" if direction == "ingress" else "to"), docs)
+            ports = [int(p.get("port", 0)) for p in rule.get("ports", [])] or [0]
+            edges |= {(peer, port) for peer in peers for port in ports}
+    return edges
+
+
+def check_network(docs: list[Doc]) -> list[str]:
+    problems = []
+    policies = by_kind(docs, "NetworkPolicy")
+    deny = [
+        p
+        for p in policies
+        if p["spec"].get("podSelector") == {}
+        and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
+    if not deny:
+        problems.append("no default-deny NetworkPolicy (podSelector {}, Ingress and Egress, no rules)")
+    ports = service_ports(docs)
+    dns = {("dns", 53)}
+    for role in ROLES:
+        want_in = {(peer, ports[where][1]) for peer, where in ACCEPTS[role]}
+        want_out = {(peer, ports[where][1]) for peer, where in REACHES[role]} | dns
+        got_in, got_out = policy_edges(docs, role, "ingress"), policy_edges(docs, role, "egress")
+        for extra in sorted(got_in - want_in):
+            problems.append(f"{role}: accepts {extra[0]} on port {extra[1] or 'any'}, which it must not")
+        for extra in sorted(got_out - want_out):
+            problems.append(f"{role}: reaches {extra[0]} on port {extra[1] or 'any'}, which it must not")
+        for missing in sorted(want_in - got_in):
+            problems.append(f"{role}: does not accept {missing[0]} on port {missing[1]}")
+        for missing in sorted(want_out - got_out):
+            problems.append(f"{role}: cannot reach {missing[0]} on port {missing[1]}")
+    for name in ("kafka", "postgres"):
+        if ports[name][0] is None:
+            problems.append(f"{name} is outside the cluster: the policies need an ipBlock for it, and this check")
+    if env_config(docs).get("HEADRACE_DOOR_REDIRECT", "").lower() in ("1", "true", "yes", "on"):
+        problems.append("HEADRACE_DOOR_REDIRECT sends clients to the pools, which accept only doors and frontends")
+    return problems
+
+
+def peer_policies() -> list[Doc]:
+    return [doc for path in sorted(PEERS.glob("*.yaml")) for doc in load(path)]
+
+
+def check_peers(docs: list[Doc], peers: list[Doc]) -> list[str]:
+    """PostgreSQL and Kafka accept headrace's pods of exactly the roles whose egress reaches them."""
+    problems = []
+    ports = service_ports(docs)
+    for name in ("kafka", "postgres"):
+        ns, port = ports[name]
+        mine = [p for p in peers if p["metadata"].get("namespace") == ns]
+        if len(mine) != 1:
+            problems.append(f"{name}: {len(mine)} policies in its namespace {ns} in peers/, not 1")
+            continue
+        want = {role for role in ROLES if (name, port) in policy_edges(docs, role, "egress")}
+        (rule,) = mine[0]["spec"]["ingress"]
+        got: set[str] = set()
+        for peer in rule.get("from", []):
+            if peer.get("namespaceSelector", {}).get("matchLabels", {}).get(NS_NAME) != "headrace":
+                problems.append(f"{name}: a peer outside namespace headrace: {peer}")
+                continue
+            exprs = {e["key"]: e for e in peer.get("podSelector", {}).get("matchExpressions", [])}
+            comp = exprs.get(COMPONENT, {})
+            if comp.get("operator") != "In":
+                problems.append(f"{name}: a peer not narrowed to headrace roles: {peer}")
+                continue
+            got |= set(comp["values"])
+        if got != want:
+            problems.append(f"{name}: accepts roles {sorted(got)}, but {sorted(want)} reach it")
+        if [int(p["port"]) for p in rule.get("ports", [])] != [port]:
+            problems.append(f"{name}: its policy's ports are not [{port}]")
     return problems
 
 
@@ -588,8 +824,15 @@ def test_the_expected_objects_are_there() -> None:
         "PodDisruptionBudget/headrace-door",
         "PodDisruptionBudget/headrace-frontend",
         "PodDisruptionBudget/headrace-pool",
+        "NetworkPolicy/headrace-default-deny",
+        "NetworkPolicy/headrace-dns",
+        *(f"NetworkPolicy/headrace-{role}" for role in ROLES),
     ):
         assert want in kinds
+    assert sorted(f"{d['kind']}/{d['metadata']['name']}" for d in peer_policies()) == [
+        "NetworkPolicy/kafka-from-headrace",
+        "NetworkPolicy/postgres-from-headrace",
+    ]
     assert [d["kind"] for d in load(SCALEDOBJECT)] == ["ScaledObject"]
     assert [d["kind"] for d in load(HPA)] == ["HorizontalPodAutoscaler"]
 
@@ -608,7 +851,9 @@ def test_every_namespaced_object_is_in_the_namespace() -> None:
     name = ns["metadata"]["name"]
     assert load(KUSTOMIZATION)[0]["namespace"] == name
     for path, doc in all_docs():
-        if doc["kind"] not in ("Namespace", "CustomResourceDefinition", "Kustomization"):
+        if path.is_relative_to(PEERS):  # applied in PostgreSQL's and Kafka's namespaces
+            assert doc["metadata"].get("namespace") not in (None, name), doc_id(path, doc)
+        elif doc["kind"] not in ("Namespace", "CustomResourceDefinition", "Kustomization"):
             assert doc["metadata"].get("namespace") == name, doc_id(path, doc)
 
 
@@ -717,6 +962,33 @@ def test_probes() -> None:
     assert check_probes(core_docs()) == []
 
 
+def test_invoker_pods_hold_no_admin_key() -> None:
+    """Issue 10: a function must find no admin key in its pod. The invoker holds only the database URL
+    (it claims and records activations and mints their macaroons there), and no Secret volume."""
+    invoker = workload_for(core_docs(), "invoker")
+    assert invoker is not None
+    refs = [
+        e["valueFrom"]["secretKeyRef"]["key"]
+        for c in containers(invoker)
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
+    assert refs == ["db-url"]
+    assert not [v for v in pod_spec(invoker).get("volumes", []) if "secret" in v or "projected" in v]
+
+
+def test_invoker_sandbox_prerequisites() -> None:
+    assert check_sandbox(core_docs()) == []
+
+
+def test_network_policies() -> None:
+    assert check_network(core_docs()) == []
+
+
+def test_peer_policies_for_postgres_and_kafka() -> None:
+    assert check_peers(core_docs(), peer_policies()) == []
+
+
 def test_pool_storage() -> None:
     assert check_pool_storage(core_docs()) == []
 
@@ -740,6 +1012,10 @@ def test_containerfile() -> None:
     assert re.search(r'pip install "\.\[science\]"', text)
     assert image_uid() != 0
     assert re.search(r'^ENTRYPOINT \["headrace"\]$', text, re.M)
+    # The invokers' sandbox: bubblewrap in the image that runs (the last stage), not setuid.
+    final = text.split("\nFROM ")[-1]
+    assert re.search(r"apt-get install .*\bbubblewrap\b", final), "bubblewrap is not installed in the final image"
+    assert "chmod u-s /usr/bin/bwrap" in final
     db_url = named(core_docs(), "Secret", "headrace-secrets")["stringData"]["db-url"]  # type: ignore[index]
     if db_url.startswith(("postgresql://", "postgresql+psycopg://")):
         dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
@@ -1057,3 +1333,192 @@ def test_scaledobject_check_follows_the_partition_count() -> None:
 def test_hpa_checks_reject(change: Callable[[Doc], None], expected: str) -> None:
     problems = check_hpa(core_docs(), broken(hpa(), change))
     assert any(expected in p for p in problems), problems
+
+
+# --- negative tests of issue 10: each puts back what a function could use --------------------------------
+
+
+def add_admin_key(container: Doc, name: str = "HEADRACE_ADMIN_KEY") -> None:
+    ref = {"secretKeyRef": {"name": "headrace-secrets", "key": "admin-key"}}
+    container["env"].append({"name": name, "valueFrom": ref})
+
+
+def policy(docs: list[Doc], name: str) -> Doc:
+    found = named(docs, "NetworkPolicy", name)
+    assert found is not None
+    return found
+
+
+def mutate_policy(name: str, change: Callable[[Doc], None]) -> list[Doc]:
+    return mutate_docs("NetworkPolicy", name, lambda d: change(d["spec"]))
+
+
+def pod_peer(role: str) -> Doc:
+    return {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "headrace", COMPONENT: role}}}
+
+
+@pytest.mark.parametrize(
+    ("docs", "check", "expected"),
+    [
+        pytest.param(
+            lambda: container0("Deployment", "headrace-invoker", add_admin_key),
+            check_secret,
+            "role invoker must not hold it",
+            id="admin-key-in-invoker",
+        ),
+        pytest.param(
+            lambda: container0("Deployment", "headrace-invoker", lambda c: add_admin_key(c, "HEADRACE_LOG_LEVEL")),
+            check_secret,
+            "holds the Secret's admin-key as HEADRACE_LOG_LEVEL",
+            id="admin-key-in-invoker-renamed",
+        ),
+        pytest.param(
+            lambda: mutate_docs(
+                "Deployment",
+                "headrace-invoker",
+                lambda d: pod_spec(d)["volumes"].append({"name": "s", "secret": {"secretName": "headrace-secrets"}}),
+            ),
+            check_secret,
+            "mounts a Secret",
+            id="secret-volume-in-invoker",
+        ),
+        pytest.param(
+            lambda: mutate_docs("Deployment", "headrace-invoker", lambda d: pod_spec(d).pop("hostUsers")),
+            check_sandbox,
+            "hostUsers is not false",
+            id="invoker-node-uids",
+        ),
+        pytest.param(
+            lambda: container0("Deployment", "headrace-invoker", lambda c: c["securityContext"].pop("procMount")),
+            check_sandbox,
+            "procMount is not Unmasked",
+            id="invoker-masked-proc",
+        ),
+        pytest.param(
+            lambda: mutate_docs(
+                "Namespace",
+                "headrace",
+                lambda d: d["metadata"]["labels"].update({"pod-security.kubernetes.io/enforce": "restricted"}),
+            ),
+            check_sandbox,
+            "does not admit the invoker",
+            id="namespace-refuses-invoker",
+        ),
+        pytest.param(
+            lambda: container0(
+                "Deployment",
+                "headrace-door",
+                lambda c: c["securityContext"].update(seccompProfile={"type": "Unconfined"}),
+            ),
+            lambda docs: check_security(docs, image_uid()),
+            "is not RuntimeDefault",
+            id="door-unconfined",
+        ),
+        pytest.param(
+            lambda: container0(
+                "Deployment",
+                "headrace-invoker",
+                lambda c: c["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+            ),
+            lambda docs: check_security(docs, image_uid()),
+            "adds capabilities",
+            id="invoker-sys-admin",
+        ),
+        pytest.param(
+            lambda: mutate_docs("Deployment", "headrace-invoker", lambda d: pod_spec(d).update(hostNetwork=True)),
+            lambda docs: check_security(docs, image_uid()),
+            "hostNetwork",
+            id="invoker-host-network",
+        ),
+        pytest.param(
+            lambda: [d for d in core_docs() if d["metadata"]["name"] != "headrace-default-deny"],
+            check_network,
+            "no default-deny",
+            id="no-default-deny",
+        ),
+        pytest.param(
+            lambda: mutate_policy(
+                "headrace-invoker", lambda s: s["egress"].append({"to": [pod_peer("pool")], "ports": [{"port": 2881}]})
+            ),
+            check_network,
+            "invoker: reaches pool on port 2881",
+            id="invoker-to-pool",
+        ),
+        pytest.param(
+            lambda: mutate_policy("headrace-invoker", lambda s: s["egress"].append({"ports": [{"port": 443}]})),
+            check_network,
+            "invoker: reaches any on port 443",
+            id="invoker-to-anywhere",
+        ),
+        pytest.param(
+            lambda: mutate_policy(
+                "headrace-invoker",
+                lambda s: s["egress"].append({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}),
+            ),
+            check_network,
+            "invoker: reaches ip:0.0.0.0/0 on port any",
+            id="invoker-ipblock",
+        ),
+        pytest.param(
+            lambda: mutate_policy("headrace-invoker", lambda s: s.update(ingress=[{"ports": [{"port": 8080}]}])),
+            check_network,
+            "invoker: accepts any on port 8080",
+            id="invoker-ingress",
+        ),
+        pytest.param(
+            lambda: mutate_policy("headrace-pool", lambda s: s["ingress"][0]["from"].append(pod_peer("invoker"))),
+            check_network,
+            "pool: accepts invoker on port 2881",
+            id="pool-from-invoker",
+        ),
+        pytest.param(
+            lambda: mutate_policy("headrace-pool", lambda s: s["ingress"][0].pop("from")),
+            check_network,
+            "pool: accepts any on port 2881",
+            id="pool-from-anyone",
+        ),
+        pytest.param(
+            lambda: mutate_policy(
+                "headrace-door",
+                lambda s: s["egress"].append(policy(core_docs(), "headrace-controller")["spec"]["egress"][1]),
+            ),
+            check_network,
+            "door: reaches kafka on port 9092",
+            id="door-to-kafka",
+        ),
+        pytest.param(
+            lambda: mutate_policy("headrace-invoker", lambda s: s["policyTypes"].remove("Egress")),
+            check_network,
+            "invoker: cannot reach kafka",
+            id="invoker-egress-dropped",
+        ),
+        pytest.param(
+            lambda: mutate_docs(
+                "ConfigMap", "headrace-config", lambda d: d["data"].update(HEADRACE_KAFKA="kafka.example.org:9092")
+            ),
+            check_network,
+            "kafka is outside the cluster",
+            id="kafka-outside",
+        ),
+        pytest.param(
+            lambda: mutate_docs("ConfigMap", "headrace-config", lambda d: d["data"].update(HEADRACE_DOOR_REDIRECT="1")),
+            check_network,
+            "HEADRACE_DOOR_REDIRECT",
+            id="redirect-to-closed-pools",
+        ),
+    ],
+)
+def test_issue10_checks_reject(
+    docs: Callable[[], list[Doc]], check: Callable[[list[Doc]], list[str]], expected: str
+) -> None:
+    problems = check(docs())
+    assert any(expected in p for p in problems), problems
+
+
+def test_peer_check_rejects_a_role_that_does_not_need_the_database_or_kafka() -> None:
+    peers = copy.deepcopy(peer_policies())
+    kafka = next(p for p in peers if p["metadata"]["name"] == "kafka-from-headrace")
+    kafka["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][1]["values"].append("door")
+    assert any("accepts roles" in p for p in check_peers(core_docs(), peers))
+    kafka["spec"]["ingress"][0]["from"][0]["podSelector"].pop("matchExpressions")
+    assert any("not narrowed" in p for p in check_peers(core_docs(), peers))
