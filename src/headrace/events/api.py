@@ -50,7 +50,7 @@ async def _json_body(request: Request, missing: str, prefix: str) -> Any:
         return None
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested past the limit
         raise BadRequest(f"{prefix}malformed JSON: {exc}") from exc
 
 

@@ -158,7 +158,7 @@ async def _body(request: Request, *, max_bytes: int | None = None) -> dict[str, 
         return {}
     try:
         data = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's limit
         raise WhiskError(400, f"The request content was malformed: {exc}") from exc
     if not isinstance(data, dict):
         raise WhiskError(400, "The request content was malformed: a JSON object was expected.")

@@ -217,7 +217,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
         raise BadRequest("Missing JSON entity in POST request")
     try:
         body = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past the parser's limit
         raise BadRequest(f"Malformed JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequest("The JSON entity must be an object")
