@@ -228,7 +228,8 @@ def test_subscription_errors_use_dcache_wording(server: Server) -> None:
         ch = channel(api)
         post = f"{ch}/subscriptions/inotify"
         error(api.post(post, content=b""), 400, "Missing JSON entity in POST request")
-        error(api.post(post, content=b"{nope"), 400, "Bad selector: malformed JSON")
+        bad = api.post(post, content=b"{nope", headers={"Content-Type": "application/json"})
+        error(bad, 400, "Bad selector: malformed JSON")
         error(api.post(f"{ch}/subscriptions/kafka", json={"path": "/"}), 400, "Unknown event type: kafka")
         error(api.post(post, json={"path": "/ev4", "colour": "red"}), 400, "Bad selector: Unrecognized field")
         error(api.post(post, json={"flags": ["IN_CREATE"]}), 400, 'Bad selector: "path" is required')

@@ -227,7 +227,8 @@ def test_action_bodies_refused(api: httpx.Client) -> None:
     assert "exec" in whisk_error(api.put(f"{NS}/actions/api-bad", json={}), 400)
     zipped = {"exec": {"kind": "python:3", "code": _zip({"main.txt": "x"}), "binary": True}}
     assert "__main__.py" in whisk_error(api.put(f"{NS}/actions/api-bad", json=zipped), 400)
-    assert "malformed" in whisk_error(api.put(f"{NS}/actions/api-bad", content=b"{not json"), 400)
+    not_json = api.put(f"{NS}/actions/api-bad", content=b"{not json", headers={"Content-Type": "application/json"})
+    assert "malformed" in whisk_error(not_json, 400)
     assert "parameters" in whisk_error(api.put(f"{NS}/actions/api-bad", json=action_body(HELLO, parameters={})), 400)
     assert "not valid" in whisk_error(api.put(f"{NS}/actions/%20bad", json=action_body(HELLO)), 400)
     whisk_error(api.get(f"{NS}/actions/api-bad"), 404)  # nothing was stored

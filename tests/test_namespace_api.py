@@ -55,11 +55,15 @@ def test_post_actions(server: Server) -> None:
         assert api.get("/api/v1/namespace/na2/h").status_code == 404
 
 
+JSON = {"Content-Type": "application/json"}
+
+
 def test_errors_are_precise_json(server: Server) -> None:
     with server.api() as api:
         cases = [
             (api.get("/api/v1/namespace/nope"), 404),
-            (api.post("/api/v1/namespace/", content=b"{not json"), 400),
+            (api.post("/api/v1/namespace/", content=b"{not json", headers=JSON), 400),
+            (api.post("/api/v1/namespace/", content=b'{"action": "mkdir", "name": "x"}'), 415),  # not said JSON
             (api.post("/api/v1/namespace/", json={"action": "explode"}), 400),
             (api.post("/api/v1/namespace/", json={"action": "mkdir", "name": "x", "extra": 1}), 400),
             (api.post("/api/v1/namespace/", json={"action": "mkdir", "name": ".."}), 400),

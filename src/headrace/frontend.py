@@ -5,6 +5,7 @@ The storage-events SSE API (`/api/v1/events`) is mounted when a channel manager 
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -15,10 +16,25 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from headrace import __version__
-from headrace.errors import HeaderTooLarge, HeadraceError, Unauthorized
+from headrace.errors import (
+    HeaderTooLarge,
+    HeadraceError,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from headrace.events import api as events_api
 from headrace.events.channels import ChannelManager
-from headrace.http_common import client_ip, error_response, header, header_bytes, problem, query_param
+from headrace.http_common import (
+    client_ip,
+    content_length,
+    error_response,
+    header,
+    header_bytes,
+    problem,
+    query_param,
+)
 from headrace.metrics import API_REQUESTS, POOL_FREE, POOL_USED, REGISTRY
 from headrace.openapi import install as declare_errors
 from headrace.storage import namespace_api
@@ -28,28 +44,129 @@ if TYPE_CHECKING:
     from headrace.functions.api import Functions
 
 
-class HeaderLimit:
-    """Refuse requests whose headers exceed the limit with 431 and a JSON body; count requests by status."""
+#: The largest request body of an action PUT: OpenWhisk's limit on an action's code (48 MB).
+MAX_ACTION_BODY = 48 * 1024 * 1024
+#: The largest request body of every other route: JSON documents (parameters, payloads and results are 1 MB
+#: each, as in OpenWhisk; a trigger or rule with annotations stays well under this).
+MAX_JSON_BODY = 2 * 1024 * 1024
+#: OpenWhisk's API prefix: refusals under it come in OpenWhisk's error shape, elsewhere in dCache's.
+WHISK_PREFIX = "/api/v1/namespaces"
+_CHANGING = frozenset({"POST", "PUT", "PATCH"})
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+def body_limit(method: str, path: str) -> int:
+    """The largest request body the frontend reads for `method` on `path` (413 past it)."""
+    parts = path.strip("/").split("/")
+    if method == "PUT" and len(parts) == 6 and path.startswith(WHISK_PREFIX + "/") and parts[4] == "actions":
+        return MAX_ACTION_BODY
+    return MAX_JSON_BODY
+
+
+def is_json(content_type: str | None) -> bool:
+    """application/json, or any `+json` type (parameters such as charset aside)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class RequestGuard:
+    """What every frontend request must satisfy before a route sees it, each refusal a JSON 4xx in the shape
+    of the API it was sent to: headers within `max_header_bytes` (431); a state-changing request
+    (POST/PUT/PATCH) with a body must say it is JSON (415: a browser's cross-site "simple" request cannot);
+    a body within the route's limit (`body_limit`: 413, from Content-Length at once, or as a chunked body
+    passes it); body data at least every `body_timeout` seconds until it ends (408). Counts requests by
+    status for /metrics."""
+
+    def __init__(self, app: ASGIApp, *, max_header_bytes: int, body_timeout: float) -> None:
         self.app = app
-        self.limit = limit
+        self.max_header_bytes = max_header_bytes
+        self.body_timeout = body_timeout
+
+    def _refusal(self, scope: Scope) -> HeadraceError | None:
+        if header_bytes(scope) > self.max_header_bytes:
+            return HeaderTooLarge(f"Request headers exceed {self.max_header_bytes} bytes")
+        method = scope["method"]
+        length = content_length(scope)
+        has_body = bool(length) or header(scope, b"transfer-encoding") is not None
+        if method in _CHANGING and has_body and not is_json(header(scope, b"content-type")):
+            return UnsupportedMediaType(f"A {method} body must be JSON (Content-Type: application/json)")
+        limit = body_limit(method, scope["path"])
+        if length is not None and length > limit:
+            return PayloadTooLarge(f"The request body of {length} bytes exceeds this route's limit of {limit} bytes")
+        return None
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send, exc: HeadraceError) -> None:
+        # The connection closes after a refusal: the rest of a refused body is not read.
+        headers = {"Connection": "close"}
+        path = scope["path"]
+        if path == WHISK_PREFIX or path.startswith(WHISK_PREFIX + "/"):
+            from headrace.functions.api import whisk_error
+
+            await whisk_error(exc.status, exc.detail, headers)(scope, receive, send)
+        else:
+            await error_response(exc, headers)(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if header_bytes(scope) > self.limit:
-            await error_response(HeaderTooLarge(f"Request headers exceed {self.limit} bytes"))(scope, receive, send)
-            return
         method = scope["method"]
+        started = False
 
         async def counting_send(message: Any) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 API_REQUESTS.labels(method, str(message["status"])).inc()
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        try:
+            refusal = self._refusal(scope)
+        except HeadraceError as exc:  # a malformed Content-Length
+            refusal = exc
+        if refusal is not None:
+            await self._answer(scope, receive, counting_send, refusal)
+            return
+        limit = body_limit(method, scope["path"])
+        received = 0
+        body_done = False
+        refused: HeadraceError | None = None
+        started_before = False
+
+        async def guarded_receive() -> Any:
+            nonlocal received, body_done, refused, started_before
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    message = await receive()
+            except TimeoutError:
+                refused = RequestTimeout(f"No request body data for {self.body_timeout:g} s")
+                started_before = started
+                raise refused from None
+            if message["type"] != "http.request":
+                body_done = True
+                return message
+            received += len(message.get("body", b""))
+            if received > limit:
+                refused = PayloadTooLarge(f"The request body exceeds this route's limit of {limit} bytes")
+                started_before = started
+                raise refused
+            body_done = not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message: Any) -> None:
+            # Once the body is refused, the route's own answer to the failed read is replaced by the refusal.
+            if refused is not None and not started_before:
+                return
+            await counting_send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            if refused is None:
+                raise
+        if refused is not None and not started_before:
+            await self._answer(scope, receive, counting_send, refused)
 
 
 def create_app(
@@ -118,5 +235,6 @@ def create_app(
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     declare_errors(app)
-    app.add_middleware(HeaderLimit, limit=service.settings.max_header_bytes)
+    settings = service.settings
+    app.add_middleware(RequestGuard, max_header_bytes=settings.max_header_bytes, body_timeout=settings.body_timeout)
     return app

@@ -118,3 +118,70 @@ def principal_of(service: Any) -> Any:
         return service.auth.authenticate(header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope))
 
     return dependency
+
+
+def guarded_h11(header_timeout: float, max_header_bytes: int) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with what it lacks: a header read timeout (a connection whose request head has
+    not all arrived `header_timeout` seconds after its first byte, or after the connection opened, is closed)
+    and a 431 with a JSON body, not h11's text/plain 400, for a request head that keeps growing past
+    `max_header_bytes` (the frontend's RequestGuard answers heads just past it, once parsed)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    cap = max_header_bytes + 8 * 1024  # a head this large is refused here without being parsed
+
+    class GuardedH11Protocol(H11Protocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # h11 must not refuse first: it would answer a text/plain 400; one read (256 KiB) past the cap
+            self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=cap + 256 * 1024)
+            self.head_timer: asyncio.TimerHandle | None = None
+            self.head_bytes = 0
+
+        def _await_head(self) -> None:
+            self.head_bytes = 0
+            self.head_timer = self.loop.call_later(header_timeout, self._head_timed_out)
+
+        def _head_done(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+                self.head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self.head_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._await_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._head_done()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            waiting = self.conn.their_state is h11.IDLE
+            if waiting and self.head_timer is None:
+                self._await_head()
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._head_done()
+            elif waiting:
+                self.head_bytes += len(data)
+                if self.head_bytes > cap and not self.transport.is_closing():
+                    self._head_done()
+                    body = json.dumps(
+                        {
+                            "status": "431",
+                            "title": "Request Header Fields Too Large",
+                            "detail": f"Request headers exceed {max_header_bytes} bytes",
+                        }
+                    ).encode()
+                    self.transport.write(
+                        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+                    )
+                    self.transport.close()
+
+    return GuardedH11Protocol

@@ -147,6 +147,7 @@ def namespace_of(p: Principal, ns: str) -> str:
     own = p.subject.username
     if ns in ("_", own):
         return own
+    model.check_name(ns, "namespace")
     raise WhiskError(403, f"The supplied authentication is not authorized to access '{ns}'.")
 
 

@@ -35,7 +35,10 @@ SCALING: dict[str, tuple[float, float, float]] = {
     "idleSeconds": (0, 86400, 60),  # scale to zero after this long without work
 }
 MAX_PARAMETERS_BYTES = 1024 * 1024
-NAME = re.compile(r"^[A-Za-z0-9_@.\-][A-Za-z0-9_@.\- ]{0,255}$")
+#: OpenWhisk's entity name (EntityName.REGEX, ASCII \w): a letter, digit or '_' first (so never '.' or '..',
+#: which would name a directory when an action's code is laid out on disk), then letters, digits and
+#: '_@.- ', no space last; at most 256 characters (ENTITY_NAME_MAX_LENGTH).
+NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_@ .\-]{0,254}[A-Za-z0-9_@.\-])?")
 
 
 class ModelError(ValueError):
@@ -43,8 +46,11 @@ class ModelError(ValueError):
 
 
 def check_name(name: str, what: str = "name") -> str:
-    if not NAME.match(name) or name.endswith(" "):
-        raise ModelError(f"The {what} {name!r} is not valid: use letters, digits, '_', '@', '.', '-' and spaces.")
+    if not NAME.fullmatch(name):
+        raise ModelError(
+            f"The {what} {name!r} is not valid: start with a letter, digit or '_', then use letters, digits, "
+            "'_', '@', '.', '-' and spaces (not last), at most 256 characters."
+        )
     return name
 
 

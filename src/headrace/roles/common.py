@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import uvicorn
 
 from headrace.config import Settings
-from headrace.http_common import granian_server
+from headrace.http_common import granian_server, guarded_h11
 from headrace.storage.service import StartReport, StorageService
 
 log = logging.getLogger("headrace")
@@ -40,11 +40,13 @@ class QuietServer(uvicorn.Server):
 
 
 def uvicorn_config(app: object, settings: Settings, port: int, http: str = "httptools") -> uvicorn.Config:
+    """h11 comes with a header read timeout and a JSON 431 (http_common.guarded_h11); httptools without."""
+    protocol = guarded_h11(settings.header_timeout, settings.max_header_bytes) if http == "h11" else http
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
         port=port,
-        http=http,
+        http=protocol,
         lifespan="off",
         log_level=settings.log_level,
         access_log=False,

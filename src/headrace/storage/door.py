@@ -179,6 +179,8 @@ class Door:
                 log.warning("%s %s failed after the response started: %s", method, scope.get("path"), exc.detail)
                 return
             headers = {"Allow": ALLOW} if isinstance(exc, MethodNotAllowed) else None
+            if isinstance(exc, (PayloadTooLarge, RequestTimeout)):
+                headers = {"Connection": "close"}  # the rest of the body is not read
             response = error_response(exc, headers)
         except ClientGone:
             # The HTTP server also reports a body it could not read (bad chunk framing, a body cut short
@@ -753,6 +755,9 @@ class Door:
 
     async def _small_body(self, call: Call) -> bytes:
         """A non-PUT body, whole: 413 past MAX_XML_BODY, 408 when the client sends nothing for `body_timeout`."""
+        length = content_length(call.scope)
+        if length is not None and length > MAX_XML_BODY:
+            raise PayloadTooLarge(f"Request body of {length} bytes is over {MAX_XML_BODY} bytes")
         body = bytearray()
         timeout = self.settings.body_timeout
         while True:
@@ -765,7 +770,7 @@ class Door:
                 raise ClientGone()
             body += message.get("body", b"")
             if len(body) > MAX_XML_BODY:
-                raise PayloadTooLarge(f"XML body over {MAX_XML_BODY} bytes")
+                raise PayloadTooLarge(f"Request body over {MAX_XML_BODY} bytes")
             if not message.get("more_body", False):
                 return bytes(body)
 
