@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the third-party programs the tests and benchmarks drive, from Debian's packages:
 # rclone, cadaver and davfs2 (real WebDAV clients), litmus (the WebDAV conformance suite),
-# nginx with its WebDAV modules (the benchmark's peer), redis-server (the broker of bench/functions.py's Celery peer).
+# nginx with its WebDAV modules (the benchmark's peer), redis-server (the broker of bench/functions.py's Celery peer),
+# bubblewrap (the functions' sandbox).
 # Downloaded .deb files are cached under ~/.cache/headrace/apt so that a fresh clone reuses them.
 set -euo pipefail
 # shellcheck source=scripts/apt.sh
@@ -15,6 +16,7 @@ command -v mount.davfs >/dev/null || need+=(davfs2)
 command -v nginx >/dev/null || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ] || need+=(libnginx-mod-http-dav-ext)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v bwrap >/dev/null || need+=(bubblewrap)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 apt_install install-test-deps "${need[@]}"

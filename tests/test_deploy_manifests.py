@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import re
+import shutil
+import subprocess
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -986,6 +989,50 @@ def test_invoker_pods_hold_no_admin_key() -> None:
 
 def test_invoker_sandbox_prerequisites() -> None:
     assert check_sandbox(core_docs()) == []
+
+
+def sandboxed(uid: int, script: str, *, masked_proc: bool) -> subprocess.CompletedProcess[str]:
+    """Run `script` in a bubblewrap sandbox (own user, mount, PID, IPC, UTS and network namespaces, a fresh
+    /proc) as the unprivileged `uid`, through an unprivileged user namespace as in the invoker pods (bwrap
+    not setuid, no capability). With `masked_proc`, first overmount part of /proc read-only in a private mount
+    namespace, as container runtimes do unless the pod asks for `procMount: Unmasked`."""
+    bwrap = [
+        *("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"),
+        *("bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr"),
+        *(
+            arg
+            for d in ("lib", "lib64", "bin")
+            if Path(f"/{d}").is_symlink()
+            for arg in ("--symlink", f"usr/{d}", f"/{d}")
+        ),
+        *("--dev", "/dev", "--proc", "/proc", "sh", "-c", script),
+    ]
+    mask = 'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"'
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", mask, "sh", *bwrap] if masked_proc else bwrap
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_bubblewrap_runs_unprivileged_and_needs_an_unmasked_proc() -> None:
+    """What invoker.yaml relies on, done on this host: non-setuid bubblewrap, as the image's unprivileged
+    uid with no capability, makes its namespaces through an unprivileged user namespace; the sandbox sees
+    only its own processes and no network interface but its own loopback. Under a /proc with a read-only
+    overmount (what runtimes do to a container's /proc) the fresh /proc is refused: hence procMount Unmasked.
+    (Setting up the overmount needs root, as this suite runs.)"""
+    assert shutil.which("bwrap"), "bubblewrap is not installed (scripts/install-test-deps.sh installs it)"
+    assert os.geteuid() == 0, "this test makes a mount namespace with a masked /proc, which needs root"
+    assert os.stat(shutil.which("bwrap") or "").st_mode & 0o4000 == 0, "bwrap is setuid here, unlike the image"
+    uid = image_uid()
+    script = "id -u; echo --; cat /proc/[0-9]*/comm; echo --; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"
+    run = sandboxed(uid, script, masked_proc=False)
+    assert run.returncode == 0, run.stderr
+    out_uid, processes, interfaces = (part.split() for part in run.stdout.split("--"))
+    assert out_uid == [str(uid)]
+    assert set(processes) <= {"bwrap", "sh", "cat"}, processes  # its own processes only, nothing of the host
+    assert interfaces == ["lo"]
+    masked = sandboxed(uid, "true", masked_proc=True)
+    assert masked.returncode != 0
+    assert "Can't mount proc" in masked.stderr, masked.stderr
+    assert check_sandbox(core_docs()) == []  # and the invoker pod asks for it
 
 
 def test_network_policies() -> None:
