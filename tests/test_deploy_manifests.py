@@ -45,6 +45,8 @@ CRD = K8S / "keda" / "crd" / "keda.sh_scaledobjects.yaml"
 CONTAINERFILE = DEPLOY / "Containerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 CONFIG_PY = ROOT / "src" / "headrace" / "config.py"
+#: The sandbox's own settings (HEADRACE_SANDBOX...), read where the sandbox is made.
+SANDBOX_PY = ROOT / "src" / "headrace" / "functions" / "sandbox.py"
 
 #: The oldest Kubernetes the manifests are meant for, and the newest whose schemas kubernetes-validate ships.
 K8S_VERSIONS = ("1.30", "1.37")
@@ -104,8 +106,9 @@ def doc_id(path: Path, doc: Doc) -> str:
 
 
 def config_names() -> set[str]:
-    """Every HEADRACE_* variable that src/headrace/config.py reads."""
-    return set(re.findall(r'"(HEADRACE_[A-Z0-9_]+)"', CONFIG_PY.read_text()))
+    """Every HEADRACE_* variable that src/headrace/config.py (or the sandbox, for its own) reads."""
+    sources = [p.read_text() for p in (CONFIG_PY, SANDBOX_PY) if p.exists()]
+    return {name for text in sources for name in re.findall(r'"(HEADRACE_[A-Z0-9_]+)"', text)}
 
 
 def scaledobject() -> Doc:
@@ -413,6 +416,11 @@ def check_sandbox(docs: list[Doc]) -> list[str]:
         return ["no invoker"]
     problems = []
     spec = pod_spec(invoker)
+    settings = env_config(docs) | {e["name"]: e.get("value") for c in containers(invoker) for e in c.get("env", [])}
+    if str(settings.get("HEADRACE_SANDBOX", "bubblewrap")).lower() != "bubblewrap":
+        problems.append(
+            f"invoker: HEADRACE_SANDBOX is {settings['HEADRACE_SANDBOX']!r}: functions would run unsandboxed"
+        )
     if spec.get("hostUsers") is not False:
         problems.append("invoker: hostUsers is not false, so its uids (and its sandboxes') are the node's")
     relaxed = []
@@ -1441,6 +1449,18 @@ def pod_peer(role: str) -> Doc:
             check_sandbox,
             "hostUsers is not false",
             id="invoker-node-uids",
+        ),
+        pytest.param(
+            lambda: container0("Deployment", "headrace-invoker", lambda c: set_env(c, "HEADRACE_SANDBOX", "none")),
+            check_sandbox,
+            "functions would run unsandboxed",
+            id="invoker-unsandboxed",
+        ),
+        pytest.param(
+            lambda: mutate_docs("ConfigMap", "headrace-config", lambda d: d["data"].update(HEADRACE_SANDBOX="none")),
+            check_sandbox,
+            "functions would run unsandboxed",
+            id="configmap-unsandboxed",
         ),
         pytest.param(
             lambda: container0("Deployment", "headrace-invoker", lambda c: c["securityContext"].pop("procMount")),
