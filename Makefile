@@ -14,7 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,bench,science]'
 	touch $(STAMP)
 
+# functions run sandboxed by bubblewrap (Debian's bubblewrap): installed here if missing
 run: $(STAMP)
+	@command -v bwrap >/dev/null || bash -c 'source scripts/apt.sh && apt_install run bubblewrap'
 	$(BIN)/headrace up
 
 demo: $(STAMP)

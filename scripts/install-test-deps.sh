@@ -17,6 +17,7 @@ command -v nginx >/dev/null || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ] || need+=(libnginx-mod-http-dav-ext)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v bwrap >/dev/null || need+=(bubblewrap)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 apt_install install-test-deps "${need[@]}"

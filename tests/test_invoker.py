@@ -70,6 +70,11 @@ def request(what: str = "ok", **extra: Any) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(autouse=True)
+def _readable(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)  # pytest makes it 0700: the sandbox's unprivileged uid reads the action there
+
+
 @pytest.fixture
 def code(tmp_path: Path) -> Path:
     (tmp_path / "__main__.py").write_text(CODE)
@@ -190,23 +195,26 @@ def test_two_argument_main_gets_a_context(tmp_path: Path) -> None:
 
 
 def test_scale_up_shrink_and_no_orphans(code: Path) -> None:
-    async def go() -> tuple[int, int, set[int], list[int]]:
+    async def go() -> tuple[int, int, set[int], set[int | None], set[int | None]]:
         pool = pool_for(code)
         try:
             await pool.warm(3)
             warmed = pool.size
             outs = await asyncio.gather(*(pool.run(request("ok", n=i)) for i in range(3)))
             pids = {o.result["pid"] for o in outs}
+            assert pool.zygote is not None
+            host = {pool.zygote.jail.host_pid(p) for p in pids}  # the sandbox has a PID namespace of its own
             stopped = pool.shrink(1)
             await asyncio.sleep(0.3)
-            return warmed, stopped, pids, [w.pid for w in pool.idle]
+            return warmed, stopped, pids, {pool.zygote.jail.host_pid(w.pid) for w in pool.idle}, host
         finally:
             await pool.close()
 
-    warmed, stopped, pids, left = run(go)
-    assert warmed == 3 and stopped == 2 and len(pids) == 3 and len(left) == 1
+    warmed, stopped, pids, left, host = run(go)
+    assert warmed == 3 and stopped == 2 and len(pids) == 3 and len(left) == 1 and None not in host
     time.sleep(0.3)
-    for pid in pids - set(left):
+    for pid in host:  # the stopped ones, and the one left when the pool closed
+        assert pid is not None
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
 

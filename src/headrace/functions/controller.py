@@ -39,7 +39,10 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
+from headrace.auth.subject import Subject
 from headrace.db.schema import fn_activations, state
+from headrace.errors import NotFound
+from headrace.events.access import Directories, Reader
 from headrace.events.model import StorageEvent
 from headrace.functions import feed
 from headrace.functions.invoker import ActionPool, Outcome
@@ -186,13 +189,23 @@ class Controller:
         self.actions: dict[tuple[str, str], dict[str, Any]] = {}
         self.triggers: list[FeedTrigger] = []
         self.rules: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        self.runner = Runner(service, code_root=code_root, api_url=api_url, door_url=door_url, lookup=self._lookup)
+        self.runner = Runner(
+            service,
+            code_root=code_root,
+            api_url=api_url,
+            door_url=door_url,
+            lookup=self._lookup,
+            max_workers=self.max_workers,
+        )
         self.queues: dict[tuple[str, str], ActionQueue] = {}
         self._turn = 0  # where the scheduler's round over the actions starts
         self.delayed: list[tuple[int, str, dict[str, Any]]] = []  # (not_before, id, row) heap
         #: Invocations through the API waiting for their record: activation id -> (namespace, future).
         self.waiters: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self.position = 0
+        #: Who the triggers' owners are and the directories' permissions, for judging events at delivery.
+        self.dirs = Directories()
+        self._owners: dict[str, Subject | None] = {}
         self.running_total = 0
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -339,6 +352,8 @@ class Controller:
                     await self._follow_entities()  # a trigger made before these events fires for them
                     if self.triggers:
                         continue
+                    if head > self.position:
+                        self.dirs.known.clear()  # events passed unread: what they changed is not known
                     if head > self.position and time.monotonic() - stored_at >= 5.0:
                         await self.db.write(self._store_position, head)
                         stored_at = time.monotonic()
@@ -352,6 +367,7 @@ class Controller:
                 if not self.triggers:
                     continue
                 last = batch[-1].offset
+                await self._prepare(batch)
                 made = await self.db.group.run(self._enqueue_batch_in, batch, last)
                 stored_at = time.monotonic()
                 self.position = last
@@ -378,12 +394,35 @@ class Controller:
         with self.db.engine.begin() as conn:
             self._store_position_in(conn, offset)
 
+    async def _prepare(self, batch: list[StorageEvent]) -> None:
+        """Read what judging a batch's events takes (events.access): the triggers' owners (a namespace is its
+        user's) and, unless all are administrators, the permissions of the directories the events name."""
+        ids = self.dirs.needed(batch)
+        owners = {t.namespace for t in self.triggers}
+        users = self.service.users
+
+        def read() -> dict[str, Subject | None]:
+            found: dict[str, Subject | None] = {}
+            for name in owners:
+                try:
+                    found[name] = users.get(name).subject
+                except NotFound:
+                    found[name] = None  # a user removed since: their triggers fire for nothing
+            if ids and any(s is None or not s.admin for s in found.values()):
+                with self.db.reader.connect() as conn:
+                    self.dirs.load(conn, ids)
+            return found
+
+        self._owners = await self.db.read(read)
+
     def _enqueue_batch_in(self, conn: Connection, batch: list[StorageEvent], last: int) -> list[dict[str, Any]]:
-        """In the caller's transaction: the activations these events make, and the feed's new position."""
+        """In the caller's transaction: the activations these events make (each only as far as the trigger's
+        owner may read it: feed.deliverable), and the feed's new position."""
         made: list[dict[str, Any]] = []
         for ev in batch:
             for trig in self.triggers:
-                flags = feed.matches(ev, trig.filter)
+                reader = Reader(self._owners.get(trig.namespace))
+                flags = feed.deliverable(ev, trig.filter, reader, self.dirs)
                 if not flags:
                     continue
                 rules = self.rules.get((trig.namespace, trig.name), [])
@@ -396,8 +435,8 @@ class Controller:
                         ev.offset, ev.path, depth, self.max_chain,
                     )  # fmt: skip
                     continue
-                for flag in flags:
-                    args = {**trig.parameters, **feed.payload(ev, flag)}
+                for flag, both_sides in flags:
+                    args = {**trig.parameters, **feed.payload(ev, flag, both_sides=both_sides)}
                     for rule in rules:
                         row = self._activation_row(rule["namespace"], rule["action"], args, depth=depth)
                         if row is None:

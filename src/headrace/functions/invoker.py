@@ -1,7 +1,9 @@
 """The invoker: warm worker processes per action, forked from a zygote that has already imported the
-action, and one activation at a time through each. Limits are enforced here: the timeout (the worker is
-killed and replaced), memory (an address-space rlimit set in the worker), log size (cut with a warning line)
-and result size.
+action, and one activation at a time through each. The zygote and its workers run in a sandbox
+(functions/sandbox.py) whose cgroup limits memory, pids and CPU of the whole process tree. Limits are
+enforced here: the zygote's import (its own time and memory limit), the timeout (the worker, its descendants
+and processes orphaned in the sandbox are killed, and the worker replaced), memory (the pool's cgroup, and an
+address-space rlimit set in each worker), log size (cut with a warning line) and result size.
 
 `ActionPool.run(request)` is the whole interface the controller needs; `warm(n)`, `shrink(n)` and `size` are
 what the autoscaler uses.
@@ -16,7 +18,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from headrace.functions import wire
+from headrace.functions.sandbox import Jail, Sandbox, SandboxUnavailable
 from headrace.functions.zygote import (
     APPLICATION_ERROR,
     CONTROL_FD_ENV,
@@ -52,6 +54,7 @@ class Outcome:
     cold: bool = False
     init_ms: float | None = None
     worker: int = 0
+    sandbox: dict[str, Any] | None = None  # how the action was isolated and limited (the record's annotation)
 
 
 def _now_iso() -> str:
@@ -228,10 +231,10 @@ class Worker:
         return "The action's process ended before answering."
 
     def kill(self) -> None:
+        """SIGKILL the worker and every process it started (orphans in the sandbox included)."""
         if not self.dead:
             self.dead = True
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+            self.zygote.kill_worker(self.pid)
 
     def close(self) -> None:
         """Let the worker end by itself (it exits when its control socket closes)."""
@@ -245,39 +248,82 @@ class Worker:
 class Zygote:
     """The process that has loaded one action version and forks its workers."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket, init_ms: float) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, sock: socket.socket, init_ms: float, jail: Jail) -> None:
         self.proc = proc
         self.sock = sock
         self.init_ms = init_ms
+        self.jail = jail
         self.workers: dict[int, Worker] = {}
         self._forks: dict[int, asyncio.Future[int]] = {}
         self._tag = 0
         self.task = asyncio.create_task(self._listen())
 
     @classmethod
-    async def start(cls, code_dir: Path, main: str, env: dict[str, str]) -> Zygote:
+    async def start(cls, spec: ActionSpec, sandbox: Sandbox) -> Zygote:
+        """Start the zygote of `spec` in its sandbox and have it load the action: within the import time
+        limit and, where a cgroup applies, the action's memory limit (raised to cover its workers after)."""
+        jail = sandbox.prepare(key=spec.key, code_dir=spec.code_dir, owner_uid=spec.owner_uid, storage=spec.storage)
+        mb = 1024 * 1024
+        workers = max(1, spec.max_workers)
+        try:
+            if jail.group is not None:
+                jail.group.set_memory(spec.memory_mb * mb)
+                jail.group.set_pids(sandbox.settings.pids_per_worker * (workers + 1))
+                jail.group.set_cpu(min(os.cpu_count() or 1, workers))
+            if jail.socket_dir is not None:
+                await jail.start_sockets(spec.door_url, spec.api_url)
+        except BaseException:
+            await jail.close()
+            raise
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        environ = {**os.environ, **env, CONTROL_FD_ENV: str(child.fileno())}
-        # one thread per numeric library: workers are forked, and forked thread pools deadlock
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-            environ.setdefault(var, "1")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "headrace.functions.zygote", pass_fds=(child.fileno(),), env=environ
-        )
-        child.close()
+        environ = {**jail.env, **spec.env, CONTROL_FD_ENV: str(child.fileno())}
+        try:
+            proc = await asyncio.create_subprocess_exec(*jail.argv, pass_fds=(child.fileno(),), env=environ)
+        except BaseException:
+            parent.close()
+            await jail.close()
+            raise
+        finally:
+            child.close()
+        jail.proc_pid = proc.pid
         parent.setblocking(False)
         loop = asyncio.get_running_loop()
-        await loop.sock_sendall(parent, json.dumps({"dir": str(code_dir), "main": main}).encode())
+        first: dict[str, Any] = {"dir": jail.code_dir, "main": spec.main}
+        if jail.group is None:
+            first["importMemory"] = spec.memory_mb * mb
+        limit = min(sandbox.settings.init_seconds, max(spec.timeout_ms / 1000, 10.0))
+        error = ""
         try:
-            reply = json.loads(await loop.sock_recv(parent, 65536) or b'{"ok": false}')
+            await loop.sock_sendall(parent, json.dumps(first).encode())
+            reply = json.loads(await asyncio.wait_for(loop.sock_recv(parent, 65536), limit) or b'{"ok": false}')
+        except TimeoutError:
+            reply = {"ok": False}
+            error = f"Initialization has failed: the action did not load within {limit:g} seconds."
         except BaseException:
-            proc.kill()
+            parent.close()
+            await jail.close()
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
             raise
         if not reply.get("ok"):
             parent.close()
+            if not error and jail.group is not None and jail.group.oom_kills():
+                error = (
+                    f"Initialization has failed: the action exceeded its memory limit of {spec.memory_mb} MB "
+                    "while loading."
+                )
+            await jail.close()
             await proc.wait()
-            raise InitError(reply.get("error") or "Initialization has failed: the zygote ended")
-        return cls(proc, parent, float(reply["initMs"]))
+            raise InitError(error or reply.get("error") or "Initialization has failed: the zygote ended")
+        if jail.group is not None:  # room for the workers now: each gets the action's memory limit
+            per_worker = spec.memory_mb * mb * max(1, spec.concurrency)
+            jail.group.set_memory(jail.group.memory_usage() + per_worker * workers + 16 * mb)
+        return cls(proc, parent, float(reply["initMs"]), jail)
+
+    def kill_worker(self, pid: int) -> None:
+        keep = [p for p, w in self.workers.items() if p != pid and not w.dead]
+        self.jail.kill_worker(pid, keep)
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
@@ -341,6 +387,7 @@ class Zygote:
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
+        await self.jail.close()  # whatever the action left running ends with it
         self.task.cancel()
 
 
@@ -357,6 +404,22 @@ class ActionSpec:
     result_mb: int = 1
     concurrency: int = 1  # activations one worker runs at once
     env: dict[str, str] = field(default_factory=dict)
+    max_workers: int = 4  # the most workers this pool may have (maxScale within the server's cap)
+    owner_uid: int = -1  # the action's owner (its sandbox's uid is derived from it)
+    storage: bool = False  # whether the sandbox gets the door and frontend sockets
+    door_url: str = ""
+    api_url: str = ""
+
+
+_default_sandbox: Sandbox | None = None
+
+
+def default_sandbox() -> Sandbox:
+    """The sandbox of pools made without one (configured by the environment)."""
+    global _default_sandbox
+    if _default_sandbox is None:
+        _default_sandbox = Sandbox()
+    return _default_sandbox
 
 
 class ActionPool:
@@ -364,8 +427,9 @@ class ActionPool:
     activation goes to the busiest worker with room (packing, so that idle ones can be stopped), else to
     a worker forked for it."""
 
-    def __init__(self, spec: ActionSpec) -> None:
+    def __init__(self, spec: ActionSpec, sandbox: Sandbox | None = None) -> None:
         self.spec = spec
+        self.sandbox = sandbox or default_sandbox()
         self.zygote: Zygote | None = None
         self.workers: list[Worker] = []
         self.starting = 0
@@ -387,7 +451,10 @@ class ActionPool:
     async def _ensure_zygote(self) -> Zygote:
         async with self._zygote_lock:
             if self.zygote is None or self.zygote.proc.returncode is not None:
-                self.zygote = await Zygote.start(self.spec.code_dir, self.spec.main, self.spec.env)
+                if self.zygote is not None:
+                    await self.zygote.close()
+                self.zygote = None
+                self.zygote = await Zygote.start(self.spec, self.sandbox)
             return self.zygote
 
     async def _fork(self) -> Worker:
@@ -421,8 +488,8 @@ class ActionPool:
             self._forking.remove(entry)
 
     async def warm(self, n: int) -> None:
-        """Have at least `n` workers."""
-        while self.size < n:
+        """Have at least `n` workers (never more than the pool's cap)."""
+        while self.size < min(n, self.spec.max_workers):
             await self._fork()
 
     def shrink(self, n: int) -> int:
@@ -451,9 +518,10 @@ class ActionPool:
             fork_start = time.perf_counter()
             try:
                 w = await self._join_or_fork()
-            except InitError as exc:
+            except (InitError, SandboxUnavailable) as exc:
                 end = int(time.time() * 1000)
-                return Outcome(DEVELOPER_ERROR, {"error": str(exc)}, [], start, end, cold=True)
+                code = DEVELOPER_ERROR if isinstance(exc, InitError) else INTERNAL_ERROR
+                return Outcome(code, {"error": str(exc)}, [], start, end, True, sandbox=self.sandbox.annotation())
             except (RuntimeError, OSError, TimeoutError) as exc:
                 end = int(time.time() * 1000)
                 return Outcome(INTERNAL_ERROR, {"error": f"Could not start a worker: {exc}"}, [], start, end, True)
@@ -472,7 +540,7 @@ class ActionPool:
             status = DEVELOPER_ERROR
             result = {"error": f"The action produced a response that exceeded the allowed length: {limit} bytes."}
         end = int(time.time() * 1000)
-        return Outcome(status, result, logs, start, end, cold=cold, init_ms=init_ms, worker=w.pid)
+        return Outcome(status, result, logs, start, end, cold, init_ms, w.pid, w.zygote.jail.annotation)
 
     async def close(self) -> None:
         for w in self.workers:

@@ -147,7 +147,9 @@ class KafkaInvoker:
         self.max_workers = max_workers
         self.max_held = 4 * max_workers
         self.client_id = client_id or f"headrace-invoker-{socket.gethostname()}-{os.getpid()}"
-        self.runner = Runner(host, code_root=code_root, api_url=api_url, door_url=door_url, lookup=self._action)
+        self.runner = Runner(
+            host, code_root=code_root, api_url=api_url, door_url=door_url, lookup=self._action, max_workers=max_workers
+        )
         self.publisher = ActivationPublisher(
             bootstrap, topic=topic, results_topic=results_topic, partitions=partitions, client_id=self.client_id
         )

@@ -1,8 +1,9 @@
 """Running activations on this process's warm workers: what the embedded controller and a `headrace invoker`
 share. One `Runner` keeps an `ActionPool` per action version (code written out of the database into
-`code_root/<namespace>/<name>/<version>/`), gives each activation its environment (the `__OW_*` variables and
-a macaroon acting as the action's owner), runs sequences component by component, turns an `Outcome` into
-the activation record's fields, and sizes the pools (the autoscaler).
+`code_root/<namespace>/<name>/<version>/`, each pool in its sandbox: functions/sandbox.py), gives each
+activation its environment (the `__OW_*` variables and, for an action with storage access, a macaroon minted
+for that activation, acting as the action's owner until its deadline), runs sequences component by
+component, turns an `Outcome` into the activation record's fields, and sizes the pools (the autoscaler).
 
 It decides nothing about queues, retries or where records go: its callers do.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import io
 import math
 import os
@@ -29,10 +31,12 @@ from headrace.auth.users import Users
 from headrace.db.engine import Database
 from headrace.functions.invoker import ActionPool, ActionSpec, Outcome
 from headrace.functions.model import as_dict
+from headrace.functions.sandbox import Sandbox
 from headrace.functions.store import FunctionStore, new_activation_id, now_ms
 from headrace.metrics import FN_QUEUED, FN_RUNNING, FN_WORKERS
 
-TOKEN_VALIDITY_MS = 10 * 60_000
+OWNER_CACHE_SECONDS = 600.0  # how long an owner's uid and groups are reused for minting
+TOKEN_GRACE_MS = 5_000  # an activation's credential outlives its deadline by this much
 SCALE_DOWN_WINDOW = 10.0  # seconds a pool must have been larger than needed before it shrinks
 
 #: An action by (namespace, name), or None when there is none.
@@ -91,6 +95,21 @@ def default_worker_cap() -> int:
     return max(2, min(4 * cpus, by_memory))
 
 
+def storage_access(action: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the action's `storage` annotation asks for: None (no storage access: no sockets, no token),
+    or {"path": str | None, "activities": list[str] | None} (true: all its owner may do)."""
+    value = next((a.get("value") for a in action.get("annotations", []) if a.get("key") == "storage"), None)
+    if not value:
+        return None
+    if isinstance(value, dict):
+        path = value.get("path")
+        acts = value.get("activities") or value.get("activity")
+        if isinstance(acts, str):
+            acts = [a.strip() for a in acts.split(",") if a.strip()]
+        return {"path": str(path) if path else None, "activities": [str(a) for a in acts] if acts else None}
+    return {"path": None, "activities": None}
+
+
 def record_of(action: dict[str, Any], row: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
     """The activation record's fields for one finished attempt (OpenWhisk's annotations included)."""
     annotations = [
@@ -106,6 +125,8 @@ def record_of(action: dict[str, Any], row: dict[str, Any], outcome: Outcome) -> 
         annotations.append({"key": "eventOffset", "value": row["event_offset"]})
     if row.get("trigger"):
         annotations.append({"key": "causedBy", "value": "trigger"})
+    if outcome.sandbox is not None:
+        annotations.append({"key": "sandbox", "value": outcome.sandbox})
     return {
         "start": outcome.start,
         "end": outcome.end,
@@ -124,7 +145,17 @@ def internal(message: str, code: int = 3) -> dict[str, Any]:
 
 
 class Runner:
-    def __init__(self, host: Host, *, code_root: Path, api_url: str, door_url: str, lookup: ActionLookup) -> None:
+    def __init__(
+        self,
+        host: Host,
+        *,
+        code_root: Path,
+        api_url: str,
+        door_url: str,
+        lookup: ActionLookup,
+        max_workers: int = 0,
+        sandbox: Sandbox | None = None,
+    ) -> None:
         self.host = host
         self.db = host.db
         self.store = FunctionStore(host.db)
@@ -133,8 +164,17 @@ class Runner:
         self.door_url = door_url
         self.lookup = lookup
         self.pools: dict[str, ActionPool] = {}
-        self._tokens: dict[str, tuple[str, int]] = {}  # namespace -> (macaroon, valid until, ms)
+        self._owners: dict[str, tuple[float, str, int, tuple[int, ...]]] = {}  # ns -> (at, name, uid, gids)
         self._runs: set[asyncio.Task[None]] = set()
+        #: The most workers this process runs at once: no pool grows past it, minScale included.
+        self.max_workers = max_workers or default_worker_cap()
+        if sandbox is None:
+            from headrace.config import Settings
+
+            # what a function must never see: the data directory (database, pools, code of other
+            # namespaces) and the CLI config with its keys
+            sandbox = Sandbox(forbidden=[code_root.resolve().parent, Settings.from_env().cli_config])
+        self.sandbox = sandbox
 
     async def close(self) -> None:
         for t in list(self._runs):
@@ -142,6 +182,7 @@ class Runner:
         await asyncio.gather(*self._runs, return_exceptions=True)
         for pool in self.pools.values():
             await pool.close()
+        self.sandbox.close()
 
     # -- running ------------------------------------------------------------------------------------------
 
@@ -209,33 +250,49 @@ class Runner:
             "HEADRACE_DOOR_URL": self.door_url,
             "HEADRACE_API_URL": self.api_url,
         }
-        token = self._token(action["namespace"], deadline)
+        access = storage_access(action)
+        token = self._token(action["namespace"], aid, deadline, access) if access is not None else None
         if token:
             env["HEADRACE_TOKEN"] = token
             if any(a.get("key") == "provide-api-key" and a.get("value") for a in action.get("annotations", [])):
                 env["__OW_API_KEY"] = token
         return env
 
-    def _token(self, namespace: str, deadline: int) -> str | None:
-        """A macaroon acting as the action's owner at least until the activation's deadline (for ctx.storage).
-        Minted for ten minutes at a time and reused while it outlasts the deadline."""
-        cached = self._tokens.get(namespace)
-        if cached is not None and cached[1] > deadline + 5000:
-            return cached[0]
+    def _owner(self, namespace: str) -> tuple[str, int, tuple[int, ...]] | None:
+        """The action owner's name, uid and groups (looked up at most every OWNER_CACHE_SECONDS)."""
+        cached = self._owners.get(namespace)
+        if cached is not None and time.monotonic() - cached[0] < OWNER_CACHE_SECONDS:
+            return cached[1:]
         try:
             user = self.host.users.get(namespace)
         except Exception:
             return None
-        validity_ms = max(TOKEN_VALIDITY_MS, deadline - now_ms() + 5000 + TOKEN_VALIDITY_MS // 2)
-        token = self.host.macaroons.mint(
-            username=user.username,
-            uid=user.uid,
-            gids=tuple(user.gids),
-            caveats=[],
-            validity=timedelta(milliseconds=validity_ms),
+        self._owners[namespace] = (time.monotonic(), user.username, user.uid, tuple(user.gids))
+        return user.username, user.uid, tuple(user.gids)
+
+    def _token(self, namespace: str, aid: str, deadline: int, access: dict[str, Any]) -> str | None:
+        """A macaroon for this activation alone: acting as the action's owner, naming the activation as the
+        cause of what it changes, good until the deadline (plus a grace), confined to the path and
+        activities the action's storage annotation names."""
+        owner = self._owner(namespace)
+        if owner is None:
+            return None
+        username, uid, gids = owner
+        caveats: list[str] = []
+        if access.get("path"):
+            caveats.append(f"path:{access['path']}")
+        if access.get("activities"):
+            caveats.append(f"activity:{','.join(access['activities'])}")
+        mint = self.host.macaroons.mint
+        extra: dict[str, Any] = {"cause": aid} if "cause" in inspect.signature(mint).parameters else {}
+        return mint(
+            username=username,
+            uid=uid,
+            gids=gids,
+            caveats=caveats,
+            validity=timedelta(milliseconds=max(1000, deadline - now_ms() + TOKEN_GRACE_MS)),
+            **extra,
         )
-        self._tokens[namespace] = (token, now_ms() + validity_ms - 1000)
-        return token
 
     # -- workers ------------------------------------------------------------------------------------------
 
@@ -249,6 +306,7 @@ class Runner:
         if pool is None:
             code_dir = self._materialize(action)
             limits = action["limits"]
+            owner = self._owner(action["namespace"])
             spec = ActionSpec(
                 key=key,
                 code_dir=code_dir,
@@ -257,9 +315,18 @@ class Runner:
                 memory_mb=int(limits.get("memory", 256)),
                 logs_mb=int(limits.get("logs", 10)),
                 concurrency=int(limits.get("concurrency", 1)),
+                max_workers=self.worker_cap(action),
+                owner_uid=owner[1] if owner is not None else 65534,
+                storage=storage_access(action) is not None,
+                door_url=self.door_url,
+                api_url=self.api_url,
             )
-            pool = self.pools[key] = ActionPool(spec)
+            pool = self.pools[key] = ActionPool(spec, self.sandbox)
         return pool
+
+    def worker_cap(self, action: Mapping[str, Any]) -> int:
+        """The most workers one action's pool may have: its maxScale, within this process's cap."""
+        return max(1, min(int(action["scaling"].get("maxScale", 4)), self.max_workers))
 
     def _materialize(self, action: dict[str, Any]) -> Path:
         """The action's code as files: code_root/<namespace>/<name>/<version>/. Written to a directory of this
@@ -284,6 +351,13 @@ class Runner:
                     z.extractall(work)
             else:
                 (work / "__main__.py").write_text(ex["code"])
+            for root, dirs, files in os.walk(work):  # readable by the sandbox's uid, whatever the umask
+                for d in dirs:
+                    os.chmod(os.path.join(root, d), 0o755)
+                for f in files:
+                    p = os.path.join(root, f)
+                    os.chmod(p, (os.stat(p).st_mode & 0o777) | 0o444)
+            work.chmod(0o755)
             (work / ".complete").touch()
             try:
                 os.rename(work, target)
@@ -321,7 +395,8 @@ class Runner:
             aq = queues.get((action["namespace"], action["name"]), ActionQueue())
             sc = action["scaling"]
             concurrency = max(1, int(action["limits"].get("concurrency", 1)))
-            low, high = int(sc.get("minScale", 0)), int(sc.get("maxScale", 4))
+            high = self.worker_cap(action)
+            low = min(int(sc.get("minScale", 0)), high)  # minScale counts against the caps
             desired = min(high, max(low, math.ceil((len(aq.items) + aq.running) / concurrency)))
             if pool.size < low:
                 self._background(pool.warm(low))
@@ -342,7 +417,8 @@ class Runner:
                 and action["exec"].get("kind") != "sequence"
                 and self.key(action) not in self.pools
             ):
-                self._background(self.pool(action).warm(int(action["scaling"]["minScale"])))
+                low = min(int(action["scaling"]["minScale"]), self.worker_cap(action))
+                self._background(self.pool(action).warm(low))
         self.publish_metrics(queues)
 
     def _background(self, coro: Any) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 from headrace.functions import wire
 
 CONTROL_FD_ENV = "HEADRACE_ZYGOTE_FD"
+UID_ENV, GID_ENV = "HEADRACE_SANDBOX_UID", "HEADRACE_SANDBOX_GID"  # set by functions/sandbox.py
 TAG, TAG_END = "\x1e", "\x1f"  # the invoker reads "<TAG><activation id><TAG_END>text" lines of concurrent workers
 
 # OpenWhisk's response status codes.
@@ -291,17 +292,46 @@ def _die_with_parent() -> None:
         pass
 
 
+def _drop_privileges() -> None:
+    """In a sandbox started by root: become the action's unprivileged uid/gid for good, before anything of
+    the action is read (no supplementary groups, no way back through set-uid programs)."""
+    uid, gid = os.environ.pop(UID_ENV, ""), os.environ.pop(GID_ENV, "")
+    if not uid:
+        return
+    os.setgroups([])
+    os.setresgid(int(gid or uid), int(gid or uid), int(gid or uid))
+    os.setresuid(int(uid), int(uid), int(uid))
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+
+
 def main() -> None:
-    _die_with_parent()
-    control = socket.socket(fileno=int(os.environ[CONTROL_FD_ENV]))
+    _drop_privileges()
+    _die_with_parent()  # after the drop: a change of credentials clears the parent-death signal
+    control = socket.socket(fileno=int(os.environ.pop(CONTROL_FD_ENV)))
     first = json.loads(control.recv(65536) or b"{}")
     started = time.perf_counter()
+    import_cap = int(first.get("importMemory") or 0)  # no cgroup here: an address-space limit while loading
+    if import_cap:
+        with open("/proc/self/statm") as f:
+            vsz = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (vsz + import_cap, hard))
     try:
         _, fn = load(first["dir"], first.get("main") or "main")
+    except MemoryError:
+        mb = import_cap // (1024 * 1024)
+        error = f"Initialization has failed: the action exceeded its memory limit of {mb} MB while loading."
+        control.send(json.dumps({"ok": False, "error": error}).encode())
+        return
     except BaseException as exc:
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         control.send(json.dumps({"ok": False, "error": f"Initialization has failed: {detail}"}).encode())
         return
+    if import_cap:
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
     init_ms = (time.perf_counter() - started) * 1000
     with contextlib.suppress(ImportError):  # ctx.storage's client, so that workers do not import it each
         import headrace.functions.storage  # noqa: F401
