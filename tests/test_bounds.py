@@ -166,7 +166,8 @@ def test_door_non_put_bodies_are_bounded(server: Server) -> None:
 
 def test_state_changing_bodies_must_be_json(server: Server) -> None:
     """A browser's cross-site "simple" request (text/plain, a form) carries a body no JSON type: 415, and
-    nothing changes. Bodiless POSTs (a new channel, as dCache's sample client makes it) stay accepted."""
+    nothing changes. Bodiless POSTs (a new channel, as dCache's sample client makes it) stay accepted, but
+    not from a page of another origin (403)."""
     with server.api() as api, server.door() as door:
         door.request("MKCOL", "/ctype")
         mkdir = json.dumps({"action": "mkdir", "name": "csrf"})
@@ -181,6 +182,15 @@ def test_state_changing_bodies_must_be_json(server: Server) -> None:
         ok = {"Content-Type": "application/json; charset=utf-8"}
         assert api.post("/api/v1/namespace/ctype", content=mkdir, headers=ok).status_code == 200
         r = api.post("/api/v1/events/channels")  # no body
+        assert r.status_code == 201
+        api.delete(r.headers["Location"])
+        # A bodiless cross-site POST (fetch with mode no-cors) carries the page's Origin: refused
+        evil = {"Origin": "https://evil.example"}
+        problem(api.post("/api/v1/events/channels", headers=evil), 403)
+        whisk(api.post(f"{NS}/deadletters/redrive", headers=evil), 403)
+        whisk(api.delete(f"{NS}/triggers/none", headers=evil), 403)
+        assert api.get("/api/v1/events/channels", headers=evil).status_code == 200  # reading changes nothing
+        r = api.post("/api/v1/events/channels", headers={"Origin": server.api_url})  # the frontend's own page
         assert r.status_code == 201
         api.delete(r.headers["Location"])
 
@@ -201,16 +211,17 @@ def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.mark.parametrize("which", ["door", "frontend"])
 def test_slow_headers_are_cut_off(impatient: Server, which: str) -> None:
     """Half a request line, then nothing: the server closes the connection after its header timeout (1 s
-    here); the socket's own 60 s timeout is only the test's bound on waiting for that close."""
+    here); the socket's own timeout is the test's bound on waiting for that close, 15 s: longer than any
+    scheduling delay, shorter than granian's 30 s default, which the door would otherwise keep."""
     port = impatient.door_port if which == "door" else impatient.api_port
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
         s.sendall(b"GET /healthz HT")
         assert _read_to_close(s) == b""
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1\r\n")  # headers begun, never ended
         assert _read_to_close(s) == b""
     if which == "frontend":  # granian (the door's server) starts its header timer at the first byte
-        with socket.create_connection(("127.0.0.1", port), timeout=60) as s:  # connected, silent
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as s:  # connected, silent
             assert _read_to_close(s) == b""
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from headrace import __version__
 from headrace.errors import (
+    Forbidden,
     HeaderTooLarge,
     HeadraceError,
     PayloadTooLarge,
@@ -27,6 +29,8 @@ from headrace.errors import (
 from headrace.events import api as events_api
 from headrace.events.channels import ChannelManager
 from headrace.http_common import (
+    addressed_as,
+    authority,
     client_ip,
     content_length,
     error_response,
@@ -72,9 +76,10 @@ class RequestGuard:
     """What every frontend request must satisfy before a route sees it, each refusal a JSON 4xx in the shape
     of the API it was sent to: headers within `max_header_bytes` (431); a state-changing request
     (POST/PUT/PATCH) with a body must say it is JSON (415: a browser's cross-site "simple" request cannot);
-    a body within the route's limit (`body_limit`: 413, from Content-Length at once, or as a chunked body
-    passes it); body data at least every `body_timeout` seconds until it ends (408). Counts requests by
-    status for /metrics."""
+    a state-changing request from a browser page of another origin (its Origin header) is refused (403: a
+    bodiless POST needs no JSON type); a body within the route's limit (`body_limit`: 413, from
+    Content-Length at once, or as a chunked body passes it); body data at least every `body_timeout`
+    seconds until it ends (408). Counts requests by status for /metrics."""
 
     def __init__(self, app: ASGIApp, *, max_header_bytes: int, body_timeout: float) -> None:
         self.app = app
@@ -85,6 +90,10 @@ class RequestGuard:
         if header_bytes(scope) > self.max_header_bytes:
             return HeaderTooLarge(f"Request headers exceed {self.max_header_bytes} bytes")
         method = scope["method"]
+        origin = header(scope, b"origin")
+        if method in _CHANGING | {"DELETE"} and origin is not None and not self._same_origin(scope, origin):
+            # A browser names the page's origin on every cross-origin POST, bodiless no-cors ones included.
+            return Forbidden(f"Requests from pages of another origin ({origin}) may not change anything here")
         length = content_length(scope)
         has_body = bool(length) or header(scope, b"transfer-encoding") is not None
         if method in _CHANGING and has_body and not is_json(header(scope, b"content-type")):
@@ -93,6 +102,14 @@ class RequestGuard:
         if length is not None and length > limit:
             return PayloadTooLarge(f"The request body of {length} bytes exceeds this route's limit of {limit} bytes")
         return None
+
+    @staticmethod
+    def _same_origin(scope: Scope, origin: str) -> bool:
+        parts = urlsplit(origin)
+        try:
+            return bool(parts.netloc) and addressed_as(scope, authority(parts.netloc, parts.scheme))
+        except ValueError:
+            return False
 
     async def _answer(self, scope: Scope, receive: Receive, send: Send, exc: HeadraceError) -> None:
         # The connection closes after a refusal: the rest of a refused body is not read.

@@ -4,10 +4,11 @@ header access."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -95,6 +96,33 @@ async def watch_disconnect(receive: Any, gone: asyncio.Event) -> None:
 
 def header_bytes(scope: Mapping[str, Any]) -> int:
     return sum(len(k) + len(v) + 4 for k, v in scope["headers"]) + len(scope.get("raw_path") or b"")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def authority(netloc: str, scheme: str) -> tuple[str, int | None]:
+    """(lower-case host, port) of a URL authority; the port None when absent or the scheme's default.
+    ValueError for a port that is not a number."""
+    parts = urlsplit(f"//{netloc.rpartition('@')[2]}")
+    port = parts.port
+    if port is not None and port == _DEFAULT_PORTS.get(scheme.lower()):
+        port = None
+    return (parts.hostname or "").lower(), port
+
+
+def addressed_as(scope: Mapping[str, Any], wanted: tuple[str, int | None], *also: tuple[str, str]) -> bool:
+    """Whether the authority `wanted` is the one the client addressed this request to (Host, or a proxy's
+    X-Forwarded-Host), or one of `also` ((netloc, scheme) pairs: a public URL). Schemes are not compared,
+    for a TLS terminator in front changes them; a port left out stands for the scheme's default."""
+    scheme = str(scope.get("scheme", "http"))
+    candidates = [(header(scope, b"host"), scheme), (header(scope, b"x-forwarded-host"), scheme), *also]
+    for value, its_scheme in candidates:
+        for one in (value or "").split(","):
+            with contextlib.suppress(ValueError):
+                if one.strip() and authority(one.strip(), its_scheme) == wanted:
+                    return True
+    return False
 
 
 def client_ip(scope: Mapping[str, Any]) -> str | None:

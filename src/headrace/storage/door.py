@@ -48,6 +48,8 @@ from headrace.errors import (
 )
 from headrace.http_common import (
     acknowledge_lifespan,
+    addressed_as,
+    authority,
     client_ip,
     content_length,
     error_response,
@@ -663,27 +665,17 @@ class Door:
     def _check_same_server(self, call: Call, dest: str) -> None:
         """502 for a Destination URL on another server (RFC 4918 9.8.5, 9.9.4): this door acts only on its
         own namespace. The destination's host and port must be those the client addressed (Host, or a
-        proxy's X-Forwarded-Host), or this door's public URL. The scheme is not compared, for a TLS
-        terminator in front changes it; a port left out stands for the scheme's default on either side."""
+        proxy's X-Forwarded-Host), or this door's public URL (http_common.addressed_as)."""
         parts = urlsplit(dest)
         if not parts.netloc:
             return  # an absolute path: on this server
         try:
-            wanted = _authority(parts.netloc, parts.scheme)
+            wanted = authority(parts.netloc, parts.scheme)
         except ValueError as exc:
             raise BadRequest(f"Invalid Destination: {dest!r}") from exc
-        scheme = call.scope.get("scheme", "http")
         public = urlsplit(self.settings.door_url)
-        ours = [
-            (call.header("host"), scheme),
-            (call.header("x-forwarded-host"), scheme),
-            (public.netloc, public.scheme),
-        ]
-        for value, its_scheme in ours:
-            for authority in (value or "").split(","):
-                with contextlib.suppress(ValueError):
-                    if authority.strip() and _authority(authority.strip(), its_scheme) == wanted:
-                        return
+        if addressed_as(call.scope, wanted, (public.netloc, public.scheme)):
+            return
         raise BadGateway(f"Destination {parts.netloc} is another server; this door copies and moves only within itself")
 
     async def move(self, call: Call) -> Response | None:
@@ -1082,19 +1074,6 @@ def answer_range(value: str | None, size: int, headers: dict[str, str]) -> tuple
     headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
     headers["Content-Length"] = str(length)
     return start, length, 206
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def _authority(netloc: str, scheme: str) -> tuple[str, int | None]:
-    """(lower-case host, port) of a URL authority; the port None when absent or the scheme's default.
-    ValueError for a port that is not a number."""
-    parts = urlsplit(f"//{netloc.rpartition('@')[2]}")
-    port = parts.port
-    if port is not None and port == _DEFAULT_PORTS.get(scheme.lower()):
-        port = None
-    return (parts.hostname or "").lower(), port
 
 
 def _dead(xattrs: dict[str, str] | None) -> dict[str, str]:
