@@ -283,7 +283,11 @@ def test_replay_with_last_event_id_and_queueing_while_disconnected(server: Serve
         api.delete(ch)
 
 
-def test_event_loss_when_replay_reaches_past_what_is_held(server: Server) -> None:
+def test_event_loss_when_replay_reaches_past_what_is_held(fresh_server: Server) -> None:
+    # 16500 ticks in a few seconds: past the default metronome limit (100 Hz), which the server may raise
+    server = fresh_server
+    server.env_extra.update({"HEADRACE_METRONOME_MAX_HZ": "5000", "HEADRACE_METRONOME_USER_HZ": "5000"})
+    server.start()
     with server.api() as api:
         ch = channel(api)
         reader = SseReader(ch, server.auth)
@@ -430,7 +434,10 @@ def _rss_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
 
 
-def test_slow_reader_keeps_server_memory_bounded(server: Server) -> None:
+def test_slow_reader_keeps_server_memory_bounded(fresh_server: Server) -> None:
+    server = fresh_server  # with metronomes faster than the default limit (100 Hz), to fill the queue fast
+    server.env_extra.update({"HEADRACE_METRONOME_MAX_HZ": "50000", "HEADRACE_METRONOME_USER_HZ": "50000"})
+    server.start()
     assert server.proc is not None
     with server.api() as api:
         ch = channel(api)

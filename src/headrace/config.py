@@ -65,6 +65,13 @@ class Settings:
     log_level: str = "info"
     #: Event channels (SSE) one user may hold at once (dCache: 128).
     channels_per_user: int = 128
+    #: Subscriptions one event channel may hold at once.
+    subscriptions_per_channel: int = 64
+    #: Metronome subscriptions: ticks per second each (dCache: up to 1 MHz), and a user's together.
+    metronome_max_hz: float = 100.0
+    metronome_user_hz: float = 1000.0
+    #: Metronome messages: at most this many bytes (UTF-8).
+    metronome_max_message: int = 1024
     #: An event caused by an activation chain longer than this fires no trigger.
     fn_max_chain: int = 8
     #: Worker processes running at once, for all actions (0: four per CPU, within memory).
@@ -133,6 +140,10 @@ class Settings:
             anonymous=_env_bool("HEADRACE_ANONYMOUS", False),
             log_level=os.environ.get("HEADRACE_LOG_LEVEL") or "info",
             channels_per_user=_env_int("HEADRACE_CHANNELS_PER_USER", 128),
+            subscriptions_per_channel=_env_int("HEADRACE_SUBSCRIPTIONS_PER_CHANNEL", 64),
+            metronome_max_hz=float(os.environ.get("HEADRACE_METRONOME_MAX_HZ") or 100.0),
+            metronome_user_hz=float(os.environ.get("HEADRACE_METRONOME_USER_HZ") or 1000.0),
+            metronome_max_message=_env_int("HEADRACE_METRONOME_MAX_MESSAGE", 1024),
             event_retention_seconds=float(os.environ.get("HEADRACE_EVENT_RETENTION_SECONDS") or 7 * 86400),
             event_retention_events=_env_int("HEADRACE_EVENT_RETENTION_EVENTS", 10_000_000),
             fn_max_chain=_env_int("HEADRACE_FN_MAX_CHAIN", 8),

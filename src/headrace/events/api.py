@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 from typing import Any
 
@@ -15,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from headrace.auth.access import Principal
 from headrace.errors import BadRequest, Forbidden, HeadraceError, NotFound, Unauthorized
 from headrace.events import sse
+from headrace.events.access import Confinement
 from headrace.events.channels import TIMEOUT_DEFAULT, TIMEOUT_MAX, TIMEOUT_MIN, Channel, ChannelManager, Connection
 from headrace.events.selectors import (
     DESCRIPTIONS,
@@ -25,6 +27,7 @@ from headrace.events.selectors import (
     metronome_selector,
 )
 from headrace.http_common import principal_of
+from headrace.storage.paths import is_within
 from headrace.storage.service import StorageService
 
 PREFIX = "/api/v1/events"
@@ -136,8 +139,9 @@ def router(service: StorageService, manager: ChannelManager) -> APIRouter:
     api = APIRouter(tags=["events"])
     authenticate = principal_of(service)
 
-    def user(request: Request) -> Principal:
-        principal: Principal = authenticate(request)
+    async def user(request: Request) -> Principal:
+        found = authenticate(request)
+        principal: Principal = await found if inspect.isawaitable(found) else found
         if principal.method == "anonymous":
             raise Unauthorized("Authentication required")
         return principal
@@ -146,6 +150,14 @@ def router(service: StorageService, manager: ChannelManager) -> APIRouter:
 
     def owner(p: Principal) -> str:
         return p.subject.username
+
+    def confinement(p: Principal) -> Confinement | None:
+        return Confinement.of(p.restrictions)
+
+    def get(cid: str, p: Principal) -> Channel:
+        """The caller's channel `cid`, if the caller's credential may use it (channels are bound to the
+        confinement of the credential that made them)."""
+        return manager.get(cid, owner(p), confinement(p))
 
     @api.get(PREFIX, summary="Service metadata: channel limits")
     async def metadata(_: Principal = authenticated) -> Any:
@@ -175,7 +187,19 @@ def router(service: StorageService, manager: ChannelManager) -> APIRouter:
 
     @api.get(PREFIX + "/eventTypes/{name}/selector", summary="JSON Schema of an event type's selector")
     async def selector_schema(name: str, _: Principal = authenticated) -> Any:
-        return SELECTOR_SCHEMAS[_type(name)]
+        schema = SELECTOR_SCHEMAS[_type(name)]
+        if name == "metronome":  # this server's limits
+            props = schema["properties"]
+            schema = {
+                **schema,
+                "properties": {
+                    **props,
+                    "frequency": {**props["frequency"], "maximum": manager.metronome_max_hz},
+                    "delay": {**props["delay"], "minimum": 1 / manager.metronome_max_hz},
+                    "message": {**props["message"], "maxLength": manager.metronome_max_message},
+                },
+            }
+        return schema
 
     @api.get(PREFIX + "/eventTypes/{name}/event", summary="JSON Schema of an event type's events")
     async def event_schema(name: str, _: Principal = authenticated) -> Any:
@@ -185,7 +209,7 @@ def router(service: StorageService, manager: ChannelManager) -> APIRouter:
     async def list_channels(request: Request, p: Principal = authenticated) -> Any:
         client_id = request.query_params.get("client-id")
         base = _base(request)
-        return [f"{base}/{c.id}" for c in manager.owned(owner(p), client_id)]
+        return [f"{base}/{c.id}" for c in manager.owned(owner(p), client_id, confinement(p))]
 
     async def create_channel(request: Request, p: Principal = authenticated) -> Response:
         body = await _json_body(request, "", "")
@@ -199,7 +223,7 @@ def router(service: StorageService, manager: ChannelManager) -> APIRouter:
             client_id = body.get("client-id")
             if client_id is not None and not isinstance(client_id, str):
                 raise BadRequest("client-id must be a string")
-        ch = manager.create(owner(p), client_id)
+        ch = manager.create(owner(p), client_id, confinement(p))
         return _created(f"{_base(request)}/{ch.id}")
 
     for path in (PREFIX + "/channels", PREFIX + "/channels/"):
@@ -209,7 +233,7 @@ def router(service: StorageService, manager: ChannelManager) -> APIRouter:
 
     @api.get(PREFIX + "/channels/{cid}", summary="A channel's SSE stream, or (Accept: application/json) its timeout")
     async def channel(cid: str, request: Request, p: Principal = authenticated) -> Any:
-        ch = manager.get(cid, owner(p))
+        ch = get(cid, p)
         accept = request.headers.get("accept", "")
         if "application/json" in accept and "text/event-stream" not in accept:
             return {"timeout": ch.timeout}
@@ -235,7 +259,7 @@ def router(service: StorageService, manager: ChannelManager) -> APIRouter:
 
     @api.patch(PREFIX + "/channels/{cid}", status_code=204, summary="Change a channel's timeout")
     async def patch_channel(cid: str, request: Request, p: Principal = authenticated) -> Response:
-        ch = manager.get(cid, owner(p))
+        ch = get(cid, p)
         body = await _json_body(request, "Missing JSON entity in PATCH request", "")
         if not isinstance(body, dict) or set(body) - {"timeout"}:
             raise BadRequest('The body must be {"timeout": seconds}')
@@ -245,33 +269,36 @@ def router(service: StorageService, manager: ChannelManager) -> APIRouter:
 
     @api.delete(PREFIX + "/channels/{cid}", status_code=204, summary="Delete a channel")
     async def delete_channel(cid: str, p: Principal = authenticated) -> Response:
-        manager.delete(manager.get(cid, owner(p)))
+        manager.delete(get(cid, p))
         return Response(status_code=204)
 
     @api.get(PREFIX + "/channels/{cid}/subscriptions", summary="A channel's subscriptions")
     async def subscriptions(cid: str, p: Principal = authenticated) -> Any:
-        return [s.url for s in manager.get(cid, owner(p)).subs.values()]
+        return [s.url for s in get(cid, p).subs.values()]
 
     @api.post(PREFIX + "/channels/{cid}/subscriptions/{etype}", status_code=201, summary="Subscribe")
     async def subscribe(cid: str, etype: str, request: Request, p: Principal = authenticated) -> Response:
-        ch = manager.get(cid, owner(p))
+        ch = get(cid, p)
         raw = await _json_body(request, "Missing JSON entity in POST request", "Bad selector: ")
         if etype not in DESCRIPTIONS:
             raise BadRequest(f"Unknown event type: {etype}")
         base = f"{_base(request)}/{ch.id}/subscriptions"
         try:
             if etype == "metronome":
-                sub = manager.metronome(ch, base, raw, metronome_selector(raw))
+                spec = metronome_selector(
+                    raw, max_hz=manager.metronome_max_hz, max_message=manager.metronome_max_message
+                )
+                sub = manager.metronome(ch, base, raw, spec)
                 return _created(sub.url)
             sel = inotify_selector(raw)
         except SelectorError as exc:
             raise BadRequest(f"Bad selector: {exc}") from exc
-        inode = await _target(service, p, sel.path, onlydir=sel.onlydir)
-        sub, created = await manager.watch(ch, base, raw, sel, inode)
+        inode, internal = await _target(service, p, ch.confinement, sel.path, onlydir=sel.onlydir)
+        sub, created = await manager.watch(ch, base, raw, sel, inode, internal)
         return _created(sub.url, 201 if created else 303)
 
     def _subscription(cid: str, etype: str, sid: str, p: Principal) -> Any:
-        sub = manager.get(cid, owner(p)).subs.get(f"{etype}/{sid}")
+        sub = get(cid, p).subs.get(f"{etype}/{sid}")
         if sub is None:
             raise NotFound("No such subscription")
         return sub
@@ -288,10 +315,30 @@ def router(service: StorageService, manager: ChannelManager) -> APIRouter:
     return api
 
 
-async def _target(service: StorageService, p: Principal, path: str, *, onlydir: bool) -> int:
-    """The inode a watch on `path` (as the principal names it) follows; 400 with dCache's wording otherwise."""
+def _check_confined(conf: Confinement | None, internal: str, path: str) -> None:
+    """403 unless a watch on the namespace path `internal` lies wholly within a confinement: within its root
+    and its paths (not merely on the way to them, as listings allow), with LIST or READ_METADATA allowed."""
+    if conf is None:
+        return
+    if conf.activities is not None and not conf.activities & {"LIST", "READ_METADATA"}:
+        raise Forbidden("Permission denied: the token allows neither LIST nor READ_METADATA")
+    if not is_within(internal, conf.root) or not all(is_within(internal, allowed) for allowed in conf.paths):
+        raise Forbidden(f"Permission denied: the token does not allow watching {path}")
+
+
+async def _target(
+    service: StorageService, p: Principal, channel: Confinement | None, path: str, *, onlydir: bool
+) -> tuple[int, str]:
+    """The inode a watch on `path` (as the principal names it) follows, and its namespace path. 403 outside
+    the confinement of the caller's credential or of the one that made the channel; 400 with dCache's
+    wording otherwise."""
     try:
         internal = p.internal(path)
+    except HeadraceError as exc:
+        raise BadRequest(f"Not found: Problem with path: {path}: {exc.detail}") from exc
+    _check_confined(Confinement.of(p.restrictions), internal, path)
+    _check_confined(channel, internal, path)
+    try:
         p.check_reach(internal)
         node = await service.db.read(service.namespace.stat, internal, p.subject, sums=False)
         p.check("LIST" if node.is_dir else "READ_METADATA", internal)
@@ -303,7 +350,7 @@ async def _target(service: StorageService, p: Principal, path: str, *, onlydir: 
         raise BadRequest(f"Not found: Problem with path: {path}: {exc.detail}") from exc
     if onlydir and not node.is_dir:
         raise BadRequest(f"Failed condition: IN_ONLYDIR given and {path} is not a directory")
-    return node.id
+    return node.id, internal
 
 
 class _Raw(Response):

@@ -8,6 +8,13 @@ dropped and one IN_Q_OVERFLOW is queued, so that a slow or absent client costs b
 
 Beyond dCache: channels, their subscriptions, ids and held events survive a restart (channel_store), and a
 watch may be recursive.
+
+Every event is checked at delivery against the rights of the channel's owner and the confinement of the
+credential that made the channel (events.access: the same rule as the storage feed's); a channel can be used
+only by its owner, and by a confined credential only if it made the channel under the same confinement.
+
+Bounds (one user cannot exhaust what all share): channels per user, subscriptions per channel, metronome
+frequency (each, and summed over a user's metronomes) and message size; each refusal is a precise 4xx.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import logging
+import math
 import secrets
 import time
 from collections import deque
@@ -24,13 +33,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from headrace.auth.subject import Subject
+from headrace.auth.users import Users
 from headrace.errors import BadRequest, Forbidden, NotFound, TooManyRequests
 from headrace.events import sse
+from headrace.events.access import Confinement, Directories, Reader, may_use, one_side, sides, view_seen
 from headrace.events.channel_store import ChannelStore, Entry, Saved, entry_line, position_line, sent_line
 from headrace.events.log import EventLog
 from headrace.events.model import EventKind, StorageEvent
 from headrace.events.render import cloudevent_dict, inotify
-from headrace.events.selectors import InotifySelector, MetronomeSelector, inotify_selector, metronome_selector
+from headrace.events.selectors import (
+    METRONOME_MAX_HZ,
+    METRONOME_MAX_MESSAGE,
+    InotifySelector,
+    MetronomeSelector,
+    inotify_selector,
+    metronome_selector,
+)
 from headrace.metrics import EVENT_CONSUMER_LAG, EVENT_LOG_HEAD, SSE_CHANNELS, SSE_CONNECTIONS
 
 log = logging.getLogger("headrace.events")
@@ -39,6 +58,8 @@ _ORDER = {"IN_MOVED_FROM": 0, "IN_MOVED_TO": 1}
 HELD = 16383  # events a channel keeps for replay (dCache's figure)
 QUEUE_LIMIT = 1000  # unsent events per subscription before IN_Q_OVERFLOW (dCache's figure)
 TIMEOUT_DEFAULT, TIMEOUT_MIN, TIMEOUT_MAX = 300, 1, 86400
+SUBSCRIPTIONS_PER_CHANNEL = 64
+METRONOME_USER_HZ = 1000.0  # a user's metronomes together, ticks per second
 CHECKPOINT_SECONDS = 2.0
 
 
@@ -104,11 +125,20 @@ class Metronome(Subscription):
 
 class Channel:
     def __init__(
-        self, manager: ChannelManager, cid: str, owner: str, client_id: str | None, timeout: int, offset: int
+        self,
+        manager: ChannelManager,
+        cid: str,
+        owner: str,
+        client_id: str | None,
+        timeout: int,
+        offset: int,
+        confinement: Confinement | None = None,
     ) -> None:
         self.manager = manager
         self.id = cid
         self.owner = owner
+        #: The confinement of the credential that made the channel: every event it delivers is checked against it.
+        self.confinement = confinement
         self.client_id = client_id
         self.timeout = timeout
         self.offset = offset  # log offset dispatched to this channel
@@ -196,6 +226,7 @@ class Channel:
         return {
             "id": self.id,
             "owner": self.owner,
+            "confinement": self.confinement.to_json() if self.confinement is not None else None,
             "clientId": self.client_id,
             "timeout": self.timeout,
             "offset": self.offset,
@@ -212,10 +243,24 @@ class ChannelManager:
         directory: Path,
         *,
         per_user: int = 128,
+        subscriptions_per_channel: int = SUBSCRIPTIONS_PER_CHANNEL,
+        metronome_max_hz: float = METRONOME_MAX_HZ,
+        metronome_max_message: int = METRONOME_MAX_MESSAGE,
+        metronome_user_hz: float = METRONOME_USER_HZ,
+        users: Users | None = None,
     ) -> None:
         self.log = log_
         self.store = ChannelStore(directory, held=HELD)
         self.per_user = per_user
+        self.subscriptions_per_channel = subscriptions_per_channel
+        #: The most metronome ticks per second one subscription may ask for, and one user's metronomes together.
+        self.metronome_max_hz = metronome_max_hz
+        self.metronome_max_message = metronome_max_message
+        self.metronome_user_hz = metronome_user_hz
+        self.users = users if users is not None else Users(log_.db)
+        #: Directory permissions for judging events at delivery (events.access).
+        self.dirs = Directories()
+        self._subjects: dict[str, Subject | None] = {}
         self.channels: dict[str, Channel] = {}
         self.by_inode: dict[int, list[Watch]] = {}
         self.recursive: list[Watch] = []
@@ -260,7 +305,10 @@ class ChannelManager:
 
     def _restore(self, saved: Saved) -> None:
         m = saved.meta
-        ch = Channel(self, m["id"], m["owner"], m.get("clientId"), int(m["timeout"]), saved.offset)
+        ch = Channel(
+            self, m["id"], m["owner"], m.get("clientId"), int(m["timeout"]), saved.offset,
+            Confinement.from_json(m.get("confinement")),
+        )  # fmt: skip
         ch.next_id, ch.sent = saved.next_id, saved.sent
         ch.held.extend(saved.entries)
         ch.journal_lines = len(saved.entries)
@@ -275,9 +323,16 @@ class ChannelManager:
                     format=sel.format,
                 )  # fmt: skip
             else:
+                # one saved before today's limits is held to them (slowed down, its message cut)
+                spec = metronome_selector(s["selector"], max_hz=math.inf, max_message=None)
+                spec = dataclasses.replace(
+                    spec,
+                    interval=max(spec.interval, 1.0 / self.metronome_max_hz),
+                    message=spec.message.encode()[: self.metronome_max_message].decode(errors="ignore"),
+                )
                 sub = Metronome(
                     ch, "metronome", s["sid"], s["url"], s["selector"], int(s["since"]),
-                    spec=metronome_selector(s["selector"]), ticks=int(s.get("ticks", 0)),
+                    spec=spec, ticks=int(s.get("ticks", 0)),
                 )  # fmt: skip
             ch.subs[sub.key] = sub
             self._index(sub)
@@ -288,28 +343,29 @@ class ChannelManager:
 
     # -- channels ---------------------------------------------------------------------------------------
 
-    def create(self, owner: str, client_id: str | None) -> Channel:
+    def create(self, owner: str, client_id: str | None, confinement: Confinement | None = None) -> Channel:
         if self._stopping:
             raise TooManyRequests("The server is shutting down")
         if sum(1 for c in self.channels.values() if c.owner == owner) >= self.per_user:
             raise TooManyRequests(f"Too many channels: at most {self.per_user} per user")
-        ch = Channel(self, new_id(16), owner, client_id, TIMEOUT_DEFAULT, self.offset)
+        ch = Channel(self, new_id(16), owner, client_id, TIMEOUT_DEFAULT, self.offset, confinement)
         self.channels[ch.id] = ch
         self._save_meta(ch)
         self.store.append(ch.id, [position_line(ch.offset, 0)])
         SSE_CHANNELS.set(len(self.channels))
         return ch
 
-    def get(self, cid: str, owner: str) -> Channel:
+    def get(self, cid: str, owner: str, confinement: Confinement | None = None) -> Channel:
+        """The channel `cid` for its owner using a credential confined by `confinement` (403 otherwise)."""
         ch = self.channels.get(cid)
         if ch is None:
             raise NotFound("No such channel")
-        if ch.owner != owner:
+        if ch.owner != owner or not may_use(ch.confinement, confinement):
             raise Forbidden("Access denied")
         return ch
 
-    def owned(self, owner: str, client_id: str | None) -> list[Channel]:
-        out = [c for c in self.channels.values() if c.owner == owner]
+    def owned(self, owner: str, client_id: str | None, confinement: Confinement | None = None) -> list[Channel]:
+        out = [c for c in self.channels.values() if c.owner == owner and may_use(c.confinement, confinement)]
         if client_id is not None:
             out = [c for c in out if (c.client_id or "") == client_id]
         return out
@@ -337,11 +393,16 @@ class ChannelManager:
 
     # -- subscriptions ----------------------------------------------------------------------------------
 
+    def _room_for_one(self, ch: Channel) -> None:
+        if len(ch.subs) >= self.subscriptions_per_channel:
+            raise TooManyRequests(f"Too many subscriptions: at most {self.subscriptions_per_channel} per channel")
+
     async def watch(
-        self, ch: Channel, url_base: str, raw: dict[str, Any], sel: InotifySelector, inode: int
+        self, ch: Channel, url_base: str, raw: dict[str, Any], sel: InotifySelector, inode: int, path: str
     ) -> tuple[Subscription, bool]:
-        """Subscribe `ch` to inode `inode`; (subscription, created). The same target again updates the
-        existing watch's flags (merged with IN_MASK_ADD, replaced otherwise) and is not created."""
+        """Subscribe `ch` to inode `inode` at namespace path `path`; (subscription, created). The same target
+        again updates the existing watch's flags (merged with IN_MASK_ADD, replaced otherwise) and is not
+        created."""
         for sub in ch.subs.values():
             if isinstance(sub, Watch) and (sub.inode, sub.recursive, sub.format) == (inode, sel.recursive, sel.format):
                 sub.flags = sub.flags | sel.flags if sel.mask_add else sel.flags
@@ -349,17 +410,39 @@ class ChannelManager:
                 sub.selector = {**raw, "flags": sorted(sub.flags) + (["IN_ONESHOT"] if sel.oneshot else [])}
                 self._save_meta(ch)
                 return sub, False
+        self._room_for_one(ch)
         since = await self.log.db.read(self.log.head)
         sid = new_id(12)
         w = Watch(
             ch, "inotify", sid, f"{url_base}/inotify/{sid}", raw, since,
-            inode=inode, path=sel.path, flags=sel.flags, oneshot=sel.oneshot, recursive=sel.recursive,
+            inode=inode, path=path, flags=sel.flags, oneshot=sel.oneshot, recursive=sel.recursive,
             format=sel.format,
         )  # fmt: skip
         self._add(ch, w)
         return w, True
 
+    def metronome_hz(self, owner: str) -> float:
+        """The ticks per second of all of a user's metronomes."""
+        return sum(
+            1.0 / s.spec.interval
+            for c in self.channels.values()
+            if c.owner == owner
+            for s in c.subs.values()
+            if isinstance(s, Metronome)
+        )
+
     def metronome(self, ch: Channel, url_base: str, raw: dict[str, Any], spec: MetronomeSelector) -> Subscription:
+        """A metronome in `ch`; its selector was checked against this manager's limits (`metronome_selector`
+        with `metronome_max_hz`, `metronome_max_message`). A user's metronomes together tick at most
+        `metronome_user_hz` times a second (429 past it)."""
+        self._room_for_one(ch)
+        hz = 1.0 / spec.interval
+        used = self.metronome_hz(ch.owner)
+        if used + hz > self.metronome_user_hz * (1 + 1e-9):
+            raise TooManyRequests(
+                f"Too many metronome ticks: {ch.owner}'s metronomes would tick {used + hz:g} times a second, "
+                f"at most {self.metronome_user_hz:g} are allowed per user"
+            )
         sid = new_id(12)
         m = Metronome(ch, "metronome", sid, f"{url_base}/metronome/{sid}", raw, self.offset, spec=spec)
         self._add(ch, m)
@@ -427,11 +510,14 @@ class ChannelManager:
                     EVENT_LOG_HEAD.set(head)
                     if self.by_inode:
                         continue  # a watch came while waiting: read what it may concern
+                    if head > self.offset:
+                        self.dirs.known.clear()  # events passed unread: what they changed is not known
                     self._advance(max(head, self.offset))
                     continue
                 batch = await self.log.next_batch(self.offset, 2000, 5.0)
                 if not batch:
                     continue
+                await self.prepare(batch)
                 for ev in batch:
                     self.dispatch(ev)
                 self._advance(batch[-1].offset)
@@ -465,27 +551,58 @@ class ChannelManager:
             self.store.append(ch.id, lines)
         ch.saved_offset, ch.saved_sent = ch.offset, ch.sent
 
+    async def prepare(self, batch: list[StorageEvent]) -> None:
+        """Read what judging a batch's events at delivery takes: who the watching channels' owners are, and
+        (if any of them is not an administrator) the permissions of the directories the events name."""
+        ids = self.dirs.needed(batch)
+        owners = {w.channel.owner for ws in self.by_inode.values() for w in ws}
+
+        def read() -> dict[str, Subject | None]:
+            subjects: dict[str, Subject | None] = {}
+            for owner in owners:
+                try:
+                    subjects[owner] = self.users.get(owner).subject
+                except NotFound:
+                    subjects[owner] = None  # a user removed since: sees nothing
+            if ids and any(s is None or not s.admin for s in subjects.values()):
+                with self.log.db.reader.connect() as conn:
+                    self.dirs.load(conn, ids)
+            return subjects
+
+        self._subjects = await self.log.db.read(read)
+
     def dispatch(self, ev: StorageEvent) -> None:
-        """Queue `ev` for every watch it concerns."""
-        seen: set[int] = set()
+        """Queue `ev` for every watch it concerns, as far as each channel may see it (`prepare` first)."""
+        judged: dict[tuple[str, Confinement | None], tuple[bool, bool]] = {}
+
+        def seen(w: Watch) -> tuple[bool, bool]:
+            key = (w.channel.owner, w.channel.confinement)
+            found = judged.get(key)
+            if found is None:
+                reader = Reader(self._subjects.get(key[0]), key[1])
+                found = judged[key] = sides(reader, self.dirs, ev)
+            return found
+
+        done: set[int] = set()
         for iid in (ev.old_parent_id, ev.parent_id, ev.inode_id):  # Linux's order: from, to, self
-            if iid is None or iid in seen:
+            if iid is None or iid in done:
                 continue
-            seen.add(iid)
+            done.add(iid)
             for w in list(self.by_inode.get(iid, ())):
                 if not w.recursive and ev.offset > w.since and ev.offset > w.channel.offset:
-                    self._deliver(w, ev, inotify(ev, w.inode))
+                    self._deliver(w, ev, inotify(ev, w.inode), seen(w))
         for w in list(self.recursive):
             if ev.offset > w.since and ev.offset > w.channel.offset:
                 # its own directory's view and the views below it, in Linux's order: from, to, the rest
                 views = inotify(ev, w.inode) + _below(w, ev)
                 views.sort(key=lambda p: _ORDER.get(p["mask"][0], 2))
-                self._deliver(w, ev, views)
+                self._deliver(w, ev, views, seen(w))
             _follow(w, ev)
 
-    def _deliver(self, w: Watch, ev: StorageEvent, payloads: list[dict[str, Any]]) -> None:
+    def _deliver(self, w: Watch, ev: StorageEvent, payloads: list[dict[str, Any]], seen: tuple[bool, bool]) -> None:
         ch = w.channel
-        wanted = [p for p in payloads if p["mask"][0] in w.flags]
+        old, new = seen
+        wanted = [p for p in payloads if p["mask"][0] in w.flags and view_seen(p["mask"][0], old, new)]
         if wanted and w.key in ch.subs:
             if w.format == "inotify":
                 for p in wanted:
@@ -494,7 +611,9 @@ class ChannelManager:
                         break
             else:  # one CloudEvent per storage event (its id, the offset, stays unique), with every view's mask
                 masks = [",".join(p["mask"]) for p in wanted[: 1 if w.oneshot else None]]
-                ch.queue(w, cloudevent_dict(ev, inotifymask=";".join(masks)))
+                shown = one_side(ev, old, new)  # half a rename: a delete or a create
+                assert shown is not None
+                ch.queue(w, cloudevent_dict(shown, inotifymask=";".join(masks)))
             if w.oneshot:
                 self.unsubscribe(w)
                 return

@@ -38,7 +38,12 @@ REFUSED = ("IN_DONT_FOLLOW", "IN_EXCL_UNLINK")
 MANAGEMENT = ("IN_IGNORED", "IN_Q_OVERFLOW", "IN_ISDIR", "IN_UNMOUNT")
 
 _PATH = re.compile(r"^/(.*[^/])?$")
-METRONOME_MAX_HZ = 1_000_000.0
+# dCache allows metronomes up to 1 MHz; ten of those held the shared event loop at 100 % CPU, so headrace's
+# default is 100 Hz per subscription, and a message of at most 1 KiB (a channel holds 16383 events for replay,
+# so a channel's held metronome messages stay under 16 MiB). The server may set both (events.channels).
+METRONOME_MAX_HZ = 100.0
+METRONOME_MAX_MESSAGE = 1024  # bytes of UTF-8
+METRONOME_MAX_DELAY = 300.0  # seconds, as dCache
 FORMATS = ("inotify", "cloudevents")
 
 
@@ -122,7 +127,11 @@ def inotify_selector(raw: Any) -> InotifySelector:
     )
 
 
-def metronome_selector(raw: Any) -> MetronomeSelector:
+def metronome_selector(
+    raw: Any, *, max_hz: float = METRONOME_MAX_HZ, max_message: int | None = METRONOME_MAX_MESSAGE
+) -> MetronomeSelector:
+    """A metronome selector, with its frequency at most `max_hz` (its delay at least 1/`max_hz` and at most
+    METRONOME_MAX_DELAY seconds) and its message at most `max_message` bytes (None: any)."""
     sel = _object(raw, {"frequency", "delay", "message", "count"})
     has_f, has_d = "frequency" in sel, "delay" in sel
     if has_f == has_d:
@@ -130,11 +139,19 @@ def metronome_selector(raw: Any) -> MetronomeSelector:
     value = sel["frequency"] if has_f else sel["delay"]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise SelectorError(f'"{"frequency" if has_f else "delay"}" must be a positive number')
-    if has_f and value > METRONOME_MAX_HZ:
-        raise SelectorError(f'"frequency" must not exceed {METRONOME_MAX_HZ:g} Hz')
+    if has_f and value > max_hz:
+        raise SelectorError(f'"frequency" is too big (more than {max_hz:g} Hz)')
+    if has_d and value * max_hz < 1:
+        raise SelectorError(f'"delay" is too small (less than {1 / max_hz:g} s)')
+    if has_d and value > METRONOME_MAX_DELAY and math.isfinite(max_hz):
+        raise SelectorError(f'"delay" is too big (more than {METRONOME_MAX_DELAY:g} s)')
     message = sel.get("message", "tick")
     if not isinstance(message, str):
         raise SelectorError('"message" must be a string')
+    if message == "":
+        raise SelectorError('"message" cannot be empty')
+    if max_message is not None and len(message.encode("utf-8", "surrogatepass")) > max_message:
+        raise SelectorError(f'"message" is too long (more than {max_message} bytes)')
     count = sel.get("count")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
         raise SelectorError('"count" must be a positive integer')
@@ -175,8 +192,13 @@ SELECTOR_SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "properties": {
             "frequency": {"type": "number", "exclusiveMinimum": 0, "maximum": METRONOME_MAX_HZ},
-            "delay": {"type": "number", "exclusiveMinimum": 0},
-            "message": {"type": "string", "description": "${username} and ${count} are substituted."},
+            "delay": {"type": "number", "minimum": 1 / METRONOME_MAX_HZ, "maximum": METRONOME_MAX_DELAY},
+            "message": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": METRONOME_MAX_MESSAGE,
+                "description": "${username} and ${count} are substituted; at most 1024 bytes of UTF-8.",
+            },
             "count": {"type": "integer", "minimum": 1},
         },
         "oneOf": [{"required": ["frequency"]}, {"required": ["delay"]}],

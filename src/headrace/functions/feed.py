@@ -4,6 +4,10 @@ payload they fire it with. Pure functions over the canonical event.
 A trigger's filter is by path (like an S3 prefix), not by inode: it names a directory, optionally every
 directory below it, and the inotify flags of the events "in the parent" that fire it (IN_CLOSE_WRITE by
 default). A rename is IN_MOVED_FROM at the old place and IN_MOVED_TO at the new one.
+
+An event fires a trigger only as far as the trigger's owner may read it at delivery (events.access, the rule
+SSE channels deliver by): a rename whose other side they may not read fires only the side they may, and its
+payload leaves the other place out.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+from headrace.events.access import Directories, Reader, sides, view_seen
 from headrace.events.model import EventKind, StorageEvent
 from headrace.events.render import PLAIN_FLAGS, event_data
 from headrace.functions.model import FeedFilter
@@ -38,7 +43,7 @@ def views(event: StorageEvent) -> list[tuple[str, str, str | None]]:
 
 
 def matches(event: StorageEvent, f: FeedFilter) -> list[str]:
-    """The flags with which `event` fires a trigger with filter `f` (empty: it does not)."""
+    """The flags with which `event` fires a trigger with filter `f` (empty: it does not), permissions aside."""
     out = []
     for flag, path, name in views(event):
         if flag in f.flags and _under(path, f) and f.matches_name(name, event.size):
@@ -46,10 +51,21 @@ def matches(event: StorageEvent, f: FeedFilter) -> list[str]:
     return out
 
 
-def payload(event: StorageEvent, flag: str) -> dict[str, Any]:
+def deliverable(event: StorageEvent, f: FeedFilter, reader: Reader, dirs: Directories) -> list[tuple[str, bool]]:
+    """The flags with which `event` fires a trigger with filter `f` owned by `reader`, each with whether the
+    reader may also see the rename's other side (for `payload`); `dirs` loaded for the event's batch."""
+    flags = matches(event, f)
+    if not flags:
+        return []
+    old, new = sides(reader, dirs, event)
+    return [(flag, old and new) for flag in flags if view_seen(flag, old, new)]
+
+
+def payload(event: StorageEvent, flag: str, *, both_sides: bool = True) -> dict[str, Any]:
     """The event fields a trigger fires with: the event's data as CloudEvents carry it (path, name, size,
     checksums, offset, time, ...; render.event_data) with the inotify `mask` of this view instead of the kind,
-    and for a rename both places (`oldPath`, `newPath`; `path` is the place this view is about)."""
+    and for a rename both places (`oldPath`, `newPath`; `path` is the place this view is about), or, without
+    `both_sides` (the owner may not read the other), only this view's place."""
     out = event_data(event)
     del out["kind"]
     if flag == "IN_MOVED_FROM" and event.old_path:
@@ -57,5 +73,7 @@ def payload(event: StorageEvent, flag: str) -> dict[str, Any]:
         out["name"] = event.old_name
     if event.kind is EventKind.MOVE:
         out["newPath"] = event.path
+        if not both_sides:
+            out.pop("oldPath" if flag == "IN_MOVED_TO" else "newPath", None)
     out["mask"] = [flag, "IN_ISDIR"] if event.is_dir else [flag]
     return {k: v for k, v in out.items() if v is not None}

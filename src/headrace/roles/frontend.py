@@ -32,7 +32,16 @@ class FrontendRole:
         results: ResultWaiters | None = None,
     ) -> None:
         self.settings = settings
-        self.channels = ChannelManager(service.log, channels_dir, per_user=settings.channels_per_user)
+        self.channels = ChannelManager(
+            service.log,
+            channels_dir,
+            per_user=settings.channels_per_user,
+            subscriptions_per_channel=settings.subscriptions_per_channel,
+            metronome_max_hz=settings.metronome_max_hz,
+            metronome_user_hz=settings.metronome_user_hz,
+            metronome_max_message=settings.metronome_max_message,
+            users=service.users,
+        )
         self.results = results
         # h11 rather than httptools: httptools lowercases response header names, and dCache's event clients
         # find a channel's `Location` case-sensitively.
