@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +24,21 @@ def _env_bool(name: str, default: bool) -> bool:
     if raw is None or raw == "":
         return default
     return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def restrict_mode(path: Path, mode: int) -> None:
+    """Take from `path` any permission bit beyond `mode` (0o700, 0o600): what a looser umask or an older
+    version left readable to others is tightened at start; nothing is ever loosened."""
+    with contextlib.suppress(FileNotFoundError):
+        current = stat.S_IMODE(os.stat(path).st_mode)
+        if current & ~mode:
+            os.chmod(path, current & mode)
+
+
+def private_dir(path: Path) -> None:
+    """Make directory `path` (and its missing parents) with mode 0700, or tighten it to that."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    restrict_mode(path, 0o700)
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,10 @@ class Settings:
         )
     )
     log_level: str = "info"
+    #: Failed logins (wrong Basic keys) from one client address, or at one user with a chosen key, within
+    #: `auth_failure_window` seconds, before further attempts are answered 429 (0: no limit).
+    auth_failures: int = 20
+    auth_failure_window: float = 60.0
     #: Event channels (SSE) one user may hold at once (dCache: 128).
     channels_per_user: int = 128
     #: Subscriptions one event channel may hold at once.
@@ -139,6 +160,8 @@ class Settings:
             read_events=_env_bool("HEADRACE_READ_EVENTS", True),
             anonymous=_env_bool("HEADRACE_ANONYMOUS", False),
             log_level=os.environ.get("HEADRACE_LOG_LEVEL") or "info",
+            auth_failures=_env_int("HEADRACE_AUTH_FAILURES", 20),
+            auth_failure_window=float(os.environ.get("HEADRACE_AUTH_FAILURE_WINDOW") or 60),
             channels_per_user=_env_int("HEADRACE_CHANNELS_PER_USER", 128),
             subscriptions_per_channel=_env_int("HEADRACE_SUBSCRIPTIONS_PER_CHANNEL", 64),
             metronome_max_hz=float(os.environ.get("HEADRACE_METRONOME_MAX_HZ") or 100.0),

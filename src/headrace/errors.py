@@ -9,9 +9,11 @@ class HeadraceError(Exception):
     status = 500
     title = "Internal Server Error"
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        #: Response headers that belong to the answer (Retry-After on a 429).
+        self.headers = dict(headers or {})
 
 
 class BadRequest(HeadraceError):

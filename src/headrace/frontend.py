@@ -226,7 +226,7 @@ def create_app(
         if not authz and not authorization:
             return {"status": "ANONYMOUS"}
         try:
-            principal = service.auth.authenticate(authorization, authz, client_ip(scope))
+            principal = await service.auth.authenticate(authorization, authz, client_ip(scope))
         except Unauthorized:
             raise
         s = principal.subject

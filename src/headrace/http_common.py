@@ -61,7 +61,7 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
 
 
 def error_response(exc: HeadraceError, headers: dict[str, str] | None = None) -> Response:
-    return problem(exc.status, exc.title, exc.detail, headers)
+    return problem(exc.status, exc.title, exc.detail, {**exc.headers, **(headers or {})})
 
 
 def header(scope: Mapping[str, Any], name: bytes) -> str | None:
@@ -141,9 +141,10 @@ def query_param(scope: Mapping[str, Any], name: str) -> str | None:
 def principal_of(service: Any) -> Any:
     """A FastAPI dependency that authenticates the request against `service.auth` (401 on failure)."""
 
-    def dependency(request: Request) -> Any:
+    async def dependency(request: Request) -> Any:
         scope = request.scope
-        return service.auth.authenticate(header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope))
+        authorization, authz = header(scope, b"authorization"), query_param(scope, "authz")
+        return await service.auth.authenticate(authorization, authz, client_ip(scope))
 
     return dependency
 

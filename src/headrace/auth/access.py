@@ -2,7 +2,8 @@
 what the resulting principal may do at a path.
 
 Namespace permission (Unix owner/mode) is checked by the namespace itself; this module adds what tokens
-restrict on top: the paths, the root view, the activities, the time and the client address.
+restrict on top: the paths, the root view, the activities, the time and the client address. Door and
+frontend both authenticate here, so the limit on failed logins (`FailedLogins`) holds for both at once.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import math
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from headrace.auth.macaroons import MacaroonAuthority, Restrictions
 from headrace.auth.subject import ANONYMOUS, Subject
 from headrace.auth.users import Users
-from headrace.errors import Forbidden, NotFound, Unauthorized
+from headrace.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 from headrace.storage.paths import from_url_path, is_within, normalize
 
 # What each activity lets a token holder do on ancestors of its allowed paths: just enough to find them.
@@ -95,29 +99,87 @@ class Principal:
             raise Forbidden(f"Permission denied: the token does not allow access to {self.external(path)}")
 
 
+class FailedLogins:
+    """Failed Basic logins counted per client address and per user name: after `limit` failures within
+    `window` seconds (counted from the first), further attempts from that address are answered 429 with
+    Retry-After, without looking at the key, until the window has passed. Attempts at a user name that has
+    failed `limit` times are refused so too, but only where guessing could pay: when that user's key was
+    chosen by a person (a slow hash, users.py), not one of the server's random keys; a key known to be
+    right is let through anyway (`Users.known`). So someone failing at another's name from elsewhere
+    neither slows the server nor locks that user out. At most `tracked` addresses and names are
+    remembered (the oldest go first): a flood from many addresses costs bounded memory."""
+
+    def __init__(self, limit: int = 20, window: float = 60.0, tracked: int = 100_000) -> None:
+        self.limit = limit
+        self.window = window
+        self.tracked = tracked
+        self._failures: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (first failure, count)
+
+    def check_address(self, address: str | None) -> None:
+        """TooManyRequests if `address` has failed `limit` times in the current window."""
+        self._check(f"addr:{address}", f"from {address}")
+
+    def check_user(self, username: str) -> None:
+        """TooManyRequests if logins as `username` have failed `limit` times in the current window."""
+        self._check(f"user:{username}", f"as {username}")
+
+    def _check(self, key: str, what: str) -> None:
+        if self.limit <= 0:
+            return
+        first, count = self._failures.get(key, (0.0, 0))
+        left = first + self.window - time.monotonic()
+        if count >= self.limit and left > 0:
+            wait = max(1, math.ceil(left))
+            raise TooManyRequests(
+                f"Too many failed logins {what}: {count} in the last {self.window:g} s; try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+
+    def failed(self, address: str | None, username: str) -> None:
+        if self.limit <= 0:
+            return
+        now = time.monotonic()
+        for key in (f"addr:{address}", f"user:{username}"):
+            first, count = self._failures.pop(key, (now, 0))
+            if now - first >= self.window:
+                first, count = now, 0
+            self._failures[key] = (first, count + 1)
+        while len(self._failures) > self.tracked:
+            self._failures.popitem(last=False)
+
+
 class Authenticator:
-    def __init__(self, users: Users, macaroons: MacaroonAuthority, *, anonymous: bool = False) -> None:
+    def __init__(
+        self,
+        users: Users,
+        macaroons: MacaroonAuthority,
+        *,
+        anonymous: bool = False,
+        failed_logins: FailedLogins | None = None,
+    ) -> None:
         self.users = users
         self.macaroons = macaroons
         self.anonymous = anonymous
+        self.failed_logins = failed_logins or FailedLogins()
 
-    def authenticate(self, authorization: str | None, authz: str | None, client_ip: str | None) -> Principal:
-        """The principal behind a request's credentials; raises Unauthorized (401) when they do not hold."""
+    async def authenticate(self, authorization: str | None, authz: str | None, client_ip: str | None) -> Principal:
+        """The principal behind a request's credentials; raises Unauthorized (401) when they do not hold,
+        TooManyRequests (429) when this client or user has failed too often of late."""
         if authz:
-            return self._macaroon(authz, client_ip)
+            return await self._macaroon(authz, client_ip)
         if authorization:
             scheme, _, value = authorization.partition(" ")
             scheme = scheme.lower()
             if scheme == "basic":
-                return self._basic(value.strip())
+                return await self._basic(value.strip(), client_ip)
             if scheme == "bearer":
-                return self._macaroon(value.strip(), client_ip)
+                return await self._macaroon(value.strip(), client_ip)
             raise Unauthorized(f"Unsupported authorization scheme: {scheme}")
         if self.anonymous:
             return Principal(ANONYMOUS, None, "anonymous")
         raise Unauthorized("Authentication required")
 
-    def _basic(self, value: str) -> Principal:
+    async def _basic(self, value: str, client_ip: str | None) -> Principal:
         try:
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as exc:
@@ -125,15 +187,17 @@ class Authenticator:
         username, sep, key = decoded.partition(":")
         if not sep:
             raise Unauthorized("Malformed Basic credentials")
-        user = self.users.authenticate(username, key)
+        user = self.users.known(username, key)
         if user is None:
+            self.failed_logins.check_address(client_ip)
+            user = await self.users.check_key(username, key, before_slow_hash=self.failed_logins.check_user)
+        if user is None:
+            self.failed_logins.failed(client_ip, username)
             raise Unauthorized("Invalid username or key")
         return Principal(user.subject, None, "basic")
 
-    def _macaroon(self, token: str, client_ip: str | None) -> Principal:
+    async def _macaroon(self, token: str, client_ip: str | None) -> Principal:
         r = self.macaroons.verify(token)
-        if r is None:
-            raise Unauthorized("Invalid macaroon")
         if r.before is not None and datetime.now(UTC) >= r.before:
             raise Unauthorized("Macaroon expired")
         if r.networks:
@@ -145,7 +209,9 @@ class Authenticator:
                 if not any(addr in n for n in nets):
                     raise Unauthorized("Macaroon not valid from this client address")
         try:
-            user = self.users.get(r.username)
+            user = await self.users.fetch(r.username)
         except NotFound as exc:
             raise Unauthorized("Macaroon's user no longer exists") from exc
+        if user.uid != r.uid:  # the user was removed and the name given to someone else
+            raise Unauthorized("Macaroon's user no longer exists")
         return Principal(user.subject, r, "macaroon")

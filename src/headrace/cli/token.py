@@ -1,10 +1,12 @@
-"""`headrace token create`: ask the door for a macaroon limited to a path, activities, a time and addresses."""
+"""`headrace token create`: ask the door for a macaroon limited to a path, activities, a time and addresses;
+`headrace token rotate-key`: replace the macaroon root key (on the server host), refusing every token so far."""
 
 from __future__ import annotations
 
 import ipaddress
 import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import isodate
@@ -70,3 +72,24 @@ def create(
         print_json(answer)
     else:
         sys.stdout.write(str(answer["macaroon"]) + "\n")
+
+
+@app.command("rotate-key")
+def rotate_key(
+    data: Annotated[Path | None, typer.Option("--data", help="Data directory (env HEADRACE_DATA)")] = None,
+) -> None:
+    """Replace the macaroon root key in the server's database (an operator's command, run on the server host
+    like `headrace user add`): every macaroon minted so far is refused with 401 from then on, by running
+    servers within a second. API keys are not affected."""
+    from headrace.auth.macaroons import KEY_REFRESH_SECONDS, rotate_root_key
+    from headrace.cli.users import open_database
+
+    db = open_database(data)
+    try:
+        rotate_root_key(db)
+    finally:
+        db.close()
+    typer.echo(
+        f"headrace: macaroon root key replaced; tokens minted before are refused (running servers: within "
+        f"{KEY_REFRESH_SECONDS:g} s)"
+    )

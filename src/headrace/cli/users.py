@@ -14,13 +14,14 @@ from headrace.errors import HeadraceError
 
 if TYPE_CHECKING:
     from headrace.auth.users import Users
+    from headrace.db.engine import Database
 
 user_app = typer.Typer(no_args_is_help=True, help="Manage users (on the server host).")
 
 
-def _users(data: Path | None) -> Users:
+def open_database(data: Path | None) -> Database:
+    """The database of the data directory `data` (or HEADRACE_DB), migrated; exit 1 if there is none yet."""
     # imported here: SQLAlchemy and Alembic cost every other command a quarter of a second to load
-    from headrace.auth.users import Users
     from headrace.db.engine import Database
 
     settings = Settings.from_env(data_dir=data)
@@ -29,7 +30,13 @@ def _users(data: Path | None) -> Users:
         raise typer.Exit(1)
     db = Database(settings.database_url)
     db.migrate()
-    return Users(db)
+    return db
+
+
+def _users(data: Path | None) -> Users:
+    from headrace.auth.users import Users
+
+    return Users(open_database(data))
 
 
 @user_app.command("add")
@@ -52,7 +59,7 @@ def add(
 
     the_key = key or new_key()
     try:
-        user = _users(data).create(name, the_key, uid=uid, gids=group_ids, admin=admin)
+        user = _users(data).create(name, the_key, uid=uid, gids=group_ids, admin=admin, generated=not key)
     except HeadraceError as exc:
         typer.echo(f"headrace: {exc.detail}", err=True)
         raise typer.Exit(1) from None

@@ -19,9 +19,11 @@ outbox in the inserting transaction (migration 0003); see `EventSignal`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +37,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from headrace.config import restrict_mode
 from headrace.errors import BadRequest
 
 T = TypeVar("T")
@@ -61,6 +64,20 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def private_sqlite_files(url: str) -> None:
+    """A SQLite database (with the macaroon root key, key hashes, the pool secret) readable by this user
+    alone: the file is made 0600 before SQLite first opens it (SQLite gives its -wal and -shm files the
+    database file's mode), and an existing one, with its -wal and -shm, is tightened to 0600."""
+    name = make_url(url).database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return
+    path = Path(name)
+    with contextlib.suppress(FileExistsError, FileNotFoundError):  # exists already; or no directory for it
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        restrict_mode(Path(f"{path}{suffix}"), 0o600)
+
+
 def make_engine(url: str, *, durable: bool = True, writer: bool = True, pool_size: int = 8) -> Engine:
     """An engine for `url`: on SQLite, WAL with synchronous=FULL (durable) or NORMAL; on PostgreSQL,
     synchronous_commit on (durable) or off.
@@ -70,6 +87,7 @@ def make_engine(url: str, *, durable: bool = True, writer: bool = True, pool_siz
     """
     url = sqlalchemy_url(url)
     if is_sqlite(url):
+        private_sqlite_files(url)
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},

@@ -101,7 +101,7 @@ def _error_for(exc: Exception) -> JSONResponse:
     if isinstance(exc, NotFound):
         return whisk_error(404, NOT_FOUND)
     if isinstance(exc, HeadraceError):
-        return whisk_error(exc.status, exc.detail)
+        return whisk_error(exc.status, exc.detail, exc.headers)
     if isinstance(exc, RequestValidationError):
         problems = "; ".join(
             f"{'.'.join(str(x) for x in e.get('loc', ()) if x not in ('query', 'path', 'body'))}: {e.get('msg')}"

@@ -6,25 +6,18 @@ the functions' tokens) and Kafka; of the data directory only a code cache (`DATA
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
-
-from headrace.auth.macaroons import MacaroonAuthority
+from headrace.auth.macaroons import MacaroonAuthority, load_root_key
 from headrace.auth.users import Users
 from headrace.config import Settings
 from headrace.db.engine import Database
-from headrace.db.schema import state
 from headrace.functions.runner import default_worker_cap
 from headrace.roles.common import QuietServer, Waiting, health_app, serve_all, uvicorn_config
 
 log = logging.getLogger("headrace.invoker")
-
-ROOT_KEY = "macaroon-root-key"
 
 
 @dataclass
@@ -36,24 +29,14 @@ class InvokerHost:
     macaroons: MacaroonAuthority
 
 
-def root_key(db: Database) -> str:
-    """The macaroon root key every process of the cluster shares (made here if this is the first process)."""
-    with db.engine.connect() as conn:
-        found = conn.execute(select(state.c.value).where(state.c.name == ROOT_KEY)).first()
-    if found is not None:
-        return str(found.value)
-    with contextlib.suppress(IntegrityError), db.engine.begin() as conn:
-        conn.execute(insert(state).values(name=ROOT_KEY, value=MacaroonAuthority.new_root_key()))
-    with db.engine.connect() as conn:
-        return str(conn.execute(select(state.c.value).where(state.c.name == ROOT_KEY)).scalar_one())
-
-
 async def run(settings: Settings, *, workers: int = 0, port: int = 0) -> None:
     from headrace.functions.kafka_invoker import KafkaInvoker
 
     db = Database(settings.database_url, durable=settings.fsync)
     await asyncio.to_thread(db.migrate)
-    host = InvokerHost(db, Users(db), MacaroonAuthority(await asyncio.to_thread(root_key, db)))
+    macaroons = MacaroonAuthority(await asyncio.to_thread(load_root_key, db))
+    macaroons.follow(lambda: load_root_key(db))  # it mints the functions' tokens: with the current key
+    host = InvokerHost(db, Users(db), macaroons)
     invoker = KafkaInvoker(
         host,
         bootstrap=settings.kafka,

@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,8 +68,6 @@ from headrace.storage.pool_client import PoolUnavailable, PoolUnreachable, Remot
 from headrace.storage.pool_protocol import TOKEN_PARAM, Commit
 from headrace.storage.service import StorageService
 
-CAUSE_HEADER = "x-headrace-cause"
-CAUSE = re.compile(r"[0-9a-f]{32}")
 log = logging.getLogger("headrace.door")
 
 
@@ -105,10 +102,11 @@ class Call:
 
     @property
     def cause(self) -> str | None:
-        """The activation a change is made for (`X-Headrace-Cause`, sent by functions' storage clients), so
-        that its events name it and activation chains can be cut. Anything but an activation id is ignored."""
-        value = self.header(CAUSE_HEADER)
-        return value if value and CAUSE.fullmatch(value) else None
+        """The activation a change is made for, so that its events name it and activation chains can be cut:
+        the `cause:` caveat of the token the server minted for that activation. Nothing a client says counts
+        (an `X-Headrace-Cause` header, which anyone may send, is ignored)."""
+        r = self.principal.restrictions
+        return r.cause if r is not None else None
 
     def href(self, path: str, is_dir: bool) -> str:
         return dav.href_for(self.principal.external(path), is_dir)
@@ -167,7 +165,7 @@ class Door:
                 handler = self.handlers.get(method)
                 if handler is None:
                     raise MethodNotAllowed(f"Method {method} is not supported here")
-                principal = self.service.auth.authenticate(
+                principal = await self.service.auth.authenticate(
                     header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope)
                 )
                 path = principal.resolve(scope.get("raw_path") or scope["path"].encode())
@@ -1001,7 +999,12 @@ class Door:
             caveats = call.principal.restrictions.caveats + caveats
         subject = call.subject
         token = self.service.macaroons.mint(
-            username=subject.username, uid=subject.uid, gids=subject.gids, caveats=caveats, validity=validity
+            username=subject.username,
+            uid=subject.uid,
+            gids=subject.gids,
+            caveats=caveats,
+            validity=validity,
+            cause=call.cause,
         )
         scheme = call.scope.get("scheme", "http")
         host = call.header("host") or f"{self.settings.host}:{self.settings.door_port}"

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import IntegrityError
 
-from headrace.auth.access import Authenticator
-from headrace.auth.macaroons import MacaroonAuthority
+from headrace.auth.access import Authenticator, FailedLogins
+from headrace.auth.macaroons import MacaroonAuthority, load_root_key
 from headrace.auth.users import Users, new_key
-from headrace.config import Settings
+from headrace.config import Settings, private_dir, restrict_mode
 from headrace.db.engine import Database
 from headrace.db.schema import state
 from headrace.errors import Exists, HeadraceError
@@ -58,10 +57,15 @@ class StorageService:
         #: Pools running as processes of their own (`headrace pool`), as registered in the database. When any
         #: is registered, new files go to them; files in this process's own pools are still served from there.
         self.remote_pools = PoolDirectory(db, settings.pool_secret)
-        self.macaroons = MacaroonAuthority(self._root_key())
+        self.macaroons = MacaroonAuthority(load_root_key(db))
         #: Whether this process recovers the pools at start and marks a clean stop (see `open`).
         self.recovers = True
-        self.auth = Authenticator(self.users, self.macaroons, anonymous=settings.anonymous)
+        self.auth = Authenticator(
+            self.users,
+            self.macaroons,
+            anonymous=settings.anonymous,
+            failed_logins=FailedLogins(settings.auth_failures, settings.auth_failure_window),
+        )
 
     @classmethod
     def open(cls, settings: Settings, *, recover: bool = True) -> tuple[StorageService, StartReport]:
@@ -69,10 +73,13 @@ class StorageService:
         shares its pools and database with others that are running (`headrace door`, `frontend`,
         `controller`): it leaves the pools' tmp/ and blobs alone (another door's upload may be in
         progress) and the clean-stop mark too (it is the embedded server's)."""
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # The data directory holds the database (with the macaroon root key) and the pools: only ours to read.
+        private_dir(settings.data_dir)
+        restrict_mode(settings.cli_config, 0o600)
         db = Database(settings.database_url, durable=settings.fsync)
         db.migrate()
         service = cls(settings, db)
+        service.macaroons.follow(lambda: load_root_key(db))  # `headrace token rotate-key` holds here too
         service.recovers = recover
         report = service._start()
         return service, report
@@ -89,16 +96,6 @@ class StorageService:
             conn.execute(delete(state).where(state.c.name == name))
             if value is not None:
                 conn.execute(insert(state).values(name=name, value=value))
-
-    def _root_key(self) -> str:
-        key = self.get_state("macaroon-root-key")
-        if key is None:
-            # insert, never replace: processes starting at once must all end up with the one key
-            with contextlib.suppress(IntegrityError), self.db.engine.begin() as conn:
-                conn.execute(insert(state).values(name="macaroon-root-key", value=MacaroonAuthority.new_root_key()))
-            key = self.get_state("macaroon-root-key")
-            assert key is not None
-        return key
 
     # -- start and stop ------------------------------------------------------------------------------------
 
@@ -130,7 +127,7 @@ class StorageService:
         if not self.users.exists("admin"):
             made = key or new_key()
             with contextlib.suppress(Exists):  # another process starting at once made it first
-                self.users.create("admin", made, uid=0, gids=(0,), admin=True)
+                self.users.create("admin", made, uid=0, gids=(0,), admin=True, generated=not key)
                 self.write_cli_config(made)
                 return None if key else made
         if key:
@@ -147,7 +144,7 @@ class StorageService:
         except (OSError, ValueError):
             current = {}
         current.update({"door": self.settings.door_url, "api": self.settings.api_url, "username": "admin", "key": key})
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: roles may start at once
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -156,6 +153,7 @@ class StorageService:
 
     def close(self) -> None:
         """A clean stop: mark it so that the next start can skip the orphan scan."""
+        self.macaroons.close()
         if self.recovers:
             self.set_state(CLEAN_MARK, "1")
         self.db.close()
