@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness import Server, client, query
+from pool_harness import PoolProcess
 from test_bad_input import BASIC, Reply, parse_reply
 from test_permissions import add_user
 
@@ -223,6 +225,18 @@ def test_slow_headers_are_cut_off(impatient: Server, which: str) -> None:
     if which == "frontend":  # granian (the door's server) starts its header timer at the first byte
         with socket.create_connection(("127.0.0.1", port), timeout=15) as s:  # connected, silent
             assert _read_to_close(s) == b""
+
+
+def test_pool_server_cuts_off_slow_headers(db_url: str, tmp_path: Path) -> None:
+    """The pool process (granian, like the door) closes a connection whose request line stalls."""
+    pool = PoolProcess(tmp_path / "pool", db_url, "pool-slow", env_extra={"HEADRACE_HEADER_TIMEOUT": "1"})
+    pool.start()
+    try:
+        with socket.create_connection(("127.0.0.1", pool.port), timeout=15) as s:
+            s.sendall(b"GET /healthz HT")
+            assert _read_to_close(s) == b""
+    finally:
+        pool.stop()
 
 
 def test_missing_bodies_time_out_with_408(impatient: Server) -> None:
