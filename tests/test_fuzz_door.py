@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from harness import Server, client
 from test_permissions import add_user
 
 #: Generated requests per identity.
-EXAMPLES = 4000
+EXAMPLES = int(os.environ.get("HEADRACE_FUZZ_SCALE", "1")) * 4000
 METHODS = ["GET", "HEAD", "PUT", "DELETE", "MKCOL", "COPY", "MOVE", "PROPFIND", "PROPPATCH", "OPTIONS", "LOCK"]
 METHODS += ["UNLOCK", "POST", "FROB"]
 FOREIGN = "http://elsewhere.invalid:8080"
@@ -249,7 +250,7 @@ def _dav_error(response: httpx.Response) -> bool:
 
 FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES,
-    derandomize=True,
+    derandomize=not os.environ.get("HEADRACE_FUZZ_EXPLORE"),  # exploring: pytest --hypothesis-seed=N
     database=None,
     deadline=None,
     suppress_health_check=list(HealthCheck),
