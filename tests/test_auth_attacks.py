@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pymacaroons import Macaroon
 
-from harness import Server, client, db_kind, execute, headrace_command, http, query, wait_for
+from harness import ADMIN_KEY, Server, client, db_kind, execute, headrace_command, http, query, wait_for
 from headrace.auth.macaroons import MacaroonAuthority
 from test_permissions import add_user
 
@@ -297,3 +297,39 @@ def test_at_rest_modes_after_up(fresh_server: Server) -> None:
         os.chmod(server.data / "headrace.db", 0o644)
     server.start()
     check()
+
+
+def test_separate_roles_follow_a_rotated_key(tmp_path: Path, db_url: str) -> None:
+    """A door and a frontend as processes of their own, on one database: a token minted at the door works
+    at the frontend, and after `rotate-key` (run against the database) both refuse it."""
+    from cluster_harness import Cluster
+
+    cluster = Cluster(tmp_path / "cluster", db_url)
+    try:
+        door_role = cluster.door()
+        frontend_role = cluster.frontend()
+        token = mint_at(door_role.url)
+        assert http("GET", f"{frontend_role.url}/api/v1/user", headers=bearer(token)).json()["username"] == "admin"
+        env = {**cluster.env("cli"), "HEADRACE_DB": db_url}
+        out = subprocess.run(
+            headrace_command(["token", "rotate-key", "--data", str(cluster.data)]), env=env, capture_output=True
+        )
+        assert out.returncode == 0, out.stderr
+        for url in (f"{door_role.url}/", f"{frontend_role.url}/api/v1/user"):
+            wait_for(lambda url=url: http("GET", url, headers=bearer(token)).status_code == 401, f"401 from {url}")
+        fresh = mint_at(door_role.url)
+        assert http("GET", f"{frontend_role.url}/api/v1/user", headers=bearer(fresh)).status_code == 200
+    finally:
+        cluster.stop()
+
+
+def mint_at(door_url: str) -> str:
+    r = http(
+        "POST",
+        f"{door_url}/",
+        json={"validity": "PT10M"},
+        headers={"Content-Type": "application/macaroon-request"},
+        auth=("admin", ADMIN_KEY),
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["macaroon"])
