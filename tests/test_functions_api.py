@@ -562,27 +562,21 @@ def test_activations_list_filters(api: httpx.Client) -> None:
 
 
 UNTIL_FLAG = """\
-import os
-import urllib.error
-import urllib.request
-
-def main(args):
-    request = urllib.request.Request(
-        os.environ["HEADRACE_DOOR_URL"] + args["flag"],
-        method="HEAD",
-        headers={"Authorization": "Bearer " + os.environ["HEADRACE_TOKEN"]},
-    )
+def main(args, ctx):
     try:
-        urllib.request.urlopen(request, timeout=10)
-    except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{args['flag']} is not there yet ({exc.code})") from None
+        ctx.storage.stat(args["flag"])
+    except Exception as exc:
+        raise RuntimeError(f"{args['flag']} is not there yet ({exc})") from None
     return {"ok": True, "flag": args["flag"]}
 """
+STORAGE = [{"key": "storage", "value": True}]  # the sandbox reaches the door only when the action asks
 
 
 def test_dead_letters_and_redrive(server: Server, api: httpx.Client) -> None:
     flag = "/api-dl-flag"
-    body = action_body(UNTIL_FLAG, parameters=[{"key": "flag", "value": flag}], scaling={"retries": 0})
+    body = action_body(
+        UNTIL_FLAG, parameters=[{"key": "flag", "value": flag}], scaling={"retries": 0}, annotations=STORAGE
+    )
     assert api.put(f"{NS}/actions/api-dl", json=body).status_code == 200
     assert api.put(f"{NS}/triggers/api-dl-t", json={}).status_code == 200
     assert api.put(f"{NS}/rules/api-dl-r", json={"trigger": "api-dl-t", "action": "api-dl"}).status_code == 200

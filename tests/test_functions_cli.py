@@ -277,21 +277,13 @@ def test_activations_list_filters_and_follow(server: Server, fn: Functions) -> N
 
 UNTIL_FLAG = """\
 import os
-import queue
-import urllib.error
-import urllib.request
 
-def main(args):
+def main(args, ctx):
     flag = os.path.dirname(args["path"]) + "/READY"
-    request = urllib.request.Request(
-        os.environ["HEADRACE_DOOR_URL"] + flag,
-        method="HEAD",
-        headers={"Authorization": "Bearer " + os.environ["HEADRACE_TOKEN"]},
-    )
     try:
-        urllib.request.urlopen(request, timeout=10)
-    except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{flag} is missing ({exc.code})") from None
+        ctx.storage.stat(flag)
+    except Exception as exc:
+        raise RuntimeError(f"{flag} is missing ({exc})") from None
     return {"processed": args["path"]}
 """
 
@@ -299,7 +291,8 @@ def main(args):
 def test_dead_letters_list_and_redrive(server: Server, fn: Functions, tmp_path: Path) -> None:
     code = tmp_path / "until.py"
     code.write_text(UNTIL_FLAG)
-    ok(run(server, "fn", "deploy", "cli-dl", str(code), "--path", "/cli-dl", "--pattern", "*.dat", "--retries", "0"))
+    deploy = ["fn", "deploy", "cli-dl", str(code), "--path", "/cli-dl", "--pattern", "*.dat", "--retries", "0"]
+    ok(run(server, *deploy, "--storage"))
     mkdir(server, "/cli-dl")
     put(server, "/cli-dl/one.dat", b"1")
     put(server, "/cli-dl/two.dat", b"2")

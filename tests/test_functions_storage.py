@@ -1,6 +1,7 @@
-"""`main(event, ctx)` with ctx.storage on a real server: the function reads the file that fired it straight
-from the pool (no copy through HTTP), writes its result back into headrace, and the events of that write
-name the activation as their cause, so they do not fire the same rule forever."""
+"""`main(event, ctx)` with ctx.storage on a real server: the function (storage access asked for, so its
+sandbox has the door's and frontend's sockets) reads the file that fired it through the door, into its own
+/tmp for a file name, writes its result back into headrace, and the events of that write name the
+activation as their cause, so they do not fire the same rule forever."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def main(event, ctx):
     out = "/proc/" + event["name"] + ".summary"
     ctx.storage.write(out, f"{len(data)} bytes; local={local is not None}; first={data[:5].decode()}")
     ctx.logger.info("wrote %s", out)
-    return {"out": out, "local": local, "remaining": ctx.remaining_ms() > 0}
+    with open(local, "rb") as f:
+        same = f.read() == data
+    return {"out": out, "local": local, "same": same, "remaining": ctx.remaining_ms() > 0}
 """
 
 
@@ -34,7 +37,8 @@ def api(server: Server) -> Iterator[httpx.Client]:
 def test_ctx_storage_reads_locally_writes_back_and_marks_the_cause(server: Server, api: httpx.Client) -> None:
     with server.door() as door:
         assert door.request("MKCOL", "/incoming").status_code == 201
-    assert api.put(f"{NS}/actions/summarise", json={"exec": {"kind": "python:3", "code": SUMMARY}}).status_code == 200
+    body = {"exec": {"kind": "python:3", "code": SUMMARY}, "annotations": [{"key": "storage", "value": True}]}
+    assert api.put(f"{NS}/actions/summarise", json=body).status_code == 200
     feed = {"path": "/", "recursive": True}
     assert api.put(f"{NS}/triggers/everything", json={"feed": feed}).status_code == 200
     rule = {"trigger": "everything", "action": "summarise"}
@@ -58,7 +62,8 @@ def test_ctx_storage_reads_locally_writes_back_and_marks_the_cause(server: Serve
     # write of /proc/run7.h5.summary.summary would be depth 2, and so on until the chain limit (8) cuts it.
     recs = wait_for(records, "activations")
     first = next(r for r in recs if r["response"]["result"].get("out") == "/proc/run7.h5.summary")  # type: ignore[index, union-attr]
-    assert "/pools/" in first["response"]["result"]["local"]  # type: ignore[index]  # the pool file itself
+    result = first["response"]["result"]  # type: ignore[index]
+    assert result["local"].startswith("/tmp/") and result["same"]  # type: ignore[index]  # a copy in its /tmp
     assert any(line.endswith("INFO wrote /proc/run7.h5.summary") for line in first["logs"])  # type: ignore[union-attr]
 
     causes = query(

@@ -140,6 +140,8 @@ class FunctionSpec:
     limits: dict[str, int] = field(default_factory=dict)
     scaling: dict[str, Any] = field(default_factory=dict)
     feed: FeedSpec | None = None
+    #: The function reads and writes storage (ctx.storage): its sandbox gets the door and frontend.
+    storage: bool = False
 
     @classmethod
     def from_file(cls, name: str, code: str | os.PathLike[str], **kw: Any) -> FunctionSpec:
@@ -150,7 +152,7 @@ class FunctionSpec:
         return {
             "exec": {"kind": "python:3", "code": self.code, "main": self.main, "binary": self.binary},
             "parameters": [{"key": k, "value": v} for k, v in self.params.items()],
-            "annotations": [],
+            "annotations": [{"key": "storage", "value": True}] if self.storage else [],
             "limits": {**{k: d for k, (_, _, d) in LIMITS.items()}, **self.limits},
             "scaling": {**{k: d for k, (_, _, d) in SCALING.items()}, "ordered": False, **self.scaling},
         }
@@ -465,7 +467,7 @@ class Functions:
 #: Keys of a function in headrace.yaml: the `headrace fn deploy` options, named as in the file.
 FUNCTION_KEYS = {
     "code", "main", "params", "timeout", "memory", "logs", "min_scale", "max_scale", "retries",
-    "max_event_age", "idle_seconds", "ordered", "trigger",
+    "max_event_age", "idle_seconds", "ordered", "trigger", "storage",
 }  # fmt: skip
 TRIGGER_KEYS = {"path", "recursive", "pattern", "on", "min_size"}
 _SCALING_KEYS = {
@@ -546,6 +548,9 @@ def spec_from_mapping(name: str, raw: Any, base: Path, where: str) -> FunctionSp
         if not isinstance(raw["ordered"], bool):
             raise HeadraceClientError(0, f"{where}.ordered must be true or false")
         scaling["ordered"] = raw["ordered"]
+    storage = raw.get("storage", False)
+    if not isinstance(storage, bool):
+        raise HeadraceClientError(0, f"{where}.storage must be true or false")
     feed = None
     trig = raw.get("trigger")
     if trig is not None:
@@ -584,6 +589,7 @@ def spec_from_mapping(name: str, raw: Any, base: Path, where: str) -> FunctionSp
         limits=limits,
         scaling=scaling,
         feed=feed,
+        storage=storage,
     )
 
 

@@ -152,6 +152,7 @@ def deploy(
     max_scale: Annotated[int | None, typer.Option("--max-scale", help="Most workers at once (default 4)")] = None,
     retries: Annotated[int | None, typer.Option("--retries", help="Retries of a failed event (default 2)")] = None,
     ordered: Annotated[bool, typer.Option("--ordered", help="Run one path's events one at a time, in order")] = False,
+    storage: Annotated[bool, typer.Option("--storage", help="Let it read and write storage (ctx.storage)")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Make or update a function: the action NAME and, with --path, a storage-fed trigger and a rule."""
@@ -171,7 +172,7 @@ def deploy(
         flags = normalize_flags(on) if on else ("IN_CLOSE_WRITE",)
         feed = FeedSpec(path=path, recursive=recursive, flags=flags, pattern=pattern, min_size=min_size)
     spec = FunctionSpec.from_file(
-        name, file, main=main, params=parse_params(param), limits=limits, scaling=scaling, feed=feed
+        name, file, main=main, params=parse_params(param), limits=limits, scaling=scaling, feed=feed, storage=storage
     )
     with functions() as fn:
         print_changes(fn.deploy(spec), as_json)

@@ -688,7 +688,7 @@ class Sandbox:
             a += ["--ro-bind", p, p]
         a += ["--ro-bind", str(code_dir), ACTION_DIR]
         if socket_dir is not None:
-            a += ["--ro-bind", str(socket_dir), SOCKET_DIR]
+            a += ["--perms", "0755", "--dir", str(Path(SOCKET_DIR).parent), "--ro-bind", str(socket_dir), SOCKET_DIR]
         a += ["--proc", "/proc", "--dev", "/dev"]
         a += ["--size", str(self.settings.tmp_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp"]
         a += ["--chdir", "/tmp"]

@@ -1,15 +1,22 @@
 """`ctx.storage`: how a function reads and writes headrace paths, as the action's owner, with every change it
 makes naming its activation as the cause (so that the events it causes carry it, and loops are cut).
 
-On the same host as the pools, reads open the pool file directly (the frontend says where it is, to loopback
-clients only): no copy through HTTP, and `local_path()` gives h5py a file name. Elsewhere they stream through
-the door. Runs inside worker processes; configured by the environment the controller sets.
+A function has no network: when its action asks for storage access (the annotation `storage`), its sandbox
+has two UNIX sockets, door.sock and api.sock in $HEADRACE_SOCKET_DIR, that the invoker forwards to the door
+and the frontend, and $HEADRACE_TOKEN is a macaroon minted for this activation alone. Every read streams
+through the door; `local_path()` downloads into the sandbox's private /tmp for libraries that want a file
+name (h5py), removed when the activation ends. Runs inside worker processes; configured by the
+environment the invoker sets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
 from typing import IO, Any
 from urllib.parse import quote
 
@@ -17,7 +24,11 @@ import httpx
 
 from headrace.tls import tls_context
 
-CAUSE_HEADER = "X-Headrace-Cause"
+CAUSE_HEADER = "X-Headrace-Cause"  # informative only: the server takes the cause from the token
+NO_ACCESS = (
+    "ctx.storage needs storage access: deploy the action with the annotation storage=true "
+    "(`headrace fn deploy --storage`, or `storage: true` in headrace.yaml)"
+)
 
 
 class StorageError(Exception):
@@ -31,20 +42,22 @@ def _url_path(path: str) -> str:
 
 
 class _SharedTransport(httpx.BaseTransport):
-    """One connection pool for every activation a worker process runs: an activation's clients are cheap to
-    make (no SSL context of their own, ~40 ms of CPU each otherwise) and reuse kept-alive connections."""
+    """One connection pool per socket for every activation a worker process runs: an activation's clients are
+    cheap to make (no SSL context of their own, ~40 ms of CPU each otherwise) and reuse kept-alive
+    connections."""
 
-    _instance: tuple[int, _SharedTransport] | None = None
+    _instances: dict[tuple[int, str], _SharedTransport] = {}
 
-    def __init__(self) -> None:
-        self._inner = httpx.HTTPTransport(verify=tls_context())
+    def __init__(self, uds: str | None) -> None:
+        self._inner = httpx.HTTPTransport(verify=tls_context(), uds=uds)
 
     @classmethod
-    def get(cls) -> _SharedTransport:
-        pid = os.getpid()  # never a pool inherited across fork: its sockets are the parent's
-        if cls._instance is None or cls._instance[0] != pid:
-            cls._instance = (pid, cls())
-        return cls._instance[1]
+    def get(cls, uds: str | None) -> _SharedTransport:
+        key = (os.getpid(), uds or "")  # never a pool inherited across fork: its sockets are the parent's
+        found = cls._instances.get(key)
+        if found is None:
+            found = cls._instances[key] = cls(uds)
+        return found
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         return self._inner.handle_request(request)
@@ -54,20 +67,29 @@ class _SharedTransport(httpx.BaseTransport):
 
 
 class ActivationStorage:
-    def __init__(self, door_url: str, api_url: str, token: str, activation_id: str | None) -> None:
+    def __init__(
+        self, door_url: str, api_url: str, token: str, activation_id: str | None, socket_dir: str | None = None
+    ) -> None:
         headers = {"Authorization": f"Bearer {token}"}
         if activation_id:
             headers[CAUSE_HEADER] = activation_id
-        transport = _SharedTransport.get()
+        door_sock = os.path.join(socket_dir, "door.sock") if socket_dir else None
+        api_sock = os.path.join(socket_dir, "api.sock") if socket_dir else None
         self.door = httpx.Client(
-            base_url=door_url, headers=headers, timeout=httpx.Timeout(60, read=None), transport=transport
+            base_url=door_url,
+            headers=headers,
+            timeout=httpx.Timeout(60, read=None),
+            transport=_SharedTransport.get(door_sock),
         )
-        self.api = httpx.Client(base_url=api_url, headers=headers, timeout=60, transport=transport)
+        self._downloads: list[str] = []  # local_path()'s files, removed at close (the activation's end)
+        self.api = httpx.Client(base_url=api_url, headers=headers, timeout=60, transport=_SharedTransport.get(api_sock))
 
     @classmethod
-    def from_env(cls, activation_id: str | None = None) -> ActivationStorage:
-        env = os.environ
-        missing = [k for k in ("HEADRACE_DOOR_URL", "HEADRACE_API_URL", "HEADRACE_TOKEN") if not env.get(k)]
+    def from_env(cls, activation_id: str | None = None, env: Mapping[str, str] | None = None) -> ActivationStorage:
+        env = os.environ if env is None else env
+        if not env.get("HEADRACE_TOKEN"):
+            raise StorageError(NO_ACCESS)
+        missing = [k for k in ("HEADRACE_DOOR_URL", "HEADRACE_API_URL") if not env.get(k)]
         if missing:
             raise StorageError(f"ctx.storage needs {', '.join(missing)} in the environment")
         return cls(
@@ -75,6 +97,7 @@ class ActivationStorage:
             env["HEADRACE_API_URL"],
             env["HEADRACE_TOKEN"],
             activation_id or env.get("__OW_ACTIVATION_ID"),
+            env.get("HEADRACE_SOCKET_DIR") or None,
         )
 
     @staticmethod
@@ -97,29 +120,28 @@ class ActivationStorage:
         r = self._check(self.api.get(f"/api/v1/namespace{_url_path(path)}", params={"children": "true"}), 200)
         return [c["fileName"] for c in r.json().get("children", [])]
 
-    def local_path(self, path: str) -> str | None:
-        """The pool file holding `path` when this host can open it directly; None otherwise."""
-        r = self.api.get(f"/api/v1/namespace{_url_path(path)}", params={"blob": "true"})
-        if r.status_code != 200:
-            self._check(r, 200, 400)
-            return None
-        blob = r.json().get("headraceBlob")
-        if blob and os.access(blob["path"], os.R_OK):
-            return str(blob["path"])
-        return None
+    def local_path(self, path: str) -> str:
+        """A file in the sandbox's private /tmp with the content of `path` (downloaded through the door), for
+        libraries that want a file name; it counts against the action's memory and /tmp limits."""
+        fd, name = tempfile.mkstemp(prefix="headrace-", suffix="-" + Path(path).name[-64:])
+        try:
+            with os.fdopen(fd, "wb") as f, self.door.stream("GET", _url_path(path), follow_redirects=True) as r:
+                if r.status_code != 200:
+                    r.read()
+                    self._check(r, 200)
+                for chunk in r.iter_bytes(1 << 20):
+                    f.write(chunk)
+        except BaseException:
+            os.unlink(name)
+            raise
+        self._downloads.append(name)
+        return name
 
     def open(self, path: str) -> IO[bytes]:
-        """A binary file object with the content of `path` (the pool file itself when local)."""
-        local = self.local_path(path)
-        if local is not None:
-            return open(local, "rb")
+        """A binary file object with the content of `path`."""
         return io.BytesIO(self.read(path))
 
     def read(self, path: str) -> bytes:
-        local = self.local_path(path)
-        if local is not None:
-            with open(local, "rb") as f:
-                return f.read()
         return self._check(self.door.get(_url_path(path), follow_redirects=True), 200).content
 
     # -- writing ----------------------------------------------------------------------------------------
@@ -147,3 +169,7 @@ class ActivationStorage:
     def close(self) -> None:
         self.door.close()
         self.api.close()
+        for name in self._downloads:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        self._downloads.clear()

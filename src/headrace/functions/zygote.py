@@ -68,6 +68,7 @@ class Context:
             self.logger.setLevel(logging.INFO)
             self.logger.propagate = False
         self._storage: Any = None
+        self._env: dict[str, str] = request.get("env", {})
 
     def remaining_ms(self) -> int:
         return max(0, self.deadline - int(time.time() * 1000))
@@ -79,7 +80,7 @@ class Context:
         if self._storage is None:
             from headrace.functions.storage import ActivationStorage
 
-            self._storage = ActivationStorage.from_env(self.activation_id)
+            self._storage = ActivationStorage.from_env(self.activation_id, {**os.environ, **self._env})
         return self._storage
 
 
@@ -125,13 +126,18 @@ def _result(status: int, result: dict[str, Any]) -> dict[str, Any]:
 def run_one(fn: Any, arity: int, request: dict[str, Any], memory_mb: int) -> dict[str, Any]:
     os.environ.update(request.get("env", {}))
     args = request.get("args", {})
+    ctx = Context(request)
     try:
-        out = fn(args, Context(request)) if arity == 2 else fn(args)
+        out = fn(args, ctx) if arity == 2 else fn(args)
     except MemoryError:
         return _result(DEVELOPER_ERROR, {"error": f"The action exceeded its memory limit of {memory_mb} MB."})
     except BaseException as exc:
         traceback.print_exc()
         return _result(APPLICATION_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+    finally:
+        if ctx._storage is not None:  # its downloads go with the activation
+            with contextlib.suppress(Exception):
+                ctx._storage.close()
     if out is None:
         out = {}
     if not isinstance(out, dict):

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from headrace.auth.access import Principal
 from headrace.errors import BadRequest
-from headrace.http_common import client_ip, principal_of
+from headrace.http_common import principal_of
 from headrace.storage.namespace import Inode
 from headrace.storage.paths import check_name, join, normalize, parent_and_name
 from headrace.storage.service import StorageService
@@ -81,14 +81,6 @@ def router(service: StorageService) -> APIRouter:
         principal.check("LIST" if children else "READ_METADATA", path)
         node = await db.read(ns.stat, path, principal.subject, xattr=flags["xattr"], label=want_labels)
         head = render(node, name=False, **flags)
-        if _flag(request, "blob") and not node.is_dir and node.pool in service.pools and node.blob:
-            # headrace extension for functions on this host: where the data is, so that they open the pool file
-            # directly instead of copying it through the door. Only for readers on the loopback address.
-            if client_ip(request.scope) not in ("127.0.0.1", "::1"):
-                raise BadRequest("blob=true is answered only to clients on the same host")
-            principal.check("DOWNLOAD", path)
-            ns.check_readable(node, principal.subject)
-            head["headraceBlob"] = {"pool": node.pool, "path": str(service.pool(node.pool).blob_path(node.blob))}
         if not (children and node.is_dir):
             return JSONResponse(head)
         ns.check_readable(node, principal.subject)
