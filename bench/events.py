@@ -33,6 +33,7 @@ with the ratios headrace / inotify and the goals: p50 < 2 ms, p99 < 10 ms, >= 2,
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import ctypes
 import http.client
@@ -41,6 +42,7 @@ import multiprocessing
 import os
 import shutil
 import struct
+import subprocess
 import sys
 import tempfile
 import time
@@ -92,7 +94,9 @@ def now_ns() -> int:
 # Subscribers (each in a process of its own; results come back through a pipe)
 
 
-def sse_subscriber(api_port: int, channel_path: str, want: int, ready: Any, out: Any, idle_s: float) -> None:
+def sse_subscriber(
+    api_port: int, channel_path: str, want: int, auth_header: str, ready: Any, out: Any, idle_s: float
+) -> None:
     """Read a channel's SSE stream with http.client (as little client work per event as Python allows) and
     send back {name: first arrival ns} of IN_CLOSE_WRITE events, duplicates and overflows."""
     got: dict[str, int] = {}
@@ -101,7 +105,7 @@ def sse_subscriber(api_port: int, channel_path: str, want: int, ready: Any, out:
     cpu0 = time.process_time()
     conn = http.client.HTTPConnection(HOST, api_port, timeout=idle_s)
     try:
-        conn.request("GET", channel_path, headers={"Authorization": sb.AUTH_HEADER, "Accept": "text/event-stream"})
+        conn.request("GET", channel_path, headers={"Authorization": auth_header, "Accept": "text/event-stream"})
         response = conn.getresponse()
         if response.status != 200:
             raise RuntimeError(f"GET {channel_path} -> {response.status}")
@@ -211,11 +215,28 @@ def collect(receiver: Any, timeout: float) -> dict[str, Any]:
 # headrace
 
 
+#: Who subscribes: the administrator (whose events are never judged), or with --subscriber user a user of
+#: its own, whose every event is checked against the directory's permissions at delivery (events.access).
+SUBSCRIBER: dict[str, tuple[str, str]] = {"auth": AUTH}
+
+
+def add_user(server: sb.HeadraceServer, name: str) -> tuple[str, str]:
+    """A non-admin user on the server (`headrace user add`), as (name, key)."""
+    _, env = server.command()
+    out = subprocess.run(
+        [str(sb.VENV_BIN / "headrace"), "user", "add", name, "--data", str(server.data), "--json"],
+        capture_output=True, text=True, check=True, env=env,
+    )  # fmt: skip
+    return name, json.loads(out.stdout)["key"]
+
+
 class Channel:
-    """A channel of the events API with one inotify subscription; deleted on exit."""
+    """A channel of the events API with one inotify subscription, made by SUBSCRIBER; deleted on exit."""
 
     def __init__(self, server: sb.HeadraceServer, path: str) -> None:
-        self.api = httpx.Client(base_url=f"http://{HOST}:{server.api_port}", auth=AUTH, timeout=30)
+        auth = SUBSCRIBER["auth"]
+        self.auth_header = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        self.api = httpx.Client(base_url=f"http://{HOST}:{server.api_port}", auth=auth, timeout=30)
         r = self.api.post(f"{EVENTS}/channels", json={"client-id": "bench-events"})
         if r.status_code != 201:
             raise sb.BenchError(f"channel: {r.status_code} {r.text}")
@@ -288,7 +309,10 @@ def headrace_latency(server: sb.HeadraceServer, plan: Plan, run: int, gap_s: flo
     names = [f"w{i:04d}" for i in range(plan.warmup)] + [f"f{i:04d}" for i in range(plan.uploads)]
     done: dict[str, int] = {}
     round_trips: list[int] = []
-    with Channel(server, directory) as ch, subscriber(sse_subscriber, server.api_port, ch.path, len(names)) as rx:
+    with (
+        Channel(server, directory) as ch,
+        subscriber(sse_subscriber, server.api_port, ch.path, len(names), ch.auth_header) as rx,
+    ):
         conn = http.client.HTTPConnection(HOST, server.port, timeout=60)
         headers = {"Authorization": sb.AUTH_HEADER, "Content-Length": str(plan.size)}
         wall = time.monotonic()
@@ -341,7 +365,10 @@ def headrace_throughput(server: sb.HeadraceServer, plan: Plan, gen: sb.Generator
     sb.mkcol(server.port, directory)
     names = [f"f{i}" for i in range(plan.files)]
     load = sb.Plan(big_bytes=0, small_files=plan.files, small_size=plan.size, clients=plan.clients, runs=1, quick=True)
-    with Channel(server, directory) as ch, subscriber(sse_subscriber, server.api_port, ch.path, len(names)) as rx:
+    with (
+        Channel(server, directory) as ch,
+        subscriber(sse_subscriber, server.api_port, ch.path, len(names), ch.auth_header) as rx,
+    ):
         head0 = sb.log_head(server.data / "headrace.db")
         os.sync()
         wall = time.monotonic()
@@ -394,6 +421,8 @@ def bench_config(label: str, env: dict[str, str], workdir: Path, plan: Plan, gen
     print(f"[{label}] starting headrace ({', '.join(f'{k}={v}' for k, v in env.items()) or 'defaults'})", flush=True)
     server.start()
     try:
+        if SUBSCRIBER["auth"] != AUTH:
+            SUBSCRIBER["auth"] = add_user(server, SUBSCRIBER["auth"][0])
         back, spaced, throughput = [], [], []
         for run in range(plan.runs):
             back.append(headrace_latency(server, plan, run))
@@ -582,6 +611,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-md", action="store_true", help="do not write the markdown section")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only re-render the markdown from an earlier JSON")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server logs)")
+    parser.add_argument(
+        "--subscriber",
+        choices=("admin", "user"),
+        default="admin",
+        help="who subscribes: admin (default; events not judged) or a non-admin user (each event checked)",
+    )
     args = parser.parse_args(argv)
     args.config_names = [c.strip() for c in args.configs.split(",") if c.strip()]
     if not args.config_names or set(args.config_names) - set(CONFIGS):
@@ -591,6 +626,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.subscriber == "user":
+        SUBSCRIBER["auth"] = ("benchuser", "")
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     if args.runs:
         plan = Plan(**{**asdict(plan), "runs": args.runs})
@@ -604,6 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "subscriber": args.subscriber,
         "plan": asdict(plan),
         "machine": sb.machine_info(),
         "headrace": {},

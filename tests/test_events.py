@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from harness import Server, http, new_test_database
-from headrace.auth.subject import ROOT
+from headrace.auth.subject import ROOT, Subject
 from headrace.config import Settings
+from headrace.events.access import Confinement, Directories, Reader, one_side, sides, view_seen
 from headrace.events.log import EventLog
-from headrace.events.model import StorageEvent
+from headrace.events.model import EventKind, StorageEvent
 from headrace.events.render import CLOUDEVENT_TYPES, cloudevent_json, inotify, s3_records
 from headrace.storage.service import StorageService
 from outbox import rows
@@ -214,3 +215,53 @@ def test_cloudevent_json_is_byte_for_byte_the_sdks() -> None:
                 cause="ab" * 16 if kind is EventKind.DELETE else None,
             )  # fmt: skip
             assert cloudevent_json(ev) == cloudevent_sdk_json(ev)
+
+
+def test_delivery_rule_judges_each_side_by_directory_permissions_read_once_per_batch(
+    service: StorageService,
+) -> None:
+    """events.access, the rule SSE and the storage feed deliver by: an entry is seen by who may list its
+    directory; a rename by its sides; the directories are read in one query and re-read when the log says
+    one changed."""
+    ns, log = service.namespace, EventLog(service.db)
+    ns.mkdir("/acc", ROOT)
+    ns.mkdir("/acc/open", ROOT)
+    ns.mkdir("/acc/shut", ROOT)
+    ns.chmod("/acc/shut", ROOT, 0o700)
+    start = log.head() + 1
+    upload(service, "/acc/shut/secret.txt")
+    upload(service, "/acc/open/public.txt")
+    ns.rename("/acc/open/public.txt", "/acc/shut/public.txt", ROOT)
+    ns.rename("/acc/shut/secret.txt", "/acc/open/secret.txt", ROOT)
+    batch = log.read_from(start)
+    dirs = Directories()
+    with service.db.reader.connect() as conn:
+        dirs.load(conn, dirs.needed(batch))
+    assert dirs.queries == 1
+    user = Reader(Subject("u2", 5002, (5002,)))
+    closes = {e.path: sides(user, dirs, e) for e in batch if e.kind is EventKind.CLOSE_WRITE}
+    assert closes == {"/acc/shut/secret.txt": (False, False), "/acc/open/public.txt": (False, True)}
+    out, into = [e for e in batch if e.kind is EventKind.MOVE]
+    assert sides(user, dirs, out) == (True, False) and sides(user, dirs, into) == (False, True)
+    assert sides(Reader(ROOT), dirs, out) == (True, True)
+    # half a rename where it cannot be shown as such: a delete at the source, a create at the destination
+    gone, new = one_side(out, True, False), one_side(into, False, True)
+    assert gone is not None and (gone.kind, gone.path, gone.old_path) == (
+        EventKind.DELETE,
+        "/acc/open/public.txt",
+        None,
+    )
+    assert new is not None and (new.kind, new.path, new.old_path) == (EventKind.CREATE, "/acc/open/secret.txt", None)
+    assert [view_seen(f, True, False) for f in ("IN_MOVED_FROM", "IN_MOVED_TO", "IN_MOVE_SELF")] == [True, False, True]
+    # a confined credential sees only within its paths, even where its user may list
+    confined = Reader(Subject("u2", 5002, (5002,)), Confinement(paths=("/acc/shut",)))
+    assert next(sides(confined, dirs, e) for e in batch if e.path == "/acc/open/public.txt") == (False, False)
+    # opened up: the log's IN_ATTRIB on the directory makes it be read again
+    start = log.head() + 1
+    ns.chmod("/acc/shut", ROOT, 0o755)
+    upload(service, "/acc/shut/later.txt")
+    later = log.read_from(start)
+    with service.db.reader.connect() as conn:
+        dirs.load(conn, dirs.needed(later))
+    assert dirs.queries == 2
+    assert [sides(user, dirs, e) for e in later if e.kind is EventKind.CLOSE_WRITE] == [(False, True)]

@@ -556,20 +556,25 @@ class ChannelManager:
         (if any of them is not an administrator) the permissions of the directories the events name."""
         ids = self.dirs.needed(batch)
         owners = {w.channel.owner for ws in self.by_inode.values() for w in ws}
+        unknown = owners - set(self._subjects)  # looked up once per owner (Users caches them as well)
 
-        def read() -> dict[str, Subject | None]:
-            subjects: dict[str, Subject | None] = {}
-            for owner in owners:
+        def judged_by_permissions() -> bool:
+            return bool(ids) and not all(_is_admin(self._subjects.get(o)) for o in owners)
+
+        if not unknown and not judged_by_permissions():
+            return  # e.g. only administrators watch: nothing to read, no thread hop
+
+        def read() -> None:
+            for owner in unknown:
                 try:
-                    subjects[owner] = self.users.get(owner).subject
+                    self._subjects[owner] = self.users.get(owner).subject
                 except NotFound:
-                    subjects[owner] = None  # a user removed since: sees nothing
-            if ids and any(s is None or not s.admin for s in subjects.values()):
+                    self._subjects[owner] = None  # a user removed since: sees nothing
+            if judged_by_permissions():
                 with self.log.db.reader.connect() as conn:
                     self.dirs.load(conn, ids)
-            return subjects
 
-        self._subjects = await self.log.db.read(read)
+        await self.log.db.read(read)
 
     def dispatch(self, ev: StorageEvent) -> None:
         """Queue `ev` for every watch it concerns, as far as each channel may see it (`prepare` first)."""
@@ -653,6 +658,10 @@ class ChannelManager:
     def _save_meta(self, ch: Channel) -> None:
         if not ch.closed:
             self.store.save_meta(ch.id, ch.meta())
+
+
+def _is_admin(subject: Subject | None) -> bool:
+    return subject is not None and subject.admin
 
 
 def _management(sub: Subscription, flag: str) -> dict[str, Any]:

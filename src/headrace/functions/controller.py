@@ -401,21 +401,26 @@ class Controller:
         user's) and, unless all are administrators, the permissions of the directories the events name."""
         ids = self.dirs.needed(batch)
         owners = {t.namespace for t in self.triggers}
+        unknown = owners - set(self._owners)  # looked up once per owner (Users caches them as well)
         users = self.service.users
 
-        def read() -> dict[str, Subject | None]:
-            found: dict[str, Subject | None] = {}
-            for name in owners:
+        def judged_by_permissions() -> bool:
+            return bool(ids) and not all((s := self._owners.get(o)) is not None and s.admin for o in owners)
+
+        if not unknown and not judged_by_permissions():
+            return  # e.g. only administrators' triggers: nothing to read
+
+        def read() -> None:
+            for name in unknown:
                 try:
-                    found[name] = users.get(name).subject
+                    self._owners[name] = users.get(name).subject
                 except NotFound:
-                    found[name] = None  # a user removed since: their triggers fire for nothing
-            if ids and any(s is None or not s.admin for s in found.values()):
+                    self._owners[name] = None  # a user removed since: their triggers fire for nothing
+            if judged_by_permissions():
                 with self.db.reader.connect() as conn:
                     self.dirs.load(conn, ids)
-            return found
 
-        self._owners = await self.db.read(read)
+        await self.db.read(read)
 
     def _enqueue_batch_in(self, conn: Connection, batch: list[StorageEvent], last: int) -> list[dict[str, Any]]:
         """In the caller's transaction: the activations these events make (each only as far as the trigger's
