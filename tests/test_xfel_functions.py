@@ -24,6 +24,28 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "xfel"
 ALL_CHANGES = ("IN_CLOSE_WRITE", "IN_DELETE", "IN_MOVED_FROM", "IN_MOVED_TO")
 
 
+SANDBOX_UID = 100_000  # the admin's functions' uid in the sandbox (HEADRACE_SANDBOX_UID_BASE + uid 0)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the catalogue and the cache keep their state: a directory the operator binds into the admin's
+    sandboxes (HEADRACE_SANDBOX_BIND), writable by their uid."""
+    d = tmp_path_factory.mktemp("xfel-state")
+    os.chown(d, SANDBOX_UID, SANDBOX_UID)
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, shared: Path) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("srv")
+    srv = Server(
+        data=base / "data", cli_config=base / "cli.json", env_extra={"HEADRACE_SANDBOX_BIND": f"admin:{shared}"}
+    )
+    yield srv.start()
+    srv.stop()
+
+
 @pytest.fixture(scope="module")
 def client(server: Server) -> Iterator[Client]:
     with Client(ClientConfig(door=server.door_url, api=server.api_url, username="admin", key=ADMIN_KEY)) as c:
@@ -37,6 +59,7 @@ def deploy(client: Client, name: str, code: str, root: str, params: dict[str, An
         params={**params, "root": root},
         scaling=scaling,
         feed=FeedSpec(path=root, recursive=True, flags=ALL_CHANGES),
+        storage=True,
     )
     Functions(client).deploy(spec)
 
@@ -64,10 +87,10 @@ def put(client: Client, tmp: Path, path: str, data: bytes) -> None:
     client.upload(local, path)
 
 
-def test_catalogue_follows_creates_moves_and_deletes(client: Client, tmp_path: Path) -> None:
+def test_catalogue_follows_creates_moves_and_deletes(client: Client, tmp_path: Path, shared: Path) -> None:
     from headrace.xfel import generate
 
-    db = tmp_path / "catalogue.sqlite"
+    db = shared / "catalogue.sqlite"
     deploy(client, "catalogue", "catalogue.py", "/cat", {"catalogue": str(db)})
     client.mkdir("/cat/raw/r0042", parents=True)
     client.mkdir("/cat/raw/r0043", parents=True)
@@ -104,8 +127,8 @@ def test_catalogue_follows_creates_moves_and_deletes(client: Client, tmp_path: P
     assert len(removed) == 2  # the deleted file2.dat and the one moved out of the tree
 
 
-def test_cache_copies_drops_moves_and_evicts_least_recently_used(client: Client, tmp_path: Path) -> None:
-    cache = tmp_path / "cache"
+def test_cache_copies_drops_moves_and_evicts_least_recently_used(client: Client, tmp_path: Path, shared: Path) -> None:
+    cache = shared / "cache"
     deploy(client, "cache", "cache.py", "/cache", {"cache_dir": str(cache), "max_bytes": 100_000}, ordered=True)
     client.mkdir("/cache/run", parents=True)
     blobs = {n: os.urandom(40_000) for n in "ABCD"}

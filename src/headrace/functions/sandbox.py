@@ -80,6 +80,9 @@ class SandboxSettings:
     pids_per_worker: int = 64
     #: Size of the private /tmp (MB); what is written there counts against the memory limit as well.
     tmp_mb: int = 1024
+    #: (namespace, host directory): bound read-write, at its own path, into that namespace's sandboxes (the
+    #: operator's choice, for state a facility's functions keep outside storage: a catalogue, a cache).
+    binds: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls) -> SandboxSettings:
@@ -92,7 +95,19 @@ class SandboxSettings:
             init_seconds=float(os.environ.get("HEADRACE_FN_INIT_SECONDS") or 60.0),
             pids_per_worker=_env_int("HEADRACE_SANDBOX_PIDS", 64),
             tmp_mb=_env_int("HEADRACE_SANDBOX_TMP_MB", 1024),
+            binds=parse_binds(os.environ.get("HEADRACE_SANDBOX_BIND") or ""),
         )
+
+
+def parse_binds(raw: str) -> tuple[tuple[str, str], ...]:
+    """`NAMESPACE:/dir,NAMESPACE:/other` (HEADRACE_SANDBOX_BIND) as (namespace, absolute directory) pairs."""
+    out: list[tuple[str, str]] = []
+    for item in filter(None, (i.strip() for i in raw.split(","))):
+        ns, sep, path = item.partition(":")
+        if not sep or not ns or not os.path.isabs(path):
+            raise ValueError(f"HEADRACE_SANDBOX_BIND entries are NAMESPACE:/absolute/dir, not {item!r}")
+        out.append((ns, os.path.normpath(path)))
+    return tuple(out)
 
 
 # -- limits: cgroup v1, cgroup v2, rlimits only ---------------------------------------------------------------
@@ -563,7 +578,7 @@ class Sandbox:
         self.settings = settings or SandboxSettings.from_env()
         self.forbidden = [Path(p).resolve() for p in forbidden]
         self._limits: Limits | None = None
-        self._binds: list[str] | None = None
+        self._python: list[str] | None = None
         self.root = os.geteuid() == 0
 
     @property
@@ -582,8 +597,8 @@ class Sandbox:
 
     def _python_paths(self) -> list[str]:
         """The directories the interpreter needs, outside /usr: prefixes, virtualenv, headrace's source."""
-        if self._binds is not None:
-            return self._binds
+        if self._python is not None:
+            return self._python
         import headrace
 
         source = Path(headrace.__file__).resolve().parent.parent
@@ -608,8 +623,8 @@ class Sandbox:
             if any(c == real or c in real.parents for c in chosen):
                 continue
             chosen = [c for c in chosen if real not in c.parents] + [real]
-        self._binds = [str(c) for c in chosen]
-        return self._binds
+        self._python = [str(c) for c in chosen]
+        return self._python
 
     def _environment(self) -> dict[str, str]:
         import headrace
@@ -627,6 +642,22 @@ class Sandbox:
         for var in THREAD_VARS:  # workers are forked, and forked thread pools deadlock
             env[var] = os.environ.get(var) or "1"
         return env
+
+    def _binds(self, namespace: str) -> list[str]:
+        """The operator's read-write directories for `namespace` (never one showing what must stay hidden)."""
+        out = []
+        for ns, path in self.settings.binds:
+            if ns != namespace:
+                continue
+            real = Path(path).resolve()
+            if not real.is_dir():
+                raise SandboxUnavailable(f"HEADRACE_SANDBOX_BIND names {path}, which is not a directory")
+            if any(real == f or f in real.parents or real in f.parents for f in self.forbidden):
+                raise SandboxUnavailable(
+                    f"HEADRACE_SANDBOX_BIND may not show {path} (the data directory or CLI config)"
+                )
+            out.append(str(real))
+        return out
 
     def prepare(self, *, key: str, code_dir: Path, owner_uid: int, storage: bool) -> Jail:
         """The jail for one action version (the caller starts it with its control fd)."""
@@ -652,7 +683,8 @@ class Sandbox:
                 if group is not None:
                     group.remove()
                 raise SandboxUnavailable(INSTALL_HINT)
-            argv = [bwrap, *self._bwrap_args(code_dir, socket_dir), "--", *python]
+            binds = self._binds(key.split("/", 1)[0])
+            argv = [bwrap, *self._bwrap_args(code_dir, socket_dir, binds), "--", *python]
             seen_code = ACTION_DIR
             if socket_dir is not None:
                 env["HEADRACE_SOCKET_DIR"] = SOCKET_DIR
@@ -665,12 +697,15 @@ class Sandbox:
             argv = ["/bin/sh", "-c", _ENTER, "sh", *group.enter_files(), "--", *argv]
         return Jail(argv, env, seen_code, group, annotation, isolated, socket_dir)
 
-    def _bwrap_args(self, code_dir: Path, socket_dir: Path | None) -> list[str]:
+    def _bwrap_args(self, code_dir: Path, socket_dir: Path | None, binds: list[str]) -> list[str]:
         a = ["--unshare-pid", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
         if not self.root:
             a.append("--unshare-user")
         a += ["--die-with-parent", "--new-session", "--hostname", "headrace-fn"]
         a += ["--ro-bind", "/usr", "/usr"]
+        # the private /tmp first: a directory bound below (a virtualenv, an operator's bind) may lie under /tmp
+        a += ["--proc", "/proc", "--dev", "/dev"]
+        a += ["--size", str(self.settings.tmp_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp"]
         for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
             top = Path("/", name)
             if top.is_symlink():
@@ -680,16 +715,15 @@ class Sandbox:
         for etc in ("/etc/ld.so.cache", "/etc/ssl/certs", "/etc/localtime", "/etc/ca-certificates"):
             a += ["--ro-bind-try", etc, etc]
         made: set[Path] = set()
-        for p in self._python_paths():
-            for parent in reversed(Path(p).parents):  # bubblewrap would make them 0700: the uid must pass
-                if parent != Path("/") and parent not in made:
-                    made.add(parent)
-                    a += ["--perms", "0755", "--dir", str(parent)]
-            a += ["--ro-bind", p, p]
+        for how, paths in (("--ro-bind", self._python_paths()), ("--bind", binds)):
+            for p in paths:
+                for parent in reversed(Path(p).parents):  # bubblewrap would make them 0700: the uid must pass
+                    if parent != Path("/") and parent not in made:
+                        made.add(parent)
+                        a += ["--perms", "0755", "--dir", str(parent)]
+                a += [how, p, p]
         a += ["--ro-bind", str(code_dir), ACTION_DIR]
         if socket_dir is not None:
             a += ["--perms", "0755", "--dir", str(Path(SOCKET_DIR).parent), "--ro-bind", str(socket_dir), SOCKET_DIR]
-        a += ["--proc", "/proc", "--dev", "/dev"]
-        a += ["--size", str(self.settings.tmp_mb * 1024 * 1024), "--perms", "1777", "--tmpfs", "/tmp"]
         a += ["--chdir", "/tmp"]
         return a
