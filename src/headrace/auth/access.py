@@ -102,12 +102,14 @@ class Principal:
 class FailedLogins:
     """Failed Basic logins counted per client address and per user name: after `limit` failures within
     `window` seconds (counted from the first), further attempts from that address are answered 429 with
-    Retry-After, without looking at the key, until the window has passed. Attempts at a user name that has
-    failed `limit` times are refused so too, but only where guessing could pay: when that user's key was
-    chosen by a person (a slow hash, users.py), not one of the server's random keys; a key known to be
-    right is let through anyway (`Users.known`). So someone failing at another's name from elsewhere
-    neither slows the server nor locks that user out. At most `tracked` addresses and names are
-    remembered (the oldest go first): a flood from many addresses costs bounded memory."""
+    Retry-After, without any key being hashed or any user looked up, until the window has passed. Attempts
+    at a user name that has failed `limit` times are refused so too, but only where guessing could pay:
+    when that user's key was chosen by a person (a slow hash, users.py), not one of the server's random
+    keys. A key this process has found right before (`Users.found_right`) passes either way, once the
+    database confirms it is still the user's, so a user behind an address someone else fails from, or
+    whose name someone fails at, is not locked out; nor does failing at another's name slow the server.
+    At most `tracked` addresses and names are remembered (the oldest go first): a flood from many
+    addresses costs bounded memory."""
 
     def __init__(self, limit: int = 20, window: float = 60.0, tracked: int = 100_000) -> None:
         self.limit = limit
@@ -189,7 +191,8 @@ class Authenticator:
             raise Unauthorized("Malformed Basic credentials")
         user = self.users.known(username, key)
         if user is None:
-            self.failed_logins.check_address(client_ip)
+            if not self.users.found_right(username, key):
+                self.failed_logins.check_address(client_ip)
             user = await self.users.check_key(username, key, before_slow_hash=self.failed_logins.check_user)
         if user is None:
             self.failed_logins.failed(client_ip, username)

@@ -188,6 +188,10 @@ class Users:
         with self.db.reader.connect() as conn:
             return conn.execute(select(users).where(users.c.username == username)).first()
 
+    def found_right(self, username: str, key: str) -> bool:
+        """Whether `key` was found right for `username` before, however long ago (it may have changed since)."""
+        return self._cache_key(username, key) in self._verified
+
     def _matched_before(self, username: str, key: str, stored: str) -> bool:
         """Whether `key` was found right against this very stored hash before (so it needs no hashing)."""
         found = self._verified.get(self._cache_key(username, key))
