@@ -10,7 +10,8 @@ the record costs the function nothing measurable and needs no polling. Latency =
 minus the client-side completion of the write (headrace: the PUT's response has been read; the peers: the
 local file's close() has returned), both CLOCK_REALTIME (`time.time_ns()`), one clock for every process.
 
-headrace, each configuration on a fresh `headrace up` ("fsync": defaults; "nofsync": HEADRACE_FSYNC=0), with
+headrace, each configuration on a fresh `headrace up` ("fsync": defaults; "nofsync": HEADRACE_FSYNC=0;
+"nosandbox": functions outside bubblewrap, HEADRACE_SANDBOX=none, to show what the sandbox costs), with
 the actions, storage-feed triggers and rules written into the data directory before the server starts (as
 tests/test_controller.py deploys them, with `FunctionStore`):
 
@@ -84,7 +85,12 @@ RESULTS_DIR = BENCH_DIR / "results"
 HOST = sb.HOST
 MD_BEGIN = "<!-- functions-bench:begin (written by bench/functions.py) -->"
 MD_END = "<!-- functions-bench:end -->"
-CONFIGS: dict[str, dict[str, str]] = {"fsync": {}, "nofsync": {"HEADRACE_FSYNC": "0"}}
+#: "nosandbox" is "fsync" with functions run outside bubblewrap (HEADRACE_SANDBOX=none): what the sandbox costs.
+CONFIGS: dict[str, dict[str, str]] = {
+    "fsync": {},
+    "nofsync": {"HEADRACE_FSYNC": "0"},
+    "nosandbox": {"HEADRACE_SANDBOX": "none"},
+}
 #: Every configuration: no per-namespace API limits (OpenWhisk's defaults, 120 invokes a minute and 100 in
 #: flight, would refuse most of the 5,000 non-blocking invokes with 429).
 BENCH_ENV = {"HEADRACE_FN_INVOKES_PER_MINUTE": "0", "HEADRACE_FN_CONCURRENT_INVOCATIONS": "0"}
@@ -132,6 +138,7 @@ class Recorder:
     def __init__(self, path: Path) -> None:
         self.path = path
         os.mkfifo(path)
+        os.chmod(path, 0o666)  # sandboxed functions write it as their own unprivileged uid
         self._rfd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         os.set_blocking(self._rfd, True)
         # Our own write end keeps the FIFO open between writers, so the reader never sees end-of-file.
@@ -866,6 +873,8 @@ def bench_headrace(
     label: str, env: dict[str, str], workdir: Path, plan: Plan, gen: sb.Generator, rec: Recorder
 ) -> dict[str, Any]:
     actions, dirs = headrace_actions(rec.path, plan)
+    if env.get("HEADRACE_SANDBOX") != "none":  # the recorder's FIFO, bound into the (admin's) sandboxes
+        env = {"HEADRACE_SANDBOX_BIND": f"admin:{rec.path.parent}", **env}
     server = FnServer(workdir / label, {**BENCH_ENV, **env}, actions, dirs)
     result: dict[str, Any] = {"settings": server.describe(), "version": server.version()}
     print(f"[{label}] starting headrace ({', '.join(f'{k}={v}' for k, v in env.items()) or 'defaults'})", flush=True)
@@ -1437,7 +1446,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sample counts: a smoke test of a few minutes")
     parser.add_argument(
-        "--configs", default="fsync,nofsync", help="comma-separated: fsync (default), nofsync; none: peers only"
+        "--configs",
+        default="fsync,nofsync,nosandbox",
+        help="comma-separated: fsync (default), nofsync, nosandbox (functions unsandboxed); none: peers only",
     )
     parser.add_argument("--skip-peers", action="store_true", help="headrace only (no watcher, no Celery)")
     parser.add_argument("--generator", choices=("auto", "go", "py-procs"), default="auto")
@@ -1478,8 +1489,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # One recorder (FIFO) per system under test, so that the same keys in two configurations never meet.
     recorders: list[Recorder] = []
 
+    fifos = tmp / "fifos"  # apart from the data directories: sandboxes see this directory and no other
+    fifos.mkdir(mode=0o755)
+
     def recorder(name: str) -> Recorder:
-        recorders.append(Recorder(tmp / f"records-{name}.fifo"))
+        recorders.append(Recorder(fifos / f"records-{name}.fifo"))
         return recorders[-1]
 
     try:

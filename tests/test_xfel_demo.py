@@ -30,7 +30,8 @@ def test_demo_starts_a_server_runs_the_four_functions_and_checks_their_results(t
         "HEADRACE_CONFIG": str(tmp_path / "cli.json"),
         "HEADRACE_DOOR_URL": f"http://127.0.0.1:{door}",
         "HEADRACE_API_URL": f"http://127.0.0.1:{api}",
-        "HEADRACE_CATALOGUE": str(tmp_path / "catalogue.sqlite"),
+        # a directory of its own: the demo binds it into the functions' sandboxes (never the data directory)
+        "HEADRACE_CATALOGUE": str(tmp_path / "state" / "catalogue.sqlite"),
         "HEADRACE_CACHE_DIR": str(tmp_path / "cache"),
         "HEADRACE_LOG_LEVEL": "warning",
     }
@@ -70,7 +71,7 @@ def test_demo_starts_a_server_runs_the_four_functions_and_checks_their_results(t
         with h5py.File(tmp_path / "azint.h5", "r") as f:
             assert len(f) > 0
         uploaded = [f"{BASE}/raw/r0042/RAW-R0042-DA01-S00000.h5", f"{BASE}/proc/r0042/CORR-R0042-JNGFR01-S00000.h5"]
-        records = {r["datablocks"][0]["path"]: r for r in search_records(tmp_path / "catalogue.sqlite")}
+        records = {r["datablocks"][0]["path"]: r for r in search_records(tmp_path / "state" / "catalogue.sqlite")}
         for path in uploaded:
             assert records[path]["scientificMetadata"]["runNumber"] == 42
             assert (tmp_path / "cache" / path.lstrip("/")).is_file()

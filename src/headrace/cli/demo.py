@@ -55,8 +55,34 @@ def _healthy(config: ClientConfig) -> bool:
         return False
 
 
-def ensure_server(data: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[bytes] | None, ClientConfig]:
-    """The configured server if it answers; otherwise the embedded one started on the configured ports."""
+def state_dirs(examples: Path, catalogue: Path | None, cache_dir: Path | None) -> tuple[Path, Path]:
+    """The catalogue's database and the cache directory, as absolute host paths (a function's `~` is its
+    sandbox's /tmp)."""
+    cat = (catalogue or default_catalogue()).expanduser().resolve()
+    if cache_dir is None:
+        specs = load_deploy_file(examples / DEPLOY_FILE)
+        cache_dir = Path(next(f.params["cache_dir"] for f in specs if "cache_dir" in f.params))
+    return cat, cache_dir.expanduser().resolve()
+
+
+def sandbox_binds(dirs: list[Path]) -> dict[str, str]:
+    """The environment that binds `dirs` into the admin's function sandboxes (HEADRACE_SANDBOX_BIND), made
+    and, when we are root, given to the sandbox's uid so that the example functions can write there."""
+    from headrace.functions.sandbox import SandboxSettings
+
+    uid = SandboxSettings.from_env().uid_base  # the admin's (uid 0) functions
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(d, uid, uid)
+    return {"HEADRACE_SANDBOX_BIND": ",".join(f"admin:{d}" for d in dirs)}
+
+
+def ensure_server(
+    data: Path, timeout: float = 30.0, binds: list[Path] | None = None
+) -> tuple[subprocess.Popen[bytes] | None, ClientConfig]:
+    """The configured server if it answers; otherwise the embedded one started on the configured ports (with
+    `binds` writable in the admin's function sandboxes)."""
     config = ClientConfig.load()
     if _healthy(config):
         return None, config
@@ -69,7 +95,8 @@ def ensure_server(data: Path, timeout: float = 30.0) -> tuple[subprocess.Popen[b
         sys.executable, "-m", "headrace.cli.main", "up", "--data", str(data), "--host", "127.0.0.1",
         "--door-port", str(door.port or 2880), "--api-port", str(api.port or 3880),
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    env = {**os.environ, **sandbox_binds(binds or [])}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + timeout
     while not _healthy(config):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -197,7 +224,8 @@ def demo(
         usage_error(f"--base must be an absolute directory, not {base!r}")
     base = base.rstrip("/")
     examples = examples_dir()
-    proc, config = ensure_server(data)
+    catalogue, cache_dir = state_dirs(examples, catalogue, cache_dir)
+    proc, config = ensure_server(data, binds=[catalogue.parent, cache_dir])
     try:
         code = _run(config, examples, files, base, timeout, catalogue, cache_dir)
     finally:
