@@ -14,6 +14,7 @@ import asyncio
 import base64
 import inspect
 import io
+import logging
 import math
 import os
 import shutil
@@ -31,9 +32,11 @@ from headrace.auth.users import Users
 from headrace.db.engine import Database
 from headrace.functions.invoker import ActionPool, ActionSpec, Outcome
 from headrace.functions.model import as_dict
-from headrace.functions.sandbox import Sandbox
+from headrace.functions.sandbox import BUBBLEWRAP, INSTALL_HINT, Sandbox
 from headrace.functions.store import FunctionStore, new_activation_id, now_ms
 from headrace.metrics import FN_QUEUED, FN_RUNNING, FN_WORKERS
+
+log = logging.getLogger("headrace.functions")
 
 OWNER_CACHE_SECONDS = 600.0  # how long an owner's uid and groups are reused for minting
 TOKEN_GRACE_MS = 5_000  # an activation's credential outlives its deadline by this much
@@ -175,6 +178,8 @@ class Runner:
             # namespaces) and the CLI config with its keys
             sandbox = Sandbox(forbidden=[code_root.resolve().parent, Settings.from_env().cli_config])
         self.sandbox = sandbox
+        if sandbox.settings.mode == BUBBLEWRAP and shutil.which("bwrap") is None:
+            log.warning("functions: %s", INSTALL_HINT)
 
     async def close(self) -> None:
         for t in list(self._runs):

@@ -70,7 +70,8 @@ async def run(settings: Settings, *, workers: int = 0, port: int = 0) -> None:
     await invoker.start()
     print(
         f"headrace: invoker  {invoker.client_id}: group {settings.invoker_group} at {settings.kafka}, "
-        f"{invoker.max_workers} workers" + (f", /healthz on {settings.host}:{port}" if port else ""),
+        f"{invoker.max_workers} workers, sandbox {invoker.runner.sandbox.settings.mode}"
+        + (f", /healthz on {settings.host}:{port}" if port else ""),
         flush=True,
     )
     stoppers = [waiting.request_stop] + ([health.request_stop] if health is not None else [])
