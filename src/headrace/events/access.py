@@ -120,7 +120,8 @@ class Directories:
     def __init__(self, limit: int = CACHE_LIMIT) -> None:
         self.limit = limit
         self.known: dict[int, _Dir] = {}
-        self._decided: dict[tuple[Subject, int], bool] = {}
+        #: Decisions of this batch: id(subject) -> directory id -> listable (subjects live as long as the batch)
+        self._decided: dict[int, dict[int, bool]] = {}
         self.queries = 0  # for tests and benchmarks: how many lookups were made
 
     def needed(self, batch: list[StorageEvent]) -> list[int]:
@@ -162,15 +163,16 @@ class Directories:
 
     def listable(self, subject: Subject, dir_id: int) -> bool:
         """r-x on the directory, --x on every one above it (unknown directories: no)."""
-        key = (subject, dir_id)
-        found = self._decided.get(key)
+        decided = self._decided.get(id(subject))
+        if decided is None:
+            decided = self._decided[id(subject)] = {}
+        found = decided.get(dir_id)
         if found is None:
             d = self.known.get(dir_id)
-            found = d is not None and self._may(subject, R, d) and self._searchable(subject, dir_id, d)
-            self._decided[key] = found
+            found = decided[dir_id] = d is not None and self._may(subject, R, d) and self._searchable(subject, d)
         return found
 
-    def _searchable(self, subject: Subject, dir_id: int, d: _Dir) -> bool:
+    def _searchable(self, subject: Subject, d: _Dir) -> bool:
         seen = 0
         while True:
             if not self._may(subject, X, d):

@@ -28,6 +28,7 @@ import math
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -261,6 +262,7 @@ class ChannelManager:
         #: Directory permissions for judging events at delivery (events.access).
         self.dirs = Directories()
         self._subjects: dict[str, Subject | None] = {}
+        self._readers: dict[tuple[str, Confinement | None], Reader] = {}
         self.channels: dict[str, Channel] = {}
         self.by_inode: dict[int, list[Watch]] = {}
         self.recursive: list[Watch] = []
@@ -565,6 +567,7 @@ class ChannelManager:
             return  # e.g. only administrators watch: nothing to read, no thread hop
 
         def read() -> None:
+            self._readers.clear()
             for owner in unknown:
                 try:
                     self._subjects[owner] = self.users.get(owner).subject
@@ -584,7 +587,9 @@ class ChannelManager:
             key = (w.channel.owner, w.channel.confinement)
             found = judged.get(key)
             if found is None:
-                reader = Reader(self._subjects.get(key[0]), key[1])
+                reader = self._readers.get(key)
+                if reader is None:
+                    reader = self._readers[key] = Reader(self._subjects.get(key[0]), key[1])
                 found = judged[key] = sides(reader, self.dirs, ev)
             return found
 
@@ -595,19 +600,26 @@ class ChannelManager:
             done.add(iid)
             for w in list(self.by_inode.get(iid, ())):
                 if not w.recursive and ev.offset > w.since and ev.offset > w.channel.offset:
-                    self._deliver(w, ev, inotify(ev, w.inode), seen(w))
+                    self._deliver(w, ev, inotify(ev, w.inode), seen)
         for w in list(self.recursive):
             if ev.offset > w.since and ev.offset > w.channel.offset:
                 # its own directory's view and the views below it, in Linux's order: from, to, the rest
                 views = inotify(ev, w.inode) + _below(w, ev)
                 views.sort(key=lambda p: _ORDER.get(p["mask"][0], 2))
-                self._deliver(w, ev, views, seen(w))
+                self._deliver(w, ev, views, seen)
             _follow(w, ev)
 
-    def _deliver(self, w: Watch, ev: StorageEvent, payloads: list[dict[str, Any]], seen: tuple[bool, bool]) -> None:
+    def _deliver(
+        self, w: Watch, ev: StorageEvent, payloads: list[dict[str, Any]], seen: Callable[[Watch], tuple[bool, bool]]
+    ) -> None:
+        """Queue the views of `ev` that `w` asks for and its channel may see (`seen`: judged only when some
+        view is asked for)."""
         ch = w.channel
-        old, new = seen
-        wanted = [p for p in payloads if p["mask"][0] in w.flags and view_seen(p["mask"][0], old, new)]
+        wanted = [p for p in payloads if p["mask"][0] in w.flags]
+        old = new = False
+        if wanted:
+            old, new = seen(w)
+            wanted = [p for p in wanted if view_seen(p["mask"][0], old, new)]
         if wanted and w.key in ch.subs:
             if w.format == "inotify":
                 for p in wanted:
