@@ -275,3 +275,30 @@ def test_channel_subscription_and_metronome_limits(
         _problem(api2.post(f"{EV}/channels"), 429, "Too many channels")
         for url in made:
             assert api2.delete(url).status_code == 204
+
+
+def test_channel_keeps_its_credentials_confinement_across_a_restart(fresh_server: Server) -> None:
+    server = fresh_server.start()
+    name, key, _ = add_user(server, "dprestart")
+    with server.door() as door, server.api() as api:
+        _mkdir(door, api, "/dp5", 0o777)
+    with client(base_url=server.door_url, auth=(name, key)) as door2:
+        r = door2.post(
+            "/dp5",
+            json={"caveats": ["path:/dp5"], "validity": "PT10M"},
+            headers={"Content-Type": "application/macaroon-request"},
+        )
+        assert r.status_code == 200, r.text
+        token = r.json()["macaroon"]
+    with client(base_url=server.api_url, auth=(name, key)) as api2:
+        wide = _channel(api2)
+    with client(base_url=server.api_url, headers={"Authorization": f"Bearer {token}"}) as bearer:
+        own = _channel(bearer)
+    server.stop()
+    server.start()
+    with client(base_url=server.api_url, headers={"Authorization": f"Bearer {token}"}) as bearer:
+        assert bearer.get(f"{EV}/channels").json() == [own]
+        _problem(bearer.get(wide, headers={"Accept": "application/json"}), 403, "Access denied")
+    with client(base_url=server.api_url, auth=(name, key)) as api2:
+        _problem(api2.post(f"{own}/subscriptions/inotify", json={"path": "/"}), 403, "Permission denied")
+        assert sorted(api2.get(f"{EV}/channels").json()) == sorted([wide, own])
