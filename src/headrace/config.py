@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 from dataclasses import dataclass, field, replace
@@ -28,11 +29,15 @@ def _env_bool(name: str, default: bool) -> bool:
 
 def restrict_mode(path: Path, mode: int) -> None:
     """Take from `path` any permission bit beyond `mode` (0o700, 0o600): what a looser umask or an older
-    version left readable to others is tightened at start; nothing is ever loosened."""
+    version left readable to others is tightened at start; nothing is ever loosened. A path this process
+    may not change (another user's mount point) is left as it is, with a warning."""
     with contextlib.suppress(FileNotFoundError):
         current = stat.S_IMODE(os.stat(path).st_mode)
         if current & ~mode:
-            os.chmod(path, current & mode)
+            try:
+                os.chmod(path, current & mode)
+            except PermissionError as exc:
+                logging.getLogger("headrace").warning("%s is mode %o, not %o: %s", path, current, mode, exc)
 
 
 def private_dir(path: Path) -> None:
