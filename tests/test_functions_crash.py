@@ -4,6 +4,7 @@ crash cut off) are counted and reported."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +30,8 @@ def counts(data: Path) -> dict[str, int]:
 def test_sigkill_with_200_activations_in_flight_loses_none(fresh_server: Server, tmp_path: Path) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
+    os.chown(marks, 100_000, 100_000)  # the admin's functions' uid: its sandboxes get this directory bound in
+    fresh_server.env_extra["HEADRACE_SANDBOX_BIND"] = f"admin:{marks}"
     srv = fresh_server.start()
     with srv.door() as door:
         assert door.request("MKCOL", "/det").status_code == 201

@@ -9,13 +9,16 @@ order across invokers; an invoker started under load takes work within seconds a
 nothing twice; an invoker SIGKILLed mid-activation has its activations run again by another, as their next
 attempt, and every activation ends with exactly one final record.
 
-Every function writes a start mark (`<activation>.start.<pid>.<ns>`) when it begins and appends to an end
-mark (`<activation>.end`) when it ends, so runs are counted from outside headrace, not from its records.
+Every function writes a start mark (`<activation>.start.<sandbox>.<ns>`, <sandbox> its PID namespace's inode)
+when it begins and appends to an end mark (`<activation>.end`) when it ends, so runs are counted from outside
+headrace, not from its records. The marks' directories are bound into the admin's function sandboxes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import textwrap
 import time
 import uuid
@@ -38,7 +41,8 @@ import os, time
 MARKS = {marks!r}
 def main(args):
     aid = os.environ["__OW_ACTIVATION_ID"]
-    open(os.path.join(MARKS, f"{{aid}}.start.{{os.getpid()}}.{{time.time_ns()}}"), "w").close()
+    sandbox = os.stat("/proc/self/ns/pid").st_ino
+    open(os.path.join(MARKS, f"{{aid}}.start.{{sandbox}}.{{time.time_ns()}}"), "w").close()
     time.sleep(float(args.get("sleep", 0)))
     with open(os.path.join(MARKS, f"{{aid}}.end"), "a") as f:
         f.write(args.get("path", "-") + "\\n")
@@ -48,10 +52,21 @@ def main(args):
 
 @pytest.fixture
 def cluster(tmp_path: Path, kafka: KafkaBroker, db_url: str) -> Iterator[Cluster]:
-    cl = Cluster(tmp_path / "cluster", db_url, kafka.bootstrap, env_extra=own_topics(HEADRACE_INVOKER_REVOKE_GRACE="5"))
+    binds = sandbox_binds(tmp_path / "marks", tmp_path / "ordered")
+    env = own_topics(HEADRACE_INVOKER_REVOKE_GRACE="5", **binds)
+    cl = Cluster(tmp_path / "cluster", db_url, kafka.bootstrap, env_extra=env)
     yield cl
     cl.stop()
     (tmp_path / "cluster-logs.txt").write_text(cl.logs())
+
+
+def sandbox_binds(*dirs: Path) -> dict[str, str]:
+    """`dirs`, made and given to the uid the admin's functions run as (HEADRACE_SANDBOX_UID_BASE + 0), bound
+    into their sandboxes: the functions write their marks there."""
+    for d in dirs:
+        d.mkdir(exist_ok=True)
+        os.chown(d, 100_000, 100_000)
+    return {"HEADRACE_SANDBOX_BIND": ",".join(f"admin:{d}" for d in dirs)}
 
 
 def marks_dir(tmp_path: Path) -> Path:
@@ -274,7 +289,7 @@ def main(args):
 
 def test_an_ordered_action_runs_each_path_one_at_a_time_in_event_order(cluster: Cluster, tmp_path: Path) -> None:
     logs = tmp_path / "ordered"
-    logs.mkdir()
+    logs.mkdir(exist_ok=True)
     cluster.controller()
     d, f, *invokers = Cluster.start_all(
         cluster.door(start=False),
@@ -430,7 +445,10 @@ def test_an_activation_queued_without_a_message_is_published_again_by_the_sweep(
 def started_under(role: Role, marks: Path) -> set[str]:
     """Activations whose function has started in a worker process of `role` (and not ended)."""
     assert role.proc is not None
-    pids = {p.pid for p in psutil.Process(role.proc.pid).children(recursive=True)}
+    pids = set()  # the PID namespaces of the role's sandboxes
+    for p in psutil.Process(role.proc.pid).children(recursive=True):
+        with contextlib.suppress(OSError):
+            pids.add(os.stat(f"/proc/{p.pid}/ns/pid").st_ino)
     out = set()
     for f in marks.iterdir():
         parts = f.name.split(".")
@@ -441,7 +459,7 @@ def started_under(role: Role, marks: Path) -> set[str]:
 
 def test_without_kafka_the_controller_runs_the_feed_and_a_frontend_refuses_invokes(tmp_path: Path, db_url: str) -> None:
     marks = marks_dir(tmp_path)
-    cl = Cluster(tmp_path / "plain", db_url)  # no Kafka anywhere
+    cl = Cluster(tmp_path / "plain", db_url, env_extra=sandbox_binds(marks))  # no Kafka anywhere
     try:
         cl.controller()
         d, f = Cluster.start_all(cl.door(start=False), cl.frontend(start=False))
