@@ -249,3 +249,22 @@ def test_a_concurrent_worker_runs_several_activations_and_keeps_their_logs_apart
             f"stdout: partial {n}",
             f"stdout: start {n}",
         ]
+
+
+def test_where_no_cgroup_is_writable_rlimits_still_hold_the_import(tmp_path: Path) -> None:
+    from headrace.functions.sandbox import RlimitOnly, Sandbox
+
+    (tmp_path / "__main__.py").write_text("HOG = b'x' * (700 * 1024 * 1024)\ndef main(args):\n    return {}\n")
+    sandbox = Sandbox()
+    sandbox._limits = RlimitOnly()  # as on a host whose cgroups are not delegated to the server
+
+    async def go() -> Outcome:
+        pool = ActionPool(ActionSpec("ns/a@1", tmp_path, memory_mb=128), sandbox)
+        try:
+            return await pool.run(request())
+        finally:
+            await pool.close()
+
+    out = run(go)
+    assert out.status == 2 and "exceeded its memory limit of 128 MB while loading" in out.result["error"]
+    assert sandbox.annotation() == {"isolation": "bubblewrap", "limits": "rlimit"}
