@@ -265,3 +265,13 @@ def test_delivery_rule_judges_each_side_by_directory_permissions_read_once_per_b
         dirs.load(conn, dirs.needed(later))
     assert dirs.queries == 2
     assert [sides(user, dirs, e) for e in later if e.kind is EventKind.CLOSE_WRITE] == [(False, True)]
+    # a change above a known directory: the chain is read again, not judged with a gap in it
+    start = log.head() + 1
+    ns.chmod("/acc", ROOT, 0o700)
+    upload(service, "/acc/shut/hidden.txt")
+    hidden = log.read_from(start)
+    with service.db.reader.connect() as conn:
+        dirs.load(conn, dirs.needed(hidden))
+    assert dirs.queries == 3
+    assert [sides(user, dirs, e) for e in hidden if e.kind is EventKind.CLOSE_WRITE] == [(False, False)]
+    assert [sides(Reader(ROOT), dirs, e) for e in hidden if e.kind is EventKind.CLOSE_WRITE] == [(False, True)]

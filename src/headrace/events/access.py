@@ -132,12 +132,26 @@ class Directories:
         for ev in batch:
             if ev.is_dir and ev.kind in (EventKind.ATTRIB, EventKind.MOVE, EventKind.CREATE):
                 self.known.pop(ev.inode_id, None)
-        want = set()
+        want: set[int] = set()
+        complete: set[int] = set()  # directories whose whole chain up to the root is known
         for ev in batch:
             for d in (ev.parent_id, ev.old_parent_id):
-                if d is not None and d not in self.known:
-                    want.add(d)
+                if d is not None and d not in complete and d not in want:
+                    if self._chain_known(d):
+                        complete.add(d)
+                    else:
+                        want.add(d)  # read with its ancestors: one forgotten above it counts too
         return sorted(want)
+
+    def _chain_known(self, dir_id: int) -> bool:
+        d = self.known.get(dir_id)
+        for _ in range(100_000):
+            if d is None:
+                return False
+            if d.parent_id is None:
+                return True
+            d = self.known.get(d.parent_id)
+        return False
 
     def load(self, conn: Connection, ids: list[int]) -> None:
         """Read directories `ids` and every directory above them (one recursive query)."""
