@@ -190,6 +190,13 @@ class Door:
                     gone = IncompleteUpload("The request body ended early or could not be read")
                     await error_response(gone)(scope, receive, tracking_send)
             return
+        except Exception:
+            # The HTTP server logs nothing of an exception that escapes (its log is off) and answers in plain
+            # text: log what broke, and answer in dCache's shape if nothing was sent yet.
+            log.exception("%s %s: internal error", method, scope.get("path"))
+            if started:
+                return
+            response = error_response(HeadraceError("The server could not complete the request"))
         if response is not None:
             await response(scope, receive, tracking_send)
 
