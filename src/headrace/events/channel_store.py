@@ -1,6 +1,7 @@
 """Where channels live between server starts: one small JSON file per channel for what it is (owner, the
-confinement of the credential that made it, client-id, timeout, subscriptions) and an append-only journal for what it holds (its numbered events,
-how far into the event log it has read, and the last id sent to a client).
+confinement of the credential that made it, client-id, timeout, subscriptions) and an append-only journal
+for what it holds (its numbered events, how far into the event log it has read, and the last id sent to a
+client).
 
 The journal is appended once per dispatch batch, not fsynced: a killed process loses nothing (the page
 cache keeps it), and what a power cut loses is re-derived from the event log on the next start, with the
