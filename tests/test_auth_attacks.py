@@ -155,6 +155,14 @@ def test_the_cause_of_a_change_comes_from_the_token_alone(server: Server, user2:
     derived = mint(server, None, "/shared", bearer=minted)
     assert http("PUT", f"{server.door_url}/shared/c5", content=b"x", headers=bearer(derived)).status_code == 201
     assert _cause_of(server, "/shared/c5") == [(aid,)]
+    # the frontend's namespace API the same: a change names the token's cause, never the header's
+    chmod = {"action": "chmod", "mode": 0o640}
+    before = query(server.data, 'SELECT max("offset") FROM events')[0][0]
+    for token, path in ((own, "/shared/c2"), (minted, "/shared/c4")):
+        r = http("POST", f"{server.api_url}/api/v1/namespace{path}", json=chmod, headers={**headers, **bearer(token)})
+        assert r.status_code == 200, r.text
+    causes = query(server.data, "SELECT path, cause FROM events WHERE \"offset\" > :o AND kind = 'ATTRIB'", o=before)
+    assert sorted(causes) == [("/shared/c2", None), ("/shared/c4", aid)]
 
 
 def test_a_removed_user_s_token_is_refused(server: Server) -> None:

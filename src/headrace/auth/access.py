@@ -37,6 +37,13 @@ class Principal:
     def root(self) -> str:
         return self.restrictions.root if self.restrictions else "/"
 
+    @property
+    def cause(self) -> str | None:
+        """The activation the changes of this request are made for, so that their events name it and
+        activation chains can be cut: the `cause:` caveat of a token the server minted for that activation.
+        Nothing a client says counts (an `X-Headrace-Cause` header, which anyone may send, is ignored)."""
+        return self.restrictions.cause if self.restrictions else None
+
     def internal(self, path: str) -> str:
         """The namespace path for a path as this principal names it (a `root:` caveat shifts the view)."""
         path = normalize(path)

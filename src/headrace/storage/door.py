@@ -102,11 +102,8 @@ class Call:
 
     @property
     def cause(self) -> str | None:
-        """The activation a change is made for, so that its events name it and activation chains can be cut:
-        the `cause:` caveat of the token the server minted for that activation. Nothing a client says counts
-        (an `X-Headrace-Cause` header, which anyone may send, is ignored)."""
-        r = self.principal.restrictions
-        return r.cause if r is not None else None
+        """The activation a change is made for (`Principal.cause`: from the token, never a header)."""
+        return self.principal.cause
 
     def href(self, path: str, is_dir: bool) -> str:
         return dav.href_for(self.principal.external(path), is_dir)

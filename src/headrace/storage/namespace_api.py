@@ -133,7 +133,7 @@ def router(service: StorageService) -> APIRouter:
             name = _str(body, "name")
             target = join(path, check_name(name))
             principal.check("MANAGE", target)
-            await db.write(ns.mkdir, target, subject)
+            await db.write(ns.mkdir, target, subject, cause=principal.cause)
         elif action == "mv":
             fields("destination")
             dest = _str(body, "destination")
@@ -142,19 +142,19 @@ def router(service: StorageService) -> APIRouter:
             )
             principal.check("MANAGE", path)
             principal.check("MANAGE", target)
-            _, blobs, _ = await db.write(ns.rename, path, target, subject, posix=True)
+            _, blobs, _ = await db.write(ns.rename, path, target, subject, posix=True, cause=principal.cause)
             await service.drop_blobs(blobs)
         elif action == "qos":
             fields("target")
             principal.check("UPDATE_METADATA", path)
-            await db.write(ns.set_qos, path, subject, _str(body, "target"))
+            await db.write(ns.set_qos, path, subject, _str(body, "target"), cause=principal.cause)
         elif action == "chmod":
             fields("mode")
             mode = body.get("mode")
             if not isinstance(mode, int) or isinstance(mode, bool):
                 raise BadRequest("mode must be an integer")
             principal.check("UPDATE_METADATA", path)
-            await db.write(ns.chmod, path, subject, mode)
+            await db.write(ns.chmod, path, subject, mode, cause=principal.cause)
         elif action == "chown":
             fields("uid", "gid")
             ids = {k: body.get(k) for k in ("uid", "gid")}
@@ -163,7 +163,7 @@ def router(service: StorageService) -> APIRouter:
             ):
                 raise BadRequest("chown needs uid and/or gid as non-negative integers")
             principal.check("UPDATE_METADATA", path)
-            await db.write(ns.chown, path, subject, ids["uid"], ids["gid"])
+            await db.write(ns.chown, path, subject, ids["uid"], ids["gid"], cause=principal.cause)
         elif action == "set-xattr":
             fields("attributes", "mode")
             attrs = body.get("attributes")
@@ -173,20 +173,20 @@ def router(service: StorageService) -> APIRouter:
             if how not in ("CREATE", "MODIFY", "EITHER"):
                 raise BadRequest("mode must be CREATE, MODIFY or EITHER")
             principal.check("UPDATE_METADATA", path)
-            await db.write(ns.set_xattrs, path, subject, attrs, how=how)
+            await db.write(ns.set_xattrs, path, subject, attrs, how=how, cause=principal.cause)
         elif action == "rm-xattr":
             fields("names")
             names = body.get("names")
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise BadRequest("names must be a list of strings")
             principal.check("UPDATE_METADATA", path)
-            await db.write(ns.remove_xattrs, path, subject, names)
+            await db.write(ns.remove_xattrs, path, subject, names, cause=principal.cause)
         elif action in ("set-label", "rm-label"):
             fields("label")
             label = _str(body, "label")
             principal.check("UPDATE_METADATA", path)
             add, rm = ([label], []) if action == "set-label" else ([], [label])
-            await db.write(ns.set_labels, path, subject, add, rm)
+            await db.write(ns.set_labels, path, subject, add, rm, cause=principal.cause)
         else:
             raise BadRequest(f"Unknown action: {action!r}")
         return SUCCESS
@@ -196,7 +196,7 @@ def router(service: StorageService) -> APIRouter:
         path = _path(request, principal)
         principal.check("DELETE", path)
         recursive = _flag(request, "recursive")
-        blobs = await db.write(ns.delete, path, principal.subject, recursive=recursive)
+        blobs = await db.write(ns.delete, path, principal.subject, recursive=recursive, cause=principal.cause)
         await service.drop_blobs(blobs)
         return SUCCESS
 
