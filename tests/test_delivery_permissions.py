@@ -270,6 +270,15 @@ def test_channel_subscription_and_metronome_limits(
         _problem(api2.post(metro, json={"delay": 60}), 429, "Too many subscriptions: at most 64 per channel")
         _problem(api2.post(f"{ch}/subscriptions/inotify", json={"path": "/"}), 429, "Too many subscriptions")
         assert api2.delete(ch).status_code == 204
+        # recursive watches per user: each is matched against every event of the server
+        chans = [_channel(api2) for _ in range(17)]
+        for c in chans[:16]:
+            _subscribe(api2, c, {"path": "/", "recursive": True})
+        r = api2.post(f"{chans[16]}/subscriptions/inotify", json={"path": "/", "recursive": True})
+        _problem(r, 429, "Too many recursive watches: at most 16 per user")
+        _subscribe(api2, chans[16], {"path": "/"})  # a plain watch is still fine
+        for c in chans:
+            assert api2.delete(c).status_code == 204
         # channels per user (dCache's 128)
         made = [_channel(api2) for _ in range(128 - len(api2.get(f"{EV}/channels").json()))]
         _problem(api2.post(f"{EV}/channels"), 429, "Too many channels")

@@ -93,6 +93,8 @@ class Settings:
     channels_per_user: int = 128
     #: Subscriptions one event channel may hold at once.
     subscriptions_per_channel: int = 64
+    #: Recursive watches one user may hold at once (each is matched against every event).
+    recursive_watches_per_user: int = 16
     #: Metronome subscriptions: ticks per second each (dCache: up to 1 MHz), and a user's together.
     metronome_max_hz: float = 100.0
     metronome_user_hz: float = 1000.0
@@ -169,6 +171,7 @@ class Settings:
             auth_failure_window=float(os.environ.get("HEADRACE_AUTH_FAILURE_WINDOW") or 60),
             channels_per_user=_env_int("HEADRACE_CHANNELS_PER_USER", 128),
             subscriptions_per_channel=_env_int("HEADRACE_SUBSCRIPTIONS_PER_CHANNEL", 64),
+            recursive_watches_per_user=_env_int("HEADRACE_RECURSIVE_WATCHES_PER_USER", 16),
             metronome_max_hz=float(os.environ.get("HEADRACE_METRONOME_MAX_HZ") or 100.0),
             metronome_user_hz=float(os.environ.get("HEADRACE_METRONOME_USER_HZ") or 1000.0),
             metronome_max_message=_env_int("HEADRACE_METRONOME_MAX_MESSAGE", 1024),

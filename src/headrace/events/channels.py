@@ -13,8 +13,9 @@ Every event is checked at delivery against the rights of the channel's owner and
 credential that made the channel (events.access: the same rule as the storage feed's); a channel can be used
 only by its owner, and by a confined credential only if it made the channel under the same confinement.
 
-Bounds (one user cannot exhaust what all share): channels per user, subscriptions per channel, metronome
-frequency (each, and summed over a user's metronomes) and message size; each refusal is a precise 4xx.
+Bounds (one user cannot exhaust what all share): channels per user, subscriptions per channel, recursive
+watches per user (each is matched against every event), metronome frequency (each, and summed over a user's
+metronomes) and message size; each refusal is a precise 4xx.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ HELD = 16383  # events a channel keeps for replay (dCache's figure)
 QUEUE_LIMIT = 1000  # unsent events per subscription before IN_Q_OVERFLOW (dCache's figure)
 TIMEOUT_DEFAULT, TIMEOUT_MIN, TIMEOUT_MAX = 300, 1, 86400
 SUBSCRIPTIONS_PER_CHANNEL = 64
+RECURSIVE_PER_USER = 16  # recursive watches are matched against every event: a user's are bounded
 METRONOME_USER_HZ = 1000.0  # a user's metronomes together, ticks per second
 CHECKPOINT_SECONDS = 2.0
 
@@ -245,6 +247,7 @@ class ChannelManager:
         *,
         per_user: int = 128,
         subscriptions_per_channel: int = SUBSCRIPTIONS_PER_CHANNEL,
+        recursive_per_user: int = RECURSIVE_PER_USER,
         metronome_max_hz: float = METRONOME_MAX_HZ,
         metronome_max_message: int = METRONOME_MAX_MESSAGE,
         metronome_user_hz: float = METRONOME_USER_HZ,
@@ -254,6 +257,7 @@ class ChannelManager:
         self.store = ChannelStore(directory, held=HELD)
         self.per_user = per_user
         self.subscriptions_per_channel = subscriptions_per_channel
+        self.recursive_per_user = recursive_per_user
         #: The most metronome ticks per second one subscription may ask for, and one user's metronomes together.
         self.metronome_max_hz = metronome_max_hz
         self.metronome_max_message = metronome_max_message
@@ -413,6 +417,8 @@ class ChannelManager:
                 self._save_meta(ch)
                 return sub, False
         self._room_for_one(ch)
+        if sel.recursive and sum(1 for w in self.recursive if w.channel.owner == ch.owner) >= self.recursive_per_user:
+            raise TooManyRequests(f"Too many recursive watches: at most {self.recursive_per_user} per user")
         since = await self.log.db.read(self.log.head)
         sid = new_id(12)
         w = Watch(

@@ -37,6 +37,7 @@ class FrontendRole:
             channels_dir,
             per_user=settings.channels_per_user,
             subscriptions_per_channel=settings.subscriptions_per_channel,
+            recursive_per_user=settings.recursive_watches_per_user,
             metronome_max_hz=settings.metronome_max_hz,
             metronome_user_hz=settings.metronome_user_hz,
             metronome_max_message=settings.metronome_max_message,
