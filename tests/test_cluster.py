@@ -11,6 +11,7 @@ cut by the kill may have started twice, no more), and every invoker, the restart
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -26,7 +27,7 @@ import pytest
 from cluster_harness import AUTH, Cluster, Role, api, deploy, own_topics
 from harness import client, wait_for
 from sse_reader import SseReader
-from test_kafka_invokers import mark_code, records, runs, wait_done
+from test_kafka_invokers import mark_code, records, runs, sandbox_binds, wait_done
 
 if TYPE_CHECKING:
     from kafka_harness import KafkaBroker
@@ -53,7 +54,7 @@ def cluster(tmp_path: Path, kafka: KafkaBroker, postgres: PostgresCluster) -> It
         tmp_path / "cluster",
         postgres.create_database(),
         kafka.bootstrap,
-        env_extra=own_topics(HEADRACE_POOL_HEARTBEAT="0.5"),
+        env_extra=own_topics(HEADRACE_POOL_HEARTBEAT="0.5", **sandbox_binds(tmp_path / "marks")),
     )
     yield cl
     cl.stop()
@@ -132,8 +133,7 @@ def finish(threads: list[Uploader]) -> int:
 def test_a_cluster_loses_no_event_and_no_activation_when_an_invoker_and_a_door_die(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = tmp_path / "marks"  # made, and bound into the functions' sandboxes, by the fixture
     cluster.controller()
     pools = Cluster.start_all(cluster.pool("p1", start=False), cluster.pool("p2", start=False))
     roles = Cluster.start_all(
@@ -161,8 +161,11 @@ def test_a_cluster_loses_no_event_and_no_activation_when_an_invoker_and_a_door_d
     wait_for(lambda: all(i.health()["finished"] >= 2 for i in invokers), "every invoker to run some", 60)
     victim = invokers[2]
     assert victim.proc is not None
-    # the processes whose runs the kill cuts: the invoker, its zygotes and their workers
-    victim_pids = {victim.proc.pid} | {c.pid for c in psutil.Process(victim.proc.pid).children(recursive=True)}
+    # the processes whose runs the kill cuts: the invoker's sandboxes (the marks name their PID namespaces)
+    victim_pids = set()
+    for c in psutil.Process(victim.proc.pid).children(recursive=True):
+        with contextlib.suppress(OSError):
+            victim_pids.add(os.stat(f"/proc/{c.pid}/ns/pid").st_ino)
     victim.kill()
     door_b.kill()
     time.sleep(1.0)
