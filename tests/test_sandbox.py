@@ -176,6 +176,7 @@ def test_the_function_sees_no_secret_file_or_other_namespace(server: Server, api
         str(server.data / "functions" / "admin"),
         str(server.data / "functions" / "admin" / "admins-action"),
         f"/proc/{server.proc.pid if server.proc else 1}/environ",
+        __file__,  # the server's working directory (this checkout): only its Python parts are shown
     ]
     seen = result(api2, "probe", what="read", paths=secrets)
     assert all(v.startswith("refused") for v in seen.values()), seen

@@ -603,7 +603,10 @@ class Sandbox:
 
         source = Path(headrace.__file__).resolve().parent.parent
         must = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix), Path(sys.base_exec_prefix), source]
-        maybe = [Path(p) for p in sys.path if p and os.path.isabs(p)]
+        # what `site` adds (.pth entries such as an editable install's source); not the server's own script
+        # directory or working directory (sys.path[0]) nor its PYTHONPATH, which the zygote does not get
+        skip = {sys.path[0] if sys.path else "", os.getcwd(), *os.environ.get("PYTHONPATH", "").split(os.pathsep)}
+        maybe = [Path(p) for p in sys.path if p and os.path.isabs(p) and p not in skip]
         chosen: list[Path] = []
         for i, p in enumerate(must + maybe):
             if not p.exists():
