@@ -136,9 +136,15 @@ def make_engine(url: str, *, durable: bool = True, writer: bool = True, pool_siz
     return engine
 
 
-def refused(exc: DataError) -> BadRequest:
+#: The largest integer either database stores or compares (BIGINT; SQLite's INTEGER): SQLite's driver raises
+#: OverflowError for a larger one, which `refused` answers; a check before a response starts names the bound.
+MAX_INTEGER = 2**63 - 1
+
+
+def refused(exc: DataError | OverflowError) -> BadRequest:
     """A value the database cannot store is the request's fault: 400, not 500. PostgreSQL refuses a string
-    longer than its column, a NUL character in text, an integer out of its column's range; SQLite takes them."""
+    longer than its column, a NUL character in text, an integer out of its column's range; SQLite takes them,
+    but its driver cannot bind an integer past 64 bits (OverflowError)."""
     reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     return BadRequest(f"The database cannot store a value of this request: {reason}")
 
@@ -303,7 +309,7 @@ class GroupCommit:
                 try:
                     with conn.begin_nested():
                         outcomes.append((True, fn(conn, *args, **kwargs)))
-                except DataError as exc:
+                except (DataError, OverflowError) as exc:
                     outcomes.append((False, refused(exc)))
                 except Exception as exc:
                     outcomes.append((False, exc))
@@ -362,7 +368,7 @@ class Database:
         call = functools.partial(ctx.run, fn, *args, **kwargs)
         try:
             return await loop.run_in_executor(executor, call)
-        except DataError as exc:
+        except (DataError, OverflowError) as exc:
             raise refused(exc) from exc
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from headrace.auth.access import Principal
+from headrace.db.engine import MAX_INTEGER
 from headrace.errors import BadRequest
 from headrace.http_common import principal_of
 from headrace.storage.namespace import Inode
@@ -76,8 +77,8 @@ def router(service: StorageService) -> APIRouter:
             offset = int(request.query_params.get("offset", "0") or 0)
         except ValueError as exc:
             raise BadRequest("limit and offset must be integers") from exc
-        if limit < 0 or offset < 0:
-            raise BadRequest("limit and offset must not be negative")
+        if not (0 <= limit <= MAX_INTEGER and 0 <= offset <= MAX_INTEGER):  # checked before the listing streams
+            raise BadRequest(f"limit and offset must be between 0 and {MAX_INTEGER}")
         principal.check("LIST" if children else "READ_METADATA", path)
         node = await db.read(ns.stat, path, principal.subject, xattr=flags["xattr"], label=want_labels)
         head = render(node, name=False, **flags)
