@@ -336,7 +336,11 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         namespace = namespace_of(p, ns)
         return JSONResponse(records.action(await delete_entity("actions", namespace, name)))
 
-    @api.post(PREFIX + "/{ns}/actions/{name}", summary="Invoke an action (?blocking=true waits for its record)")
+    @api.post(
+        PREFIX + "/{ns}/actions/{name}",
+        summary="Invoke an action (?blocking=true waits for its record)",
+        responses={202: {"description": "Queued: its activation id"}, 502: {"description": "The action failed"}},
+    )
     async def invoke(
         ns: str,
         name: str,
@@ -452,7 +456,11 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         namespace = namespace_of(p, ns)
         return JSONResponse(records.trigger(await delete_entity("triggers", namespace, name)))
 
-    @api.post(PREFIX + "/{ns}/triggers/{name}", summary="Fire a trigger: 202 with its activation, 204 if no rule")
+    @api.post(
+        PREFIX + "/{ns}/triggers/{name}",
+        summary="Fire a trigger: 202 with its activation, 204 if no rule",
+        responses={202: {"description": "Fired: its activation id"}, 204: {"description": "No active rule"}},
+    )
     async def fire(ns: str, name: str, request: Request, p: Principal = authenticated) -> Response:
         namespace = namespace_of(p, ns)
         payload = await _body(request, max_bytes=MAX_PARAMETERS_BYTES)
