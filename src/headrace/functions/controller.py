@@ -28,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
-import json
 import logging
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +42,8 @@ from headrace.db.schema import fn_activations, state
 from headrace.errors import NotFound
 from headrace.events.access import Directories, Reader
 from headrace.events.model import StorageEvent
-from headrace.functions import feed
-from headrace.functions.invoker import ActionPool, Outcome
+from headrace.functions import engine, feed
+from headrace.functions.invoker import ActionPool
 from headrace.functions.messages import Publisher
 from headrace.functions.model import STORAGE_FEED, FeedFilter, as_dict, feed_filter
 from headrace.functions.runner import (
@@ -55,27 +53,16 @@ from headrace.functions.runner import (
     default_worker_cap,
     internal,
     next_runnable,
-    record_of,
 )
-from headrace.functions.store import FunctionStore, new_activation_id, now_ms
-from headrace.metrics import EVENT_CONSUMER_LAG, FN_ACTIVATIONS, FN_COLD_STARTS, FN_LATENCY
+from headrace.functions.store import FunctionStore, now_ms
+from headrace.metrics import EVENT_CONSUMER_LAG
 from headrace.storage.service import StorageService
 
 log = logging.getLogger("headrace.functions")
 
 POSITION = "functions-controller-offset"
-BACKOFF_BASE_MS = 500
-BACKOFF_MAX_MS = 5 * 60_000
 
-__all__ = [
-    "ActionQueue",
-    "Controller",
-    "activation_row",
-    "backoff_ms",
-    "default_worker_cap",
-    "fire_plan",
-    "status_label",
-]
+__all__ = ["ActionQueue", "Controller", "default_worker_cap"]
 
 
 @dataclass
@@ -84,77 +71,6 @@ class FeedTrigger:
     name: str
     filter: FeedFilter
     parameters: dict[str, Any]
-
-
-def backoff_ms(attempt: int) -> int:
-    """Full-jitter exponential backoff before attempt `attempt + 1`."""
-    ceiling = min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** max(0, attempt - 1))
-    return int(ceiling / 2 + random.random() * ceiling / 2)
-
-
-def activation_row(
-    a: dict[str, Any] | None, namespace: str, action: str, args: dict[str, Any], *, depth: int = 0
-) -> dict[str, Any] | None:
-    """A new queued activation of the action row `a` (None if there is no such action)."""
-    if a is None:
-        return None
-    retries = int(a["scaling"].get("retries", 2))
-    stamp = now_ms()
-    return {
-        "activation_id": new_activation_id(),
-        "namespace": namespace,
-        "name": action,
-        "version": f"0.0.{a['version']}",
-        "subject": namespace,
-        "state": "queued",
-        "created": stamp,
-        "not_before": stamp,
-        "annotations": [],
-        "args": args,
-        "attempt": 1,
-        "max_attempts": retries + 1,
-        "depth": depth,
-    }
-
-
-def fire_plan(
-    namespace: str,
-    trigger: dict[str, Any],
-    payload: dict[str, Any],
-    rules: list[dict[str, Any]],
-    actions: dict[tuple[str, str], dict[str, Any]],
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Firing a trigger: its own (finished) activation record, and one queued activation per active rule."""
-    trigger_id = new_activation_id()
-    args = {**as_dict(trigger["parameters"]), **payload}
-    rows = []
-    logs = []
-    for rule in rules:
-        row = activation_row(actions.get((namespace, rule["action"])), namespace, rule["action"], args)
-        if row is None:
-            logs.append(_rule_log(rule, None, 3, f"action {rule['action']} not found"))
-            continue
-        row.update(rule=rule["name"], trigger=trigger["name"], cause=trigger_id)
-        rows.append(row)
-        logs.append(_rule_log(rule, row["activation_id"], 0, None))
-    stamp = now_ms()
-    record = {
-        "activation_id": trigger_id,
-        "namespace": namespace,
-        "name": trigger["name"],
-        "entity": "trigger",
-        "version": f"0.0.{trigger['version']}",
-        "subject": namespace,
-        "state": "done",
-        "created": stamp,
-        "not_before": stamp,
-        "start": stamp,
-        "end": stamp,
-        "status_code": 0,
-        "result": args,
-        "logs": logs,
-    }
-    return record, rows
 
 
 class Controller:
@@ -471,7 +387,7 @@ class Controller:
     def _activation_row(
         self, namespace: str, action: str, args: dict[str, Any], *, depth: int = 0
     ) -> dict[str, Any] | None:
-        return activation_row(self.actions.get((namespace, action)), namespace, action, args, depth=depth)
+        return engine.activation_row(self.actions.get((namespace, action)), namespace, action, args, depth=depth)
 
     def _enqueue_memory(self, row: dict[str, Any]) -> None:
         if self.publisher is not None:
@@ -492,11 +408,7 @@ class Controller:
         self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None
     ) -> tuple[str, asyncio.Future[dict[str, Any]]]:
         """Queue one activation of `action` (no retries, as OpenWhisk); its id and a future of its record."""
-        row = self._activation_row(namespace, action, params)
-        if row is None:
-            raise LookupError(action)
-        row["max_attempts"] = 1
-        row["cause"] = cause
+        row = engine.invocation_row(self.actions.get((namespace, action)), namespace, action, params, cause)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.waiters[row["activation_id"]] = (namespace, fut)
         await self.db.group.run(self.store.enqueue_in, row)
@@ -509,7 +421,7 @@ class Controller:
         rules = self.rules.get((namespace, trigger["name"]), [])
         if not rules:
             return None
-        record, rows = fire_plan(namespace, trigger, payload, rules, self.actions)
+        record, rows = engine.fire_plan(namespace, trigger, payload, rules, self.actions)
         trigger_id = str(record["activation_id"])
 
         def write(conn: Connection) -> None:
@@ -606,12 +518,9 @@ class Controller:
     async def _attempt(self, key: tuple[str, str], row: dict[str, Any]) -> None:
         action = self.actions.get(key)
         aid = row["activation_id"]
-        if action is None:
-            await self._finish(row, "dead", internal(f"The action {key[1]} does not exist (any more).", code=2))
-            return
-        max_age = float(action["scaling"].get("maxEventAge", 6 * 3600)) * 1000
-        if row.get("event_time") and now_ms() - int(row["event_time"]) > max_age:
-            await self._finish(row, "dead", internal("The event is older than the action's maxEventAge.", code=2))
+        refused = engine.refusal(action, key[1], row)
+        if action is None or refused is not None:
+            await self._finish(row, "dead", refused or {})
             return
         start = now_ms()
         # Recorded while the function already runs: a crash before this commits leaves the activation queued,
@@ -623,29 +532,20 @@ class Controller:
             outcome = await self.runner.execute(action, aid, row["args"], start)
         finally:
             await running
-        FN_LATENCY.labels(action["name"]).observe((outcome.end - outcome.start) / 1000)
-        if outcome.cold:
-            FN_COLD_STARTS.labels(action["name"]).inc()
-        record = record_of(action, row, outcome)
-        if outcome.status != 0 and row["attempt"] < row["max_attempts"]:
-            wait = backoff_ms(row["attempt"])
-            row["attempt"] += 1
-            row["not_before"] = now_ms() + wait
-            record.update(state="queued", not_before=row["not_before"], attempt=row["attempt"])
-            await self.db.group.run(self.store.update_in, aid, **record)
-            FN_ACTIVATIONS.labels(action["name"], "retried").inc()
+        settled = engine.settle(action, row, outcome)
+        if settled.retry:
+            await self.db.group.run(self.store.update_in, aid, **settled.values)
+            engine.count_retry(action["name"])
+            row["attempt"] = settled.values["attempt"]
+            row["not_before"] = settled.values["not_before"]
             self._enqueue_memory(row)
             return
-        # a direct invoke (no rule) is OpenWhisk's: done whatever its outcome; an event's goes to dead letters
-        final = "done" if outcome.status == 0 or not row.get("rule") else "dead"
-        await self._finish(row, final, record, outcome)
+        await self._finish(row, settled.state, settled.values)
 
-    async def _finish(
-        self, row: dict[str, Any], final: str, record: dict[str, Any], outcome: Outcome | None = None
-    ) -> None:
+    async def _finish(self, row: dict[str, Any], final: str, record: dict[str, Any]) -> None:
         record = {**record, "state": final}
         await self.db.group.run(self.store.update_in, row["activation_id"], **record)
-        FN_ACTIVATIONS.labels(row["name"], status_label(int(record.get("status_code") or 0), final)).inc()
+        engine.count_final(row["name"], record)
         _, fut = self.waiters.pop(row["activation_id"], (None, None))
         if fut is not None and not fut.done():
             fut.set_result({**row, **record})
@@ -665,23 +565,3 @@ class Controller:
     async def autoscale(self) -> None:
         await self.runner.autoscale(self.actions, self.queues)
 
-
-def status_label(code: int, final: str) -> str:
-    """The `outcome` label of FN_ACTIVATIONS for a finished activation."""
-    if final == "dead":
-        return "dead"
-    return {0: "success", 1: "application_error", 2: "developer_error"}.get(code, "internal_error")
-
-
-def _rule_log(rule: dict[str, Any], activation_id: str | None, code: int, error: str | None) -> str:
-    entry: dict[str, Any] = {
-        "statusCode": code,
-        "success": code == 0,
-        "rule": f"{rule['namespace']}/{rule['name']}",
-        "action": f"{rule['namespace']}/{rule['action']}",
-    }
-    if activation_id:
-        entry["activationId"] = activation_id
-    if error:
-        entry["error"] = error
-    return json.dumps(entry, separators=(",", ":"))

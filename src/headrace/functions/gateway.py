@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from headrace.db.engine import Database
-from headrace.functions.controller import activation_row, fire_plan
+from headrace.functions.engine import fire_plan, invocation_row
 from headrace.functions.kafka_transport import ActivationPublisher, ResultWaiters
 from headrace.functions.store import FunctionStore
 
@@ -75,11 +75,9 @@ class RemoteFunctions:
         self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None
     ) -> tuple[str, asyncio.Future[dict[str, Any]]]:
         a = await self.db.read(self.store.get, "actions", namespace, action)
-        row = activation_row(a, namespace, action, params)
-        if row is None or a is None:
+        if a is None:
             raise LookupError(action)
-        row["max_attempts"] = 1
-        row["cause"] = cause
+        row = invocation_row(a, namespace, action, params, cause)
         fut = self.results.wait(row["activation_id"], namespace)
         try:
             await self.db.group.run(self.store.enqueue_in, row)

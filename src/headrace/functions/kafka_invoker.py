@@ -55,14 +55,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from headrace.functions import messages
-from headrace.functions.controller import backoff_ms, status_label
+from headrace.functions import engine, messages
 from headrace.functions.invoker import Outcome
 from headrace.functions.kafka_transport import ActivationPublisher, LibrdkafkaLog
 from headrace.functions.records import FINAL_STATES
-from headrace.functions.runner import ActionQueue, Host, Runner, capacity, internal, next_runnable, record_of
+from headrace.functions.runner import ActionQueue, Host, Runner, capacity, internal, next_runnable
 from headrace.functions.store import FunctionStore, now_ms
-from headrace.metrics import FN_ACTIVATIONS, FN_COLD_STARTS, FN_LATENCY
 
 log = logging.getLogger("headrace.invoker")
 
@@ -555,15 +553,9 @@ class KafkaInvoker:
         try:
             action = await self._action(job.namespace, job.name)
             outcome: Outcome | None = None
-            failure: dict[str, Any] | None = None
-            if action is None:
-                failure = internal(f"The action {job.name} does not exist (any more).", 2)
-            elif (
-                row.get("event_time")
-                and now_ms() - int(row["event_time"]) > float(action["scaling"].get("maxEventAge", 6 * 3600)) * 1000
-            ):
-                failure = internal("The event is older than the action's maxEventAge.", 2)
-            elif not job.abandoned:  # (handed back while its claim was being made: not run here)
+            failure = engine.refusal(action, job.name, row)
+            if action is not None and failure is None and not job.abandoned:
+                # (not run if handed back while its claim was being made)
                 outcome = await self.runner.execute(action, job.aid, row["args"], int(row["start"]))
         finally:
             won = await claim if claim is not None else True
@@ -573,23 +565,17 @@ class KafkaInvoker:
         if job.abandoned:  # handed back meanwhile: its row is queued again, this outcome is fenced out
             return
         if failure is not None or action is None or outcome is None:
-            await self._final(job, row, "dead", failure or internal("The action is gone.", 2))
+            await self._final(job, row, {**(failure or internal("The action is gone.", 2)), "state": "dead"})
             return
-        FN_LATENCY.labels(action["name"]).observe((outcome.end - outcome.start) / 1000)
-        if outcome.cold:
-            FN_COLD_STARTS.labels(action["name"]).inc()
-        record = record_of(action, row, outcome)
-        if outcome.status != 0 and int(row["attempt"]) < int(row["max_attempts"]):
-            due = now_ms() + backoff_ms(int(row["attempt"]))
-            record.update(state="queued", not_before=due, attempt=int(row["attempt"]) + 1)
-            if await self._write(job, row, record):
-                FN_ACTIVATIONS.labels(action["name"], "retried").inc()
-                self._later(job, due)
+        settled = engine.settle(action, row, outcome)
+        if settled.retry:
+            if await self._write(job, row, settled.values):
+                engine.count_retry(action["name"])
+                self._later(job, int(settled.values["not_before"]))
             else:
                 self._finish(job)
             return
-        final = "done" if outcome.status == 0 or not row.get("rule") else "dead"
-        await self._final(job, row, final, record, outcome)
+        await self._final(job, row, settled.values)
 
     def _later(self, job: _Job, due: int) -> None:
         """Hold the job (and its offset) until its retry is due."""
@@ -605,13 +591,11 @@ class KafkaInvoker:
             )
         )
 
-    async def _final(
-        self, job: _Job, row: dict[str, Any], final: str, record: dict[str, Any], outcome: Outcome | None = None
-    ) -> None:
-        values = {**record, "state": final}
+    async def _final(self, job: _Job, row: dict[str, Any], values: dict[str, Any]) -> None:
+        """Write the final `values` (their `state` done or dead), fenced; then the notice, if it was ours."""
         if await self._write(job, row, values):
             self.finished += 1
-            FN_ACTIVATIONS.labels(row["name"], status_label(int(values.get("status_code") or 0), final)).inc()
+            engine.count_final(row["name"], values)
             self._notify({**row, **values})
         self._finish(job)
 
