@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import inspect
 import json
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from headrace.auth.access import Principal
+from headrace.auth.access import Authenticator, Principal
+from headrace.db.engine import Database
 from headrace.errors import BadRequest, Forbidden, HeadraceError, NotFound, Unauthorized
 from headrace.events import sse
 from headrace.events.access import Confinement
@@ -27,11 +28,20 @@ from headrace.events.selectors import (
     metronome_selector,
 )
 from headrace.http_common import principal_of
+from headrace.storage.namespace import Namespace
 from headrace.storage.paths import is_within
-from headrace.storage.service import StorageService
 
 PREFIX = "/api/v1/events"
 LIFETIME = {"minimum": TIMEOUT_MIN, "maximum": TIMEOUT_MAX, "default": TIMEOUT_DEFAULT}
+
+
+class Storage(Protocol):
+    """What the API needs of the storage service (`headrace.storage.service.StorageService`, which builds on
+    this package: named by what it offers, not imported, so that the dependency runs one way)."""
+
+    db: Database
+    namespace: Namespace
+    auth: Authenticator
 
 
 def _created(url: str, status: int = 201) -> Response:
@@ -135,7 +145,7 @@ async def _disconnected(receive: Receive) -> None:
             return
 
 
-def router(service: StorageService, manager: ChannelManager) -> APIRouter:
+def router(service: Storage, manager: ChannelManager) -> APIRouter:
     api = APIRouter(tags=["events"])
     authenticate = principal_of(service)
 
@@ -327,7 +337,7 @@ def _check_confined(conf: Confinement | None, internal: str, path: str) -> None:
 
 
 async def _target(
-    service: StorageService, p: Principal, channel: Confinement | None, path: str, *, onlydir: bool
+    service: Storage, p: Principal, channel: Confinement | None, path: str, *, onlydir: bool
 ) -> tuple[int, str]:
     """The inode a watch on `path` (as the principal names it) follows, and its namespace path. 403 outside
     the confinement of the caller's credential or of the one that made the channel; 400 with dCache's

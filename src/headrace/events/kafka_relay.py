@@ -24,20 +24,36 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from headrace.auth.users import Users
+from headrace.config import Settings
+from headrace.db.engine import Database
 from headrace.errors import NotFound
 from headrace.events import billing
+from headrace.events.log import EventLog
 from headrace.events.model import StorageEvent
 from headrace.events.render import cloudevent_json
 from headrace.metrics import KAFKA_RELAY_LAG, KAFKA_RELAY_OFFSET
 
-if TYPE_CHECKING:
-    from headrace.storage.service import StorageService
-
 log = logging.getLogger("headrace.kafka")
+
+
+class Source(Protocol):
+    """What the relay needs of the storage service (`headrace.storage.service.StorageService`, which builds on
+    this package: named by what it offers, not imported, so that the dependency runs one way)."""
+
+    settings: Settings
+    db: Database
+    log: EventLog
+    users: Users
+
+    def get_state(self, name: str) -> str | None: ...
+
+    def set_state(self, name: str, value: str | None) -> None: ...
+
 
 DEFAULT_TOPIC = "headrace-events"
 CLOUDEVENTS_HEADERS: list[tuple[str, str | bytes | None]] = [("content-type", b"application/cloudevents+json")]
@@ -89,7 +105,7 @@ class KafkaRelay:
 
     def __init__(
         self,
-        service: StorageService,
+        service: Source,
         bootstrap: str,
         *,
         topic: str = DEFAULT_TOPIC,
