@@ -15,7 +15,6 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from html import escape as html_escape
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -45,7 +44,12 @@ from headrace.errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from headrace.http import conditionals
+from headrace.http.body import ClientGone, RequestBody, read_small
+from headrace.http.ranges import answer_range, unsatisfiable_headers
+from headrace.http.streaming import can_pathsend, raw_headers, send_fd_range, send_path, watch_disconnect
 from headrace.http_common import (
+    CONTENT_HEADERS,
     acknowledge_lifespan,
     addressed_as,
     authority,
@@ -55,7 +59,6 @@ from headrace.http_common import (
     header,
     header_bytes,
     query_param,
-    watch_disconnect,
 )
 from headrace.metrics import DOOR_BYTES, DOOR_REQUESTS
 from headrace.storage import locks
@@ -63,7 +66,7 @@ from headrace.storage import webdav_xml as dav
 from headrace.storage.checksums import Hasher, format_digest, parse_digest, parse_want_digest
 from headrace.storage.namespace import Blob, CopyItem, Inode
 from headrace.storage.paths import from_destination
-from headrace.storage.pool import READ_CHUNK, ClientGone, Pool, new_blob_name, receive_verified
+from headrace.storage.pool import Pool, new_blob_name, receive_verified
 from headrace.storage.pool_client import PoolUnavailable, PoolUnreachable, RemotePool, Stored
 from headrace.storage.pool_protocol import TOKEN_PARAM, Commit
 from headrace.storage.service import StorageService
@@ -74,10 +77,6 @@ log = logging.getLogger("headrace.door")
 ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, LOCK, UNLOCK, POST"
 #: The largest body of a request other than PUT (PROPFIND/PROPPATCH/LOCK XML, macaroon requests): 413 past it.
 MAX_XML_BODY = 1024 * 1024
-#: On every response carrying a file's content (or a listing): a browser neither guesses an active type for
-#: it nor runs it as a page of the door's origin (an uploaded .html or .svg stays inert: no script, no
-#: forms, an opaque origin without the door's cookies or storage).
-CONTENT_HEADERS = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
 #: Bytes gathered from the client before each write to a pool process.
 REMOTE_BUFFER = 1024 * 1024
 #: A client that sends this (yes) with a PUT asks to be redirected to the pool, as `Expect: 100-continue` does.
@@ -237,17 +236,16 @@ class Door:
             if self.settings.door_redirect:
                 return await self._redirect_read(call, node, remote, headers)
         rng = call.header("range")
+        honoured = conditionals.if_range_holds(call.header("if-range"), node.etag, node.mtime // 1000)
         try:
-            start, length, status = answer_range(
-                rng if rng and self._if_range_ok(call, node) else None, node.size, headers
-            )
+            start, length, status = answer_range(rng if honoured else None, node.size, headers)
         except RangeNotSatisfiable as exc:
-            return error_response(exc, {"Content-Range": f"bytes */{node.size}"})
+            return error_response(exc, unsatisfiable_headers(node.size))
         if head:
             return Response(status_code=status, headers=headers)
         if remote is not None:
             await self._stream_remote(call, node, remote, status, headers, start, length)
-        elif status == 200 and "http.response.pathsend" in (call.scope.get("extensions") or {}):
+        elif status == 200 and can_pathsend(call.scope):
             await self._send_path(call, node, headers)
         else:
             await self._stream_blob(call, node, status, headers, start, length)
@@ -256,31 +254,14 @@ class Door:
 
     def _preconditions(self, call: Call, node: Inode) -> bool:
         """RFC 9110 conditionals for GET/HEAD: raises 412, or returns True for 304 Not Modified."""
-        if_match = call.header("if-match")
-        if if_match and if_match.strip() != "*" and node.etag not in _etags(if_match):
-            raise PreconditionFailed("If-Match does not match the current ETag")
-        ius = call.header("if-unmodified-since")
-        if ius and not if_match:
-            t = _parse_http_date(ius)
-            if t is not None and node.mtime // 1000 > t:
-                raise PreconditionFailed("Modified since If-Unmodified-Since")
-        inm = call.header("if-none-match")
-        if inm:
-            return inm.strip() == "*" or node.etag in _etags(inm)
-        ims = call.header("if-modified-since")
-        if ims:
-            t = _parse_http_date(ims)
-            return t is not None and node.mtime // 1000 <= t
-        return False
-
-    def _if_range_ok(self, call: Call, node: Inode) -> bool:
-        cond = call.header("if-range")
-        if not cond:
-            return True
-        if cond.startswith('"') or cond.startswith("W/"):
-            return cond.strip() == node.etag
-        t = _parse_http_date(cond)
-        return t is not None and node.mtime // 1000 <= t
+        return conditionals.check_read(
+            node.etag,
+            node.mtime // 1000,
+            if_match=call.header("if-match"),
+            if_unmodified_since=call.header("if-unmodified-since"),
+            if_none_match=call.header("if-none-match"),
+            if_modified_since=call.header("if-modified-since"),
+        )
 
     async def _compute_checksums(self, node: Inode, types: set[str]) -> None:
         if node.pool is None or node.blob is None:
@@ -297,14 +278,7 @@ class Door:
         path = self.service.pool(node.pool).blob_path(node.blob)
         if not path.exists():
             raise NotFound(f"Data of {node.path} is missing from pool {node.pool}")
-        await call.send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()],
-            }
-        )
-        await call.send({"type": "http.response.pathsend", "path": str(path)})
+        await send_path(call.send, headers, str(path))
         DOOR_BYTES.labels("out").inc(node.size)
 
     async def _stream_blob(
@@ -312,34 +286,15 @@ class Door:
     ) -> None:
         assert node.pool is not None and node.blob is not None
         pool = self.service.pool(node.pool)
-        loop = asyncio.get_running_loop()
         try:
             fd = pool.open_blob(node.blob)
         except FileNotFoundError as exc:
             raise NotFound(f"Data of {node.path} is missing from pool {node.pool}") from exc
-        gone = asyncio.Event()
-        watcher = asyncio.create_task(watch_disconnect(call.receive, gone))
         try:
-            await call.send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()],
-                }
-            )
-            pos, remaining = start, length
-            if remaining == 0:
-                await call.send({"type": "http.response.body", "body": b"", "more_body": False})
-            while remaining > 0 and not gone.is_set():
-                data = await loop.run_in_executor(None, os.pread, fd, min(READ_CHUNK, remaining), pos)
-                if not data:
-                    raise NotFound(f"Data of {node.path} is shorter than its recorded size")
-                pos += len(data)
-                remaining -= len(data)
-                await call.send({"type": "http.response.body", "body": data, "more_body": remaining > 0})
-            DOOR_BYTES.labels("out").inc(pos - start)
+            short = NotFound(f"Data of {node.path} is shorter than its recorded size")
+            sent = await send_fd_range(call.send, call.receive, status, headers, fd, start, length, short=short)
+            DOOR_BYTES.labels("out").inc(sent)
         finally:
-            watcher.cancel()
             os.close(fd)
 
     # -- pool processes ------------------------------------------------------------------------------------
@@ -374,7 +329,7 @@ class Door:
         """Proxy bytes [start, start+length) from the pool; the response starts only once the pool has answered,
         so that an unreachable pool is a 503, not a cut-off 200."""
         assert node.blob is not None
-        raw = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
+        raw = raw_headers(headers)
         if length == 0:
             await call.send({"type": "http.response.start", "status": status, "headers": raw})
             await call.send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -433,21 +388,11 @@ class Door:
             await self._discard_body(call)
         return Response(status_code=307, headers={"Location": location, "Content-Length": "0"})
 
-    async def _body_message(self, call: Call) -> dict[str, Any]:
-        """The client's next body message; ClientGone if it hung up, IncompleteUpload after the idle timeout."""
-        timeout = self.settings.upload_idle_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                message = dict(await call.receive())
-        except TimeoutError as exc:
-            raise IncompleteUpload(f"No data for {timeout:g} s; upload abandoned") from exc
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        return message
+    def _body(self, call: Call) -> RequestBody:
+        return RequestBody(call.receive, content_length(call.scope), self.settings.upload_idle_timeout)
 
     async def _discard_body(self, call: Call) -> None:
-        while (await self._body_message(call)).get("more_body", False):
-            pass
+        await self._body(call).discard()
 
     async def _upload_remote(
         self, call: Call, remote: RemotePool, types: set[str], length: int | None
@@ -455,28 +400,13 @@ class Door:
         """Stream the request body to a pool process. A pool that cannot be connected to before any byte was
         read from the client is passed over for the next one."""
         started = False
+        request_body = RequestBody(call.receive, length, self.settings.upload_idle_timeout)
 
         async def body() -> AsyncIterator[bytes]:
             nonlocal started
             started = True
-            pieces: list[bytes] = []
-            buffered = received = 0
-            while True:
-                message = await self._body_message(call)
-                chunk = message.get("body", b"")
-                more = message.get("more_body", False)
-                if chunk:
-                    pieces.append(chunk)
-                    buffered += len(chunk)
-                    received += len(chunk)
-                if (buffered >= REMOTE_BUFFER or not more) and pieces:
-                    yield b"".join(pieces)
-                    pieces.clear()
-                    buffered = 0
-                if not more:
-                    break
-            if length is not None and received != length:
-                raise IncompleteUpload(f"Body has {received} bytes, Content-Length says {length}")
+            async for chunk in request_body.chunks(REMOTE_BUFFER):
+                yield chunk
 
         tried: set[str] = set()
         while True:
@@ -548,7 +478,7 @@ class Door:
         if_match = call.header("if-match")
         if if_match and existing is None:
             raise PreconditionFailed("The file does not exist (If-Match)")
-        if if_match and existing is not None and if_match.strip() != "*" and existing.etag not in _etags(if_match):
+        if if_match and existing is not None and not conditionals.if_match_holds(if_match, existing.etag):
             raise PreconditionFailed("If-Match does not match the current ETag")
         try:
             expected = parse_digest(call.header("digest") or "")
@@ -579,10 +509,8 @@ class Door:
         pool = target
         upload = await asyncio.get_running_loop().run_in_executor(self.io, pool.start_upload)
         try:
-            sums = await receive_verified(
-                call.receive, upload, set(want), expected, length,
-                idle_timeout=self.settings.upload_idle_timeout, executor=self.io,
-            )  # fmt: skip
+            body = RequestBody(call.receive, length, self.settings.upload_idle_timeout)
+            sums = await receive_verified(body, upload, set(want), expected, executor=self.io)
             node, old, created = await self.db.group.run(
                 self.ns.commit_upload_in,
                 call.path,
@@ -750,23 +678,7 @@ class Door:
     async def _small_body(self, call: Call) -> bytes:
         """A non-PUT body, whole: 413 past MAX_XML_BODY, 408 when the client sends nothing for `body_timeout`."""
         length = content_length(call.scope)
-        if length is not None and length > MAX_XML_BODY:
-            raise PayloadTooLarge(f"Request body of {length} bytes is over {MAX_XML_BODY} bytes")
-        body = bytearray()
-        timeout = self.settings.body_timeout
-        while True:
-            try:
-                async with asyncio.timeout(timeout):
-                    message = await call.receive()
-            except TimeoutError as exc:
-                raise RequestTimeout(f"No request body data for {timeout:g} s") from exc
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            body += message.get("body", b"")
-            if len(body) > MAX_XML_BODY:
-                raise PayloadTooLarge(f"Request body over {MAX_XML_BODY} bytes")
-            if not message.get("more_body", False):
-                return bytes(body)
+        return await read_small(call.receive, length, limit=MAX_XML_BODY, timeout=self.settings.body_timeout)
 
     def _quota(self) -> tuple[int, int]:
         pools = self.service.pools.values()
@@ -1027,60 +939,6 @@ class Door:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------
-
-
-def _etags(header_value: str) -> set[str]:
-    return {t.strip().removeprefix("W/") for t in header_value.split(",")}
-
-
-def _parse_http_date(value: str) -> int | None:
-    try:
-        return int(parsedate_to_datetime(value).timestamp())
-    except (TypeError, ValueError):
-        return None
-
-
-def parse_range(value: str, size: int) -> tuple[int, int] | None:
-    """(start, length) for a single `bytes=` range; None to ignore it (multiple ranges, other units).
-    Raises RangeNotSatisfiable for a range outside the file."""
-    unit, _, spec = value.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, sep, last = spec.strip().partition("-")
-    if not sep:
-        return None
-    try:
-        if first == "":
-            n = int(last)
-            if n <= 0:
-                raise RangeNotSatisfiable(f"Range {value} is empty")
-            start = max(0, size - n)
-            end = size - 1
-        else:
-            start = int(first)
-            end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if start < 0 or end < start:
-        return None
-    if start >= size:
-        raise RangeNotSatisfiable(f"Range {value} starts beyond the end of the file ({size} bytes)")
-    end = min(end, size - 1)
-    return start, end - start + 1
-
-
-def answer_range(value: str | None, size: int, headers: dict[str, str]) -> tuple[int, int, int]:
-    """(start, length, status) of a read answering the Range header `value` (None: absent, or not honoured
-    because If-Range failed): 206 and Content-Range for one satisfiable range, else 200 and the whole file.
-    Sets Content-Length in `headers`; raises RangeNotSatisfiable (416) for a range outside the file."""
-    parsed = parse_range(value, size) if value else None
-    if parsed is None:
-        headers["Content-Length"] = str(size)
-        return 0, size, 200
-    start, length = parsed
-    headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{size}"
-    headers["Content-Length"] = str(length)
-    return start, length, 206
 
 
 def _dead(xattrs: dict[str, str] | None) -> dict[str, str]:

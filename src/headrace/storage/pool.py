@@ -5,8 +5,8 @@ the namespace commit that makes it visible comes after that rename. So after a c
 without a namespace entry (an orphan, removed by `remove_orphans`), never the reverse.
 
 The same directory layout serves the embedded pool (opened by the door's own process) and a pool process
-of its own (`headrace pool`, see `pool_server`); `receive_into` streams a request body into an upload for
-both (`receive_verified`: with the sent digests checked and the file made durable).
+of its own (`headrace pool`, see `pool_server`); `receive_verified` streams a request body into an upload
+for both, with the sent digests checked and the file made durable.
 """
 
 from __future__ import annotations
@@ -23,19 +23,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from starlette.types import Receive
-
-from headrace.errors import BadRequest, Conflict, IncompleteUpload, InsufficientStorage
+from headrace.errors import BadRequest, Conflict, InsufficientStorage
 from headrace.storage.checksums import Hasher
 
 READ_CHUNK = 1024 * 1024
-WRITE_BUFFER = 1024 * 1024
 BLOB_NAME = re.compile(r"[0-9a-f]{32}")
-
-
-class ClientGone(Exception):
-    """The client hung up before the request body was complete."""
 
 
 def new_blob_name() -> str:
@@ -267,90 +261,41 @@ class Upload:
             self.reserved = 0
 
 
-async def receive_into(
-    receive: Receive,
-    upload: Upload,
-    types: set[str],
-    length: int | None,
-    *,
-    idle_timeout: float,
-    executor: Executor | None = None,
-) -> dict[str, str]:
-    """Stream an ASGI request body into `upload`, hashing as it goes; the checksums.
+class HashingSink:
+    """An upload as the sink of a streamed request body (`headrace.http.body.Sink`): each chunk hashed, then
+    written."""
 
-    Double-buffered: while one chunk of up to WRITE_BUFFER bytes is hashed and written on an I/O thread
-    (zlib, hashlib and os.write release the GIL), the next is received; so at most two chunks are in memory.
-    Raises ClientGone when the client hangs up, IncompleteUpload after `idle_timeout` seconds without data
-    or when the body is shorter than `length`."""
-    hasher = Hasher(types)
-    loop = asyncio.get_running_loop()
-    pieces: list[bytes] = []
-    buffered = 0
-    pending: asyncio.Future[None] | None = None
+    def __init__(self, upload: Upload, types: set[str]) -> None:
+        self.upload = upload
+        self.hasher = Hasher(types)
 
-    def sink(data: bytes) -> None:
-        hasher.update(data)
-        upload.write_raw(data)
+    def reserve_for(self, n: int) -> None:
+        self.upload.reserve_for(n)
 
-    async def flush() -> None:
-        nonlocal pending, buffered
-        data = b"".join(pieces)
-        pieces.clear()
-        buffered = 0
-        if pending is not None:
-            await pending
-        upload.reserve_for(len(data))  # bookkeeping stays on the loop thread
-        pending = loop.run_in_executor(executor, sink, data)
+    def write(self, data: bytes) -> None:
+        self.hasher.update(data)
+        self.upload.write_raw(data)
 
-    try:
-        async with asyncio.timeout(None) as idle:
-            while True:
-                # One timer rescheduled per chunk: asyncio.wait_for would cost a task per chunk.
-                idle.reschedule(loop.time() + idle_timeout)
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone()
-                body = message.get("body", b"")
-                if body:
-                    pieces.append(body)
-                    buffered += len(body)
-                    if buffered >= WRITE_BUFFER:
-                        await flush()
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError as exc:
-        raise IncompleteUpload(f"No data for {idle_timeout:g} s; upload abandoned") from exc
-    finally:
-        if pending is not None and not pending.done():
-            # Never leave a write running against a file that abort() is about to remove.
-            await asyncio.shield(pending)
-    if pieces:
-        await flush()
-    if pending is not None:
-        await pending
-    if length is not None and upload.size != length:
-        raise IncompleteUpload(f"Body has {upload.size} bytes, Content-Length says {length}")
-    return hasher.values()
+
+class Body(Protocol):
+    """A request body that streams itself into a sink (`headrace.http.body.RequestBody`)."""
+
+    length: int | None
+
+    async def into(self, sink: HashingSink, executor: Executor | None = None) -> int: ...
 
 
 async def receive_verified(
-    receive: Receive,
-    upload: Upload,
-    types: set[str],
-    expected: dict[str, str],
-    length: int | None,
-    *,
-    idle_timeout: float,
-    executor: Executor | None = None,
+    body: Body, upload: Upload, types: set[str], expected: dict[str, str], *, executor: Executor | None = None
 ) -> dict[str, str]:
-    """`receive_into` (room for Content-Length reserved first), then the client's digests (`expected`) checked
-    against what was computed, and the file made durable; the checksums. The caller aborts the upload if
-    this raises."""
-    if length:
-        upload.reserve(length)
-    sums = await receive_into(
-        receive, upload, types | set(expected), length, idle_timeout=idle_timeout, executor=executor
-    )
+    """Stream `body` into `upload` (room for its Content-Length reserved first), hashing as it goes; then the
+    client's digests (`expected`) checked against what was computed, and the file made durable; the
+    checksums. The caller aborts the upload if this raises."""
+    if body.length:
+        upload.reserve(body.length)
+    sink = HashingSink(upload, types | set(expected))
+    await body.into(sink, executor)
+    sums = sink.hasher.values()
     for t, v in expected.items():
         if sums.get(t) != v:
             raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")

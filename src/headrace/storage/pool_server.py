@@ -43,7 +43,12 @@ from headrace.errors import (
     RangeNotSatisfiable,
     Unauthorized,
 )
+from headrace.http import conditionals
+from headrace.http.body import ClientGone, RequestBody
+from headrace.http.ranges import answer_range, unsatisfiable_headers
+from headrace.http.streaming import can_pathsend, send_fd_range, send_path
 from headrace.http_common import (
+    CONTENT_HEADERS,
     acknowledge_lifespan,
     content_length,
     error_response,
@@ -51,13 +56,11 @@ from headrace.http_common import (
     header,
     problem,
     query_param,
-    watch_disconnect,
 )
 from headrace.storage import pool_protocol as proto
 from headrace.storage.checksums import FROM_WIRE, SUPPORTED, format_digest, parse_digest, parse_want_digest
-from headrace.storage.door import CONTENT_HEADERS, answer_range  # one Range grammar for door and pool
 from headrace.storage.namespace import Blob, Namespace
-from headrace.storage.pool import BLOB_NAME, READ_CHUNK, ClientGone, Pool, Upload, receive_verified
+from headrace.storage.pool import BLOB_NAME, READ_CHUNK, Pool, Upload, receive_verified
 from headrace.storage.pool_client import PoolDirectory
 from headrace.storage.pool_registry import heartbeat, mark_offline, pool_secret, register
 
@@ -235,15 +238,8 @@ class PoolServer:
         length = content_length(scope)
         upload = await asyncio.get_running_loop().run_in_executor(self.io, self.pool.start_upload, blob)
         try:
-            sums = await receive_verified(
-                receive,
-                upload,
-                types,
-                expected,
-                length,
-                idle_timeout=self.options.upload_idle_timeout,
-                executor=self.io,
-            )
+            body = RequestBody(receive, length, self.options.upload_idle_timeout)
+            sums = await receive_verified(body, upload, types, expected, executor=self.io)
         except BaseException:
             upload.abort()
             raise
@@ -347,37 +343,23 @@ class PoolServer:
             raise NotFound(f"No blob {blob} in pool {self.name}") from exc
         headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream", **CONTENT_HEADERS, **extra}
         rng = header(scope, b"range")
-        if_range = header(scope, b"if-range")
-        honoured = not if_range or if_range.strip() == extra.get("ETag", if_range.strip())
+        # The validators the door put in a client's token; a door's own request sends no If-Range.
+        mtime = conditionals.parse_http_date(extra.get("Last-Modified", ""))
+        honoured = conditionals.if_range_holds(header(scope, b"if-range"), extra.get("ETag"), mtime)
         try:
             start, length, status = answer_range(rng if honoured else None, size, headers)
         except RangeNotSatisfiable as exc:
-            return error_response(exc, {"Content-Range": f"bytes */{size}"})
+            return error_response(exc, unsatisfiable_headers(size))
         if head:
             return Response(status_code=status, headers=headers)
-        raw_headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()]
-        if status == 200 and "http.response.pathsend" in (scope.get("extensions") or {}):
-            await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
-            await send({"type": "http.response.pathsend", "path": str(path)})
+        if status == 200 and can_pathsend(scope):
+            await send_path(send, headers, str(path))
             return None
-        loop = asyncio.get_running_loop()
         fd = self.pool.open_blob(blob)
-        gone = asyncio.Event()
-        watcher = asyncio.create_task(watch_disconnect(receive, gone))
         try:
-            await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-            pos, remaining = start, length
-            if remaining == 0:
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-            while remaining > 0 and not gone.is_set():
-                data = await loop.run_in_executor(self.io, os.pread, fd, min(READ_CHUNK, remaining), pos)
-                if not data:
-                    raise NotFound(f"Blob {blob} is shorter than expected")
-                pos += len(data)
-                remaining -= len(data)
-                await send({"type": "http.response.body", "body": data, "more_body": remaining > 0})
+            short = NotFound(f"Blob {blob} is shorter than expected")
+            await send_fd_range(send, receive, status, headers, fd, start, length, executor=self.io, short=short)
         finally:
-            watcher.cancel()
             os.close(fd)
         return None
 
