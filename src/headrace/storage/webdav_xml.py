@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import mimetypes
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import formatdate
+from typing import Protocol
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from defusedxml import ElementTree as SafeET
 
 from headrace.errors import BadRequest
-from headrace.storage.namespace import Inode
 
 DAV = "DAV:"
 DCACHE = "http://www.dcache.org/2013/webdav"
@@ -160,7 +160,29 @@ def _element(name: str, inner: str | None) -> str:
     return f"<{tag}{decl}/>" if inner is None or inner == "" else f"<{tag}{decl}>{inner}</{tag}>"
 
 
-def live_value(node: Inode, name: str, *, quota: tuple[int, int] | None = None, lockdiscovery: str = "") -> str | None:
+class Resource(Protocol):
+    """What a PROPFIND answer tells about a file or directory (the namespace's Inode has it); a protocol, so
+    that rendering XML needs nothing of the database layer."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def ctime(self) -> int: ...
+    @property
+    def mtime(self) -> int: ...
+    @property
+    def etag(self) -> str: ...
+    @property
+    def is_dir(self) -> bool: ...
+    @property
+    def checksums(self) -> Mapping[str, str]: ...
+
+
+def live_value(
+    node: Resource, name: str, *, quota: tuple[int, int] | None = None, lockdiscovery: str = ""
+) -> str | None:
     """The XML content of a live property, or None when the node does not have it; `lockdiscovery` is the
     rendered DAV:activelock elements of the locks on the node."""
     local = name.rsplit("}", 1)[-1]
@@ -196,7 +218,7 @@ def live_value(node: Inode, name: str, *, quota: tuple[int, int] | None = None, 
 
 
 def render_response(
-    node: Inode,
+    node: Resource,
     href: str,
     request: Propfind,
     dead: dict[str, str] | None = None,
