@@ -4,13 +4,16 @@
   trigger whose storage-feed filter matches), queues one activation. The activations and the new position
   commit in one transaction, and each carries a unique (rule, event offset) key: a crash or a replay never
   makes a second one, and never skips one.
-- The scheduler keeps a queue per action and starts activations while the action has fewer running than
-  its maxScale (and the server fewer than its global cap); with `ordered`, activations for one path run one
-  at a time in event order.
+- Queued activations go to a transport (`messages.Publisher`): embedded, this process's scheduler
+  (`engine.InProcess`); with a publisher, the activation topic.
+- Embedded, the scheduler (`engine.Scheduler`, the one `headrace invoker` runs too) keeps a queue per
+  action and starts activations while the action has fewer running than its maxScale (and the server fewer
+  than its global cap); with `ordered`, activations for one path run one at a time in event order.
 - An activation is acknowledged (done) only when its function has finished. A failed one is retried after
   an exponential backoff with jitter, up to `retries` more times, then dead-lettered; an event older than
-  `maxEventAge` is dead-lettered without running. After a restart, queued activations run, and those that
-  were running when the server stopped run again as their next attempt.
+  `maxEventAge` is dead-lettered without running (those decisions: functions/engine.py). After a restart,
+  queued activations run, and those that were running when the server stopped run again as their next
+  attempt.
 - The autoscaler sizes each action's warm workers: up at once (every activation takes or forks a worker),
   down to the demand after a stable window, to zero after `idleSeconds` without work, never below minScale.
 - A storage event caused by an activation chain longer than `max_chain` fires nothing (and is logged).
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import time
 from dataclasses import dataclass
@@ -44,7 +46,7 @@ from headrace.events.access import Directories, Reader
 from headrace.events.model import StorageEvent
 from headrace.functions import engine, feed
 from headrace.functions.invoker import ActionPool
-from headrace.functions.messages import Publisher
+from headrace.functions.messages import Publisher, is_ordered
 from headrace.functions.model import STORAGE_FEED, FeedFilter, as_dict, feed_filter
 from headrace.functions.runner import (
     ActionQueue,
@@ -52,7 +54,6 @@ from headrace.functions.runner import (
     capacity,
     default_worker_cap,
     internal,
-    next_runnable,
 )
 from headrace.functions.store import FunctionStore, now_ms
 from headrace.metrics import EVENT_CONSUMER_LAG
@@ -96,8 +97,8 @@ class Controller:
         self.max_workers = max_workers or default_worker_cap()
         self.api_url = api_url
         self.door_url = door_url
-        #: The Kafka transport: activations are published for invokers instead of run here.
-        self.publisher = publisher
+        #: Without a publisher (the Kafka transport) activations run here, on this process's scheduler.
+        self.embedded = publisher is None
         #: With the Kafka transport: how often to look for activations queued without an acknowledged message.
         self.sweep_seconds = sweep_seconds
         self.follow_entities = follow_entities
@@ -113,23 +114,34 @@ class Controller:
             lookup=self._lookup,
             max_workers=self.max_workers,
         )
-        self.queues: dict[tuple[str, str], ActionQueue] = {}
-        self._turn = 0  # where the scheduler's round over the actions starts
-        self.delayed: list[tuple[int, str, dict[str, Any]]] = []  # (not_before, id, row) heap
+        self.scheduler = engine.Scheduler(
+            self.runner,
+            self.max_workers,
+            run=self._run,
+            capacity=lambda key: capacity(self.actions.get(key)),
+            ordered=lambda key: is_ordered(self.actions.get(key)),
+        )
+        #: Where queued activations go: this process's scheduler, or the activation topic.
+        self.transport: Publisher = publisher if publisher is not None else engine.InProcess(self.scheduler)
         #: Invocations through the API waiting for their record: activation id -> (namespace, future).
         self.waiters: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
         self.position = 0
         #: Who the triggers' owners are and the directories' permissions, for judging events at delivery.
         self.dirs = Directories()
         self._owners: dict[str, Subject | None] = {}
-        self.running_total = 0
-        self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._runs: set[asyncio.Task[None]] = set()
 
     @property
     def pools(self) -> dict[str, ActionPool]:
         return self.runner.pools
+
+    @property
+    def queues(self) -> dict[tuple[str, str], ActionQueue]:
+        return self.scheduler.queues
+
+    @property
+    def running_total(self) -> int:
+        return self.scheduler.running_total
 
     async def _lookup(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.actions.get((namespace, name))
@@ -137,7 +149,7 @@ class Controller:
     # -- life -------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self.publisher is None:  # with invokers elsewhere, a running activation is theirs to finish
+        if self.embedded:  # with invokers elsewhere, a running activation is theirs to finish
             requeued = await self.db.write(self.store.running_to_queued)
             if requeued:
                 log.warning("functions: %d activations were running when the server stopped; they run again", requeued)
@@ -150,13 +162,13 @@ class Controller:
             await self.db.write(self._store_position, self.position)
         await self._load_queued()
         self._tasks = [asyncio.create_task(self._feed_forever())]
-        if self.publisher is not None:
-            self._tasks.append(asyncio.create_task(self._sweep_forever()))
-        if self.publisher is None:
+        if self.embedded:
             self._tasks += [
-                asyncio.create_task(self._schedule_forever()),
-                asyncio.create_task(self._autoscale_forever()),
+                asyncio.create_task(self.scheduler.schedule_forever()),
+                asyncio.create_task(self.scheduler.autoscale_forever(lambda: self.actions)),
             ]
+        else:
+            self._tasks.append(asyncio.create_task(self._sweep_forever()))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -166,9 +178,7 @@ class Controller:
                 await t
         if not self.triggers:
             await self.db.write(self._store_position, self.position)
-        for t in list(self._runs):
-            t.cancel()
-        await asyncio.gather(*self._runs, return_exceptions=True)
+        await self.scheduler.stop()
         await self.runner.close()
 
     def _entities_stamp(self) -> tuple[Any, ...]:
@@ -215,14 +225,13 @@ class Controller:
         self.rules = by_trigger
         # pools of versions gone: closed now if idle, else by the autoscaler when idle
         await self.runner.drop_pools_except({Runner.key(a) for a in actions})
-        self._wake.set()
+        self.scheduler.wake.set()
 
     #: How long after being queued an activation without an acknowledged message counts as stranded (a
     #: frontend answers within 10 s, acknowledged or not; the marks are written every 0.2 s).
     STRANDED_AFTER_MS = 60_000
 
     async def _sweep_forever(self) -> None:
-        assert self.publisher is not None
         while True:
             await asyncio.sleep(self.sweep_seconds)
             try:
@@ -233,12 +242,11 @@ class Controller:
     async def _sweep(self) -> int:
         """Publish again the activations queued long ago whose message Kafka never acknowledged (their
         publisher died between its commit and the acknowledgement), except those this process has in flight."""
-        assert self.publisher is not None
         rows = await self.db.read(self.store.unpublished, now_ms() - self.STRANDED_AFTER_MS)
-        rows = [r for r in rows if r["activation_id"] not in self.publisher.unacknowledged]
+        rows = [r for r in rows if r["activation_id"] not in self.transport.unacknowledged]
         if rows:
             await self._follow_entities()
-            self.publisher.submit(rows, self.actions)
+            self.transport.submit(rows, self.actions)
             log.warning("functions: published again %d activations queued without an acknowledged message", len(rows))
         return len(rows)
 
@@ -246,16 +254,12 @@ class Controller:
         after: tuple[int, str] | None = None
         published = 0
         while rows := await self.db.read(self.store.queued, 1000, after):
-            if self.publisher is not None:  # due or not: an invoker holds a retry until it is due
-                self.publisher.submit(rows, self.actions)
-                published += len(rows)
-            else:
-                for row in rows:
-                    self._enqueue_memory(row)
+            self.transport.submit(rows, self.actions)  # due or not: held until it is (here or by an invoker)
+            published += len(rows)
             after = (rows[-1]["created"], rows[-1]["activation_id"])
-        if published:
+        if published and not self.embedded:
             log.info("functions: published the %d queued activations again for the invokers", published)
-        self._wake.set()
+        self.scheduler.wake.set()
 
     # -- the feed ---------------------------------------------------------------------------------------
 
@@ -289,14 +293,8 @@ class Controller:
                 made = await self.db.group.run(self._enqueue_batch_in, batch, last)
                 stored_at = time.monotonic()
                 self.position = last
-                if self.publisher is not None:
-                    if made:
-                        self.publisher.submit(made, self.actions)
-                else:
-                    for row in made:
-                        self._enqueue_memory(row)
                 if made:
-                    self._wake.set()
+                    self.transport.submit(made, self.actions)
                 EVENT_CONSUMER_LAG.labels("functions").set(0 if len(batch) < 1000 else 1000)
             except asyncio.CancelledError:
                 raise
@@ -389,15 +387,6 @@ class Controller:
     ) -> dict[str, Any] | None:
         return engine.activation_row(self.actions.get((namespace, action)), namespace, action, args, depth=depth)
 
-    def _enqueue_memory(self, row: dict[str, Any]) -> None:
-        if self.publisher is not None:
-            self.publisher.submit([row], self.actions)
-            return
-        if row["not_before"] > now_ms():
-            heapq.heappush(self.delayed, (row["not_before"], row["activation_id"], row))
-            return
-        self.queues.setdefault((row["namespace"], row["name"]), ActionQueue()).items.append(row)
-
     # -- direct invocation and triggers fired through the API ------------------------------------------
 
     def invocations_in_flight(self, namespace: str) -> int:
@@ -412,8 +401,7 @@ class Controller:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.waiters[row["activation_id"]] = (namespace, fut)
         await self.db.group.run(self.store.enqueue_in, row)
-        self._enqueue_memory(row)
-        self._wake.set()
+        self.transport.submit([row], self.actions)
         return row["activation_id"], fut
 
     async def fire(self, namespace: str, trigger: dict[str, Any], payload: dict[str, Any]) -> str | None:
@@ -430,9 +418,7 @@ class Controller:
                 self.store.enqueue_in(conn, row)
 
         await self.db.group.run(write)
-        for row in rows:
-            self._enqueue_memory(row)
-        self._wake.set()
+        self.transport.submit(rows, self.actions)
         return trigger_id
 
     async def redrive(self, namespace: str, ids: list[str] | None) -> int:
@@ -441,65 +427,12 @@ class Controller:
         chosen = [d for d in dead if ids is None or d["activation_id"] in ids]
         for d in chosen:
             d.update(await self.db.group.run(self.store.redrive_in, d["activation_id"]))
-            self._enqueue_memory(d)
-        self._wake.set()
+        self.transport.submit(chosen, self.actions)
         return len(chosen)
 
     # -- scheduling -------------------------------------------------------------------------------------
 
-    def _capacity(self, key: tuple[str, str]) -> int:
-        return capacity(self.actions.get(key))
-
-    def _next(self, aq: ActionQueue, ordered: bool) -> dict[str, Any] | None:
-        return next_runnable(aq, ordered)
-
-    async def _schedule_forever(self) -> None:
-        while True:
-            timeout = None
-            now = now_ms()
-            while self.delayed and self.delayed[0][0] <= now:
-                _, _, row = heapq.heappop(self.delayed)
-                self.queues.setdefault((row["namespace"], row["name"]), ActionQueue()).items.append(row)
-            if self.delayed:
-                timeout = max(0.001, (self.delayed[0][0] - now) / 1000)
-            # Free slots go round the actions one at a time, from a starting point that moves on each pass:
-            # an action with a long queue cannot keep the others' activations waiting for every slot.
-            keys = list(self.queues)
-            if keys:
-                self._turn = (self._turn + 1) % len(keys)
-                keys = keys[self._turn :] + keys[: self._turn]
-            started = True
-            while started and self.running_total < self.max_workers:
-                started = False
-                for key in keys:
-                    if self.running_total >= self.max_workers:
-                        break
-                    started |= self._start_one(key, self.queues[key])
-            self.runner.publish_metrics(self.queues)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-
-    def _start_one(self, key: tuple[str, str], aq: ActionQueue) -> bool:
-        """Start the next runnable activation of one action, if it has one and room for it."""
-        if not aq.items or aq.running >= self._capacity(key):
-            return False
-        ordered = bool(self.actions.get(key, {}).get("scaling", {}).get("ordered", False))
-        row = self._next(aq, ordered)
-        if row is None:
-            return False
-        aq.running += 1
-        self.running_total += 1
-        aq.last_work = time.monotonic()
-        if ordered:
-            aq.busy_keys.add(row.get("order_key") or row["activation_id"])
-        task = asyncio.create_task(self._run(key, aq, row, ordered))
-        self._runs.add(task)
-        task.add_done_callback(self._runs.discard)
-        return True
-
-    async def _run(self, key: tuple[str, str], aq: ActionQueue, row: dict[str, Any], ordered: bool) -> None:
+    async def _run(self, key: tuple[str, str], row: dict[str, Any]) -> None:
         try:
             await self._attempt(key, row)
         except asyncio.CancelledError:
@@ -507,13 +440,6 @@ class Controller:
         except Exception:
             log.exception("functions: activation %s failed inside the controller", row["activation_id"])
             await self._finish(row, "dead", internal("The controller failed running the activation."))
-        finally:
-            aq.running -= 1
-            self.running_total -= 1
-            aq.last_work = time.monotonic()
-            if ordered:
-                aq.busy_keys.discard(row.get("order_key") or row["activation_id"])
-            self._wake.set()
 
     async def _attempt(self, key: tuple[str, str], row: dict[str, Any]) -> None:
         action = self.actions.get(key)
@@ -538,7 +464,7 @@ class Controller:
             engine.count_retry(action["name"])
             row["attempt"] = settled.values["attempt"]
             row["not_before"] = settled.values["not_before"]
-            self._enqueue_memory(row)
+            self.scheduler.later(key, row, int(row["not_before"]))
             return
         await self._finish(row, settled.state, settled.values)
 
@@ -552,16 +478,5 @@ class Controller:
 
     # -- workers ----------------------------------------------------------------------------------------
 
-    async def _autoscale_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self.autoscale()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("functions: autoscaler failed")
-
     async def autoscale(self) -> None:
-        await self.runner.autoscale(self.actions, self.queues)
-
+        await self.scheduler.autoscale(self.actions)

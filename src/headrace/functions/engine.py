@@ -5,6 +5,10 @@ what happens to it.
 
 - What an activation row is when it is queued (`activation_row`), and what firing a trigger makes
   (`fire_plan`): used by the controller and by a frontend's `RemoteFunctions` (functions/gateway.py).
+- The `Scheduler`: a queue per action, activations waiting for their retry, and the loop that starts them
+  within each action's capacity and the process's worker cap (one `ordered` path at a time), plus the
+  autoscaler's loop. What an activation is while queued (a row, or a Kafka message's job) and what running
+  one means is the caller's: it hands the scheduler a `run` coroutine function.
 - Whether an attempt may run at all (`refusal`: the action is gone, or the event is older than the action's
   maxEventAge), and what follows an attempt that ran (`settle`: a retry after a full-jitter exponential
   backoff while attempts are left, else done, or dead for an event's activation that failed), with the
@@ -13,16 +17,30 @@ what happens to it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import heapq
+import itertools
 import json
+import logging
 import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from headrace.functions.invoker import Outcome
+from headrace.functions.messages import Actions
 from headrace.functions.model import SCALING, as_dict
-from headrace.functions.runner import internal, record_of
+from headrace.functions.runner import ActionQueue, Runner, internal, next_runnable, record_of
 from headrace.functions.store import new_activation_id, now_ms
 from headrace.metrics import FN_ACTIVATIONS, FN_COLD_STARTS, FN_LATENCY
+
+log = logging.getLogger("headrace.functions")
+
+#: An action by (namespace, name).
+Key = tuple[str, str]
 
 BACKOFF_BASE_MS = 500
 BACKOFF_MAX_MS = 5 * 60_000
@@ -187,3 +205,163 @@ def count_retry(name: str) -> None:
 def count_final(name: str, values: dict[str, Any]) -> None:
     """Count a finished activation (its final `values`, with `state` and `status_code`)."""
     FN_ACTIVATIONS.labels(name, status_label(int(values.get("status_code") or 0), str(values["state"]))).inc()
+
+
+# -- scheduling ---------------------------------------------------------------------------------------------
+
+
+class Scheduler:
+    """Per-action queues and the loop that starts their activations.
+
+    Free slots go round the actions one at a time, from a starting point that moves on each pass: an action
+    with a long queue cannot keep the others' activations waiting for every slot. An action starts no more
+    than its `capacity` at once, the process no more than `max_workers`; an `ordered` action's activations
+    for one path (the item's `order_key`) run one at a time in queue order. An item is a dict with at least
+    `activation_id` and `order_key`; `run(key, item)` runs it (and deals with its failures)."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        max_workers: int,
+        *,
+        run: Callable[[Key, dict[str, Any]], Awaitable[None]],
+        capacity: Callable[[Key], int],
+        ordered: Callable[[Key], bool],
+        due: Callable[[Key, dict[str, Any]], bool] = lambda key, item: True,
+        started: Callable[[dict[str, Any], asyncio.Task[None]], None] = lambda item, task: None,
+        name: str = "functions",
+    ) -> None:
+        self.runner = runner
+        self.max_workers = max_workers
+        self._run_item = run
+        self._capacity = capacity
+        self._ordered = ordered
+        #: Whether an item whose retry became due still goes to its queue (False: its holder let it go).
+        self._due = due
+        self._started = started
+        self.name = name
+        self.queues: dict[Key, ActionQueue] = {}
+        self.delayed: list[tuple[int, int, Key, dict[str, Any]]] = []  # (due, seq, key, item) heap
+        self.running_total = 0
+        self.wake = asyncio.Event()
+        self._seq = itertools.count()
+        self._turn = 0  # where the round over the actions starts
+        self._runs: set[asyncio.Task[None]] = set()
+
+    def push(self, key: Key, item: dict[str, Any]) -> None:
+        """Queue an item that may start now."""
+        self.queues.setdefault(key, ActionQueue()).items.append(item)
+        self.wake.set()
+
+    def later(self, key: Key, item: dict[str, Any], due: int) -> None:
+        """Queue an item once `due` (ms since the epoch) has come."""
+        heapq.heappush(self.delayed, (due, next(self._seq), key, item))
+        self.wake.set()
+
+    def forget(self, key: Key, gone: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop the items (queued or waiting for their retry) for which `gone` is true."""
+        aq = self.queues.get(key)
+        if aq is not None:
+            aq.items = deque(i for i in aq.items if not gone(i))
+        kept = [d for d in self.delayed if not gone(d[3])]
+        if len(kept) != len(self.delayed):
+            self.delayed = kept
+            heapq.heapify(self.delayed)
+
+    async def schedule_forever(self) -> None:
+        while True:
+            timeout = None
+            now = now_ms()
+            while self.delayed and self.delayed[0][0] <= now:
+                _, _, key, item = heapq.heappop(self.delayed)
+                if self._due(key, item):
+                    self.queues.setdefault(key, ActionQueue()).items.append(item)
+            if self.delayed:
+                timeout = max(0.001, (self.delayed[0][0] - now) / 1000)
+            keys = list(self.queues)
+            if keys:
+                self._turn = (self._turn + 1) % len(keys)
+                keys = keys[self._turn :] + keys[: self._turn]
+            started = True
+            while started and self.running_total < self.max_workers:
+                started = False
+                for key in keys:
+                    if self.running_total >= self.max_workers:
+                        break
+                    started |= self._start_one(key, self.queues[key])
+            self.runner.publish_metrics(self.queues)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wake.wait()
+
+    def _start_one(self, key: Key, aq: ActionQueue) -> bool:
+        """Start the next runnable item of one action, if it has one and room for it."""
+        if not aq.items or aq.running >= self._capacity(key):
+            return False
+        ordered = self._ordered(key)
+        item = next_runnable(aq, ordered)
+        if item is None:
+            return False
+        aq.running += 1
+        self.running_total += 1
+        aq.last_work = time.monotonic()
+        if ordered:
+            aq.busy_keys.add(item.get("order_key") or item["activation_id"])
+        task = asyncio.create_task(self._run(key, aq, item, ordered))
+        self._runs.add(task)
+        task.add_done_callback(self._runs.discard)
+        self._started(item, task)
+        return True
+
+    async def _run(self, key: Key, aq: ActionQueue, item: dict[str, Any], ordered: bool) -> None:
+        try:
+            await self._run_item(key, item)
+        finally:
+            aq.running -= 1
+            self.running_total -= 1
+            aq.last_work = time.monotonic()
+            if ordered:
+                aq.busy_keys.discard(item.get("order_key") or item["activation_id"])
+            self.wake.set()
+
+    async def autoscale_forever(self, actions: Callable[[], Mapping[Key, dict[str, Any]]]) -> None:
+        """Size the runner's pools every second (Runner.autoscale) for the actions `actions()` knows."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.autoscale(actions())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: autoscaler failed", self.name)
+
+    async def autoscale(self, actions: Mapping[Key, dict[str, Any]]) -> None:
+        await self.runner.autoscale(actions, self.queues)
+
+    async def stop(self) -> None:
+        """Cancel the items that run."""
+        for t in list(self._runs):
+            t.cancel()
+        await asyncio.gather(*self._runs, return_exceptions=True)
+
+
+class InProcess:
+    """The embedded transport (a `messages.Publisher`): queued activations go straight to this process's
+    scheduler, those not due yet once they are."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self.scheduler = scheduler
+        self.unacknowledged: set[str] = set()
+
+    def submit(self, rows: list[dict[str, Any]], actions: Actions) -> None:
+        now = now_ms()
+        for row in rows:
+            key = (row["namespace"], row["name"])
+            if int(row["not_before"]) > now:
+                self.scheduler.later(key, row, int(row["not_before"]))
+            else:
+                self.scheduler.push(key, row)
+
+    async def publish(self, rows: list[dict[str, Any]], actions: Actions) -> None:
+        self.submit(rows, actions)

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import os
 import socket
@@ -59,7 +58,7 @@ from headrace.functions import engine, messages
 from headrace.functions.invoker import Outcome
 from headrace.functions.kafka_transport import ActivationPublisher, LibrdkafkaLog
 from headrace.functions.records import FINAL_STATES
-from headrace.functions.runner import ActionQueue, Host, Runner, capacity, internal, next_runnable
+from headrace.functions.runner import Host, Runner, capacity, internal
 from headrace.functions.store import FunctionStore, now_ms
 
 log = logging.getLogger("headrace.invoker")
@@ -153,9 +152,18 @@ class KafkaInvoker:
         )
         self.parts: dict[int, _Partition] = {}
         self.jobs: dict[str, _Job] = {}
-        self.queues: dict[tuple[str, str], ActionQueue] = {}
-        self.delayed: list[tuple[int, str, _Job]] = []  # (due, activation id, job) heap
-        self.running_total = 0
+        # every action's messages as `ordered` (one order key at a time): a message has an order key only if
+        # its action is ordered, and the action may not have been read yet
+        self.scheduler = engine.Scheduler(
+            self.runner,
+            max_workers,
+            run=self._run,
+            capacity=self._capacity,
+            ordered=lambda key: True,
+            due=self._due,
+            started=self._started,
+            name="invoker",
+        )
         self.finished = 0  # activations this invoker has finished (a final record written), for tests/bench
         self.assigned: set[int] = set()
         self._actions: dict[tuple[str, str], tuple[dict[str, Any] | None, float]] = {}
@@ -164,7 +172,6 @@ class KafkaInvoker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = threading.Event()
         self._stopped = asyncio.Event()
-        self._wake = asyncio.Event()
         self._commit_lock = threading.Lock()
         self._to_commit: dict[int, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -203,8 +210,8 @@ class KafkaInvoker:
         self._thread = threading.Thread(target=self._consume, name="invoker-consumer", daemon=True)
         self._thread.start()
         self._tasks = [
-            asyncio.create_task(self._schedule_forever()),
-            asyncio.create_task(self._autoscale_forever()),
+            asyncio.create_task(self.scheduler.schedule_forever()),
+            asyncio.create_task(self.scheduler.autoscale_forever(self._known_actions)),
             asyncio.create_task(self._commit_forever()),
         ]
         log.info(
@@ -356,11 +363,28 @@ class KafkaInvoker:
             self.jobs[job.aid] = job
             self._queue(job)
         self._request_commits()
-        self._wake.set()
+        self.scheduler.wake.set()
+
+    @property
+    def running_total(self) -> int:
+        return self.scheduler.running_total
 
     def _queue(self, job: _Job) -> None:
         job.state = "waiting"
-        self.queues.setdefault((job.namespace, job.name), ActionQueue()).items.append(job.queue_row())
+        self.scheduler.push((job.namespace, job.name), job.queue_row())
+
+    def _due(self, key: tuple[str, str], item: dict[str, Any]) -> bool:
+        """A retry came due: queued again if this invoker still holds it."""
+        job: _Job = item["job"]
+        if job.state != "later" or self.jobs.get(job.aid) is not job:
+            return False
+        job.state = "waiting"
+        return True
+
+    def _started(self, item: dict[str, Any], task: asyncio.Task[None]) -> None:
+        job: _Job = item["job"]
+        job.state = "running"
+        job.task = task
 
     def _finish(self, job: _Job) -> None:
         """The job's message is dealt with: its offset may be committed."""
@@ -415,7 +439,7 @@ class KafkaInvoker:
             log.warning(
                 "invoker %s: handed back %d running activations with partitions %s", self.client_id, handed, parts
             )
-        self._wake.set()
+        self.scheduler.wake.set()
         return offsets
 
     def _forget(self, job: _Job) -> None:
@@ -423,11 +447,7 @@ class KafkaInvoker:
         job.state = "gone"
         if self.jobs.get(job.aid) is job:
             del self.jobs[job.aid]
-        aq = self.queues.get((job.namespace, job.name))
-        if aq is not None:
-            aq.items = deque(r for r in aq.items if r["job"] is not job)
-        self.delayed = [d for d in self.delayed if d[2] is not job]
-        heapq.heapify(self.delayed)
+        self.scheduler.forget((job.namespace, job.name), lambda item: item["job"] is job)
 
     async def _hand_back(self, job: _Job) -> None:
         """Give a running activation back (queued, the same attempt): its late outcome is fenced out."""
@@ -460,47 +480,12 @@ class KafkaInvoker:
     def _known_actions(self) -> dict[tuple[str, str], dict[str, Any]]:
         return {k: a for k, (a, _) in self._actions.items() if a is not None}
 
-    async def _schedule_forever(self) -> None:
-        while True:
-            timeout = None
-            now = now_ms()
-            while self.delayed and self.delayed[0][0] <= now:
-                _, _, due = heapq.heappop(self.delayed)
-                if due.state == "later" and self.jobs.get(due.aid) is due:
-                    self._queue(due)
-            if self.delayed:
-                timeout = max(0.001, (self.delayed[0][0] - now) / 1000)
-            for key, aq in self.queues.items():
-                cached = self._actions.get(key)
-                cap = capacity(cached[0] if cached else None) if cached else 4
-                while aq.items and aq.running < cap and self.running_total < self.max_workers:
-                    nxt = next_runnable(aq, True)
-                    if nxt is None:
-                        break
-                    job: _Job = nxt["job"]
-                    aq.running += 1
-                    self.running_total += 1
-                    aq.last_work = time.monotonic()
-                    aq.busy_keys.add(job.order_key or job.aid)
-                    job.state = "running"
-                    job.task = asyncio.create_task(self._run(key, aq, job))
-            self.runner.publish_metrics(self.queues)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
+    def _capacity(self, key: tuple[str, str]) -> int:
+        cached = self._actions.get(key)
+        return capacity(cached[0]) if cached else 4  # (not read yet: the action's default maxScale)
 
-    async def _autoscale_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self.runner.autoscale(self._known_actions(), self.queues)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("invoker: autoscaler failed")
-
-    async def _run(self, key: tuple[str, str], aq: ActionQueue, job: _Job) -> None:
+    async def _run(self, key: tuple[str, str], item: dict[str, Any]) -> None:
+        job: _Job = item["job"]
         try:
             await self._attempt(job)
         except asyncio.CancelledError:
@@ -511,12 +496,6 @@ class KafkaInvoker:
             log.exception("invoker: activation %s failed inside the invoker", job.aid)
             if job.state == "running" and job.row is not None and not job.abandoned:
                 await self._hand_back(job)
-        finally:
-            aq.running -= 1
-            self.running_total -= 1
-            aq.last_work = time.monotonic()
-            aq.busy_keys.discard(job.order_key or job.aid)
-            self._wake.set()
 
     async def _attempt(self, job: _Job) -> None:
         row = await self.db.read(self.store.activation, job.aid)
@@ -581,8 +560,7 @@ class KafkaInvoker:
         """Hold the job (and its offset) until its retry is due."""
         job.state = "later"
         job.row = None
-        heapq.heappush(self.delayed, (due, job.aid, job))
-        self._wake.set()
+        self.scheduler.later((job.namespace, job.name), job.queue_row(), due)
 
     async def _write(self, job: _Job, row: dict[str, Any], values: dict[str, Any]) -> bool:
         return bool(
