@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "headrace needs Python 3.11+"'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,bench,science]'
+	$(BIN)/pip install -q -e '.[dev,bench,science,postgresql,kafka]'
 	touch $(STAMP)
 
 # functions run sandboxed by bubblewrap (Debian's bubblewrap): installed here if missing

@@ -20,6 +20,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from headrace.client import Client, HeadraceClientError
+from headrace.extras import MissingExtra
 
 # Typer >= 0.29 carries its own copy of click; older ones raise click's own exceptions. Catch either.
 _COMMAND_LINE_ERRORS: tuple[type[Exception], ...] = (typer.TyperException,)
@@ -95,7 +96,7 @@ class HeadraceGroup(TyperGroup):
         except CliError as exc:
             report(exc.message)
             code = exc.code
-        except HeadraceClientError as exc:
+        except (HeadraceClientError, MissingExtra) as exc:
             report(str(exc))
             code = EXIT_ERROR
         except BrokenPipeError:

@@ -29,6 +29,7 @@ from headrace.cli.common import CliError, usage_error
 from headrace.cli.functions import table
 from headrace.client import Client, ClientConfig, HeadraceClientError
 from headrace.events_client import EventStream
+from headrace.extras import require
 from headrace.functions_client import FINAL_STATES, Functions, load_deploy_file
 from headrace.tls import tls_context
 
@@ -89,6 +90,8 @@ def ensure_server(
     door, api = urlsplit(config.door), urlsplit(config.api)
     if door.hostname not in ("127.0.0.1", "localhost") or api.hostname not in ("127.0.0.1", "localhost"):
         raise CliError(f"no headrace server answers at {config.api}, and it is not one this machine can start")
+    # the integration function imports pyFAI in the server's sandboxes, which run this Python
+    require("pyFAI", needed_for="headrace demo (its azimuthal integration, on the embedded server)")
     data.mkdir(parents=True, exist_ok=True)
     log = open(data / "demo-server.log", "ab")  # noqa: SIM115 - the server's output, for as long as it runs
     cmd = [
@@ -223,6 +226,7 @@ def demo(
     if not base.startswith("/") or base.rstrip("/") == "":
         usage_error(f"--base must be an absolute directory, not {base!r}")
     base = base.rstrip("/")
+    require("numpy", "h5py", needed_for="headrace demo (it writes the run's HDF5 files)")
     examples = examples_dir()
     catalogue, cache_dir = state_dirs(examples, catalogue, cache_dir)
     proc, config = ensure_server(data, binds=[catalogue.parent, cache_dir])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from headrace import __version__
 from headrace.cli import catalogue, demo, events, files, functions, roles, token, transfer
 from headrace.cli.common import HeadraceGroup
 from headrace.cli.pool import pool
@@ -13,7 +14,6 @@ from headrace.cli.users import user_app
 app = typer.Typer(
     cls=HeadraceGroup,
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     help="headrace: storage whose every change is an event.",
 )
@@ -35,8 +35,18 @@ functions.register(app)
 roles.register(app)
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"headrace {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print headrace's version and exit."
+    ),
+) -> None:
     """headrace: storage whose every change is an event, and functions that run on those events."""
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from headrace.cli.common import CliError, usage_error
+from headrace.extras import require_server
 
 
 def _env_float(name: str, default: float) -> float:
@@ -74,6 +75,7 @@ def pool(
     )
     if options.heartbeat_seconds <= 0:
         usage_error("HEADRACE_POOL_HEARTBEAT must be positive")
+    require_server(db_url, "")
     try:
         main(options)
     except ValueError as exc:

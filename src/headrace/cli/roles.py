@@ -13,6 +13,7 @@ import typer
 
 from headrace.cli.common import usage_error
 from headrace.config import Settings
+from headrace.extras import require_server
 
 DATA = typer.Option(None, "--data", help="Data directory (env HEADRACE_DATA): pools, SQLite, code cache")
 DB = typer.Option(None, "--db", help="Shared database URL (env HEADRACE_DB; default: SQLite in --data)")
@@ -38,6 +39,7 @@ def _settings(**overrides: Any) -> Settings:
         settings.check_activations()
     except ValueError as exc:
         usage_error(str(exc))
+    require_server(settings.db_url, settings.kafka)
     return settings
 
 

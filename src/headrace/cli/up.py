@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from headrace.config import Settings
+from headrace.extras import require_server
 
 
 def up(
@@ -32,8 +33,6 @@ def up(
     ),
 ) -> None:
     """Run headrace: the WebDAV door and the frontend, on SQLite (or --db PostgreSQL) and a local pool."""
-    from headrace.server import main
-
     try:
         settings = Settings.from_env(
             data_dir=data,
@@ -51,4 +50,7 @@ def up(
         raise typer.BadParameter(str(exc)) from exc
     if settings.kafka and not settings.kafka_topic.strip():
         raise typer.BadParameter("--kafka-topic must name a topic")
+    require_server(settings.db_url, settings.kafka)
+    from headrace.server import main
+
     main(settings)

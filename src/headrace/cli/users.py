@@ -11,6 +11,7 @@ import typer
 
 from headrace.config import Settings
 from headrace.errors import HeadraceError
+from headrace.extras import require_server
 
 if TYPE_CHECKING:
     from headrace.auth.users import Users
@@ -28,6 +29,7 @@ def open_database(data: Path | None) -> Database:
     if not (settings.db_url or (settings.data_dir / "headrace.db").exists()):
         typer.echo(f"headrace: no headrace database in {settings.data_dir} (run `headrace up` once)", err=True)
         raise typer.Exit(1)
+    require_server(settings.db_url, "")
     db = Database(settings.database_url)
     db.migrate()
     return db
