@@ -59,7 +59,7 @@ sys.path.insert(0, str(REPO_DIR / "tests"))
 
 from cluster_harness import Cluster  # noqa: E402
 from headrace.db.engine import Database  # noqa: E402
-from headrace.functions.engine import activation_row  # noqa: E402
+from headrace.functions.dispatch import activation_row  # noqa: E402
 from headrace.functions.store import FunctionStore  # noqa: E402
 from kafka_harness import KafkaBroker  # noqa: E402
 

@@ -401,7 +401,7 @@ def test_an_activation_queued_without_a_message_is_published_again_by_the_sweep(
     from sqlalchemy import text
 
     from headrace.db.engine import Database
-    from headrace.functions.engine import activation_row
+    from headrace.functions.dispatch import activation_row
     from headrace.functions.store import FunctionStore, now_ms
 
     marks = marks_dir(tmp_path)

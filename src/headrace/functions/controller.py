@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from headrace.errors import NotFound
 from headrace.events.access import Directories, Reader
 from headrace.events.model import StorageEvent
 from headrace.functions import engine, feed
+from headrace.functions.dispatch import Dispatcher, activation_row
 from headrace.functions.invoker import ActionPool
 from headrace.functions.messages import Publisher, is_ordered
 from headrace.functions.model import STORAGE_FEED, FeedFilter, as_dict, feed_filter
@@ -74,7 +76,7 @@ class FeedTrigger:
     parameters: dict[str, Any]
 
 
-class Controller:
+class Controller(Dispatcher):
     def __init__(
         self,
         service: StorageService,
@@ -111,7 +113,7 @@ class Controller:
             code_root=code_root,
             api_url=api_url,
             door_url=door_url,
-            lookup=self._lookup,
+            lookup=self.action,
             max_workers=self.max_workers,
         )
         self.scheduler = engine.Scheduler(
@@ -142,9 +144,6 @@ class Controller:
     @property
     def running_total(self) -> int:
         return self.scheduler.running_total
-
-    async def _lookup(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.actions.get((namespace, name))
 
     # -- life -------------------------------------------------------------------------------------------
 
@@ -385,50 +384,30 @@ class Controller:
     def _activation_row(
         self, namespace: str, action: str, args: dict[str, Any], *, depth: int = 0
     ) -> dict[str, Any] | None:
-        return engine.activation_row(self.actions.get((namespace, action)), namespace, action, args, depth=depth)
+        return activation_row(self.actions.get((namespace, action)), namespace, action, args, depth=depth)
 
-    # -- direct invocation and triggers fired through the API ------------------------------------------
+    # -- the API's invocations, fires and redrives (dispatch.Dispatcher): entities from memory ---------------
+
+    async def action(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.actions.get((namespace, name))
+
+    async def active_rules(self, namespace: str, trigger: str) -> list[dict[str, Any]]:
+        return self.rules.get((namespace, trigger), [])
+
+    def waiter(self, activation_id: str, namespace: str) -> asyncio.Future[dict[str, Any]]:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiters[activation_id] = (namespace, fut)
+        return fut
+
+    def unwait(self, activation_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
+        self.waiters.pop(activation_id, None)
+        future.cancel()
+
+    async def send(self, rows: list[dict[str, Any]], actions: Mapping[tuple[str, str], dict[str, Any]]) -> None:
+        self.transport.submit(rows, actions)
 
     def invocations_in_flight(self, namespace: str) -> int:
-        """The namespace's invocations through the API that have not finished (OpenWhisk's in-flight count)."""
         return sum(1 for ns, _ in self.waiters.values() if ns == namespace)
-
-    async def invoke(
-        self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None
-    ) -> tuple[str, asyncio.Future[dict[str, Any]]]:
-        """Queue one activation of `action` (no retries, as OpenWhisk); its id and a future of its record."""
-        row = engine.invocation_row(self.actions.get((namespace, action)), namespace, action, params, cause)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.waiters[row["activation_id"]] = (namespace, fut)
-        await self.db.group.run(self.store.enqueue_in, row)
-        self.transport.submit([row], self.actions)
-        return row["activation_id"], fut
-
-    async def fire(self, namespace: str, trigger: dict[str, Any], payload: dict[str, Any]) -> str | None:
-        """Fire a trigger: one activation per active rule (with the action's retries); None if no rule."""
-        rules = self.rules.get((namespace, trigger["name"]), [])
-        if not rules:
-            return None
-        record, rows = engine.fire_plan(namespace, trigger, payload, rules, self.actions)
-        trigger_id = str(record["activation_id"])
-
-        def write(conn: Connection) -> None:
-            self.store.record_in(conn, record)
-            for row in rows:
-                self.store.enqueue_in(conn, row)
-
-        await self.db.group.run(write)
-        self.transport.submit(rows, self.actions)
-        return trigger_id
-
-    async def redrive(self, namespace: str, ids: list[str] | None) -> int:
-        """Dead letters back to the queue as a fresh first attempt (all of the namespace's, or those named)."""
-        dead = await self.db.read(self.store.activations, namespace, limit=0, states=("dead",))
-        chosen = [d for d in dead if ids is None or d["activation_id"] in ids]
-        for d in chosen:
-            d.update(await self.db.group.run(self.store.redrive_in, d["activation_id"]))
-        self.transport.submit(chosen, self.actions)
-        return len(chosen)
 
     # -- scheduling -------------------------------------------------------------------------------------
 

@@ -3,8 +3,6 @@
 an activation and write its row (in memory and plain updates, or Kafka messages and fenced claims), not in
 what happens to it.
 
-- What an activation row is when it is queued (`activation_row`), and what firing a trigger makes
-  (`fire_plan`): used by the controller and by a frontend's `RemoteFunctions` (functions/gateway.py).
 - The `Scheduler`: a queue per action, activations waiting for their retry, and the loop that starts them
   within each action's capacity and the process's worker cap (one `ordered` path at a time), plus the
   autoscaler's loop. What an activation is while queued (a row, or a Kafka message's job) and what running
@@ -21,7 +19,6 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import json
 import logging
 import random
 import time
@@ -32,9 +29,9 @@ from typing import Any
 
 from headrace.functions.invoker import Outcome
 from headrace.functions.messages import Actions
-from headrace.functions.model import SCALING, as_dict
+from headrace.functions.model import SCALING
 from headrace.functions.runner import ActionQueue, Runner, internal, next_runnable, record_of
-from headrace.functions.store import new_activation_id, now_ms
+from headrace.functions.store import now_ms
 from headrace.metrics import FN_ACTIVATIONS, FN_COLD_STARTS, FN_LATENCY
 
 log = logging.getLogger("headrace.functions")
@@ -46,8 +43,6 @@ BACKOFF_BASE_MS = 500
 BACKOFF_MAX_MS = 5 * 60_000
 #: An action's maxEventAge (seconds) when its scaling does not name one: the model's default.
 DEFAULT_MAX_EVENT_AGE = SCALING["maxEventAge"][2]
-#: An action's retries when its scaling does not name them: the model's default.
-DEFAULT_RETRIES = int(SCALING["retries"][2])
 
 
 def backoff_ms(attempt: int) -> int:
@@ -61,98 +56,6 @@ def status_label(code: int, final: str) -> str:
     if final == "dead":
         return "dead"
     return {0: "success", 1: "application_error", 2: "developer_error"}.get(code, "internal_error")
-
-
-def activation_row(
-    a: dict[str, Any] | None, namespace: str, action: str, args: dict[str, Any], *, depth: int = 0
-) -> dict[str, Any] | None:
-    """A new queued activation of the action row `a` (None if there is no such action)."""
-    if a is None:
-        return None
-    retries = int(a["scaling"].get("retries", DEFAULT_RETRIES))
-    stamp = now_ms()
-    return {
-        "activation_id": new_activation_id(),
-        "namespace": namespace,
-        "name": action,
-        "version": f"0.0.{a['version']}",
-        "subject": namespace,
-        "state": "queued",
-        "created": stamp,
-        "not_before": stamp,
-        "annotations": [],
-        "args": args,
-        "attempt": 1,
-        "max_attempts": retries + 1,
-        "depth": depth,
-    }
-
-
-def invocation_row(
-    a: dict[str, Any] | None, namespace: str, action: str, args: dict[str, Any], cause: str | None
-) -> dict[str, Any]:
-    """A direct invocation through the API: one attempt (no retries, as OpenWhisk); LookupError if the
-    action does not exist."""
-    row = activation_row(a, namespace, action, args)
-    if row is None:
-        raise LookupError(action)
-    row["max_attempts"] = 1
-    row["cause"] = cause
-    return row
-
-
-def fire_plan(
-    namespace: str,
-    trigger: dict[str, Any],
-    payload: dict[str, Any],
-    rules: list[dict[str, Any]],
-    actions: dict[tuple[str, str], dict[str, Any]],
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Firing a trigger: its own (finished) activation record, and one queued activation per active rule."""
-    trigger_id = new_activation_id()
-    args = {**as_dict(trigger["parameters"]), **payload}
-    rows = []
-    logs = []
-    for rule in rules:
-        row = activation_row(actions.get((namespace, rule["action"])), namespace, rule["action"], args)
-        if row is None:
-            logs.append(_rule_log(rule, None, 3, f"action {rule['action']} not found"))
-            continue
-        row.update(rule=rule["name"], trigger=trigger["name"], cause=trigger_id)
-        rows.append(row)
-        logs.append(_rule_log(rule, row["activation_id"], 0, None))
-    stamp = now_ms()
-    record = {
-        "activation_id": trigger_id,
-        "namespace": namespace,
-        "name": trigger["name"],
-        "entity": "trigger",
-        "version": f"0.0.{trigger['version']}",
-        "subject": namespace,
-        "state": "done",
-        "created": stamp,
-        "not_before": stamp,
-        "start": stamp,
-        "end": stamp,
-        "status_code": 0,
-        "result": args,
-        "logs": logs,
-    }
-    return record, rows
-
-
-def _rule_log(rule: dict[str, Any], activation_id: str | None, code: int, error: str | None) -> str:
-    entry: dict[str, Any] = {
-        "statusCode": code,
-        "success": code == 0,
-        "rule": f"{rule['namespace']}/{rule['name']}",
-        "action": f"{rule['namespace']}/{rule['action']}",
-    }
-    if activation_id:
-        entry["activationId"] = activation_id
-    if error:
-        entry["error"] = error
-    return json.dumps(entry, separators=(",", ":"))
 
 
 # -- an attempt ---------------------------------------------------------------------------------------------

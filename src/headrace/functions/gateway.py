@@ -25,10 +25,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sqlalchemy.engine import Connection
-
 from headrace.db.engine import Database
-from headrace.functions.engine import fire_plan, invocation_row
+from headrace.functions.dispatch import Actions, Dispatcher
 from headrace.functions.kafka_transport import ActivationPublisher, ResultWaiters
 from headrace.functions.store import FunctionStore
 
@@ -38,7 +36,10 @@ log = logging.getLogger("headrace.functions")
 PUBLISH_WAIT = 10.0
 
 
-class RemoteFunctions:
+class RemoteFunctions(Dispatcher):
+    """invoke, fire and redrive (dispatch.Dispatcher) with entities read from the database, activations
+    published to the activation topic, and their records awaited on the results topic."""
+
     def __init__(
         self,
         db: Database,
@@ -63,60 +64,13 @@ class RemoteFunctions:
     def invocations_in_flight(self, namespace: str) -> int:
         return self.results.in_flight(namespace)
 
-    async def _publish(self, rows: list[dict[str, Any]], actions: dict[tuple[str, str], dict[str, Any]]) -> None:
+    def waiter(self, activation_id: str, namespace: str) -> asyncio.Future[dict[str, Any]]:
+        return self.results.wait(activation_id, namespace)
+
+    async def send(self, rows: list[dict[str, Any]], actions: Actions) -> None:
         if not rows:
             return
         try:
             await asyncio.wait_for(self.publisher.publish(rows, actions), PUBLISH_WAIT)
         except Exception as exc:  # Kafka away: the producer keeps trying; the rows are queued meanwhile
             log.warning("functions: %d activations not yet acknowledged by Kafka: %s", len(rows), exc)
-
-    async def invoke(
-        self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None
-    ) -> tuple[str, asyncio.Future[dict[str, Any]]]:
-        a = await self.db.read(self.store.get, "actions", namespace, action)
-        if a is None:
-            raise LookupError(action)
-        row = invocation_row(a, namespace, action, params, cause)
-        fut = self.results.wait(row["activation_id"], namespace)
-        try:
-            await self.db.group.run(self.store.enqueue_in, row)
-        except BaseException:
-            fut.cancel()
-            raise
-        await self._publish([row], {(namespace, action): a})
-        return row["activation_id"], fut
-
-    async def fire(self, namespace: str, trigger: dict[str, Any], payload: dict[str, Any]) -> str | None:
-        rules = await self.db.read(self.store.active_rules, namespace, trigger["name"])
-        if not rules:
-            return None
-        actions: dict[tuple[str, str], dict[str, Any]] = {}
-        for rule in rules:
-            found = await self.db.read(self.store.get, "actions", namespace, rule["action"])
-            if found is not None:
-                actions[(namespace, rule["action"])] = found
-        record, rows = fire_plan(namespace, trigger, payload, rules, actions)
-
-        def write(conn: Connection) -> None:
-            self.store.record_in(conn, record)
-            for row in rows:
-                self.store.enqueue_in(conn, row)
-
-        await self.db.group.run(write)
-        await self._publish(rows, actions)
-        return str(record["activation_id"])
-
-    async def redrive(self, namespace: str, ids: list[str] | None) -> int:
-        dead = await self.db.read(self.store.activations, namespace, limit=0, states=("dead",))
-        chosen = [d for d in dead if ids is None or d["activation_id"] in ids]
-        actions: dict[tuple[str, str], dict[str, Any]] = {}
-        for d in chosen:
-            d.update(await self.db.group.run(self.store.redrive_in, d["activation_id"]))
-            key = (namespace, d["name"])
-            if key not in actions:
-                found = await self.db.read(self.store.get, "actions", namespace, d["name"])
-                if found is not None:
-                    actions[key] = found
-        await self._publish(chosen, actions)
-        return len(chosen)

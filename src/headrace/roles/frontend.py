@@ -8,11 +8,13 @@ standalone frontend without Kafka: invokes, fires and redrives answer 503).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from headrace.config import Settings
 from headrace.events.channels import ChannelManager
 from headrace.frontend import create_app
+from headrace.functions.dispatch import Dispatcher
+from headrace.functions.store import FunctionStore
 from headrace.roles.common import QuietServer, uvicorn_config
 from headrace.storage.service import StorageService
 
@@ -67,32 +69,16 @@ class FrontendRole:
             await self.results.close()
 
 
-class NoInvoker:
+class NoInvoker(Dispatcher):
     """The functions back end of a standalone frontend without Kafka: entities and records work (they are in
     the database), invokes, fires and redrives are refused, for nothing here could run them."""
 
     def __init__(self, service: StorageService) -> None:
-        from headrace.functions.store import FunctionStore
-
+        self.db = service.db
         self.store = FunctionStore(service.db)
         self.max_workers = 0
 
-    async def reload(self) -> None:
-        pass
-
-    def invocations_in_flight(self, namespace: str) -> int:
-        return 0
-
-    def _refuse(self) -> Any:
+    def refuse(self) -> None:
         from headrace.functions.api import WhiskError
 
-        return WhiskError(503, "This frontend runs no activations: start it with --kafka to hand them to the invokers.")
-
-    async def invoke(self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None) -> Any:
-        raise self._refuse()
-
-    async def fire(self, namespace: str, trigger: dict[str, Any], payload: dict[str, Any]) -> str | None:
-        raise self._refuse()
-
-    async def redrive(self, namespace: str, ids: list[str] | None) -> int:
-        raise self._refuse()
+        raise WhiskError(503, "This frontend runs no activations: start it with --kafka to hand them to the invokers.")
