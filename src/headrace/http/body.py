@@ -37,9 +37,12 @@ class RequestBody:
     receive: Any
     length: int | None
     idle_timeout: float
+    #: Whether any of the body has been asked for (a sink that fails before may be replaced by another).
+    started: bool = False
 
     async def message(self) -> dict[str, Any]:
         """The next body message; ClientGone if the client hung up, IncompleteUpload after the idle timeout."""
+        self.started = True
         try:
             async with asyncio.timeout(self.idle_timeout):
                 message = dict(await self.receive())
@@ -83,6 +86,7 @@ class RequestBody:
         hashlib and os.write release the GIL), the next is received; so at most two chunks are in memory.
         Raises ClientGone when the client hangs up, IncompleteUpload after the idle timeout without data or
         when the body is not Content-Length bytes long."""
+        self.started = True
         loop = asyncio.get_running_loop()
         pieces: list[bytes] = []
         buffered = total = 0

@@ -7,19 +7,15 @@ complete and committed; a download is read from the blob a chunk at a time, pace
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from html import escape as html_escape
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -37,7 +33,6 @@ from headrace.errors import (
     HeadraceError,
     IncompleteUpload,
     MethodNotAllowed,
-    NotFound,
     PayloadTooLarge,
     PreconditionFailed,
     RangeNotSatisfiable,
@@ -47,7 +42,6 @@ from headrace.errors import (
 from headrace.http import conditionals
 from headrace.http.body import ClientGone, RequestBody, read_small
 from headrace.http.ranges import answer_range, unsatisfiable_headers
-from headrace.http.streaming import can_pathsend, raw_headers, send_fd_range, send_path, watch_disconnect
 from headrace.http_common import (
     CONTENT_HEADERS,
     acknowledge_lifespan,
@@ -63,12 +57,12 @@ from headrace.http_common import (
 from headrace.metrics import DOOR_BYTES, DOOR_REQUESTS
 from headrace.storage import locks
 from headrace.storage import webdav_xml as dav
-from headrace.storage.checksums import Hasher, format_digest, parse_digest, parse_want_digest
+from headrace.storage.blobstore import BlobStore, Stored, StoreUnreachable
+from headrace.storage.checksums import format_digest, parse_digest, parse_want_digest
 from headrace.storage.namespace import Blob, CopyItem, Inode
 from headrace.storage.paths import from_destination
-from headrace.storage.pool import Pool, new_blob_name, receive_verified
-from headrace.storage.pool_client import PoolUnavailable, PoolUnreachable, RemotePool, Stored
-from headrace.storage.pool_protocol import TOKEN_PARAM, Commit
+from headrace.storage.pool import new_blob_name
+from headrace.storage.pool_protocol import Commit
 from headrace.storage.service import StorageService
 
 log = logging.getLogger("headrace.door")
@@ -77,8 +71,6 @@ log = logging.getLogger("headrace.door")
 ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, LOCK, UNLOCK, POST"
 #: The largest body of a request other than PUT (PROPFIND/PROPPATCH/LOCK XML, macaroon requests): 413 past it.
 MAX_XML_BODY = 1024 * 1024
-#: Bytes gathered from the client before each write to a pool process.
-REMOTE_BUFFER = 1024 * 1024
 #: A client that sends this (yes) with a PUT asks to be redirected to the pool, as `Expect: 100-continue` does.
 REDIRECT_HEADER = "x-headrace-redirect"
 
@@ -110,7 +102,6 @@ class Call:
 
 class Door:
     def __init__(self, service: StorageService, settings: Settings) -> None:
-        self.io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="door-io")
         self.service = service
         self.settings = settings
         self.ns = service.namespace
@@ -230,11 +221,13 @@ class Door:
             digest = format_digest(node.checksums, want)
             if digest:
                 headers["Digest"] = digest
-        remote = None
-        if not head and node.pool is not None and node.pool not in self.service.pools:
-            remote = await self._remote(node.pool)
+        store = None
+        if not head and node.pool is not None:
+            store = await self.service.stores.get(node.pool)
             if self.settings.door_redirect:
-                return await self._redirect_read(call, node, remote, headers)
+                redirected = await self._redirect_read(call, node, store, headers)
+                if redirected is not None:
+                    return redirected
         rng = call.header("range")
         honoured = conditionals.if_range_holds(call.header("if-range"), node.etag, node.mtime // 1000)
         try:
@@ -243,12 +236,11 @@ class Door:
             return error_response(exc, unsatisfiable_headers(node.size))
         if head:
             return Response(status_code=status, headers=headers)
-        if remote is not None:
-            await self._stream_remote(call, node, remote, status, headers, start, length)
-        elif status == 200 and can_pathsend(call.scope):
-            await self._send_path(call, node, headers)
-        else:
-            await self._stream_blob(call, node, status, headers, start, length)
+        assert store is not None and node.blob is not None
+        sent = await store.send(
+            call.scope, call.send, call.receive, node.blob, status, headers, start, length, label=node.path
+        )
+        DOOR_BYTES.labels("out").inc(sent)
         await self.db.group.run(self.ns.record_read_in, node, call.subject, call.cause)
         return None
 
@@ -266,95 +258,32 @@ class Door:
     async def _compute_checksums(self, node: Inode, types: set[str]) -> None:
         if node.pool is None or node.blob is None:
             return
-        if node.pool in self.service.pools:
-            sums = await asyncio.to_thread(self.service.pool(node.pool).compute_checksums, node.blob, types)
-        else:
-            sums = await (await self._remote(node.pool)).checksums(node.blob, types)
+        sums = await (await self.service.stores.get(node.pool)).checksums(node.blob, types)
         await self.db.write(self.ns.add_checksums, node, {t: sums[t] for t in types if t in sums})
 
-    async def _send_path(self, call: Call, node: Inode, headers: dict[str, str]) -> None:
-        """A whole file via the server's `http.response.pathsend`: the bytes never enter Python."""
-        assert node.pool is not None and node.blob is not None
-        path = self.service.pool(node.pool).blob_path(node.blob)
-        if not path.exists():
-            raise NotFound(f"Data of {node.path} is missing from pool {node.pool}")
-        await send_path(call.send, headers, str(path))
-        DOOR_BYTES.labels("out").inc(node.size)
-
-    async def _stream_blob(
-        self, call: Call, node: Inode, status: int, headers: dict[str, str], start: int, length: int
-    ) -> None:
-        assert node.pool is not None and node.blob is not None
-        pool = self.service.pool(node.pool)
-        try:
-            fd = pool.open_blob(node.blob)
-        except FileNotFoundError as exc:
-            raise NotFound(f"Data of {node.path} is missing from pool {node.pool}") from exc
-        try:
-            short = NotFound(f"Data of {node.path} is shorter than its recorded size")
-            sent = await send_fd_range(call.send, call.receive, status, headers, fd, start, length, short=short)
-            DOOR_BYTES.labels("out").inc(sent)
-        finally:
-            os.close(fd)
-
-    # -- pool processes ------------------------------------------------------------------------------------
-
-    async def _remote(self, name: str) -> RemotePool:
-        remote = await self.service.remote_pools.get(name)
-        if remote is None:
-            raise PoolUnavailable(f"Pool {name} is not registered")
-        return remote
-
-    async def _target_pool(self, length: int | None) -> Pool | RemotePool:
+    async def _target(self, length: int | None) -> BlobStore:
         """Where a new file goes: a pool process when any is registered, else this process's own pool."""
-        remote = await self.service.remote_pools.choose(length)
-        return remote if remote is not None else self.service.choose_pool()
+        store = await self.service.stores.choose(length)
+        assert store is not None  # without exclusions there is always one
+        return store
 
     @staticmethod
     def _origin(call: Call) -> str:
         return f"{call.scope.get('scheme', 'http')}://{call.header('host') or ''}"
 
-    async def _redirect_read(self, call: Call, node: Inode, remote: RemotePool, headers: dict[str, str]) -> Response:
-        """302 to the pool with a token good for this blob only, for `pool_token_seconds`; the pool repeats
-        the file's headers (ETag, Digest...) from the token. The read is recorded now: the door sees no more."""
+    async def _redirect_read(
+        self, call: Call, node: Inode, store: BlobStore, headers: dict[str, str]
+    ) -> Response | None:
+        """302 to a store that clients can reach, with a token good for this blob only, for
+        `pool_token_seconds`; the pool repeats the file's headers (ETag, Digest...) from the token. The read is
+        recorded now: the door sees no more. None when the store is not reachable by clients."""
         assert node.blob is not None
-        token = await remote.client_token("read", node.blob, self.settings.pool_token_seconds, headers=headers)
-        location = f"{remote.url}{quote(call.principal.external(node.path), safe='/')}?{TOKEN_PARAM}={token}"
+        path = call.principal.external(node.path)
+        location = await store.client_url("read", node.blob, path, self.settings.pool_token_seconds, headers=headers)
+        if location is None:
+            return None
         await self.db.group.run(self.ns.record_read_in, node, call.subject, call.cause)
         return Response(status_code=302, headers={"Location": location, "Content-Length": "0"})
-
-    async def _stream_remote(
-        self, call: Call, node: Inode, remote: RemotePool, status: int, headers: dict[str, str], start: int, length: int
-    ) -> None:
-        """Proxy bytes [start, start+length) from the pool; the response starts only once the pool has answered,
-        so that an unreachable pool is a 503, not a cut-off 200."""
-        assert node.blob is not None
-        raw = raw_headers(headers)
-        if length == 0:
-            await call.send({"type": "http.response.start", "status": status, "headers": raw})
-            await call.send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        gone = asyncio.Event()
-        async with remote.read(node.blob, start, length) as r:
-            watcher = asyncio.create_task(watch_disconnect(call.receive, gone))
-            sent = 0
-            try:
-                await call.send({"type": "http.response.start", "status": status, "headers": raw})
-                try:
-                    async for chunk in r.aiter_raw():
-                        if gone.is_set():
-                            break
-                        sent += len(chunk)
-                        await call.send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except httpx.TransportError as exc:
-                    raise PoolUnavailable(f"Pool {remote.name} failed while sending {node.path}") from exc
-                if not gone.is_set():
-                    if sent < length:
-                        raise PoolUnavailable(f"Pool {remote.name} sent {sent} of {length} bytes of {node.path}")
-                    await call.send({"type": "http.response.body", "body": b"", "more_body": False})
-            finally:
-                watcher.cancel()
-                DOOR_BYTES.labels("out").inc(sent)
 
     def _redirects_put(self, call: Call) -> bool:
         if not self.settings.door_redirect:
@@ -364,10 +293,11 @@ class Door:
         return expect == "100-continue" or opted
 
     async def _redirect_write(
-        self, call: Call, remote: RemotePool, want: list[str], if_match: str | None, inm_any: bool
-    ) -> Response:
-        """307 (method and body kept) to the pool, with a token that tells it to commit the upload as this
-        user, with these preconditions, once the data is durable and its checksum verified."""
+        self, call: Call, store: BlobStore, want: list[str], if_match: str | None, inm_any: bool
+    ) -> Response | None:
+        """307 (method and body kept) to a store that clients can reach, with a token that tells it to commit
+        the upload as this user, with these preconditions, once the data is durable and its checksum verified.
+        None when the store is not reachable by clients."""
         commit = Commit(
             path=call.path,
             username=call.subject.username,
@@ -380,64 +310,52 @@ class Door:
             want=tuple(want),
             location=self._origin(call) + call.href(call.path, False),
         )
-        token = await remote.client_token("write", new_blob_name(), self.settings.pool_token_seconds, commit=commit)
-        location = f"{remote.url}{quote(call.principal.external(call.path), safe='/')}?{TOKEN_PARAM}={token}"
+        path = call.principal.external(call.path)
+        seconds = self.settings.pool_token_seconds
+        location = await store.client_url("write", new_blob_name(), path, seconds, commit=commit)
+        if location is None:
+            return None
         if (call.header("expect") or "").strip().lower() != "100-continue":
             # The client is sending its body regardless: read it to the end (and drop it), for a connection
             # closed on unread data is reset, and the reset can destroy the 307 before the client reads it.
             await self._discard_body(call)
         return Response(status_code=307, headers={"Location": location, "Content-Length": "0"})
 
-    def _body(self, call: Call) -> RequestBody:
-        return RequestBody(call.receive, content_length(call.scope), self.settings.upload_idle_timeout)
-
     async def _discard_body(self, call: Call) -> None:
-        await self._body(call).discard()
+        await RequestBody(call.receive, content_length(call.scope), self.settings.upload_idle_timeout).discard()
 
-    async def _upload_remote(
-        self, call: Call, remote: RemotePool, types: set[str], length: int | None
-    ) -> tuple[RemotePool, Stored]:
-        """Stream the request body to a pool process. A pool that cannot be connected to before any byte was
+    async def _receive(
+        self, call: Call, store: BlobStore, types: set[str], expected: dict[str, str], length: int | None
+    ) -> tuple[BlobStore, Stored]:
+        """Stream the request body into a new blob. A store that cannot be connected to before any byte was
         read from the client is passed over for the next one."""
-        started = False
-        request_body = RequestBody(call.receive, length, self.settings.upload_idle_timeout)
-
-        async def body() -> AsyncIterator[bytes]:
-            nonlocal started
-            started = True
-            async for chunk in request_body.chunks(REMOTE_BUFFER):
-                yield chunk
-
+        body = RequestBody(call.receive, length, self.settings.upload_idle_timeout)
         tried: set[str] = set()
         while True:
             try:
-                stored = await remote.upload(
-                    body(), blob=new_blob_name(), length=length, types=types, digest=call.header("digest")
-                )
-                return remote, stored
-            except PoolUnreachable:
-                tried.add(remote.name)
-                following = None if started else await self.service.remote_pools.choose(length, exclude=tried)
+                return store, await store.receive(body, types, expected)
+            except StoreUnreachable:
+                tried.add(store.name)
+                following = None if body.started else await self.service.stores.choose(length, exclude=tried)
                 if following is None:
                     raise
-                remote = following
+                store = following
 
-    async def _commit_remote(
-        self, call: Call, remote: RemotePool, stored: Stored, **kw: Any
-    ) -> tuple[Inode, Blob | None, bool]:
+    async def _commit(self, call: Call, store: BlobStore, stored: Stored, **kw: Any) -> tuple[Inode, Blob | None, bool]:
+        """Make a stored blob the file at the call's path; the blob is dropped if that fails."""
         try:
             return await self.db.group.run(
                 self.ns.commit_upload_in,
                 call.path,
                 call.subject,
-                pool=remote.name,
+                pool=store.name,
                 blob=stored.blob,
                 size=stored.size,
                 sums=stored.checksums,
                 **kw,
             )
         except BaseException:
-            await self.service.drop_blobs([Blob(remote.name, stored.blob, stored.size)])
+            await self.service.drop_blobs([Blob(store.name, stored.blob, stored.size)])
             raise
 
     async def _html_listing(self, call: Call, node: Inode) -> Response | None:
@@ -486,47 +404,18 @@ class Door:
             raise BadRequest(f"Malformed Digest header: {exc}") from exc
         want = parse_want_digest(call.header("want-digest") or "")
         length = content_length(call.scope)
-        target = await self._target_pool(length)
-        if isinstance(target, RemotePool):
-            if self._redirects_put(call):
-                return await self._redirect_write(
-                    call, target, want, if_match.strip() if if_match else None, bool(inm and inm.strip() == "*")
-                )
-            remote, stored = await self._upload_remote(call, target, set(expected) | set(want), length)
-            for t, v in expected.items():  # the pool verified them too; never commit on its word alone
-                if stored.checksums.get(t) != v:
-                    await self.service.drop_blobs([Blob(remote.name, stored.blob, stored.size)])
-                    raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {stored.checksums.get(t)}")
-            node, old, created = await self._commit_remote(
-                call,
-                remote,
-                stored,
-                if_match=if_match.strip() if if_match else None,
-                if_none_match_any=bool(inm and inm.strip() == "*"),
-                cause=call.cause,
-            )
-            return await self._put_done(call, node, old, created, stored.checksums, want, stored.size)
-        pool = target
-        upload = await asyncio.get_running_loop().run_in_executor(self.io, pool.start_upload)
-        try:
-            body = RequestBody(call.receive, length, self.settings.upload_idle_timeout)
-            sums = await receive_verified(body, upload, set(want), expected, executor=self.io)
-            node, old, created = await self.db.group.run(
-                self.ns.commit_upload_in,
-                call.path,
-                call.subject,
-                pool=pool.name,
-                blob=upload.blob,
-                size=upload.size,
-                sums=sums,
-                if_match=if_match.strip() if if_match else None,
-                if_none_match_any=bool(inm and inm.strip() == "*"),
-                cause=call.cause,
-            )
-        except BaseException:
-            upload.abort()
-            raise
-        return await self._put_done(call, node, old, created, sums, want, upload.size)
+        if_match_value = if_match.strip() if if_match else None
+        inm_any = bool(inm and inm.strip() == "*")
+        target = await self._target(length)
+        if self._redirects_put(call):
+            redirected = await self._redirect_write(call, target, want, if_match_value, inm_any)
+            if redirected is not None:
+                return redirected
+        store, stored = await self._receive(call, target, set(want), expected, length)
+        node, old, created = await self._commit(
+            call, store, stored, if_match=if_match_value, if_none_match_any=inm_any, cause=call.cause
+        )
+        return await self._put_done(call, node, old, created, stored.checksums, want, stored.size)
 
     async def _put_done(
         self,
@@ -645,17 +534,13 @@ class Door:
             raise PreconditionFailed(f"Destination exists: {call.principal.external(target)}")
         plan = await self.db.read(self.ns.copy_plan, call.path, call.subject, depth_infinity=depth == "infinity")
         made: list[tuple[CopyItem, str | None, str | None]] = []
+        copies: list[Blob] = []
         try:
             for item in plan:
-                if item.type == "REGULAR" and item.pool and item.blob and item.pool not in self.service.pools:
-                    remote = await self._remote(item.pool)
-                    blob = new_blob_name()
-                    await remote.copy(item.blob, blob)
-                    made.append((item, remote.name, blob))
-                elif item.type == "REGULAR" and item.pool and item.blob:
-                    src_pool = self.service.pool(item.pool)
-                    blob = await asyncio.to_thread(src_pool.copy_blob, item.blob)
-                    made.append((item, src_pool.name, blob))
+                if item.type == "REGULAR" and item.pool and item.blob:
+                    copied = await (await self.service.stores.get(item.pool)).copy(item.blob)
+                    copies.append(Blob(item.pool, copied.blob, copied.size))
+                    made.append((item, item.pool, copied.blob))
                 else:
                     made.append((item, None, None))
             blobs, existed = await self.db.write(
@@ -664,11 +549,7 @@ class Door:
             if existed:
                 self.locks.drop(target)
         except BaseException:
-            for _, pool_name, new_blob in made:
-                if pool_name and new_blob and pool_name in self.service.pools:
-                    self.service.pool(pool_name).remove_blob(new_blob)
-                elif pool_name and new_blob:
-                    await self.service.drop_blobs([Blob(pool_name, new_blob, 0)])
+            await self.service.drop_blobs(copies)
             raise
         await self.service.drop_blobs(blobs)
         return Response(status_code=204 if existed else 201)
@@ -681,12 +562,7 @@ class Door:
         return await read_small(call.receive, length, limit=MAX_XML_BODY, timeout=self.settings.body_timeout)
 
     def _quota(self) -> tuple[int, int]:
-        pools = self.service.pools.values()
-        remote = self.service.remote_pools.cached().values()
-        used = sum(p.used_bytes for p in pools) + sum(r.used_bytes for r in remote)
-        if remote:  # new files go to the pool processes: theirs is the room left
-            return used, sum(r.free_bytes for r in remote if r.live())
-        return used, sum(p.free_bytes() for p in pools)
+        return self.service.stores.quota()
 
     async def propfind(self, call: Call) -> Response | None:
         request = dav.parse_propfind(await self._small_body(call))
@@ -853,28 +729,9 @@ class Door:
         return self._lock_reply(call, lock, 201 if created else 200, new=True)
 
     async def _create_empty(self, call: Call) -> Inode:
-        target = await self._target_pool(0)
-        if isinstance(target, RemotePool):
-            stored = await target.upload(b"", blob=new_blob_name(), length=0, types=set())
-            node, _, _ = await self._commit_remote(call, target, stored, if_none_match_any=True)
-            return node
-        pool = target
-        upload = await asyncio.get_running_loop().run_in_executor(self.io, pool.start_upload)
-        try:
-            await asyncio.to_thread(upload.finish)
-            node, _, _ = await self.db.group.run(
-                self.ns.commit_upload_in,
-                call.path,
-                call.subject,
-                pool=pool.name,
-                blob=upload.blob,
-                size=0,
-                sums=Hasher(set()).values(),
-                if_none_match_any=True,
-            )
-        except BaseException:
-            upload.abort()
-            raise
+        target = await self._target(0)
+        stored = await target.write(b"")
+        node, _, _ = await self._commit(call, target, stored, if_none_match_any=True)
         return node
 
     async def unlock(self, call: Call) -> Response | None:

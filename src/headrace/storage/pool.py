@@ -5,13 +5,11 @@ the namespace commit that makes it visible comes after that rename. So after a c
 without a namespace entry (an orphan, removed by `remove_orphans`), never the reverse.
 
 The same directory layout serves the embedded pool (opened by the door's own process) and a pool process
-of its own (`headrace pool`, see `pool_server`); `receive_verified` streams a request body into an upload
-for both, with the sent digests checked and the file made durable.
+of its own (`headrace pool`, see `pool_server`); both use it through `local_store.LocalStore`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
@@ -20,12 +18,10 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-from headrace.errors import BadRequest, Conflict, InsufficientStorage
+from headrace.errors import Conflict, InsufficientStorage
 from headrace.storage.checksums import Hasher
 
 READ_CHUNK = 1024 * 1024
@@ -89,10 +85,11 @@ class Pool:
             raise InsufficientStorage(f"Pool {self.name} is full")
         self.reserved_bytes += n
 
-    def copy_blob(self, src_blob: str) -> str:
-        """A new blob holding the same bytes as `src_blob` (for COPY); blocking."""
+    def copy_blob(self, src_blob: str, dst: str | None = None) -> tuple[str, int]:
+        """A new blob (called `dst`, else a fresh name) holding the same bytes as `src_blob` (for COPY); its name
+        and size. Blocking."""
         size = self.blob_path(src_blob).stat().st_size
-        upload = self.start_upload()
+        upload = self.start_upload(dst)
         try:
             upload.reserve(size)
             with open(self.blob_path(src_blob), "rb") as src:
@@ -102,7 +99,7 @@ class Pool:
         except BaseException:
             upload.abort()
             raise
-        return upload.blob
+        return upload.blob, size
 
     # -- reading and removing ------------------------------------------------------------------------------
 
@@ -259,45 +256,3 @@ class Upload:
                 os.unlink(self.pool.tmp / self.blob)
             self.pool.reserved_bytes -= self.reserved
             self.reserved = 0
-
-
-class HashingSink:
-    """An upload as the sink of a streamed request body (`headrace.http.body.Sink`): each chunk hashed, then
-    written."""
-
-    def __init__(self, upload: Upload, types: set[str]) -> None:
-        self.upload = upload
-        self.hasher = Hasher(types)
-
-    def reserve_for(self, n: int) -> None:
-        self.upload.reserve_for(n)
-
-    def write(self, data: bytes) -> None:
-        self.hasher.update(data)
-        self.upload.write_raw(data)
-
-
-class Body(Protocol):
-    """A request body that streams itself into a sink (`headrace.http.body.RequestBody`)."""
-
-    length: int | None
-
-    async def into(self, sink: HashingSink, executor: Executor | None = None) -> int: ...
-
-
-async def receive_verified(
-    body: Body, upload: Upload, types: set[str], expected: dict[str, str], *, executor: Executor | None = None
-) -> dict[str, str]:
-    """Stream `body` into `upload` (room for its Content-Length reserved first), hashing as it goes; then the
-    client's digests (`expected`) checked against what was computed, and the file made durable; the
-    checksums. The caller aborts the upload if this raises."""
-    if body.length:
-        upload.reserve(body.length)
-    sink = HashingSink(upload, types | set(expected))
-    await body.into(sink, executor)
-    sums = sink.hasher.values()
-    for t, v in expected.items():
-        if sums.get(t) != v:
-            raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")
-    await asyncio.to_thread(upload.finish)
-    return sums

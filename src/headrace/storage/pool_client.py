@@ -2,9 +2,10 @@
 file, and the HTTP calls that move data to and from them.
 
 `PoolDirectory` reads the `pools` table (at most once a second) and chooses, round robin, among the pools
-that heartbeat and have room. `RemotePool` streams an upload to its pool (which hashes, fsyncs and renames it
-into place before it answers), reads a byte range back, copies, checksums and deletes blobs. Every request
-carries a pool token the door signs for that one pool, blob and operation (see `pool_protocol`).
+that heartbeat and have room. `RemotePool` is a pool process as a `BlobStore`: it streams an upload to its
+pool (which hashes, fsyncs and renames it into place before it answers), proxies a byte range back, copies,
+checksums and deletes blobs, and sends clients to the pool itself (`client_url`). Every request carries a
+pool token the door signs for that one pool, blob and operation (see `pool_protocol`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 from headrace.db.engine import Database
-from headrace.errors import HeadraceError, InsufficientStorage, NotFound
+from headrace.errors import BadRequest, HeadraceError, InsufficientStorage, NotFound
+from headrace.http.body import RequestBody
+from headrace.http.streaming import raw_headers, watch_disconnect
 from headrace.storage import pool_protocol as proto
+from headrace.storage.blobstore import BlobStore, Stored, StoreUnavailable, StoreUnreachable
+from headrace.storage.checksums import format_digest
+from headrace.storage.pool import new_blob_name
 from headrace.storage.pool_registry import PoolRow, now_ms, pool_secret, read_pools
 from headrace.tls import tls_context
 
@@ -32,17 +38,13 @@ log = logging.getLogger("headrace.pools")
 REFRESH_SECONDS = 1.0
 #: After a pool refused a connection, the door leaves it out of new uploads for this long.
 DOWN_SECONDS = 5.0
+#: Bytes gathered from the client before each write to a pool process.
+REMOTE_BUFFER = 1024 * 1024
 
-
-class PoolUnavailable(HeadraceError):
-    """The pool that holds (or was to take) the data cannot be reached or failed during the transfer."""
-
-    status = 503
-    title = "Service Unavailable"
-
-
-class PoolUnreachable(PoolUnavailable):
-    """Not even a connection: nothing was sent, so another pool may take the upload."""
+#: The pool that holds (or was to take) the data cannot be reached or failed during the transfer.
+PoolUnavailable = StoreUnavailable
+#: Not even a connection: nothing was sent, so another pool may take the upload.
+PoolUnreachable = StoreUnreachable
 
 
 class PoolFailed(HeadraceError):
@@ -54,14 +56,7 @@ class PoolFailed(HeadraceError):
         self.title = title
 
 
-@dataclass(frozen=True)
-class Stored:
-    blob: str
-    size: int
-    checksums: dict[str, str]
-
-
-class RemotePool:
+class RemotePool(BlobStore):
     def __init__(self, row: PoolRow, directory: PoolDirectory) -> None:
         self.name = row.name
         self.url = row.url.rstrip("/")
@@ -167,8 +162,9 @@ class RemotePool:
             raise self._failed(r, f"Data in pool {self.name}")
         return {str(k): str(v) for k, v in r.json()["checksums"].items()}
 
-    async def copy(self, blob: str, dst: str) -> None:
-        """A new blob `dst` in this pool with the bytes of `blob` (for COPY)."""
+    async def copy(self, blob: str, *, dst: str | None = None) -> Stored:
+        """A new blob (`dst`, else a fresh name) in this pool with the bytes of `blob` (for COPY)."""
+        dst = dst or new_blob_name()
         headers = await self._auth("copy", blob, dst=dst)
         try:
             r = await self.directory.http().post(self._api(blob, "copy"), headers=headers)
@@ -176,8 +172,9 @@ class RemotePool:
             raise self._transport(exc, "a copy") from exc
         if r.status_code != 201:
             raise self._failed(r, f"Data in pool {self.name}")
+        return Stored(dst, int(r.json().get("size", 0)), {})
 
-    async def delete(self, blob: str) -> None:
+    async def delete(self, blob: str, size: int | None = None) -> None:
         headers = await self._auth("delete", blob)
         try:
             r = await self.directory.http().delete(self._api(blob), headers=headers)
@@ -185,6 +182,82 @@ class RemotePool:
             raise self._transport(exc, "a delete") from exc
         if r.status_code not in (204, 404):
             raise self._failed(r, f"Data in pool {self.name}")
+
+    # -- as a BlobStore ------------------------------------------------------------------------------------
+
+    async def receive(
+        self, body: RequestBody, types: set[str], expected: Mapping[str, str], *, blob: str | None = None
+    ) -> Stored:
+        stored = await self.upload(
+            body.chunks(REMOTE_BUFFER),
+            blob=blob or new_blob_name(),
+            length=body.length,
+            types=types | set(expected),
+            digest=format_digest(dict(expected), list(expected)),
+        )
+        for t, v in expected.items():  # the pool verified one of them; never commit on its word alone
+            if stored.checksums.get(t) != v:
+                await self.delete(stored.blob, stored.size)
+                raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {stored.checksums.get(t)}")
+        return stored
+
+    async def write(self, data: bytes) -> Stored:
+        return await self.upload(data, blob=new_blob_name(), length=len(data), types=set())
+
+    async def send(
+        self,
+        scope: Mapping[str, Any],
+        send: Any,
+        receive: Any,
+        blob: str,
+        status: int,
+        headers: Mapping[str, str],
+        start: int,
+        length: int,
+        *,
+        label: str,
+    ) -> int:
+        """Proxy the bytes from the pool; the response starts only once the pool has answered, so that an
+        unreachable pool is a 503, not a cut-off 200."""
+        raw = raw_headers(headers)
+        if length == 0:
+            await send({"type": "http.response.start", "status": status, "headers": raw})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return 0
+        gone = asyncio.Event()
+        async with self.read(blob, start, length) as r:
+            watcher = asyncio.create_task(watch_disconnect(receive, gone))
+            sent = 0
+            try:
+                await send({"type": "http.response.start", "status": status, "headers": raw})
+                try:
+                    async for chunk in r.aiter_raw():
+                        if gone.is_set():
+                            break
+                        sent += len(chunk)
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except httpx.TransportError as exc:
+                    raise PoolUnavailable(f"Pool {self.name} failed while sending {label}") from exc
+                if not gone.is_set():
+                    if sent < length:
+                        raise PoolUnavailable(f"Pool {self.name} sent {sent} of {length} bytes of {label}")
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            finally:
+                watcher.cancel()
+        return sent
+
+    async def client_url(
+        self, op: str, blob: str, path: str, seconds: float, *, headers: Any = None, commit: Any = None
+    ) -> str | None:
+        token = await self.client_token(op, blob, seconds, headers=headers, commit=commit)
+        return f"{self.url}{quote(path, safe='/')}?{proto.TOKEN_PARAM}={token}"
+
+    @property
+    def used_bytes(self) -> int:
+        return self.row.used_bytes
+
+    def free_bytes(self) -> int:
+        return self.row.free_bytes
 
 
 class PoolDirectory:

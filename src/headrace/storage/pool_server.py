@@ -46,7 +46,6 @@ from headrace.errors import (
 from headrace.http import conditionals
 from headrace.http.body import ClientGone, RequestBody
 from headrace.http.ranges import answer_range, unsatisfiable_headers
-from headrace.http.streaming import can_pathsend, send_fd_range, send_path
 from headrace.http_common import (
     CONTENT_HEADERS,
     acknowledge_lifespan,
@@ -58,9 +57,11 @@ from headrace.http_common import (
     query_param,
 )
 from headrace.storage import pool_protocol as proto
+from headrace.storage.blobstore import Stored, Stores
 from headrace.storage.checksums import FROM_WIRE, SUPPORTED, format_digest, parse_digest, parse_want_digest
-from headrace.storage.namespace import Blob, Namespace
-from headrace.storage.pool import BLOB_NAME, READ_CHUNK, Pool, Upload, receive_verified
+from headrace.storage.local_store import LocalStore
+from headrace.storage.namespace import Namespace
+from headrace.storage.pool import BLOB_NAME, Pool
 from headrace.storage.pool_client import PoolDirectory
 from headrace.storage.pool_registry import heartbeat, mark_offline, pool_secret, register
 
@@ -142,8 +143,10 @@ class PoolServer:
         self.secret = secret
         self.ns = Namespace(db, read_events=False)  # a pool commits uploads; reads are recorded by doors
         self.io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="pool-io")
+        self.store = LocalStore(pool, self.io)
         #: Other pools, for dropping the blob a redirected overwrite replaced when it lives elsewhere.
         self.directory = PoolDirectory(db, secret)
+        self.stores = Stores({self.name: self.store}, self.directory)
 
     @property
     def name(self) -> str:
@@ -217,7 +220,7 @@ class PoolServer:
         if need == "read":
             return await self.serve(scope, receive, send, blob, {}, head=method == "HEAD")
         if need == "delete":
-            await asyncio.get_running_loop().run_in_executor(self.io, self.pool.remove_blob, blob, None)
+            await self.store.delete(blob)
             return Response(status_code=204)
         if need == "copy":
             if not claims.dst:
@@ -227,28 +230,19 @@ class PoolServer:
 
     # -- writing -------------------------------------------------------------------------------------------
 
-    async def _receive(
-        self, scope: Scope, receive: Receive, blob: str, types: set[str]
-    ) -> tuple[Upload, dict[str, str]]:
+    async def _receive(self, scope: Scope, receive: Receive, blob: str, types: set[str]) -> Stored:
         """Stream the body into a new blob called `blob`; complete, durable and its Digest verified, or nothing."""
         try:
             expected = parse_digest(header(scope, b"digest") or "")
         except ValueError as exc:
             raise BadRequest(f"Malformed Digest header: {exc}") from exc
-        length = content_length(scope)
-        upload = await asyncio.get_running_loop().run_in_executor(self.io, self.pool.start_upload, blob)
-        try:
-            body = RequestBody(receive, length, self.options.upload_idle_timeout)
-            sums = await receive_verified(body, upload, types, expected, executor=self.io)
-        except BaseException:
-            upload.abort()
-            raise
-        return upload, sums
+        body = RequestBody(receive, content_length(scope), self.options.upload_idle_timeout)
+        return await self.store.receive(body, types, expected, blob=blob)
 
     async def door_put(self, scope: Scope, receive: Receive, blob: str) -> Response:
         types = _types(query_param(scope, "sums"))
-        upload, sums = await self._receive(scope, receive, blob, types)
-        body = {"blob": blob, "size": upload.size, "checksums": sums}
+        stored = await self._receive(scope, receive, blob, types)
+        body = {"blob": blob, "size": stored.size, "checksums": stored.checksums}
         return Response(json.dumps(body), status_code=201, media_type="application/json")
 
     async def client_put(self, scope: Scope, receive: Receive, claims: proto.PoolToken) -> Response:
@@ -258,7 +252,7 @@ class PoolServer:
         # What the client asked the door for, and what it asks here (a client repeats its headers on redirect).
         want = list(commit.want)
         want += [w for w in parse_want_digest(header(scope, b"want-digest") or "") if w not in want]
-        upload, sums = await self._receive(scope, receive, claims.blob, set(want))
+        stored = await self._receive(scope, receive, claims.blob, set(want))
         try:
             node, old, created = await self.db.group.run(
                 self.ns.commit_upload_in,
@@ -266,69 +260,34 @@ class PoolServer:
                 subject,
                 pool=self.name,
                 blob=claims.blob,
-                size=upload.size,
-                sums=sums,
+                size=stored.size,
+                sums=stored.checksums,
                 if_match=commit.if_match,
                 if_none_match_any=commit.if_none_match_any,
                 cause=commit.cause,
             )
         except BaseException:
-            upload.abort()
+            await self.store.delete(stored.blob, stored.size)
             raise
         if old is not None:
-            await self.drop(old)
+            # The blob the overwrite replaced: here, or in the pool that holds it.
+            await self.stores.drop([old])
         headers = {"ETag": node.etag}
-        digest = format_digest(sums, want)
+        digest = format_digest(stored.checksums, want)
         if digest:
             headers["Digest"] = digest
         if created and commit.location:
             headers["Location"] = commit.location
         return Response(status_code=201 if created else 204, headers=headers)
 
-    async def drop(self, old: Blob) -> None:
-        """Remove the blob an overwrite replaced: here, or in the pool that holds it."""
-        try:
-            if old.pool == self.name:
-                await asyncio.get_running_loop().run_in_executor(self.io, self.pool.remove_blob, old.blob, old.size)
-                return
-            other = await self.directory.get(old.pool)
-            if other is None:
-                log.warning("blob %s of pool %s is no longer referenced; it is not a pool process", old.blob, old.pool)
-                return
-            await other.delete(old.blob)
-        except HeadraceError as exc:
-            log.warning("could not remove replaced blob %s from pool %s: %s", old.blob, old.pool, exc.detail)
-
     async def copy(self, src: str, dst: str) -> Response:
         if not BLOB_NAME.fullmatch(dst):
             raise BadRequest(f"Not a blob name: {dst!r}")
-
-        def run() -> int:
-            size = self.pool.blob_path(src).stat().st_size
-            upload = self.pool.start_upload(dst)
-            try:
-                upload.reserve(size)
-                with open(self.pool.blob_path(src), "rb") as f:
-                    while chunk := f.read(READ_CHUNK):
-                        upload.write_raw(chunk)
-                upload.finish()
-            except BaseException:
-                upload.abort()
-                raise
-            return size
-
-        try:
-            size = await asyncio.get_running_loop().run_in_executor(self.io, run)
-        except FileNotFoundError as exc:
-            raise NotFound(f"No blob {src} in pool {self.name}") from exc
-        return Response(json.dumps({"blob": dst, "size": size}), status_code=201, media_type="application/json")
+        stored = await self.store.copy(src, dst=dst)
+        return Response(json.dumps({"blob": dst, "size": stored.size}), status_code=201, media_type="application/json")
 
     async def checksums(self, scope: Scope, blob: str) -> Response:
-        types = _types(query_param(scope, "types"))
-        try:
-            sums = await asyncio.get_running_loop().run_in_executor(self.io, self.pool.compute_checksums, blob, types)
-        except FileNotFoundError as exc:
-            raise NotFound(f"No blob {blob} in pool {self.name}") from exc
+        sums = await self.store.checksums(blob, _types(query_param(scope, "types")))
         return Response(json.dumps({"checksums": sums}), media_type="application/json")
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -352,15 +311,7 @@ class PoolServer:
             return error_response(exc, unsatisfiable_headers(size))
         if head:
             return Response(status_code=status, headers=headers)
-        if status == 200 and can_pathsend(scope):
-            await send_path(send, headers, str(path))
-            return None
-        fd = self.pool.open_blob(blob)
-        try:
-            short = NotFound(f"Blob {blob} is shorter than expected")
-            await send_fd_range(send, receive, status, headers, fd, start, length, executor=self.io, short=short)
-        finally:
-            os.close(fd)
+        await self.store.send(scope, send, receive, blob, status, headers, start, length, label=f"blob {blob}")
         return None
 
     # -- life ----------------------------------------------------------------------------------------------

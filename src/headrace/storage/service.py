@@ -7,11 +7,11 @@ blobs that no namespace entry refers to are removed too.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +23,10 @@ from headrace.auth.users import Users, new_key
 from headrace.config import Settings, private_dir, restrict_mode
 from headrace.db.engine import Database
 from headrace.db.schema import state
-from headrace.errors import Exists, HeadraceError
+from headrace.errors import Exists
 from headrace.events.log import EventLog
+from headrace.storage.blobstore import Stores
+from headrace.storage.local_store import LocalStore
 from headrace.storage.namespace import Blob, Namespace
 from headrace.storage.pool import Pool
 from headrace.storage.pool_client import PoolDirectory
@@ -57,6 +59,10 @@ class StorageService:
         #: Pools running as processes of their own (`headrace pool`), as registered in the database. When any
         #: is registered, new files go to them; files in this process's own pools are still served from there.
         self.remote_pools = PoolDirectory(db, settings.pool_secret)
+        #: Blocking file I/O of this process's own pools.
+        self.io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="store-io")
+        #: Every pool behind one interface: the door reads and writes through this.
+        self.stores = Stores({n: LocalStore(p, self.io) for n, p in self.pools.items()}, self.remote_pools)
         self.macaroons = MacaroonAuthority(load_root_key(db))
         #: Whether this process recovers the pools at start and marks a clean stop (see `open`).
         self.recovers = True
@@ -169,25 +175,4 @@ class StorageService:
     async def drop_blobs(self, blobs: list[Blob]) -> None:
         """Remove data no longer referenced (after the transaction that dropped it has committed). A pool
         process that cannot be reached keeps the blob until its orphan sweep removes it."""
-        remote: list[Blob] = []
-        for b in blobs:
-            pool = self.pools.get(b.pool)
-            if pool is not None:
-                await asyncio.to_thread(pool.remove_blob, b.blob, b.size)
-            else:
-                remote.append(b)
-        if not remote:
-            return
-        limit = asyncio.Semaphore(32)  # a deleted tree's blobs go in parallel, but not all at once
-
-        async def drop_remote(b: Blob) -> None:
-            async with limit:
-                try:
-                    pool = await self.remote_pools.get(b.pool)
-                    if pool is not None:
-                        await pool.delete(b.blob)
-                except HeadraceError as exc:
-                    log.warning("blob %s stays in pool %s until its orphan sweep: %s", b.blob, b.pool, exc.detail)
-
-        for i in range(0, len(remote), 1000):
-            await asyncio.gather(*(drop_remote(b) for b in remote[i : i + 1000]))
+        await self.stores.drop(blobs)

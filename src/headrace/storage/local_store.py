@@ -1,0 +1,136 @@
+"""`LocalStore`: a pool directory (`pool.Pool`) opened by this process, as a `BlobStore`. Blocking file I/O
+runs on an executor; the door's embedded pools and a pool process (`pool_server`) both serve through it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from typing import Any
+
+from headrace.errors import BadRequest, NotFound
+from headrace.http.body import RequestBody
+from headrace.http.streaming import can_pathsend, send_fd_range, send_path
+from headrace.storage.blobstore import BlobStore, Stored
+from headrace.storage.checksums import Hasher
+from headrace.storage.pool import Pool, Upload
+
+
+class HashingSink:
+    """An upload as the sink of a streamed request body (`headrace.http.body.Sink`): each chunk hashed, then
+    written."""
+
+    def __init__(self, upload: Upload, types: set[str]) -> None:
+        self.upload = upload
+        self.hasher = Hasher(types)
+
+    def reserve_for(self, n: int) -> None:
+        self.upload.reserve_for(n)
+
+    def write(self, data: bytes) -> None:
+        self.hasher.update(data)
+        self.upload.write_raw(data)
+
+
+class LocalStore(BlobStore):
+    def __init__(self, pool: Pool, executor: Executor | None = None) -> None:
+        self.pool = pool
+        self.name = pool.name
+        self.io = executor
+
+    def __repr__(self) -> str:
+        return f"LocalStore({self.name!r}, {str(self.pool.root)!r})"
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    async def receive(
+        self, body: RequestBody, types: set[str], expected: Mapping[str, str], *, blob: str | None = None
+    ) -> Stored:
+        upload: Upload = await self._run(self.pool.start_upload, blob)
+        try:
+            if body.length:
+                upload.reserve(body.length)  # room for all of it, before the first byte
+            sink = HashingSink(upload, types | set(expected))
+            await body.into(sink, self.io)
+            sums = sink.hasher.values()
+            for t, v in expected.items():
+                if sums.get(t) != v:
+                    raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")
+            await asyncio.to_thread(upload.finish)
+        except BaseException:
+            upload.abort()
+            raise
+        return Stored(upload.blob, upload.size, sums)
+
+    async def write(self, data: bytes) -> Stored:
+        def run() -> Stored:
+            upload = self.pool.start_upload()
+            try:
+                hasher = Hasher(set())
+                hasher.update(data)
+                upload.write_raw(data)
+                upload.finish()
+            except BaseException:
+                upload.abort()
+                raise
+            return Stored(upload.blob, upload.size, hasher.values())
+
+        result: Stored = await self._run(run)
+        return result
+
+    async def send(
+        self,
+        scope: Mapping[str, Any],
+        send: Any,
+        receive: Any,
+        blob: str,
+        status: int,
+        headers: Mapping[str, str],
+        start: int,
+        length: int,
+        *,
+        label: str,
+    ) -> int:
+        missing = f"Data of {label} is missing from pool {self.name}"
+        if status == 200 and can_pathsend(scope):
+            # The whole file via the server's `http.response.pathsend`: the bytes never enter Python.
+            path = self.pool.blob_path(blob)
+            if not path.exists():
+                raise NotFound(missing)
+            await send_path(send, headers, str(path))
+            return length
+        try:
+            fd = self.pool.open_blob(blob)
+        except FileNotFoundError as exc:
+            raise NotFound(missing) from exc
+        try:
+            short = NotFound(f"Data of {label} is shorter than its recorded size")
+            return await send_fd_range(send, receive, status, headers, fd, start, length, executor=self.io, short=short)
+        finally:
+            os.close(fd)
+
+    async def checksums(self, blob: str, types: set[str]) -> dict[str, str]:
+        try:
+            sums: dict[str, str] = await self._run(self.pool.compute_checksums, blob, types)
+        except FileNotFoundError as exc:
+            raise NotFound(f"No blob {blob} in pool {self.name}") from exc
+        return sums
+
+    async def copy(self, blob: str, *, dst: str | None = None) -> Stored:
+        try:
+            new, size = await self._run(self.pool.copy_blob, blob, dst)
+        except FileNotFoundError as exc:
+            raise NotFound(f"No blob {blob} in pool {self.name}") from exc
+        return Stored(new, size, {})
+
+    async def delete(self, blob: str, size: int | None = None) -> None:
+        await self._run(self.pool.remove_blob, blob, size)
+
+    @property
+    def used_bytes(self) -> int:
+        return self.pool.used_bytes
+
+    def free_bytes(self) -> int:
+        return self.pool.free_bytes()
