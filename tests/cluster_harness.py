@@ -187,11 +187,11 @@ class Cluster:
 
 
 def api(role: Role) -> httpx.Client:
-    return client(base_url=role.url, auth=AUTH, timeout=30)
+    return client(base_url=role.url, auth=AUTH, timeout=60)
 
 
 def door(role: Role) -> httpx.Client:
-    return client(base_url=role.url, auth=AUTH, timeout=30)
+    return client(base_url=role.url, auth=AUTH, timeout=60)
 
 
 def deploy(frontend: Role, name: str, code: str, *, path: str | None = None, **scaling: Any) -> None:

@@ -31,8 +31,9 @@ ADMIN_KEY = "test-admin-key"
 T = TypeVar("T")
 
 
-def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something true; that value (AssertionError after `timeout`)."""
+def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """Poll `probe` until it returns something true; that value (AssertionError after `timeout`, a deadline
+    that only catches a hang: the suite must pass on a loaded machine)."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -41,6 +42,20 @@ def wait_for(probe: Callable[[], T | None], what: str, timeout: float = 30.0) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def settle(probe: Callable[[], T], what: str, quiet: float = 0.3, timeout: float = 60.0) -> T:
+    """What `probe` returns once it has not changed for `quiet` seconds (AssertionError after `timeout`): for
+    what a server writes just after its response (read events), instead of sleeping a guessed while."""
+    value, since = probe(), time.monotonic()
+    deadline = since + timeout
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} kept changing")
+        time.sleep(0.05)
+        if (now := probe()) != value:
+            value, since = now, time.monotonic()
+    return value
 
 
 def client(**kw: Any) -> httpx.Client:
@@ -84,6 +99,12 @@ def new_test_database() -> str:
 #: data directory -> the `--db` URL of the server on it (absent: SQLite in the data directory).
 _DATABASES: dict[Path, str] = {}
 _ENGINES: dict[tuple[str, bool], Engine] = {}
+
+
+def remember_database(data: Path, db: str) -> None:
+    """That the server (or in-process apps) on data directory `data` uses database `db` ('' = SQLite there)."""
+    if db:
+        _DATABASES[data.resolve()] = db
 
 
 def database_url(data: Path) -> str:
@@ -214,8 +235,7 @@ class Server(ManagedProcess):
     db: str = field(default_factory=new_test_database)
 
     def __post_init__(self) -> None:
-        if self.db:
-            _DATABASES[self.data.resolve()] = self.db
+        remember_database(self.data, self.db)
 
     @property
     def db_url(self) -> str:
@@ -248,7 +268,7 @@ class Server(ManagedProcess):
         env.update(self.env_extra)
         return env
 
-    def start(self, timeout: float = 20.0) -> Server:
+    def start(self, timeout: float = 60.0) -> Server:
         self.log_path = self.data.parent / f"server-{self.door_port}.log"
         args = [
             "up", "--data", str(self.data), "--door-port", str(self.door_port), "--api-port", str(self.api_port),
@@ -265,7 +285,7 @@ class Server(ManagedProcess):
             return True
 
     def door(self, **kw: Any) -> httpx.Client:
-        return client(base_url=self.door_url, auth=self.auth, timeout=30, **kw)
+        return client(base_url=self.door_url, auth=self.auth, timeout=60, **kw)
 
     def api(self, **kw: Any) -> httpx.Client:
-        return client(base_url=self.api_url, auth=self.auth, timeout=30, **kw)
+        return client(base_url=self.api_url, auth=self.auth, timeout=60, **kw)

@@ -22,7 +22,7 @@ def rows(data: Path, *, after: int = 0, path_prefix: str | None = None) -> list[
     return out
 
 
-def wait_rows(data: Path, *, after: int, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+def wait_rows(data: Path, *, after: int, count: int, timeout: float = 30.0) -> list[dict[str, Any]]:
     """The rows after `after` once there are at least `count` of them (read events commit just after
     the response's last byte, so a client can read the outbox a moment before they are there)."""
     deadline = time.monotonic() + timeout

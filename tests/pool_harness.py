@@ -44,7 +44,7 @@ class PoolProcess(ManagedProcess):
     def command(self) -> list[str]:
         return headrace_command(self.args())
 
-    def start(self, timeout: float = 20.0) -> PoolProcess:
+    def start(self, timeout: float = 60.0) -> PoolProcess:
         self.log_path = self.data.parent / f"pool-{self.name}-{self.port}.log"
         self.spawn(self.args(), self.env())
         self.wait_until(lambda: http("GET", f"{self.url}/healthz", timeout=1).status_code == 200, timeout)

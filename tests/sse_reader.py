@@ -38,7 +38,7 @@ class SseReader:
         self._cm = self._client.stream("GET", url, headers=headers, params=params, timeout=httpx.Timeout(30, read=None))
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
-        assert self._ready.wait(10), "the stream did not start"
+        assert self._ready.wait(30), "the stream did not start"
 
     def _run(self) -> None:
         try:
@@ -68,14 +68,14 @@ class SseReader:
             self._ready.set()
             self.ended.set()
 
-    def next(self, timeout: float = 10.0) -> dict[str, Any]:
+    def next(self, timeout: float = 30.0) -> dict[str, Any]:
         return self.frames.get(timeout=timeout)
 
-    def take(self, n: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    def take(self, n: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         return [self.frames.get(timeout=max(0.01, deadline - time.monotonic())) for _ in range(n)]
 
-    def until(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> list[dict[str, Any]]:
+    def until(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> list[dict[str, Any]]:
         """Frames up to and including the first that satisfies `pred`."""
         out: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout

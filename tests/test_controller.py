@@ -58,7 +58,7 @@ def deploy(
             "exec": {"kind": "python:3", "code": textwrap.dedent(code), "main": "main", "binary": False},
             "parameters": [],
             "annotations": [],
-            "limits": limits({"timeout": 5000}),
+            "limits": limits({"timeout": 60_000}),  # only catches a hang: none of these is meant to time out
             "scaling": scaling(scale),
         },
         overwrite=True,
@@ -84,7 +84,7 @@ def deploy(
     )
 
 
-async def until(pred: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+async def until(pred: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not await pred():
         assert time.monotonic() < deadline, "condition not reached"

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from harness import Server, http, query
-from test_bad_input import BASIC, server_state
+from test_bad_input import BASIC, server_state, settled
 
 MB = 1024 * 1024
 UPLOAD_KINDS = ["CREATE", "OPEN", "MODIFY", "CLOSE_WRITE", "ATTRIB"]
@@ -178,8 +178,7 @@ def test_clean_sigterm_when_idle_keeps_everything(fresh_server: Server) -> None:
         )
         assert c.request("PROPPATCH", "/keep/moved", content=prop).status_code == 207
         etags = {path: c.head(path).headers["etag"] for path in files}
-    time.sleep(0.5)  # idle: the HEADs' events are written, no request in flight
-    before = server_state(srv)
+    before = settled(srv, quiet=0.5)  # idle: the HEADs' events are written, no request in flight
 
     assert srv.stop(signal.SIGTERM) == 0
     assert "stopped cleanly" in srv.log()

@@ -167,4 +167,4 @@ def test_a_follower_is_woken_by_another_process_commit(db: Database, db_url: str
 
     lag, seen = asyncio.run(follow())
     assert seen == ["CREATE /from-another-process"]
-    assert lag < 5.0, f"woken {lag:.1f} s after the other process committed"
+    assert lag < 30.0, f"woken {lag:.1f} s after the other process committed"

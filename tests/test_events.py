@@ -143,7 +143,7 @@ def test_waiters_wake_on_commit_not_on_the_poll(service: StorageService) -> None
 
     grew, waited = asyncio.run(scenario())
     assert grew == 1
-    assert waited < 5.0  # woken by the commit; the poll interval is 30 s
+    assert waited < 20.0  # woken by the commit; the poll interval is 30 s
 
 
 def test_wait_times_out_with_the_head(service: StorageService) -> None:
@@ -173,10 +173,10 @@ def test_retention_by_count_and_age_spares_what_durable_consumers_have_not_read(
     asyncio.run(retention.run_once())
     assert log.tail() == head - 9 and log.head() == head
     assert [e.offset for e in log.read_from(0)] == list(range(head - 9, head + 1))
-    # by age: everything older than a second goes once it is older
-    time.sleep(1.1)
+    # by age: everything older than two seconds goes once it is older (the young one has two seconds to spare)
+    time.sleep(2.5)
     ns.mkdir("/young", ROOT)
-    aged = Retention(log, max_age=1.0, max_events=0)
+    aged = Retention(log, max_age=2.0, max_events=0)
     removed = asyncio.run(aged.run_once())
     assert removed == 10
     assert [e.path for e in log.read_from(0)] == ["/young"]
@@ -193,7 +193,7 @@ def test_server_applies_retention_settings(fresh_server: Server) -> None:
     srv.stop()
     before = rows(srv.data)
     srv.start()  # retention runs at start, then every minute
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while len(rows(srv.data)) > 5:
         assert time.monotonic() < deadline, rows(srv.data)
         time.sleep(0.1)

@@ -55,7 +55,7 @@ def test_sigkill_with_200_activations_in_flight_loses_none(fresh_server: Server,
             "exec": {"kind": "python:3", "code": code, "main": "main", "binary": False},
             "parameters": [],
             "annotations": [],
-            "limits": limits({"timeout": 10_000}),
+            "limits": limits({"timeout": 60_000}),  # a timed-out run on a loaded machine would run twice
             "scaling": scaling({"maxScale": 4, "retries": 2}),
         },
         overwrite=False,

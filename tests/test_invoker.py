@@ -232,7 +232,7 @@ def test_scale_up_shrink_and_no_orphans(code: Path) -> None:
 def test_a_concurrent_worker_runs_several_activations_and_keeps_their_logs_apart(tmp_path: Path) -> None:
     (tmp_path / "__main__.py").write_text(
         "import os, sys, threading\n"
-        "gate = threading.Barrier(3, timeout=10)\n"
+        "gate = threading.Barrier(3, timeout=60)\n"
         "def main(args):\n"
         "    n = args['n']\n"
         "    print(f'start {n}')\n"

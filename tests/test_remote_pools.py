@@ -231,7 +231,7 @@ def test_a_client_gone_mid_upload_leaves_nothing_on_the_pool(cluster: Cluster) -
             lambda: next((p for p in cluster.pools.values() if p.partial()), None), "the upload to reach a pool"
         )
     # The client hung up: the door drops the pool connection, and the pool its partial blob.
-    wait_for(lambda: receiving.partial() == [], "the pool to remove the partial upload", timeout=10)
+    wait_for(lambda: receiving.partial() == [], "the pool to remove the partial upload")
     with srv.door() as door:
         assert door.head("/gone/half").status_code == 404
     assert events_for(srv, "/gone/half") == []

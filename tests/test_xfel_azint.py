@@ -163,7 +163,7 @@ def test_makes_the_proc_directory_when_missing(tmp_path: Path) -> None:
     (tmp_path / path.lstrip("/")).write_bytes(data)
     started = time.perf_counter()
     result = azint.main({"path": path}, Ctx(DirStorage(tmp_path)))
-    assert time.perf_counter() - started < 10
+    assert time.perf_counter() - started < 60  # only catches a hang (or pyFAI falling back to a slow path)
     assert result["output"] == "/exp/SPB/202601/p700000/proc/r0042/AZINT-R0042-JNGFR01-S00000.h5"
     assert (tmp_path / result["output"].lstrip("/")).is_file()
     assert result["frames"] == 6
