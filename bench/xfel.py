@@ -69,8 +69,8 @@ from headrace.cli.demo import (
     wait_quiet,
 )
 from headrace.client import Client, ClientConfig, HeadraceClientError
+from headrace.client.functions import Functions, FunctionSpec
 from headrace.functions.runner import default_worker_cap
-from headrace.functions_client import Functions, FunctionSpec
 from headrace.xfel import generate
 from xfel_ctx import Ctx, DirStorage, load_example
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import headrace.client as hc
+import headrace.client.storage as hc
 from harness import ADMIN_KEY, Server, free_port
 from headrace.client import Client, ClientConfig, HeadraceClientError, HeadraceConnectionError, normalize_remote
 

@@ -23,7 +23,7 @@ import pytest
 
 from harness import ADMIN_KEY, Server, wait_for
 from headrace.client import Client, ClientConfig
-from headrace.functions_client import Functions, FunctionSpec
+from headrace.client.functions import Functions, FunctionSpec
 from test_cli import ok, one_line_error, run
 
 ECHO = """\

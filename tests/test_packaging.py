@@ -41,7 +41,7 @@ def _headrace(args: list[str], tmp_path: Path, *, missing: tuple[str, ...] = ())
 
 
 @pytest.mark.parametrize(
-    "module", ["headrace.client", "headrace.functions_client", "headrace.events_client", "headrace.cli.main"]
+    "module", ["headrace.client", "headrace.client.functions", "headrace.client.events", "headrace.cli.main"]
 )
 def test_sdk_and_cli_load_without_the_server(module: str, tmp_path: Path) -> None:
     code = f"import json, {module}\nprint(json.dumps(sorted(m for m in {SERVER_MODULES!r} if m in sys.modules)))"
@@ -53,7 +53,7 @@ def test_sdk_and_cli_load_without_the_server(module: str, tmp_path: Path) -> Non
 def test_sdk_works_with_the_server_modules_missing(tmp_path: Path) -> None:
     """Not just unloaded: the client package needs none of them installed."""
     done = _python(
-        "from headrace.client import Client, ClientConfig\nimport headrace.functions_client, headrace.events_client\n"
+        "from headrace.client import Client, ClientConfig\nimport headrace.client.functions, headrace.client.events\n"
         "print('ok')",
         tmp_path,
         missing=tuple(SERVER_MODULES),

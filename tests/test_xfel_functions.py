@@ -17,7 +17,7 @@ import pytest
 from harness import ADMIN_KEY, Server, wait_for
 from headrace.cli.catalogue import search_records
 from headrace.client import Client, ClientConfig
-from headrace.functions_client import FeedSpec, Functions, FunctionSpec
+from headrace.client.functions import FeedSpec, Functions, FunctionSpec
 
 pytestmark = pytest.mark.db_independent("the example functions and their own SQLite catalogue, not the server database")
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "xfel"

@@ -28,9 +28,9 @@ from headrace.cli.catalogue import default_catalogue, search_records
 from headrace.cli.common import CliError, usage_error
 from headrace.cli.functions import table
 from headrace.client import Client, ClientConfig, HeadraceClientError
-from headrace.events_client import EventStream
+from headrace.client.events import EventStream
+from headrace.client.functions import FINAL_STATES, Functions, load_deploy_file
 from headrace.extras import require
-from headrace.functions_client import FINAL_STATES, Functions, load_deploy_file
 from headrace.tls import tls_context
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "xfel"

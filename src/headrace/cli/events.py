@@ -3,7 +3,7 @@
 The command makes a channel, subscribes it to an inotify watch on PATH and prints one line per event until
 it is stopped (Ctrl-C, SIGTERM), `--count` events have been printed, or `--timeout` seconds have passed. A
 dropped connection or a server restart is survived: the stream reconnects with `Last-Event-ID`, so no event
-is lost or printed twice (`headrace.events_client.EventStream`). The channel is deleted on the way out.
+is lost or printed twice (`headrace.client.events.EventStream`). The channel is deleted on the way out.
 
 stdout carries only events; warnings (lost events, reconnections) and the reason for stopping go to stderr.
 Exit status: 0 when stopped by --count, --timeout (alone) or because the watched path went away; 1 for an
@@ -27,7 +27,7 @@ import typer
 
 from headrace.cli.common import CliError, report, usage_error
 from headrace.client import ClientConfig, normalize_remote
-from headrace.events_client import EventStream, SseEvent
+from headrace.client.events import EventStream, SseEvent
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Storage events: follow changes as they happen.")
 

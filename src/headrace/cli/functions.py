@@ -2,7 +2,7 @@
 
 A function is an action NAME and, when it runs on storage events, a trigger NAME-trigger fed by the storage
 feed and an active rule NAME-rule between them. `fn deploy` and `deploy -f headrace.yaml` write only what
-differs from what exists, so running them again changes nothing (`headrace.functions_client.Functions.deploy`).
+differs from what exists, so running them again changes nothing (`headrace.client.functions.Functions.deploy`).
 
 Every command that prints data takes `--json`; `--follow` streams JSON lines. Errors are one line on stderr
 and a non-zero exit; a blocking invoke whose function failed exits 1 after printing its record (with --json).
@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from headrace.cli.common import CliError, client, json_option, print_json, print_json_array, report, usage_error
-from headrace.functions_client import (
+from headrace.client.functions import (
     FINAL_STATES,
     Change,
     FeedSpec,

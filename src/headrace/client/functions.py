@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import httpx
 
-from headrace.client import Client, HeadraceClientError
+from headrace.client.storage import Client, HeadraceClientError
 from headrace.functions.model import LIMITS, SCALING, STORAGE_FEED, ModelError, feed_filter
 
 __all__ = [

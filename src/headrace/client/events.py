@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 import httpx
 
-from headrace.client import Client, ClientConfig, HeadraceClientError, normalize_remote
+from headrace.client.storage import Client, ClientConfig, HeadraceClientError, normalize_remote
 
 __all__ = ["EVENTS", "EventStream", "SseEvent", "SseParser"]
 
