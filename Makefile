@@ -1,11 +1,12 @@
-# headrace: `make run` runs the embedded server; `make test` installs what the tests need and runs them all.
+# headrace: `make run` runs the embedded server; `make check` is the fast tier (lint, types, the in-process
+# tests: under a minute); `make test` installs what the tests need and runs them all.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test lint typecheck pytest bench test-deps clean
+.PHONY: run demo check test lint typecheck pytest bench test-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "headrace needs Python 3.11+"'
@@ -51,6 +52,11 @@ pytest: test-deps
 	[ $$sqlite -eq 0 ] && [ $$postgresql -eq 0 ]
 
 test: lint typecheck pytest
+
+# The fast tier: the tests marked `inprocess` (tests/inprocess/ and the modules tests/conftest.py lists: the door
+# and frontend through httpx's ASGI transport, pure modules, the SDK), on SQLite, no server, broker or subprocess.
+check: lint typecheck
+	HEADRACE_TEST_DB=sqlite $(BIN)/pytest -p no:cacheprovider -q -m inprocess
 
 bench: test-deps
 	$(BIN)/python bench/storage.py

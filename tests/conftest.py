@@ -4,11 +4,19 @@ The whole suite runs on SQLite or on PostgreSQL ($HEADRACE_TEST_DB, see harness.
 Tests that only make sense on one are marked `sqlite_only(reason)` or `postgresql_only(reason)`; tests whose
 outcome does not depend on it (no database, or one of their own) are marked `db_independent(reason)` and run
 in the SQLite run only. Either way they are deselected (not skipped) in the other run.
+
+Two tiers: tests marked `inprocess` (everything under tests/inprocess/, and the modules in INPROCESS_MODULES)
+run in this process only: the door and frontend through httpx's ASGI transport (tests/inprocess_harness.py),
+pure modules, the SDK against either. `make check` runs them (`pytest -m inprocess`); no subprocess may start
+in them (they fail if one does). Everything else starts real servers, workers or brokers; `make test` runs all.
 """
 
 from __future__ import annotations
 
+import multiprocessing.util
+import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +29,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 from harness import Server, db_kind
 
 if TYPE_CHECKING:
+    from inprocess_harness import InProcess
     from kafka_harness import KafkaBroker
+
+#: Test modules outside tests/inprocess/ that start no process: pure modules, and the SDK on in-process apps.
+INPROCESS_MODULES = {
+    "test_billing.py",
+    "test_client.py",
+    "test_http_body.py",
+    "test_http_conditionals.py",
+    "test_http_ranges.py",
+    "test_schema.py",
+    "test_xfel_azint.py",
+    "test_xfel_summary.py",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,9 +54,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only(reason): runs only when the servers use SQLite")
     config.addinivalue_line("markers", "postgresql_only(reason): runs only when the servers use PostgreSQL")
     config.addinivalue_line("markers", "db_independent(reason): needs no run on PostgreSQL (SQLite run only)")
+    config.addinivalue_line("markers", "inprocess: starts no process (the fast tier, `make check`)")
+
+
+def _inprocess(path: Path) -> bool:
+    return path.name in INPROCESS_MODULES or Path(__file__).parent / "inprocess" in path.parents
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    # `-m inprocess` (make check) does not even import the other modules: their imports (Kafka's client,
+    # schemathesis...) would take most of its time.
+    if config.getoption("markexpr") == "inprocess" and collection_path.suffix == ".py":
+        return collection_path.name.startswith("test_") and not _inprocess(collection_path)
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _inprocess(item.path):
+            item.add_marker(pytest.mark.inprocess)
     # Interop suites drive third-party WebDAV clients against the door: what they test is the protocol, the
     # same on either database, so they run on SQLite only (as db_independent tests do).
     other = ("postgresql_only",) if db_kind() == "sqlite" else ("sqlite_only", "db_independent", "interop")
@@ -43,6 +80,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if len(keep) < len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in keep])
         items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def _no_subprocess_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An in-process test that starts a process fails: it belongs in the subprocess tier (and would make
+    `make check` slow). Popen is what asyncio's subprocesses use too; multiprocessing spawns or forks."""
+    if request.node.get_closest_marker("inprocess") is None:
+        return
+
+    def refuse(*args: object, **kw: object) -> None:
+        raise AssertionError(f"an in-process test started a process ({args[1:2]!r}): move it out of the fast tier")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    monkeypatch.setattr(multiprocessing.util, "spawnv_passfds", refuse)
+    monkeypatch.setattr(os, "fork", refuse)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -97,3 +149,24 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="module")
+def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
+    """The door and the frontend in this process (tests/inprocess_harness.py), shared by the tests of a module:
+    tests use their own directories in it."""
+    from inprocess_harness import InProcess
+
+    inproc = InProcess(tmp_path_factory.mktemp("inproc"))
+    yield inproc
+    inproc.close()
+
+
+@pytest.fixture
+def fresh_apps(tmp_path: Path) -> Iterator[InProcess]:
+    """An in-process door and frontend of the test's own."""
+    from inprocess_harness import InProcess
+
+    inproc = InProcess(tmp_path)
+    yield inproc
+    inproc.close()

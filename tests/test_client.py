@@ -1,5 +1,6 @@
-"""The Python SDK (`headrace.client`) against a real server: paging, mkdir -p, transfers with checksums,
-tokens, configuration and the shape of its errors."""
+"""The Python SDK (`headrace.client`) against the door and frontend in this process (tests/inprocess_harness.py:
+the fast tier; the SDK's requests go through httpx's ASGI transport instead of sockets): paging, mkdir -p,
+transfers with checksums, tokens, configuration and the shape of its errors."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from pathlib import Path
 import pytest
 
 import headrace.client.storage as hc
-from harness import ADMIN_KEY, Server, free_port
+from harness import ADMIN_KEY, free_port
 from headrace.client import Client, ClientConfig, HeadraceClientError, HeadraceConnectionError, normalize_remote
+from inprocess_harness import API_URL, DOOR_URL, InProcess
 
 
 @pytest.fixture
-def client(server: Server) -> Iterator[Client]:
-    with Client(ClientConfig(door=server.door_url, api=server.api_url, username="admin", key=ADMIN_KEY)) as c:
+def client(apps: InProcess) -> Iterator[Client]:
+    config = ClientConfig(door=DOOR_URL, api=API_URL, username="admin", key=ADMIN_KEY)
+    with Client(config, transport=apps.transport) as c:
         yield c
 
 
@@ -152,12 +155,12 @@ def test_tree_walks_depth_first(client: Client) -> None:
     assert [e.path for e in client.tree("/sdk-tree")] == ["/sdk-tree/a", "/sdk-tree/b", "/sdk-tree/a/x"]
 
 
-def test_token_confines_the_client(client: Client, server: Server, tmp_path: Path) -> None:
+def test_token_confines_the_client(client: Client, apps: InProcess, tmp_path: Path) -> None:
     client.mkdir("/sdk-tok/mine", parents=True)
     client.mkdir("/sdk-tok/theirs", parents=True)
     answer = client.create_token("/sdk-tok/mine", ["DOWNLOAD", "LIST", "UPLOAD", "MANAGE"], "PT5M")
     assert answer["uri"]["target"].endswith("/sdk-tok/mine")
-    with Client(ClientConfig(door=server.door_url, api=server.api_url, token=answer["macaroon"])) as t:
+    with Client(ClientConfig(door=DOOR_URL, api=API_URL, token=answer["macaroon"]), transport=apps.transport) as t:
         t.mkdir("/sdk-tok/mine/a/b", parents=True)  # below the path: allowed without touching ancestors
         t.upload(_write(tmp_path / "f", b"data"), "/sdk-tok/mine/a/b/f")
         assert [e.name for e in t.listdir("/sdk-tok/mine/a/b")] == ["f"]
