@@ -20,12 +20,11 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from headrace.db.engine import Database
-from headrace.functions.model import SCALING, as_dict
+from headrace.functions.entities import Scaling
+from headrace.functions.model import as_dict
 from headrace.functions.store import FunctionStore, new_activation_id, now_ms
 
 Actions = dict[tuple[str, str], dict[str, Any]]
-#: An action's retries when its scaling does not name them: the model's default.
-DEFAULT_RETRIES = int(SCALING["retries"][2])
 
 
 def activation_row(
@@ -34,7 +33,7 @@ def activation_row(
     """A new queued activation of the action row `a` (None if there is no such action)."""
     if a is None:
         return None
-    retries = int(a["scaling"].get("retries", DEFAULT_RETRIES))
+    retries = Scaling.of(a).retries
     stamp = now_ms()
     return {
         "activation_id": new_activation_id(),

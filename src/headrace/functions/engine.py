@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from headrace.functions.entities import Scaling
 from headrace.functions.invoker import Outcome
 from headrace.functions.messages import Actions
-from headrace.functions.model import SCALING
 from headrace.functions.runner import ActionQueue, Runner, internal, next_runnable, record_of
 from headrace.functions.store import now_ms
 from headrace.metrics import FN_ACTIVATIONS, FN_COLD_STARTS, FN_LATENCY
@@ -41,8 +41,6 @@ Key = tuple[str, str]
 
 BACKOFF_BASE_MS = 500
 BACKOFF_MAX_MS = 5 * 60_000
-#: An action's maxEventAge (seconds) when its scaling does not name one: the model's default.
-DEFAULT_MAX_EVENT_AGE = SCALING["maxEventAge"][2]
 
 
 def backoff_ms(attempt: int) -> int:
@@ -66,7 +64,7 @@ def refusal(action: dict[str, Any] | None, name: str, row: dict[str, Any]) -> di
     letters at once (the record of that), or None if it may run."""
     if action is None:
         return internal(f"The action {name} does not exist (any more).", code=2)
-    max_age = float(action["scaling"].get("maxEventAge", DEFAULT_MAX_EVENT_AGE)) * 1000
+    max_age = Scaling.of(action).max_event_age * 1000
     if row.get("event_time") and now_ms() - int(row["event_time"]) > max_age:
         return internal("The event is older than the action's maxEventAge.", code=2)
     return None

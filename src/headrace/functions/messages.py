@@ -24,6 +24,8 @@ import zlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from headrace.functions.entities import Scaling
+
 ACTIVATION_TOPIC = "headrace-activations"
 RESULTS_TOPIC = "headrace-activation-results"
 INVOKER_GROUP = "headrace-invokers"
@@ -45,7 +47,7 @@ class Publisher(Protocol):
 
 
 def is_ordered(action: Mapping[str, Any] | None) -> bool:
-    return bool(action is not None and (action.get("scaling") or {}).get("ordered", False))
+    return action is not None and Scaling.of(action).ordered
 
 
 def placement(

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from headrace.auth.macaroons import MacaroonAuthority
 from headrace.auth.users import Users
 from headrace.db.engine import Database
+from headrace.functions.entities import Scaling
 from headrace.functions.invoker import ActionPool, ActionSpec, Outcome
 from headrace.functions.model import as_dict
 from headrace.functions.sandbox import BUBBLEWRAP, INSTALL_HINT, Sandbox
@@ -83,7 +84,7 @@ def capacity(action: Mapping[str, Any] | None) -> int:
     """Activations of one action that run at once: maxScale workers times their concurrency."""
     if action is None:
         return 1  # finishes at once as dead
-    return max(1, int(action["scaling"].get("maxScale", 4))) * max(1, int(action["limits"].get("concurrency", 1)))
+    return max(1, Scaling.of(action).max_scale) * max(1, int(action["limits"].get("concurrency", 1)))
 
 
 def default_worker_cap() -> int:
@@ -331,7 +332,7 @@ class Runner:
 
     def worker_cap(self, action: Mapping[str, Any]) -> int:
         """The most workers one action's pool may have: its maxScale, within this process's cap."""
-        return max(1, min(int(action["scaling"].get("maxScale", 4)), self.max_workers))
+        return max(1, min(Scaling.of(action).max_scale, self.max_workers))
 
     def _materialize(self, action: dict[str, Any]) -> Path:
         """The action's code as files: code_root/<namespace>/<name>/<version>/. Written to a directory of this
@@ -398,10 +399,10 @@ class Runner:
                     await pool.close()
                 continue
             aq = queues.get((action["namespace"], action["name"]), ActionQueue())
-            sc = action["scaling"]
+            sc = Scaling.of(action)
             concurrency = max(1, int(action["limits"].get("concurrency", 1)))
             high = self.worker_cap(action)
-            low = min(int(sc.get("minScale", 0)), high)  # minScale counts against the caps
+            low = min(sc.min_scale, high)  # minScale counts against the caps
             desired = min(high, max(low, math.ceil((len(aq.items) + aq.running) / concurrency)))
             if pool.size < low:
                 self._background(pool.warm(low))
@@ -409,7 +410,7 @@ class Runner:
                 if aq.surplus_since is None:
                     aq.surplus_since = now
                 idle = now - aq.last_work
-                if desired == 0 and idle >= float(sc.get("idleSeconds", 60)):
+                if desired == 0 and idle >= sc.idle_seconds:
                     pool.shrink(low)
                 elif desired > 0 and now - aq.surplus_since >= SCALE_DOWN_WINDOW:
                     pool.shrink(max(desired, low))
@@ -417,12 +418,9 @@ class Runner:
                 aq.surplus_since = None
         # actions with minScale but no pool yet
         for action in actions.values():
-            if (
-                int(action["scaling"].get("minScale", 0)) > 0
-                and action["exec"].get("kind") != "sequence"
-                and self.key(action) not in self.pools
-            ):
-                low = min(int(action["scaling"]["minScale"]), self.worker_cap(action))
+            min_scale = Scaling.of(action).min_scale
+            if min_scale > 0 and action["exec"].get("kind") != "sequence" and self.key(action) not in self.pools:
+                low = min(min_scale, self.worker_cap(action))
                 self._background(self.pool(action).warm(low))
         self.publish_metrics(queues)
 
