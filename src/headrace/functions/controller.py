@@ -273,8 +273,6 @@ class Controller(Dispatcher):
                         continue
                     if head > self.position:
                         self.dirs.known.clear()  # events passed unread: what they changed is not known
-                    if head > self.position:
-                        self.dirs.known.clear()  # events passed unread: what they changed is not known
                     if head > self.position and time.monotonic() - stored_at >= 5.0:
                         await self.db.write(self._store_position, head)
                         stored_at = time.monotonic()
