@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 #: Test modules outside tests/inprocess/ that start no process: pure modules, and the SDK on in-process apps.
 INPROCESS_MODULES = {
     "test_billing.py",
+    "test_blobstore.py",
     "test_client.py",
+    "test_engine.py",
     "test_http_body.py",
     "test_http_conditionals.py",
     "test_http_ranges.py",
