@@ -55,7 +55,7 @@ class Role(ManagedProcess):
         return self.launch().wait_ready(timeout)
 
     def health(self) -> dict[str, Any]:
-        return dict(http("GET", f"{self.url}/healthz", timeout=5).json())
+        return dict(http("GET", f"{self.url}/healthz", timeout=30).json())
 
 
 def _healthz(role: Role) -> bool:

@@ -188,7 +188,7 @@ def test_a_cluster_loses_no_event_and_no_activation_when_an_invoker_and_a_door_d
     events = len(seen[0])  # a PUT cut off after its commit, and then retried, is two events
     assert len(seen[1]) == events and events >= len(every)
 
-    wait_done(fe_b, "mark", events, 120, cluster)
+    wait_done(fe_b, "mark", events, 300, cluster)
     recs = records(fe_a, "mark")
     assert len(recs) == events, f"{events} events, {len(recs)} activations"
     assert {r["state"] for r in recs} == {"done"}

@@ -80,7 +80,7 @@ class Proxy:
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
 
-    def wait_dropped(self, needle: bytes, timeout: float = 10.0) -> None:
+    def wait_dropped(self, needle: bytes, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while needle not in self.dropped:
             assert time.monotonic() < deadline, f"the server never sent {needle!r}"
@@ -166,7 +166,7 @@ class Tail:
         assert r.status_code == 200, r.text
         return list(r.json())
 
-    def wait_subscribed(self, timeout: float = 20.0) -> None:
+    def wait_subscribed(self, timeout: float = 60.0) -> None:
         """Until its channel has its subscription: from then on every event is held for it."""
         deadline = time.monotonic() + timeout
         while True:
@@ -177,7 +177,7 @@ class Tail:
             assert time.monotonic() < deadline, "tail never subscribed"
             time.sleep(0.05)
 
-    def take(self, n: int, timeout: float = 20.0) -> list[str]:
+    def take(self, n: int, timeout: float = 60.0) -> list[str]:
         deadline = time.monotonic() + timeout
         got = [self.lines.get(timeout=max(0.01, deadline - time.monotonic())) for _ in range(n)]
         self.seen += got

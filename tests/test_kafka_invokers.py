@@ -242,7 +242,7 @@ def test_activations_spread_over_invokers_and_each_runs_once(cluster: Cluster, t
     deploy(f, "mark", mark_code(marks), path="/in", maxScale=2)
     wait_for(lambda: all(len(i.health()["assigned"]) >= 2 for i in invokers), "every invoker assigned partitions")
     upload(d, "/in", files)
-    wait_done(f, "mark", files, 60, cluster)
+    wait_done(f, "mark", files, 180, cluster)
 
     recs = records(f, "mark")
     assert len(recs) == files
@@ -303,7 +303,7 @@ def test_an_ordered_action_runs_each_path_one_at_a_time_in_event_order(cluster: 
         for _ in range(rounds):  # each round writes every path once more: IN_CLOSE_WRITE each time
             for p in range(paths):
                 assert c.put(f"/o/p{p}", content=b"y").status_code in (201, 204)
-    wait_done(f, "ordered", paths * rounds, 60, cluster)
+    wait_done(f, "ordered", paths * rounds, 180, cluster)
     for p in range(paths):
         lines = [tuple(int(x) for x in line.split()) for line in (logs / f"p{p}").read_text().splitlines()]
         assert len(lines) == rounds
@@ -329,13 +329,13 @@ def test_an_invoker_started_under_load_takes_work_within_seconds(cluster: Cluste
         body = {"parameters": [{"key": "sleep", "value": 0.5}]}
         assert c.put("/api/v1/namespaces/_/actions/slow?overwrite=true", json=body).status_code == 200
     upload(d, "/in", files)
-    wait_for(lambda: first.health()["finished"] >= 4, "the first invoker to be busy", timeout=30)
+    wait_for(lambda: first.health()["finished"] >= 4, "the first invoker to be busy")
     launched = time.monotonic()
     second = cluster.invoker("--workers", "2", start=False).launch()
     second.wait_ready()
     ready = time.monotonic()
     try:
-        wait_for(lambda: second.health()["finished"] >= 1, "the new invoker to finish an activation", timeout=30)
+        wait_for(lambda: second.health()["finished"] >= 1, "the new invoker to finish an activation")
     except AssertionError as e:
         state = {"first": first.health(), "second": second.health()}
         raise AssertionError(f"{e}: {state}\n{cluster.logs()[-8000:]}") from None
@@ -343,7 +343,7 @@ def test_an_invoker_started_under_load_takes_work_within_seconds(cluster: Cluste
     print(f"new invoker: ready {ready - launched:.1f} s after launch, first activation done {took - ready:.1f} s later")
     assert took - ready < 15
     assert first.health()["finished"] < files - 4, "the first invoker did everything"
-    wait_done(f, "slow", files, 90, cluster)
+    wait_done(f, "slow", files, 240, cluster)
     starts, ends = runs(marks)
     assert len(ends) == files and all(len(v) == 1 for v in ends.values())
     assert all(n == 1 for n in starts.values()), "a clean rebalance ran an activation twice"
@@ -368,13 +368,13 @@ def test_an_invoker_killed_mid_activation_has_them_run_again_elsewhere(cluster: 
         assert c.put("/api/v1/namespaces/_/actions/long?overwrite=true", json=body).status_code == 200
     wait_for(lambda: a.health()["assigned"] and b.health()["assigned"], "both invokers assigned partitions")
     upload(d, "/in", files)
-    wait_for(lambda: a.health()["running"] >= 1 and b.health()["running"] >= 1, "both invokers running", timeout=30)
+    wait_for(lambda: a.health()["running"] >= 1 and b.health()["running"] >= 1, "both invokers running")
     # kill `a` while at least one of its functions is really running (its worker is a's grandchild)
-    mid_run = wait_for(lambda: started_under(a, marks), "a function to run under the first invoker", timeout=30)
+    mid_run = wait_for(lambda: started_under(a, marks), "a function to run under the first invoker")
     claimed = a.health()["running"]
     a.kill()
     killed_at = time.monotonic()
-    states = wait_done(f, "long", files, 90, cluster)
+    states = wait_done(f, "long", files, 240, cluster)
     took = time.monotonic() - killed_at
     print(f"{claimed} activations interrupted ({len(mid_run)} mid-run); all {files} done {took:.1f} s after the kill")
     assert states == {"done": files}
@@ -411,7 +411,7 @@ def test_an_activation_queued_without_a_message_is_published_again_by_the_sweep(
     )
     deploy(f, "mark", mark_code(marks), path="/in")
     upload(d, "/in", 3)
-    wait_done(f, "mark", 3, 60, cluster)
+    wait_done(f, "mark", 3, 180, cluster)
     db = Database(cluster.db_url)
 
     def published() -> dict[str, bool]:
@@ -430,7 +430,7 @@ def test_an_activation_queued_without_a_message_is_published_again_by_the_sweep(
             assert store.enqueue_in(conn, row)
         aid = row["activation_id"]
         assert published()[aid] is False
-        wait_for(lambda: ends_of(marks, aid), "the stranded activation to run", timeout=30)
+        wait_for(lambda: ends_of(marks, aid), "the stranded activation to run")
         wait_for(lambda: published()[aid], "the stranded activation marked published")
         wait_for(lambda: activation_states(f, "mark").get("done") == 4, "the stranded activation's record")
         recs = {r["activationId"]: r for r in records(f, "mark")}
@@ -465,7 +465,7 @@ def test_without_kafka_the_controller_runs_the_feed_and_a_frontend_refuses_invok
         d, f = Cluster.start_all(cl.door(start=False), cl.frontend(start=False))
         deploy(f, "mark", mark_code(marks), path="/in")  # made through the frontend, seen by the controller
         upload(d, "/in", 5)
-        wait_done(f, "mark", 5, 60, cl)
+        wait_done(f, "mark", 5, 180, cl)
         with api(f) as c:
             r = c.post("/api/v1/namespaces/_/actions/mark?blocking=true", json={})
             assert r.status_code == 503 and "--kafka" in r.json()["error"]
