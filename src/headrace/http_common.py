@@ -1,19 +1,28 @@
-"""Small HTTP helpers shared by the door, the pool server and the frontend: error bodies, client address,
-header access."""
+"""Small HTTP helpers shared by the door, the pool server and the frontend: error bodies and the error
+envelope of an ASGI application (`answer`), client address, header access."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from headrace.errors import BadRequest, HeadraceError
+from headrace.errors import (
+    BadRequest,
+    HeadraceError,
+    IncompleteUpload,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RequestTimeout,
+)
+from headrace.http.body import ClientGone
 
 
 async def acknowledge_lifespan(receive: Any, send: Any) -> None:
@@ -67,6 +76,59 @@ def problem(status: int, title: str, detail: str, headers: dict[str, str] | None
 
 def error_response(exc: HeadraceError, headers: dict[str, str] | None = None) -> Response:
     return problem(exc.status, exc.title, exc.detail, {**exc.headers, **(headers or {})})
+
+
+async def answer(
+    scope: Mapping[str, Any],
+    receive: Any,
+    send: Any,
+    handle: Callable[[Any], Awaitable[Response | None]],
+    *,
+    log: logging.Logger,
+    allow: str = "",
+    on_start: Callable[[int], None] | None = None,
+) -> None:
+    """Run `handle(send)` and send the response it returns (None: it answered itself), every error in dCache's
+    JSON shape: a HeadraceError as its status (with Allow: `allow` on a 405, Connection: close when the body
+    is left unread); a body that could not be read as 400 if the client is still there; anything else logged
+    with its traceback (the HTTP server's own log is off) and answered as a 500 that tells nothing of it. An
+    error after the response started is logged, and the connection cut. `on_start(status)` sees each start."""
+    started = False
+    method = scope.get("method")
+
+    async def tracking_send(message: MutableMapping[str, Any]) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+            if on_start is not None:
+                on_start(int(message["status"]))
+        await send(message)
+
+    try:
+        response = await handle(tracking_send)
+    except HeadraceError as exc:
+        if started:
+            log.warning("%s %s failed after the response started: %s", method, scope.get("path"), exc.detail)
+            return
+        headers = {"Allow": allow} if isinstance(exc, MethodNotAllowed) and allow else None
+        if isinstance(exc, (PayloadTooLarge, RequestTimeout)):
+            headers = {"Connection": "close"}  # the rest of the body is not read
+        response = error_response(exc, headers)
+    except ClientGone:
+        # The HTTP server also reports a body it could not read (bad chunk framing, a body cut short
+        # and half-closed) as a disconnect: answer in case the client is still there to read it.
+        if not started:
+            with contextlib.suppress(Exception):
+                gone = IncompleteUpload("The request body ended early or could not be read")
+                await error_response(gone)(dict(scope), receive, tracking_send)
+        return
+    except Exception:
+        log.exception("%s %s: internal error", method, scope.get("path"))
+        if started:
+            return
+        response = error_response(HeadraceError("The server could not complete the request"))
+    if response is not None:
+        await response(dict(scope), receive, tracking_send)
 
 
 def header(scope: Mapping[str, Any], name: bytes) -> str | None:

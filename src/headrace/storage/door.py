@@ -7,25 +7,15 @@ complete and committed; a download is read from the blob a chunk at a time, pace
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from headrace.config import Settings
-from headrace.errors import (
-    HeaderTooLarge,
-    HeadraceError,
-    IncompleteUpload,
-    MethodNotAllowed,
-    PayloadTooLarge,
-    RequestTimeout,
-)
-from headrace.http.body import ClientGone
-from headrace.http_common import acknowledge_lifespan, client_ip, error_response, header, header_bytes, query_param
+from headrace.errors import HeaderTooLarge, MethodNotAllowed
+from headrace.http_common import acknowledge_lifespan, answer, client_ip, header, header_bytes, query_param
 from headrace.metrics import DOOR_REQUESTS
 from headrace.storage.macaroon_request import MacaroonRequests
 from headrace.storage.service import StorageService
@@ -67,58 +57,29 @@ class Door(Reading, Writing, Properties, Locking, MacaroonRequests):
         if scope["type"] != "http":
             return
         method = scope["method"]
-        started = False
 
-        async def tracking_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                DOOR_REQUESTS.labels(method, str(message["status"])).inc()
-            await send(message)
-
-        try:
+        async def handle(tracking_send: Send) -> Response | None:
             if header_bytes(scope) > self.settings.max_header_bytes:
                 raise HeaderTooLarge(f"Request headers exceed {self.settings.max_header_bytes} bytes")
             if method == "OPTIONS":
-                response: Response | None = Response(
+                return Response(
                     status_code=200,
                     headers={"Allow": ALLOW, "DAV": "1, 2", "MS-Author-Via": "DAV", "Content-Length": "0"},
                 )
-            else:
-                handler = self.handlers.get(method)
-                if handler is None:
-                    raise MethodNotAllowed(f"Method {method} is not supported here")
-                principal = await self.service.auth.authenticate(
-                    header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope)
-                )
-                path = principal.resolve(scope.get("raw_path") or scope["path"].encode())
-                call = Call(scope, receive, tracking_send, principal, path)
-                if_header = header(scope, b"if")
-                if if_header and method != "POST":
-                    call.tokens = await self._evaluate_if(call, if_header)
-                response = await handler(call)
-        except HeadraceError as exc:
-            if started:
-                log.warning("%s %s failed after the response started: %s", method, scope.get("path"), exc.detail)
-                return
-            headers = {"Allow": ALLOW} if isinstance(exc, MethodNotAllowed) else None
-            if isinstance(exc, (PayloadTooLarge, RequestTimeout)):
-                headers = {"Connection": "close"}  # the rest of the body is not read
-            response = error_response(exc, headers)
-        except ClientGone:
-            # The HTTP server also reports a body it could not read (bad chunk framing, a body cut short
-            # and half-closed) as a disconnect: answer in case the client is still there to read it.
-            if not started:
-                with contextlib.suppress(Exception):
-                    gone = IncompleteUpload("The request body ended early or could not be read")
-                    await error_response(gone)(scope, receive, tracking_send)
-            return
-        except Exception:
-            # The HTTP server logs nothing of an exception that escapes (its log is off) and answers in plain
-            # text: log what broke, and answer in dCache's shape if nothing was sent yet.
-            log.exception("%s %s: internal error", method, scope.get("path"))
-            if started:
-                return
-            response = error_response(HeadraceError("The server could not complete the request"))
-        if response is not None:
-            await response(scope, receive, tracking_send)
+            handler = self.handlers.get(method)
+            if handler is None:
+                raise MethodNotAllowed(f"Method {method} is not supported here")
+            principal = await self.service.auth.authenticate(
+                header(scope, b"authorization"), query_param(scope, "authz"), client_ip(scope)
+            )
+            path = principal.resolve(scope.get("raw_path") or scope["path"].encode())
+            call = Call(scope, receive, tracking_send, principal, path)
+            if_header = header(scope, b"if")
+            if if_header and method != "POST":
+                call.tokens = await self._evaluate_if(call, if_header)
+            return await handler(call)
+
+        def count(status: int) -> None:
+            DOOR_REQUESTS.labels(method, str(status)).inc()
+
+        await answer(scope, receive, send, handle, log=log, allow=ALLOW, on_start=count)

@@ -23,11 +23,9 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -37,23 +35,22 @@ from headrace.db.engine import Database
 from headrace.errors import (
     BadRequest,
     Forbidden,
-    HeadraceError,
     MethodNotAllowed,
     NotFound,
     RangeNotSatisfiable,
     Unauthorized,
 )
 from headrace.http import conditionals
-from headrace.http.body import ClientGone, RequestBody
+from headrace.http.body import RequestBody
 from headrace.http.ranges import answer_range, unsatisfiable_headers
 from headrace.http_common import (
     CONTENT_HEADERS,
     acknowledge_lifespan,
+    answer,
     content_length,
     error_response,
     granian_server,
     header,
-    problem,
     query_param,
 )
 from headrace.storage import pool_protocol as proto
@@ -158,30 +155,7 @@ class PoolServer:
             return
         if scope["type"] != "http":
             return
-        started = False
-
-        async def tracking_send(message: MutableMapping[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            response = await self.dispatch(scope, receive, tracking_send)
-        except HeadraceError as exc:
-            if started:
-                log.warning("%s %s failed after the response started: %s", scope["method"], scope["path"], exc.detail)
-                return
-            response = error_response(exc)
-        except ClientGone:
-            return
-        except Exception as exc:  # a precise error where there is one; a JSON 500 and a log line otherwise
-            log.exception("%s %s failed", scope["method"], scope["path"])
-            if started:
-                return
-            response = problem(500, "Internal Server Error", f"{type(exc).__name__}: {exc}")
-        if response is not None:
-            await response(scope, receive, tracking_send)
+        await answer(scope, receive, send, lambda tracking_send: self.dispatch(scope, receive, tracking_send), log=log)
 
     async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> Response | None:
         method, path = scope["method"], scope["path"]
