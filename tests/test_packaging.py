@@ -126,7 +126,19 @@ def test_demo_without_pyfai_names_the_science_extra(tmp_path: Path) -> None:
     done = _headrace(["demo", "--files", "1", "--data", str(tmp_path / "data")], tmp_path, missing=("pyFAI",))
     assert done.returncode == 1
     assert done.stderr == (
-        "headrace: headrace demo (its azimuthal integration, on the embedded server) needs pyFAI, which is not "
-        "installed: pip install 'headrace[science]'\n"
+        "headrace: headrace demo (its functions, on the embedded server) needs pyFAI, which is not installed: "
+        "pip install 'headrace[science]'\n"
     )
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(("function", "module"), [("azint", "pyFAI"), ("summary", "matplotlib")])
+def test_example_function_names_the_science_extra(function: str, module: str, tmp_path: Path) -> None:
+    """On a server without the extra, the XFEL functions fail to load with a message that names it (the
+    activation's error), not a bare ModuleNotFoundError."""
+    path = ROOT / "examples" / "xfel" / f"{function}.py"
+    done = _python(f"import runpy\nrunpy.run_path({str(path)!r})", tmp_path, missing=(module,))
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: needs pip install 'headrace[science]' on the server: ")
+    assert module in last

@@ -33,10 +33,13 @@ import re
 import time
 from typing import Any
 
-import h5py
-import numpy as np
-import pyFAI
-from pyFAI.detectors import Detector
+try:
+    import h5py
+    import numpy as np
+    import pyFAI
+    from pyFAI.detectors import Detector
+except ImportError as exc:  # the server's Python has not got the science extra
+    raise ImportError(f"needs pip install 'headrace[science]' on the server: {exc}") from exc
 
 try:
     from pyFAI.integrator.azimuthal import AzimuthalIntegrator

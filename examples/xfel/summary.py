@@ -24,9 +24,12 @@ import posixpath
 import re
 from typing import Any
 
-import h5py
-import numpy as np
-from matplotlib.figure import Figure  # at the top: the zygote imports it once per action version (~1 s)
+try:
+    import h5py
+    import numpy as np
+    from matplotlib.figure import Figure  # at the top: the zygote imports it once per action version (~1 s)
+except ImportError as exc:  # the server's Python has not got the science extra
+    raise ImportError(f"needs pip install 'headrace[science]' on the server: {exc}") from exc
 
 RAW_NAME = re.compile(r"^RAW-R(?P<run>\d{4})-(?P<aggregator>[A-Z0-9]+)-S(?P<seq>\d{5})\.h5$")
 XGM_KEY = "data/intensityTD"

@@ -13,6 +13,7 @@ EXTRAS = {
     "numpy": "science",
     "h5py": "science",
     "pyFAI": "science",
+    "matplotlib": "science",
 }
 
 

@@ -90,8 +90,8 @@ def ensure_server(
     door, api = urlsplit(config.door), urlsplit(config.api)
     if door.hostname not in ("127.0.0.1", "localhost") or api.hostname not in ("127.0.0.1", "localhost"):
         raise CliError(f"no headrace server answers at {config.api}, and it is not one this machine can start")
-    # the integration function imports pyFAI in the server's sandboxes, which run this Python
-    require("pyFAI", needed_for="headrace demo (its azimuthal integration, on the embedded server)")
+    # the functions import pyFAI and matplotlib in the server's sandboxes, which run this Python
+    require("pyFAI", "matplotlib", needed_for="headrace demo (its functions, on the embedded server)")
     data.mkdir(parents=True, exist_ok=True)
     log = open(data / "demo-server.log", "ab")  # noqa: SIM115 - the server's output, for as long as it runs
     cmd = [
