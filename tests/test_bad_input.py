@@ -153,7 +153,7 @@ def settled(server: Server, quiet: float = 0.2, timeout: float = 60.0) -> dict[s
 
 
 @contextmanager
-def unchanged(server: Server, settle: float = 5.0) -> Iterator[None]:
+def unchanged(server: Server, settle: float = 60.0) -> Iterator[None]:
     """Assert that what runs inside changes nothing the server holds (polling briefly for clean-up)."""
     # Read events are written just after a GET's response ends: let earlier requests settle first.
     before = settled(server)
@@ -162,8 +162,7 @@ def unchanged(server: Server, settle: float = 5.0) -> Iterator[None]:
     deadline = time.monotonic() + settle
     while server_state(server)["tmp"] and time.monotonic() < deadline:
         time.sleep(0.05)  # a cut-off upload is cleaned up just after the response (or the hang-up)
-    time.sleep(0.1)
-    after = server_state(server)
+    after = settled(server)
     for key in before:
         if after[key] != before[key]:
             gone, added = set(before[key]) - set(after[key]), set(after[key]) - set(before[key])

@@ -28,7 +28,7 @@ def tmp_dir(server: Server) -> Path:
     return server.data / "pools" / "pool0" / "tmp"
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> bool:
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
