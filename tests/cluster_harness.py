@@ -47,11 +47,11 @@ class Role(ManagedProcess):
         self.spawn(self.args, self.env)
         return self
 
-    def wait_ready(self, timeout: float = 60.0) -> Role:
+    def wait_ready(self, timeout: float = 120.0) -> Role:
         self.wait_until(lambda: self.ready(self), timeout)
         return self
 
-    def start(self, timeout: float = 60.0) -> Role:
+    def start(self, timeout: float = 120.0) -> Role:
         return self.launch().wait_ready(timeout)
 
     def health(self) -> dict[str, Any]:
@@ -168,7 +168,7 @@ class Cluster:
         return role.start() if start else role
 
     @staticmethod
-    def start_all(*roles: Role, timeout: float = 60.0) -> list[Role]:
+    def start_all(*roles: Role, timeout: float = 120.0) -> list[Role]:
         """Start several roles at once (made with start=False); return once all are ready."""
         for role in roles:
             role.launch()

@@ -144,7 +144,7 @@ class KafkaBroker(ManagedProcess):
             raise RuntimeError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
         return props
 
-    def start(self, timeout: float = 60.0) -> KafkaBroker:
+    def start(self, timeout: float = 180.0) -> KafkaBroker:
         """Start the broker (formatting its storage the first time); return once it answers metadata."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
         props = self._configure()

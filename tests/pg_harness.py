@@ -74,7 +74,7 @@ class PostgresCluster:
     def _as(self, owner: tuple[int, int] | None) -> dict[str, Any]:
         return {} if owner is None else {"user": owner[0], "group": owner[1], "extra_groups": []}
 
-    def start(self, timeout: float = 60.0) -> PostgresCluster:
+    def start(self, timeout: float = 120.0) -> PostgresCluster:
         """initdb and start the server; return once it accepts connections."""
         owner = _unprivileged()
         self.workdir = Path(tempfile.mkdtemp(prefix="headrace-pg-"))
