@@ -137,3 +137,51 @@ async def test_scheduler_keeps_capacity_the_worker_cap_and_one_path_at_a_time() 
     assert most["a"] <= 2 and most["b"] == 1 and most["total"] <= 3
     assert [i for i in ran if i.startswith("b")] == ["b0", "b1", "b2"]  # in queue order
     assert "late" in ran and sched.running_total == 0
+
+
+class _Executes(_Runner):
+    def __init__(self, status: int) -> None:
+        self.status = status
+        self.runs = 0
+
+    async def execute(self, action: Any, aid: str, args: Any, start: int) -> Outcome:
+        self.runs += 1
+        return outcome(self.status)
+
+
+async def _won(value: bool = True) -> bool:
+    return value
+
+
+async def test_attempt_runs_settles_writes_and_counts_over_the_callers_claim_and_write() -> None:
+    a = action(retries=1, maxEventAge=60)
+    row = {**(activation_row(a, "ns", "act", {}) or {}), "rule": "r"}
+    written: list[dict[str, Any]] = []
+
+    async def write(values: dict[str, Any]) -> bool:
+        written.append(values)
+        return True
+
+    async def fenced(values: dict[str, Any]) -> bool:
+        return False
+
+    failing = _Executes(1)
+
+    def attempt(r: dict[str, Any], **kw: Any) -> Any:
+        return engine.attempt(failing, kw.pop("action", a), "act", r, start=now_ms(), **kw)  # type: ignore[arg-type]
+
+    retry = await attempt(row, claim=_won(), write=write)
+    assert retry is not None and retry.retry and written[-1]["state"] == "queued" and failing.runs == 1
+    dead = await attempt({**row, "attempt": 2}, claim=_won(), write=write)
+    assert dead is not None and dead.state == "dead" and written[-1]["status_code"] == 1
+    # refused: not run, dead at once
+    old = await attempt({**row, "event_time": now_ms() - 120_000}, claim=_won(), write=write)
+    assert old is not None and old.state == "dead" and failing.runs == 2
+    gone = await attempt(row, action=None, claim=_won(), write=write)
+    assert gone is not None and gone.state == "dead" and "does not exist" in written[-1]["result"]["error"]
+    # a lost claim, a hand-back meanwhile, a fenced-out write: nothing follows
+    before = len(written)
+    assert await attempt(row, claim=_won(False), write=write) is None
+    assert await attempt(row, claim=_won(), write=write, abandoned=lambda: True) is None
+    assert len(written) == before
+    assert await attempt(row, claim=_won(), write=fenced) is None

@@ -419,36 +419,41 @@ class Controller(Dispatcher):
             await self._finish(row, "dead", internal("The controller failed running the activation."))
 
     async def _attempt(self, key: tuple[str, str], row: dict[str, Any]) -> None:
-        action = self.actions.get(key)
         aid = row["activation_id"]
-        refused = engine.refusal(action, key[1], row)
-        if action is None or refused is not None:
-            await self._finish(row, "dead", refused or {})
-            return
         start = now_ms()
-        # Recorded while the function already runs: a crash before this commits leaves the activation queued,
-        # and it runs again all the same (at least once); the final update is queued after this one.
-        running = asyncio.ensure_future(
-            self.db.group.run(self.store.update_in, aid, state="running", start=start, attempt=row["attempt"])
-        )
-        try:
-            outcome = await self.runner.execute(action, aid, row["args"], start)
-        finally:
-            await running
-        settled = engine.settle(action, row, outcome)
+
+        async def mark_running() -> bool:
+            await self.db.group.run(self.store.update_in, aid, state="running", start=start, attempt=row["attempt"])
+            return True
+
+        async def write(values: dict[str, Any]) -> bool:
+            await self.db.group.run(self.store.update_in, aid, **values)
+            return True
+
+        # Marked running while the function already runs: a crash before this commits leaves the activation
+        # queued, and it runs again all the same (at least once); the next update is queued after this one.
+        settled = await engine.attempt(
+            self.runner, self.actions.get(key), key[1], row,
+            start=start, claim=asyncio.ensure_future(mark_running()), write=write,
+        )  # fmt: skip
+        if settled is None:  # (only a fenced write or a lost claim says so: neither happens here)
+            return
         if settled.retry:
-            await self.db.group.run(self.store.update_in, aid, **settled.values)
-            engine.count_retry(action["name"])
             row["attempt"] = settled.values["attempt"]
             row["not_before"] = settled.values["not_before"]
             self.scheduler.later(key, row, int(row["not_before"]))
-            return
-        await self._finish(row, settled.state, settled.values)
+        else:
+            self._answer(row, settled.values)
 
     async def _finish(self, row: dict[str, Any], final: str, record: dict[str, Any]) -> None:
+        """Write a final record outside an attempt (the controller failed running it)."""
         record = {**record, "state": final}
         await self.db.group.run(self.store.update_in, row["activation_id"], **record)
         engine.count_final(row["name"], record)
+        self._answer(row, record)
+
+    def _answer(self, row: dict[str, Any], record: dict[str, Any]) -> None:
+        """A blocking invoke waiting for this activation gets its final record."""
         _, fut = self.waiters.pop(row["activation_id"], (None, None))
         if fut is not None and not fut.done():
             fut.set_result({**row, **record})

@@ -10,7 +10,8 @@ what happens to it.
 - Whether an attempt may run at all (`refusal`: the action is gone, or the event is older than the action's
   maxEventAge), and what follows an attempt that ran (`settle`: a retry after a full-jitter exponential
   backoff while attempts are left, else done, or dead for an event's activation that failed), with the
-  metrics of both (`count_final`).
+  metrics of both (`count_final`); `attempt` is the whole of one attempt, over the caller's claim and write
+  (a plain update here, a fenced one on Kafka).
 """
 
 from __future__ import annotations
@@ -97,6 +98,44 @@ def settle(action: dict[str, Any], row: dict[str, Any], outcome: Outcome) -> Set
         return Settled("queued", record)
     final = "done" if outcome.status == 0 or not row.get("rule") else "dead"
     return Settled(final, {**record, "state": final})
+
+
+async def attempt(
+    runner: Runner,
+    action: dict[str, Any] | None,
+    name: str,
+    row: dict[str, Any],
+    *,
+    start: int,
+    claim: Awaitable[bool],
+    write: Callable[[dict[str, Any]], Awaitable[bool]],
+    abandoned: Callable[[], bool] = lambda: False,
+) -> Settled | None:
+    """One attempt of the activation `row` of the action `name` (its row `action`, None if gone): run it on
+    the runner's workers (unless `refusal` sends it to the dead letters) while `claim`, its mark as running
+    that the caller has started, commits; settle it; `write` what follows (False: fenced out); count it.
+    None if nothing was written: the claim was lost, the activation was given up meanwhile (`abandoned`,
+    checked again after the run), or the write was fenced out."""
+    failure = refusal(action, name, row)
+    outcome: Outcome | None = None
+    try:
+        if action is not None and failure is None and not abandoned():
+            outcome = await runner.execute(action, row["activation_id"], row["args"], start)
+    finally:
+        won = await claim
+    if not won or abandoned():
+        return None
+    if action is None or outcome is None:
+        settled = Settled("dead", {**(failure or internal("The action is gone.", 2)), "state": "dead"})
+    else:
+        settled = settle(action, row, outcome)
+    if not await write(settled.values):
+        return None
+    if settled.retry:
+        count_retry(name)
+    else:
+        count_final(name, settled.values)
+    return settled
 
 
 def count_retry(name: str) -> None:

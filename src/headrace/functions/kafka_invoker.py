@@ -55,10 +55,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from headrace.functions import engine, messages
-from headrace.functions.invoker import Outcome
 from headrace.functions.kafka_transport import ActivationPublisher, LibrdkafkaLog
 from headrace.functions.records import FINAL_STATES
-from headrace.functions.runner import Host, Runner, capacity, internal
+from headrace.functions.runner import Host, Runner, capacity
 from headrace.functions.store import FunctionStore, now_ms
 
 log = logging.getLogger("headrace.invoker")
@@ -114,6 +113,11 @@ class _Job:
     def queue_row(self) -> dict[str, Any]:
         """The dict the per-action queue holds (next_runnable reads order_key and activation_id)."""
         return {"activation_id": self.aid, "order_key": self.order_key, "job": self}
+
+
+async def _claimed() -> bool:
+    """The claim of an activation claimed before its attempt began (an interrupted one taken over)."""
+    return True
 
 
 class KafkaInvoker:
@@ -531,30 +535,27 @@ class KafkaInvoker:
         job.row = row
         try:
             action = await self._action(job.namespace, job.name)
-            outcome: Outcome | None = None
-            failure = engine.refusal(action, job.name, row)
-            if action is not None and failure is None and not job.abandoned:
-                # (not run if handed back while its claim was being made)
-                outcome = await self.runner.execute(action, job.aid, row["args"], int(row["start"]))
-        finally:
-            won = await claim if claim is not None else True
-        if not won:
-            self._finish(job)
-            return
-        if job.abandoned:  # handed back meanwhile: its row is queued again, this outcome is fenced out
-            return
-        if failure is not None or action is None or outcome is None:
-            await self._final(job, row, {**(failure or internal("The action is gone.", 2)), "state": "dead"})
-            return
-        settled = engine.settle(action, row, outcome)
-        if settled.retry:
-            if await self._write(job, row, settled.values):
-                engine.count_retry(action["name"])
-                self._later(job, int(settled.values["not_before"]))
-            else:
+        except BaseException:
+            if claim is not None:
+                await claim
+            raise
+        settled = await engine.attempt(
+            self.runner, action, job.name, row,
+            start=int(row["start"]),
+            claim=claim if claim is not None else _claimed(),
+            write=lambda values: self._write(job, row, values),
+            abandoned=lambda: job.abandoned,  # handed back meanwhile: its row is queued again, fenced out
+        )  # fmt: skip
+        if settled is None:
+            if not job.abandoned:  # the claim was lost or the write fenced out: someone else has it
                 self._finish(job)
             return
-        await self._final(job, row, settled.values)
+        if settled.retry:
+            self._later(job, int(settled.values["not_before"]))
+            return
+        self.finished += 1
+        self._notify({**row, **settled.values})
+        self._finish(job)
 
     def _later(self, job: _Job, due: int) -> None:
         """Hold the job (and its offset) until its retry is due."""
@@ -568,14 +569,6 @@ class KafkaInvoker:
                 self.store.update_fenced_in, job.aid, (int(row["attempt"]), int(row["start"])), **values
             )
         )
-
-    async def _final(self, job: _Job, row: dict[str, Any], values: dict[str, Any]) -> None:
-        """Write the final `values` (their `state` done or dead), fenced; then the notice, if it was ours."""
-        if await self._write(job, row, values):
-            self.finished += 1
-            engine.count_final(row["name"], values)
-            self._notify({**row, **values})
-        self._finish(job)
 
     def _notify(self, row: dict[str, Any]) -> None:
         if row.get("state") in FINAL_STATES:
