@@ -39,6 +39,7 @@ INPROCESS_MODULES = {
     "test_client.py",
     "test_engine.py",
     "test_http_body.py",
+    "test_http_common.py",
     "test_http_conditionals.py",
     "test_http_ranges.py",
     "test_schema.py",
