@@ -46,8 +46,31 @@ class _Terminated(BaseException):
     """SIGTERM: unwinds like Ctrl-C does, so that the channel is deleted on the way out."""
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
+class _SigTerm:
+    """SIGTERM handler that unwinds only while the tail waits for the next event. Raised anywhere else (in
+    the middle of an HTTP exchange, as the subscription's answer is read, or while an event is printed) the
+    exception would leave the client's connections or stdout half-used, and the channel's deletion on the
+    way out could then fail: there it is noted, and raised at the next wait."""
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.armed = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.pending = True
+        if self.armed:
+            self.armed = False
+            raise _Terminated
+
+    def arm(self) -> None:
+        """From here until disarm(), SIGTERM unwinds at once; one that came before unwinds now."""
+        self.armed = True
+        if self.pending:
+            self.armed = False
+            raise _Terminated
+
+    def disarm(self) -> None:
+        self.armed = False
 
 
 def parse_flags(values: list[str] | None) -> list[str]:
@@ -203,7 +226,8 @@ def tail(
     watched = normalize_remote(path)
     deadline = None if timeout is None else time.monotonic() + timeout
     stream = EventStream(ClientConfig.load(), client_id=client_id or _default_client_id(), on_notice=_warn)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    term = _SigTerm()
+    previous = signal.signal(signal.SIGTERM, term)
     try:
         stream.open()
         stream.subscribe_inotify(
@@ -217,9 +241,15 @@ def tail(
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
-            event = stream.next(left)
+            term.arm()
+            try:
+                event = stream.next(left)
+            finally:
+                term.disarm()
             if event is not None:
                 t.handle(event)
+        if term.pending:
+            raise _Terminated
     except _Terminated:
         raise typer.Exit(EXIT_TERMINATED) from None
     finally:
