@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The suite runs twice, side by side, each on two xdist workers: on SQLite, and on PostgreSQL (a throwaway
-# cluster per worker, tests/pg_harness.py). Four streams keep both cores busy while tests wait on servers:
+# cluster per worker, tests/support/pg_harness.py). Four streams keep both cores busy while tests wait on servers:
 # 8.0 min on this 2-core machine (SQLite 7.9 min, PostgreSQL 7.2 min; alone each takes about 5 and 4 min: the
 # suite is CPU-bound, so running them one after the other takes as long). The SQLite run prints as it goes, the PostgreSQL run when it is done (its summary last);
 # either failing fails the target. `make pytest PYTEST_ARGS=` runs each without xdist.

@@ -5,9 +5,9 @@ Run from the repository root::
     .venv/bin/python bench/distributed.py [--quick] [--db postgresql|sqlite] [--invokers 1,2,4] [--out PATH]
                                           [--md PATH | --no-md]
 
-Every process is real and on 127.0.0.1 (tests/cluster_harness.py starts them): an Apache Kafka broker (KRaft,
-tests/kafka_harness.py), the database (PostgreSQL from tests/pg_harness.py, fsync off as in the tests; or a
-SQLite file), `headrace controller`, `door` and `invoker` processes. Three measurements:
+Every process is real and on 127.0.0.1 (tests/support/cluster_harness.py starts them): an Apache Kafka broker
+(KRaft, tests/support/kafka_harness.py), the database (PostgreSQL from tests/support/pg_harness.py, fsync off as
+in the tests; or a SQLite file), `headrace controller`, `door` and `invoker` processes. Three measurements:
 
 1. **activations/s with 1, 2 and 4 invokers** (4 workers each): a backlog of no-op activations is written
    into the database as queued while the controller is stopped; the invokers are started and have their
@@ -55,7 +55,7 @@ import storage as sb
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
-sys.path.insert(0, str(REPO_DIR / "tests"))
+sys.path.insert(0, str(REPO_DIR / "tests" / "support"))
 
 from cluster_harness import Cluster  # noqa: E402
 from headrace.db.engine import Database  # noqa: E402

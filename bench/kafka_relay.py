@@ -7,7 +7,7 @@ Run from the repository root::
 One run
 
 1. installs (scripts/install-kafka.sh, cached) and starts an Apache Kafka broker (KRaft, one node,
-   tests/kafka_harness.py) on free 127.0.0.1 ports,
+   tests/support/kafka_harness.py) on free 127.0.0.1 ports,
 2. fills a fresh headrace data directory's outbox in-process through the namespace (no HTTP): N uploads
    (CREATE OPEN MODIFY CLOSE_WRITE ATTRIB each), N/2 reads (OPEN ACCESS CLOSE_NOWRITE), N/10 deletes, so
    about 6.6 events per file, a billing record for every upload, read and delete,
@@ -50,7 +50,7 @@ import storage as sb  # the benchmarks' shared helpers
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
-sys.path.insert(0, str(REPO_DIR / "tests"))
+sys.path.insert(0, str(REPO_DIR / "tests" / "support"))
 
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402

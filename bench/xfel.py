@@ -22,7 +22,7 @@ other as a DAQ would.
    the watched tree. Window = the first PUT's start to the end of the last activation the run caused (its
    files, and the results' own files), once no activation has been queued or running for a while; files/s,
    MB/s, activations/s, activations per function and status, close -> activation end per function.
-3. **Peer.** The same four functions' `main()` called directly (tests/xfel_ctx.py's DirStorage and Ctx) on the
+3. **Peer.** The same four functions' `main()` called directly (tests/support/xfel_ctx.py's DirStorage and Ctx) on the
    same files, written one after the other into a local directory and handed, as each is written, to a
    `concurrent.futures.ProcessPoolExecutor` (fork; the modules loaded before the fork, as headrace's zygote
    does): the science alone, no storage service, no events, and no catalogue or cache work on the outputs.
@@ -55,7 +55,7 @@ from typing import Any
 import functions as fb  # bench/functions.py: CpuWatch that counts ended workers too
 import storage as sb  # the benchmarks' shared helpers
 
-sys.path.insert(0, str(sb.REPO_DIR / "tests"))
+sys.path.insert(0, str(sb.REPO_DIR / "tests" / "support"))
 
 from headrace.cli.demo import (
     DEPLOY_FILE,
@@ -844,7 +844,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "activation must succeed and the run summary must have the generator's trains and missing trains, or "
         "the bench fails.",
         f"- Peer: the same staged files copied one after the other into a local directory (no fsync); after "
-        f"each copy, the functions whose trigger pattern matches it (`main(event, ctx)` with tests/xfel_ctx.py's "
+        f"each copy, the functions whose trigger pattern matches it (`main(event, ctx)` with "
+        f"tests/support/xfel_ctx.py's "
         f"DirStorage) are submitted to a ProcessPoolExecutor({pr['workers']}) forked after the four modules were "
         "loaded (as headrace's zygote loads them) and warmed up; window = the first copy's start to the last "
         "call's end. No catalogue or cache calls for the outputs: the science alone.",

@@ -3,7 +3,7 @@
 # logging) from Maven Central with the machine's `mvn`, into
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/headrace/kafka-<version>/libs
 # and prints that directory. Idempotent: an existing complete install is reused without asking Maven.
-# The tests (tests/kafka_harness.py) format a KRaft data directory with kafka.tools.StorageTool and run
+# The tests (tests/support/kafka_harness.py) format a KRaft data directory with kafka.tools.StorageTool and run
 #   java -cp '<libs>/*' kafka.Kafka server.properties
 # Needs Java 17+ and Maven. KAFKA_VERSION overrides the version in scripts/kafka/pom.xml.
 set -euo pipefail

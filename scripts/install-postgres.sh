@@ -2,7 +2,7 @@
 # Makes sure PostgreSQL's server programs (initdb, postgres) are on this machine, from Debian's `postgresql`
 # package, and prints their directory (/usr/lib/postgresql/<newest version>/bin). Idempotent: installs
 # nothing when a version is there. Downloaded .deb files are cached under ~/.cache/headrace/apt.
-# The tests (tests/pg_harness.py) run their own throwaway cluster with these programs; the cluster that
+# The tests (tests/support/pg_harness.py) run their own throwaway cluster with these programs; the cluster that
 # Debian's package creates and may start as a service is stopped, and its service disabled.
 set -euo pipefail
 # shellcheck source=scripts/apt.sh

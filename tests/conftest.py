@@ -6,7 +6,7 @@ outcome does not depend on it (no database, or one of their own) are marked `db_
 in the SQLite run only. Either way they are deselected (not skipped) in the other run.
 
 Two tiers: tests marked `inprocess` (everything under tests/inprocess/, and the modules in INPROCESS_MODULES)
-run in this process only: the door and frontend through httpx's ASGI transport (tests/inprocess_harness.py),
+run in this process only: the door and frontend through httpx's ASGI transport (tests/support/inprocess_harness.py),
 pure modules, the SDK against either. `make check` runs them (`pytest -m inprocess`); no subprocess may start
 in them (they fail if one does). Everything else starts real servers, workers or brokers; `make test` runs all.
 """
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # helpers some test modules import from others
+sys.path.insert(0, str(Path(__file__).parent / "support"))  # the harnesses: `from harness import Server`
 
 from harness import Server, db_kind
 
@@ -146,7 +147,7 @@ def fresh_server(tmp_path: Path) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """One real Kafka broker (KRaft, one node) for the whole run, started on first use. Tests that stop or
-    kill a broker start one of their own (tests/kafka_harness.py) instead of taking this one away."""
+    kill a broker start one of their own (tests/support/kafka_harness.py) instead of taking this one away."""
     from kafka_harness import KafkaBroker
 
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
@@ -156,7 +157,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
 
 @pytest.fixture(scope="module")
 def apps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcess]:
-    """The door and the frontend in this process (tests/inprocess_harness.py), shared by the tests of a module:
+    """The door and the frontend in this process (tests/support/inprocess_harness.py), shared by the tests of a module:
     tests use their own directories in it."""
     from inprocess_harness import InProcess
 

@@ -1,4 +1,4 @@
-"""The Python SDK (`headrace.client`) against the door and frontend in this process (tests/inprocess_harness.py:
+"""The Python SDK (`headrace.client`) against the door and frontend in this process (tests/support/inprocess_harness.py:
 the fast tier; the SDK's requests go through httpx's ASGI transport instead of sockets): paging, mkdir -p,
 transfers with checksums, tokens, configuration and the shape of its errors."""
 

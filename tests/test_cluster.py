@@ -1,5 +1,5 @@
 """headrace as a cluster on this host: PostgreSQL, Kafka, two pools, two doors, two frontends, a controller and
-three invokers, each a process of its own on 127.0.0.1 (tests/cluster_harness.py).
+three invokers, each a process of its own on 127.0.0.1 (tests/support/cluster_harness.py).
 
 Files are uploaded through both doors while a function with a storage trigger runs on every invoker; during
 the run one invoker and one door are SIGKILLed and started again (the uploads through that door are retried

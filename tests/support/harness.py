@@ -2,7 +2,7 @@
 
 The database under test comes from $HEADRACE_TEST_DB: `sqlite` (the default: SQLite in the server's data
 directory) or `postgresql` (a fresh database per server in this test process's PostgreSQL cluster,
-tests/pg_harness.py, given to the server as `--db`). `query`/`execute` reach a server's database whichever
+tests/support/pg_harness.py, given to the server as `--db`). `query`/`execute` reach a server's database whichever
 it is, by the server's data directory.
 """
 

@@ -30,7 +30,7 @@ from psycopg import sql
 
 from harness import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO / "scripts" / "install-postgres.sh"
 
 

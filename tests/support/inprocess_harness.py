@@ -79,7 +79,7 @@ class InProcess:
             public_api_url=API_URL,
             **settings,
         )
-        remember_database(self.settings.data_dir, self.settings.db_url)  # for harness.query and tests/outbox.py
+        remember_database(self.settings.data_dir, self.settings.db_url)  # for harness.query and tests/support/outbox.py
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="inprocess-apps", daemon=True)
         self._thread.start()

@@ -25,7 +25,7 @@ from confluent_kafka.admin import AdminClient
 
 from harness import ManagedProcess, free_port, kill_at_exit
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 INSTALL_SCRIPT = REPO / "scripts" / "install-kafka.sh"
 
 LOG4J2 = """\

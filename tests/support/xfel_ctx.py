@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "xfel"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "xfel"
 
 
 def load_example(name: str) -> ModuleType:
