@@ -16,9 +16,8 @@ import httpx
 import pytest
 from pymacaroons import Macaroon
 
-from harness import ADMIN_KEY, Server, client, db_kind, execute, headrace_command, http, query, wait_for
+from harness import ADMIN_KEY, Server, add_user, client, db_kind, execute, headrace_command, http, query, wait_for
 from headrace.auth.macaroons import MacaroonAuthority
-from test_permissions import add_user
 
 ADMIN_DIR = "/admin-only"
 

@@ -17,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from harness import Server, client, query
+from harness import Server, add_user, client, query
 from pool_harness import PoolProcess
 from test_bad_input import BASIC, Reply, parse_reply
-from test_permissions import add_user
 
 NS = "/api/v1/namespaces/_"
 JSON = {"Content-Type": "application/json"}

@@ -14,9 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import Server, client, wait_for
+from harness import Server, add_user, client, wait_for
 from sse_reader import SseReader
-from test_permissions import add_user
 
 EV = "/api/v1/events"
 NS = "/api/v1/namespaces/_"

@@ -13,10 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import Server, client, http
+from harness import Server, add_user, client, http
 from headrace.tls import tls_context
 from sse_reader import SseReader, masks
-from test_permissions import add_user
 
 EV = "/api/v1/events"
 

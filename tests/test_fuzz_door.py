@@ -29,8 +29,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from harness import Server, client
-from test_permissions import add_user
+from harness import Server, add_user, client
 
 #: Generated requests per identity.
 EXAMPLES = int(os.environ.get("HEADRACE_FUZZ_SCALE", "1")) * 4000

@@ -37,8 +37,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from harness import ADMIN_KEY, Server, client, http
-from test_permissions import add_user
+from harness import ADMIN_KEY, Server, add_user, client, http
 
 #: Generated requests per operation and identity (both generation modes together).
 EXAMPLES = int(os.environ.get("HEADRACE_FUZZ_SCALE", "1")) * 40

@@ -2,23 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
-from harness import Server, client, http
-
-
-def add_user(server: Server, name: str) -> tuple[str, str, int]:
-    out = subprocess.run(
-        [sys.executable, "-m", "headrace.cli.main", "user", "add", name, "--data", str(server.data), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=server.env(),
-    )
-    info = json.loads(out.stdout)
-    return name, info["key"], info["uid"]
+from harness import Server, add_user, client, http
 
 
 def test_owner_and_mode_checks(server: Server) -> None:

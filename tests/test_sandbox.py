@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -19,7 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from harness import ADMIN_KEY, Server, client, wait_for
+from harness import ADMIN_KEY, Server, add_user, client, wait_for
 
 NS = "/api/v1/namespaces/_"
 
@@ -91,18 +89,6 @@ PROBE = textwrap.dedent(
         return {"unknown": what}
     """
 )
-
-
-def add_user(server: Server, name: str) -> tuple[str, str, int]:
-    out = subprocess.run(
-        [sys.executable, "-m", "headrace.cli.main", "user", "add", name, "--data", str(server.data), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=server.env(),
-    )
-    info = json.loads(out.stdout)
-    return name, info["key"], info["uid"]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ it is, by the server's data directory.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import socket
@@ -289,3 +290,17 @@ class Server(ManagedProcess):
 
     def api(self, **kw: Any) -> httpx.Client:
         return client(base_url=self.api_url, auth=self.auth, timeout=60, **kw)
+
+
+def add_user(server: Server, name: str) -> tuple[str, str, int]:
+    """A new non-admin user on `server`'s database, made as an operator does (`headrace user add`): its
+    name, API key and uid."""
+    out = subprocess.run(
+        [sys.executable, "-m", "headrace.cli.main", "user", "add", name, "--data", str(server.data), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=server.env(),
+    )
+    info = json.loads(out.stdout)
+    return name, info["key"], info["uid"]
