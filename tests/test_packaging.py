@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tomllib
@@ -77,7 +78,13 @@ def test_shell_completion(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["events"]
-    shown = _headrace(["--show-completion", "bash"], tmp_path)
+    # --show-completion names the shell it was started from (typer asks shellingham, which walks up the process
+    # tree), so start it from bash: under `make` the nearest shell is sh, for which typer has no script.
+    code = "from headrace.cli.main import app\nsys.argv = ['headrace', '--show-completion']\napp()"
+    command = shlex.join([sys.executable, "-c", f"import sys\n{code}"])
+    shown = subprocess.run(
+        ["bash", "-c", f"{command}; exit $?"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )  # "; exit $?": bash -c would otherwise exec the command, and its parent would no longer be bash
     assert shown.returncode == 0, shown.stderr
     assert "_HEADRACE_COMPLETE" in shown.stdout
 
