@@ -37,8 +37,10 @@ typecheck: $(STAMP)
 
 # The suite runs twice, side by side, each on two xdist workers: on SQLite, and on PostgreSQL (a throwaway
 # cluster per worker, tests/support/pg_harness.py). Four streams keep both cores busy while tests wait on servers:
-# 8.0 min on this 2-core machine (SQLite 7.9 min, PostgreSQL 7.2 min; alone each takes about 5 and 4 min: the
-# suite is CPU-bound, so running them one after the other takes as long). The SQLite run prints as it goes, the PostgreSQL run when it is done (its summary last);
+# 9.2 min on this 2-core machine (SQLite 655 tests in 9.2 min, PostgreSQL 404 in 9.0 min; 10 min from a fresh
+# clone with the venv), 14.5 min with two CPU-bound processes beside it (stress-ng --cpu 2; 15.9 min from a fresh
+# clone): the suite is CPU-bound, so running the two one after the other takes as long. The SQLite run prints
+# as it goes, the PostgreSQL run when it is done (its summary last);
 # either failing fails the target. `make pytest PYTEST_ARGS=` runs each without xdist.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 pytest: test-deps
