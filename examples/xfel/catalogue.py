@@ -160,6 +160,7 @@ def move_file(conn: sqlite3.Connection, pid: str, new: str, offset: int) -> bool
     row = conn.execute("SELECT record, event_offset FROM datasets WHERE pid = ?", (pid,)).fetchone()
     if row is None or row[1] >= offset or row[0] is None:
         return False
+    new = moved_since(conn, new, offset)  # a directory move after this event, catalogued first, applies too
     rec = json.loads(row[0])
     _place(rec, new)
     conn.execute(
@@ -261,7 +262,7 @@ def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
                 _fill_metadata(conn, path, ctx)
             elif move_file(conn, pid, path, offset):
                 n = 1
-                _fill_metadata(conn, path, ctx, pid)
+                _fill_metadata(conn, moved_since(conn, path, offset), ctx, pid)
             else:  # not catalogued yet (its close has not run, or it came from outside the tree)
                 n = int(put(conn, pid, record(event, path, meta), offset, path))
             out = {"moved": path, "from": old, "records": n}
