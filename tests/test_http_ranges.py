@@ -29,11 +29,16 @@ def test_parse_range(value: str, expected: tuple[int, int] | None) -> None:
     assert parse_range(value, 100) == expected
 
 
-@pytest.mark.parametrize("value", ["bytes=100-150", "bytes=200-300", "bytes=-0"])
+@pytest.mark.parametrize("value", ["bytes=100-150", "bytes=200-300", "bytes=-0", "bytes=100-", "bytes=150-"])
 def test_unsatisfiable(value: str) -> None:
     with pytest.raises(RangeNotSatisfiable):
         parse_range(value, 100)
     assert unsatisfiable_headers(100) == {"Content-Range": "bytes */100"}
+
+
+def test_nothing_of_an_empty_representation_is_satisfiable() -> None:
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range("bytes=0-", 0)
 
 
 def test_answer_range_sets_the_headers() -> None:

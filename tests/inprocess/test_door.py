@@ -64,6 +64,11 @@ def test_ranges(door: httpx.Client, base: str) -> None:
     assert r.status_code == 206 and r.content == DATA[10000:]
     r = door.get(f"{base}/f", headers={"Range": f"bytes={len(DATA)}-{len(DATA) + 10}"})
     assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(DATA)}"
+    r = door.get(f"{base}/f", headers={"Range": f"bytes={len(DATA)}-"})  # open-ended, starting at the end
+    assert r.status_code == 416 and r.headers["content-range"] == f"bytes */{len(DATA)}"
+    door.put(f"{base}/empty", content=b"")
+    r = door.get(f"{base}/empty", headers={"Range": "bytes=0-"})  # nothing of an empty file is satisfiable
+    assert r.status_code == 416 and r.headers["content-range"] == "bytes */0"
     # If-Range with the current tag honours the range; with another the whole file comes back
     etag = door.head(f"{base}/f").headers["etag"]
     assert door.get(f"{base}/f", headers={"Range": "bytes=0-9", "If-Range": etag}).content == DATA[:10]
@@ -77,7 +82,10 @@ def test_conditional_requests(door: httpx.Client, base: str) -> None:
     assert door.get(f"{base}/f", headers={"If-None-Match": '"other"'}).status_code == 200
     assert door.put(f"{base}/f", content=b"v2", headers={"If-Match": '"other"'}).status_code == 412
     assert door.get(f"{base}/f").content == b"v1"
-    assert door.put(f"{base}/f", content=b"v2", headers={"If-Match": etag}).status_code == 204
+    assert door.put(f"{base}/f", content=b"v2", headers={"If-Match": f"W/{etag}"}).status_code == 412  # weak
+    assert door.get(f"{base}/f").content == b"v1"
+    # a list holds if one of its tags matches, compared strongly (RFC 9110 13.1.1)
+    assert door.put(f"{base}/f", content=b"v2", headers={"If-Match": f'"other", {etag}'}).status_code == 204
     assert door.put(f"{base}/f", content=b"v3", headers={"If-None-Match": "*"}).status_code == 412  # exists
     assert door.put(f"{base}/new", content=b"n", headers={"If-None-Match": "*"}).status_code == 201
     assert door.get(f"{base}/f").content == b"v2"

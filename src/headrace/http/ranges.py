@@ -27,9 +27,9 @@ def parse_range(value: str, size: int) -> tuple[int, int] | None:
             end = int(last) if last else size - 1
     except ValueError:
         return None
-    if start < 0 or end < start:
+    if start < 0 or (last and end < start):  # an invalid range-spec is ignored (RFC 9110 14.1.1)
         return None
-    if start >= size:
+    if start >= size:  # includes `bytes=N-` with N = size, and every range of an empty file
         raise RangeNotSatisfiable(f"Range {value} starts beyond the end of the file ({size} bytes)")
     end = min(end, size - 1)
     return start, end - start + 1

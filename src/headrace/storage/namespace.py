@@ -25,6 +25,7 @@ from headrace.db.engine import Database
 from headrace.db.schema import checksums, events, inodes, labels, xattrs
 from headrace.errors import Conflict, Exists, Forbidden, NotEmpty, NotFound, PreconditionFailed
 from headrace.events.model import LIST_KINDS, OVERWRITE_KINDS, READ_KINDS, UPLOAD_KINDS, EventKind
+from headrace.http import conditionals
 from headrace.storage.paths import join, normalize, parent_and_name
 
 DIR, REGULAR = "DIR", "REGULAR"
@@ -522,7 +523,7 @@ class Namespace:
         else:
             if node.is_dir:
                 raise Conflict(f"Is a directory: {node.path}")
-            if if_match is not None and if_match != "*" and if_match != node.etag:
+            if if_match is not None and not conditionals.if_match_holds(if_match, node.etag):
                 raise PreconditionFailed(f"ETag does not match: {node.path}")
             self._need(subject, W, node)
             old = Blob(node.pool, node.blob, node.size) if node.pool and node.blob else None
