@@ -83,6 +83,27 @@ PROBE = textwrap.dedent(
             subprocess.Popen(["sh", "-c", "sleep %s & exit 0" % args["orphan"]]).wait()
             while True:
                 time.sleep(0.05)
+        if what == "hold_connections":  # many connections to the door's socket at once, each asked one request
+            path = os.path.join(os.environ["HEADRACE_SOCKET_DIR"], "door.sock")
+            conns = []
+            for _ in range(args["n"]):
+                c = socket.socket(socket.AF_UNIX)
+                c.connect(path)
+                conns.append(c)
+            answered = closed = 0
+            for c in conns:
+                try:
+                    c.sendall(b"OPTIONS / HTTP/1.1\\r\\nHost: door\\r\\n\\r\\n")
+                    first = c.recv(12)
+                except OSError:
+                    first = b""
+                if first.startswith(b"HTTP/1.1"):
+                    answered += 1
+                else:
+                    closed += 1
+            for c in conns:
+                c.close()
+            return {"answered": answered, "closed": closed}
         if what == "child":
             subprocess.Popen(["sleep", args["marker"]])
             return {"started": True}
@@ -209,6 +230,17 @@ def test_storage_only_through_its_sockets_as_its_owner(server: Server, api2: htt
     assert all(v.startswith("refused") for v in seen.values()), seen
     env = result(api2, "probe-storage", what="env")["env"]
     assert env["HEADRACE_SOCKET_DIR"] == "/run/headrace" and env.get("HEADRACE_TOKEN")
+
+
+def test_a_function_holds_a_bounded_number_of_storage_connections(server: Server, api2: httpx.Client) -> None:
+    """Each forwarded connection costs the server file descriptors: one pool holds at most 64 per socket at
+    once (HEADRACE_SANDBOX_CONNECTIONS); the rest are closed unread, and closed ones free their slots."""
+    deploy(api2, "probe-conns", annotations=[{"key": "storage", "value": True}], limits={"timeout": 60_000})
+    seen = result(api2, "probe-conns", what="hold_connections", n=100)
+    assert seen == {"answered": 64, "closed": 36}, seen
+    # the function closed them: the next activation of the pool has every slot again
+    seen = result(api2, "probe-conns", what="hold_connections", n=64)
+    assert seen == {"answered": 64, "closed": 0}, seen
 
 
 def test_each_activation_gets_its_own_confined_short_lived_credential(server: Server, api2: httpx.Client) -> None:

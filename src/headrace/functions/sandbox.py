@@ -83,6 +83,9 @@ class SandboxSettings:
     #: (namespace, host directory): bound read-write, at its own path, into that namespace's sandboxes (the
     #: operator's choice, for state a facility's functions keep outside storage: a catalogue, a cache).
     binds: tuple[tuple[str, str], ...] = ()
+    #: Connections one action pool may hold open at once through each storage socket; more are closed as they
+    #: are accepted (each costs the server file descriptors: without a bound, one function could use them all).
+    connections: int = 64
 
     @classmethod
     def from_env(cls) -> SandboxSettings:
@@ -96,6 +99,7 @@ class SandboxSettings:
             pids_per_worker=_env_int("HEADRACE_SANDBOX_PIDS", 64),
             tmp_mb=_env_int("HEADRACE_SANDBOX_TMP_MB", 1024),
             binds=parse_binds(os.environ.get("HEADRACE_SANDBOX_BIND") or ""),
+            connections=_env_int("HEADRACE_SANDBOX_CONNECTIONS", 64),
         )
 
 
@@ -403,12 +407,14 @@ def _kill(pids: Iterable[int]) -> None:
 
 
 class _Forwarder:
-    """A UNIX socket whose connections are forwarded, byte for byte, to one TCP address."""
+    """A UNIX socket whose connections are forwarded, byte for byte, to one TCP address; at most `limit` at
+    once (a connection past it is closed before anything is read from it)."""
 
-    def __init__(self, path: Path, host: str, port: int) -> None:
+    def __init__(self, path: Path, host: str, port: int, limit: int) -> None:
         self.path = path
         self.host = host
         self.port = port
+        self.limit = limit
         self.server: asyncio.AbstractServer | None = None
         self.conns: set[asyncio.Task[None]] = set()
 
@@ -419,6 +425,9 @@ class _Forwarder:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self.conns) >= self.limit:
+            writer.close()
+            return
         self.conns.add(task)
         try:
             try:
@@ -428,18 +437,22 @@ class _Forwarder:
                 return
 
             async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-                try:
+                with contextlib.suppress(ConnectionError, OSError):
                     while data := await src.read(1 << 16):
                         dst.write(data)
                         await dst.drain()
-                    if dst.can_write_eof():
-                        dst.write_eof()
-                except (ConnectionError, OSError):
-                    dst.close()
 
-            await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer), return_exceptions=True)
-            up_w.close()
-            writer.close()
+            # Either side's end ends the connection (HTTP clients do not half-close): a function that closes its
+            # end frees its slot at once, not when the server's keep-alive gives up on the idle upstream.
+            pipes = [asyncio.ensure_future(pipe(reader, up_w)), asyncio.ensure_future(pipe(up_r, writer))]
+            try:
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for p in pipes:
+                    p.cancel()
+                await asyncio.gather(*pipes, return_exceptions=True)
+                up_w.close()
+                writer.close()
         finally:
             self.conns.discard(task)
 
@@ -469,6 +482,7 @@ class Jail:
     annotation: dict[str, Any]
     isolated: bool  # a PID namespace of its own
     socket_dir: Path | None = None
+    max_connections: int = 64  # per storage socket, at once
     forwarders: list[_Forwarder] = field(default_factory=list)
     proc_pid: int = 0
     _ns: int | None = None
@@ -476,7 +490,7 @@ class Jail:
     async def start_sockets(self, door_url: str, api_url: str) -> None:
         assert self.socket_dir is not None
         for name, url in ((DOOR_SOCKET, door_url), (API_SOCKET, api_url)):
-            f = _Forwarder(self.socket_dir / name, *_split_url(url))
+            f = _Forwarder(self.socket_dir / name, *_split_url(url), self.max_connections)
             await f.start()
             self.forwarders.append(f)
 
@@ -698,7 +712,7 @@ class Sandbox:
             isolated = True
         if group is not None:
             argv = ["/bin/sh", "-c", _ENTER, "sh", *group.enter_files(), "--", *argv]
-        return Jail(argv, env, seen_code, group, annotation, isolated, socket_dir)
+        return Jail(argv, env, seen_code, group, annotation, isolated, socket_dir, s.connections)
 
     def _bwrap_args(self, code_dir: Path, socket_dir: Path | None, binds: list[str]) -> list[str]:
         a = ["--unshare-pid", "--unshare-ipc", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
