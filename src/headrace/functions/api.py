@@ -295,7 +295,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         else:
             ex = current["exec"]
 
-        def kv(key: str) -> list[dict[str, Any]]:
+        def kv(key: str) -> list[model.KeyValue]:
             if key in body:
                 return model.key_values(body[key], key)
             return list(current[key]) if current else []

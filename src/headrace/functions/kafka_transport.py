@@ -374,7 +374,7 @@ class ResultWaiters:
             self._ready.set()
             consumer.close()
 
-    def _noticed(self, body: dict[str, Any]) -> None:
+    def _noticed(self, body: messages.ResultMessage) -> None:
         if body["id"] in self.waiters and body.get("state") in FINAL_STATES:
             asyncio.get_running_loop().create_task(self._complete([body["id"]]))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, NotRequired, Protocol, TypedDict, cast
 
 from headrace.functions.entities import Scaling
 
@@ -31,6 +31,27 @@ RESULTS_TOPIC = "headrace-activation-results"
 INVOKER_GROUP = "headrace-invokers"
 
 Actions = Mapping[tuple[str, str], Mapping[str, Any]]
+
+
+class ActivationMessage(TypedDict):
+    """On the activation topic: activation `id` of action /`ns`/`name` wants running."""
+
+    id: str
+    ns: str
+    name: str
+    created: int
+    orderKey: NotRequired[str]  # an `ordered` action's activation: its path
+
+
+class ResultMessage(TypedDict):
+    """On the results topic: activation `id` has finished (its record is in the database)."""
+
+    id: str
+    ns: str
+    name: str
+    state: str | None
+    statusCode: int | None
+    attempt: int | None
 
 
 class Publisher(Protocol):
@@ -65,7 +86,7 @@ def placement(
 
 
 def activation_message(row: Mapping[str, Any], action: Mapping[str, Any] | None) -> bytes:
-    body: dict[str, Any] = {
+    body: ActivationMessage = {
         "id": row["activation_id"],
         "ns": row["namespace"],
         "name": row["name"],
@@ -76,7 +97,7 @@ def activation_message(row: Mapping[str, Any], action: Mapping[str, Any] | None)
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def parse_activation(value: bytes | None) -> dict[str, Any] | None:
+def parse_activation(value: bytes | None) -> ActivationMessage | None:
     """The message's fields, or None if it is not an activation message (it is then skipped)."""
     try:
         body = json.loads(value or b"")
@@ -84,12 +105,12 @@ def parse_activation(value: bytes | None) -> dict[str, Any] | None:
         return None
     if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("id", "ns", "name")):
         return None
-    return body
+    return cast(ActivationMessage, body)  # id, ns, name checked above
 
 
 def result_message(row: Mapping[str, Any]) -> bytes:
     """A finished activation (its record is in the database already): for blocking invokes and followers."""
-    body = {
+    body: ResultMessage = {
         "id": row["activation_id"],
         "ns": row["namespace"],
         "name": row["name"],
@@ -100,9 +121,9 @@ def result_message(row: Mapping[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def parse_result(value: bytes | None) -> dict[str, Any] | None:
+def parse_result(value: bytes | None) -> ResultMessage | None:
     try:
         body = json.loads(value or b"")
     except ValueError:
         return None
-    return body if isinstance(body, dict) and isinstance(body.get("id"), str) else None
+    return cast(ResultMessage, body) if isinstance(body, dict) and isinstance(body.get("id"), str) else None

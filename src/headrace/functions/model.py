@@ -12,9 +12,54 @@ import json
 import re
 import zipfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from headrace.events.selectors import EVENT_FLAGS, SelectorError, parse_flags
+
+#: A JSON object whose keys are the user's: an action's parameters and result, an event's payload, the
+#: arguments an activation runs with. Everything else has a typed shape (here, functions/entities.py,
+#: functions/records.py, functions/messages.py).
+JSONObject = dict[str, Any]
+
+
+class KeyValue(TypedDict):
+    """One entry of OpenWhisk's parameters and annotations lists; the value is any JSON."""
+
+    key: str
+    value: Any
+
+
+class Limits(TypedDict):
+    """An action's limits, as stored and as the API shows them: timeout ms, memory MB, logs MB, concurrency."""
+
+    timeout: int
+    memory: int
+    logs: int
+    concurrency: int
+
+
+class ScalingSettings(TypedDict, total=False):
+    """An action's `scaling` object as stored and shown (headrace's own); functions/entities.Scaling reads
+    it with its defaults."""
+
+    minScale: float
+    maxScale: float
+    retries: float
+    maxEventAge: float
+    idleSeconds: float
+    ordered: bool
+
+
+class Exec(TypedDict, total=False):
+    """An action's `exec`: Python code (text, or a base64 zip with `binary`) with its entry point, or a
+    sequence's components. `kind` is always there."""
+
+    kind: str
+    code: str
+    main: str
+    binary: bool
+    components: list[str]
+
 
 STORAGE_FEED = "/whisk.system/storage/changes"
 KINDS = ("python:3", "python:3.11", "python:3.12", "python:default", "sequence")
@@ -54,7 +99,7 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
-def key_values(raw: Any, what: str) -> list[dict[str, Any]]:
+def key_values(raw: Any, what: str) -> list[KeyValue]:
     """OpenWhisk's [{"key", "value"}] lists (parameters, annotations)."""
     if raw is None:
         return []
@@ -65,14 +110,19 @@ def key_values(raw: Any, what: str) -> list[dict[str, Any]]:
     return [{"key": p["key"], "value": p.get("value")} for p in raw]
 
 
-def as_dict(kv: list[dict[str, Any]]) -> dict[str, Any]:
+def as_dict(kv: list[KeyValue]) -> JSONObject:
     return {p["key"]: p["value"] for p in kv}
 
 
-def limits(raw: Any, current: dict[str, int] | None = None) -> dict[str, int]:
-    out = dict(current or {k: d for k, (_, _, d) in LIMITS.items()})
+def default_limits() -> Limits:
+    return {"timeout": LIMITS["timeout"][2], "memory": LIMITS["memory"][2], "logs": LIMITS["logs"][2],
+            "concurrency": LIMITS["concurrency"][2]}  # fmt: skip
+
+
+def limits(raw: Any, current: Limits | None = None) -> Limits:
+    out: dict[str, Any] = {**(current or default_limits())}
     if raw is None:
-        return out
+        return cast(Limits, out)
     if not isinstance(raw, dict):
         raise ModelError("limits must be an object.")
     for k, v in raw.items():
@@ -83,13 +133,13 @@ def limits(raw: Any, current: dict[str, int] | None = None) -> dict[str, int]:
             unit = {"timeout": " milliseconds", "memory": " MB", "logs": " MB"}.get(k, "")
             raise ModelError(f"The {k} limit must be an integer between {lo} and {hi}{unit}, not {v!r}.")
         out[k] = v
-    return out
+    return cast(Limits, out)  # the keys checked above
 
 
-def scaling(raw: Any, current: dict[str, float] | None = None) -> dict[str, float]:
-    out = dict(current or {k: d for k, (_, _, d) in SCALING.items()})
+def scaling(raw: Any, current: ScalingSettings | None = None) -> ScalingSettings:
+    out: dict[str, Any] = {**(current or {k: d for k, (_, _, d) in SCALING.items()})}
     if raw is None:
-        return out
+        return cast(ScalingSettings, out)
     if not isinstance(raw, dict):
         raise ModelError("scaling must be an object.")
     for k, v in raw.items():
@@ -106,7 +156,7 @@ def scaling(raw: Any, current: dict[str, float] | None = None) -> dict[str, floa
         out[k] = v
     if out["minScale"] > out["maxScale"]:
         raise ModelError("scaling.minScale must not exceed scaling.maxScale.")
-    return out
+    return cast(ScalingSettings, out)  # the keys checked above
 
 
 def _syntax(source: str, filename: str) -> ast.Module:
@@ -128,7 +178,7 @@ def _has_main(tree: ast.Module, main: str) -> bool:
     return False
 
 
-def check_exec(raw: Any) -> dict[str, Any]:
+def check_exec(raw: Any) -> Exec:
     """Validate an action's `exec`: Python code as text, a base64 zip with __main__.py, or a sequence."""
     if not isinstance(raw, dict):
         raise ModelError('exec is required: {"kind": "python:3", "code": "..."}.')

@@ -9,19 +9,118 @@ activations made by a storage event.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
-from headrace.functions.model import STORAGE_FEED
+from headrace.functions.model import STORAGE_FEED, Exec, JSONObject, KeyValue, Limits, ScalingSettings
 
 STATUS = {0: "success", 1: "application error", 2: "action developer error", 3: "whisk internal error"}
 FINAL_STATES = ("done", "dead")
+
+# -- the documents (TypedDicts: the JSON as it goes out, its keys checked by mypy) ------------------------
+
+
+class Response(TypedDict):
+    """An activation's `response`; no statusCode while it has not run."""
+
+    status: str
+    statusCode: NotRequired[int]
+    success: bool
+    result: JSONObject
+
+
+class _ActivationIdentity(TypedDict):
+    """What every rendering of an activation starts with: whose, which, when."""
+
+    namespace: str
+    name: str
+    version: str
+    subject: str
+    activationId: str
+    start: int
+    end: int
+    duration: int
+
+
+class ActivationSummary(_ActivationIdentity):
+    """A listing's entry (OpenWhisk's `docs=false`)."""
+
+    statusCode: int | None
+    annotations: list[KeyValue]
+    publish: bool
+    cause: NotRequired[str]
+    attempt: int  # headrace's: attempt, state, eventOffset
+    state: str
+    eventOffset: NotRequired[int]
+
+
+class Activation(_ActivationIdentity):
+    """The activation record, as GET .../activations/{id} and a blocking invoke return it."""
+
+    response: Response
+    logs: list[str]
+    annotations: list[KeyValue]
+    publish: bool
+    cause: NotRequired[str]
+    attempt: int  # headrace's: attempt, state, eventOffset
+    state: str
+    eventOffset: NotRequired[int]
+
+
+class DeadLetter(Activation):
+    args: JSONObject  # headrace's: what a redrive runs it with
+
+
+class ActivationResult(TypedDict):
+    result: JSONObject
+    status: str
+    success: bool
+
+
+class _Entity(TypedDict):
+    namespace: str
+    name: str
+    version: str
+    annotations: list[KeyValue]
+    publish: bool
+    updated: int
+
+
+class ActionDocument(_Entity):
+    exec: Exec
+    parameters: list[KeyValue]
+    limits: Limits
+    scaling: ScalingSettings  # headrace's own
+
+
+class EntityRef(TypedDict):
+    name: str
+    path: str
+
+
+class RuleStatus(TypedDict):
+    action: EntityRef
+    status: str
+
+
+class TriggerDocument(_Entity):
+    parameters: list[KeyValue]
+    limits: JSONObject  # always {}
+    feed: NotRequired[str]  # headrace's, for a trigger fed by the storage feed
+    feedParameters: NotRequired[JSONObject]
+    rules: NotRequired[dict[str, RuleStatus]]
+
+
+class RuleDocument(_Entity):
+    status: str
+    trigger: EntityRef
+    action: EntityRef
 
 
 def status_name(code: int | None) -> str:
     return STATUS.get(code if code is not None else 3, "whisk internal error")
 
 
-def response(row: dict[str, Any]) -> dict[str, Any]:
+def response(row: dict[str, Any]) -> Response:
     """The record's `response`: that of the last attempt that ran. An activation that has not run yet has
     its state as status and no statusCode."""
     code = row.get("status_code")
@@ -43,18 +142,10 @@ def _times(row: dict[str, Any]) -> tuple[int, int, int]:
     return start, end, max(0, end - start) if end else 0
 
 
-def _headrace_fields(row: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
-    out["attempt"] = int(row.get("attempt") or 1)
-    out["state"] = str(row.get("state") or "queued")
-    if row.get("event_offset") is not None:
-        out["eventOffset"] = int(row["event_offset"])
-    return out
-
-
-def _identity(row: dict[str, Any]) -> dict[str, Any]:
-    """What every rendering of an activation starts with: whose, which, when."""
+def activation(row: dict[str, Any]) -> Activation:
+    """The full activation record."""
     start, end, duration = _times(row)
-    return {
+    out: Activation = {
         "namespace": row["namespace"],
         "name": row["name"],
         "version": str(row.get("version") or "0.0.1"),
@@ -63,42 +154,51 @@ def _identity(row: dict[str, Any]) -> dict[str, Any]:
         "start": start,
         "end": end,
         "duration": duration,
-    }
-
-
-def activation(row: dict[str, Any]) -> dict[str, Any]:
-    """The full activation record."""
-    out: dict[str, Any] = {
-        **_identity(row),
         "response": response(row),
         "logs": list(row.get("logs") or []),
         "annotations": list(row.get("annotations") or []),
         "publish": False,
+        "attempt": int(row.get("attempt") or 1),
+        "state": str(row.get("state") or "queued"),
     }
     if row.get("cause"):
         out["cause"] = row["cause"]
-    return _headrace_fields(row, out)
+    if row.get("event_offset") is not None:
+        out["eventOffset"] = int(row["event_offset"])
+    return out
 
 
-def activation_summary(row: dict[str, Any]) -> dict[str, Any]:
+def activation_summary(row: dict[str, Any]) -> ActivationSummary:
     """A listing's entry (OpenWhisk's `docs=false`): no result, no logs, the status code at the top."""
-    out: dict[str, Any] = {
-        **_identity(row),
+    start, end, duration = _times(row)
+    out: ActivationSummary = {
+        "namespace": row["namespace"],
+        "name": row["name"],
+        "version": str(row.get("version") or "0.0.1"),
+        "subject": str(row.get("subject") or row["namespace"]),
+        "activationId": row["activation_id"],
+        "start": start,
+        "end": end,
+        "duration": duration,
         "statusCode": row.get("status_code"),
         "annotations": list(row.get("annotations") or []),
         "publish": False,
+        "attempt": int(row.get("attempt") or 1),
+        "state": str(row.get("state") or "queued"),
     }
     if row.get("cause"):
         out["cause"] = row["cause"]
-    return _headrace_fields(row, out)
+    if row.get("event_offset") is not None:
+        out["eventOffset"] = int(row["event_offset"])
+    return out
 
 
-def dead_letter(row: dict[str, Any]) -> dict[str, Any]:
+def dead_letter(row: dict[str, Any]) -> DeadLetter:
     """A dead letter: the activation record, plus the arguments it runs with when redriven (headrace's)."""
     return {**activation(row), "args": dict(row.get("args") or {})}
 
 
-def activation_result(row: dict[str, Any]) -> dict[str, Any]:
+def activation_result(row: dict[str, Any]) -> ActivationResult:
     """GET .../activations/{id}/result."""
     r = response(row)
     return {"result": r["result"], "status": r["status"], "success": r["success"]}
@@ -111,10 +211,10 @@ def _version(row: dict[str, Any]) -> str:
     return f"0.0.{int(row.get('version') or 1)}"
 
 
-def action(row: dict[str, Any], *, code: bool = True) -> dict[str, Any]:
+def action(row: dict[str, Any], *, code: bool = True) -> ActionDocument:
     """An action as GET returns it (`code=False`: without exec.code, as `?code=false` asks)."""
-    ex = dict(row["exec"])
-    scaling = dict(row.get("scaling") or {})
+    ex = cast(Exec, dict(row["exec"]))
+    scaling = cast(ScalingSettings, dict(row.get("scaling") or {}))
     if not code:
         ex.pop("code", None)
     return {
@@ -124,28 +224,28 @@ def action(row: dict[str, Any], *, code: bool = True) -> dict[str, Any]:
         "exec": ex,
         "parameters": list(row.get("parameters") or []),
         "annotations": list(row.get("annotations") or []),
-        "limits": dict(row.get("limits") or {}),
+        "limits": cast(Limits, dict(row.get("limits") or {})),
         "scaling": {**scaling, "ordered": bool(scaling.get("ordered", False))},  # headrace's own
         "publish": False,
         "updated": int(row.get("updated") or 0),
     }
 
 
-def action_summary(row: dict[str, Any]) -> dict[str, Any]:
+def action_summary(row: dict[str, Any]) -> ActionDocument:
     """An action in a listing: no code (OpenWhisk lists exec as {"binary"} only; the kind is kept here)."""
     full = action(row, code=False)
     ex = full["exec"]
-    full["exec"] = {"kind": ex.get("kind"), "binary": bool(ex.get("binary", False))}
+    full["exec"] = {"kind": ex.get("kind", "python:3"), "binary": bool(ex.get("binary", False))}
     if ex.get("kind") == "sequence":
         full["exec"]["components"] = ex.get("components", [])
     return full
 
 
-def trigger(row: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def trigger(row: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> TriggerDocument:
     """A trigger; with `rules` (the namespace's rules on it), OpenWhisk's `rules` map. A trigger fed by
     the storage feed also carries headrace's `feed` and `feedParameters`."""
     annotations = list(row.get("annotations") or [])
-    out: dict[str, Any] = {
+    out: TriggerDocument = {
         "namespace": row["namespace"],
         "name": row["name"],
         "version": _version(row),
@@ -171,7 +271,7 @@ def trigger(row: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> d
     return out
 
 
-def rule(row: dict[str, Any]) -> dict[str, Any]:
+def rule(row: dict[str, Any]) -> RuleDocument:
     return {
         "namespace": row["namespace"],
         "name": row["name"],
