@@ -942,6 +942,67 @@ def pick_generator(gens: Sequence[Generator], ceiling: dict[str, Any]) -> Genera
 # One server
 
 
+def _durable_writer(base: Path, body: bytes, counter: Iterator[int], lock: threading.Lock) -> None:
+    """One thread of `measure_disk_ceiling`: files from `counter` until it runs out."""
+    while True:
+        with lock:
+            n = next(counter, None)
+        if n is None:
+            return
+        name = f"{n:08x}"
+        tmp = base / "tmp" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final_dir = base / "data" / f"{n % 256:02x}"
+        os.rename(tmp, final_dir / name)
+        dir_fd = os.open(final_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def measure_disk_ceiling(workdir: Path, plan: Plan) -> dict[str, Any]:
+    """What this disk allows for durable small files, without any server: `plan.clients` threads each write
+    4 KiB to a new file in tmp/, fsync it, rename it into one of 256 fan-out directories and fsync that
+    directory (what a server that fsyncs must do per upload, as headrace's pools do). os.write and os.fsync
+    release the GIL, so the threads overlap as a server's I/O threads would. Median of `plan.runs` runs."""
+    root = workdir / "disk-ceiling"
+    body = os.urandom(plan.small_size)
+    rates: list[float] = []
+    for run in range(plan.runs):
+        base = root / f"run{run}"
+        (base / "tmp").mkdir(parents=True)
+        for i in range(256):
+            (base / "data" / f"{i:02x}").mkdir(parents=True)
+        os.sync()
+        counter = iter(range(plan.small_files))
+        lock = threading.Lock()
+        threads = [
+            threading.Thread(target=_durable_writer, args=(base, body, counter, lock)) for _ in range(plan.clients)
+        ]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rates.append(plan.small_files / (time.perf_counter() - t0))
+        shutil.rmtree(base, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+    os.sync()
+    return {
+        "files_per_s": statistics.median(rates),
+        "runs": rates,
+        "threads": plan.clients,
+        "size": plan.small_size,
+        "what": "write + fsync + rename + directory fsync per file",
+    }
+
+
 def mib(n: float) -> float:
     return round(n / MiB, 1)
 
@@ -1036,6 +1097,8 @@ def bench_server(server: Server, plan: Plan, src: Path, src_sha: str, gen: Gener
                     "flat": max(put_growth, get_growth) <= FLAT_RSS_GROWTH / MiB,
                 },
                 "cpu_us_per_small_request": per_request_us([*put_small, *get_small], "server_cpu_s"),
+                "cpu_us_per_small_put": per_request_us(put_small, "server_cpu_s"),
+                "cpu_us_per_small_get": per_request_us(get_small, "server_cpu_s"),
                 "other_cpu_pct_max": max_known(
                     [r["other_cpu_pct"] for r in everything] + [r.other_cpu_pct for r in (*put_small, *get_small)]
                 ),
@@ -1083,7 +1146,14 @@ GOALS: list[tuple[str, str, float]] = [
     ("put_big_MBps", "wsgidav", 3.0),
     ("get_big_MBps", "wsgidav", 3.0),
     ("put_small_fps", "wsgidav", 3.0),
-    ("get_small_fps", "wsgidav", 3.0),
+    ("get_small_fps", "wsgidav", 5.0),
+]
+#: (metric, at least (or at most, for CPU), unit) for headrace alone (issue 12).
+ABSOLUTE_GOALS: list[tuple[str, str, float]] = [
+    ("put_small_fps", ">=", 2000.0),
+    ("get_small_fps", ">=", 5000.0),
+    ("cpu_us_per_small_put", "<=", 800.0),
+    ("cpu_us_per_small_get", "<=", 300.0),
 ]
 
 
@@ -1102,13 +1172,38 @@ def compute_ratios(servers: dict[str, Any], plan: Plan) -> dict[str, dict[str, f
     return ratios
 
 
-def compute_goals(servers: dict[str, Any], ratios: dict[str, dict[str, float | None]]) -> list[dict[str, Any]]:
+def disk_ratio(servers: dict[str, Any], disk: dict[str, Any] | None) -> float | None:
+    """headrace's small-file PUT rate as a share of the disk's ceiling for durable small files."""
+    mine = servers.get("headrace", {}).get("put_small_fps")
+    ceiling = (disk or {}).get("files_per_s")
+    return round(mine / ceiling, 3) if isinstance(mine, float | int) and ceiling else None
+
+
+def compute_goals(
+    servers: dict[str, Any], ratios: dict[str, dict[str, float | None]], disk: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     goals: list[dict[str, Any]] = []
     for key, base, minimum in GOALS:
         ratio = ratios[f"headrace/{base}"].get(key)
         status = "n/a" if ratio is None else ("PASS" if ratio >= minimum else "FAIL")
         goals.append({"goal": f"headrace >= {minimum:g}x {base}", "metric": key, "ratio": ratio, "status": status})
-    rss = servers.get("headrace", {}).get("rss")
+    mine = servers.get("headrace", {})
+    for key, how, bound in ABSOLUTE_GOALS:
+        value = mine.get(key)
+        if not isinstance(value, float | int):
+            status = "n/a"
+        else:
+            status = "PASS" if (value >= bound if how == ">=" else value <= bound) else "FAIL"
+        goals.append({"goal": f"headrace {how} {bound:g}", "metric": key, "ratio": value, "status": status})
+    goals.append(
+        {
+            "goal": "headrace PUT / disk ceiling (reported)",
+            "metric": "put_small_fps",
+            "ratio": disk_ratio(servers, disk),
+            "status": "-",
+        }
+    )
+    rss = mine.get("rss")
     goals.append(
         {
             "goal": f"headrace RSS grows <= {FLAT_RSS_GROWTH // MiB} MiB during one transfer",
@@ -1208,6 +1303,14 @@ def render_markdown(report: dict[str, Any], plan: Plan) -> str:
         cells = ["failed" if name not in ok else fmt(servers[name].get(metric.key)) for name in names]
         ratios = [fmt(report["ratios"][f"headrace/{base}"].get(metric.key), 2) for base in ("nginx", "wsgidav")]
         lines.append(f"| {metric.label} ({metric.unit}) | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    disk = report.get("disk_ceiling")
+    if disk:
+        ratio = disk_ratio(servers, disk)
+        lines.append(
+            f"| disk ceiling: {plan.small_label}, {disk['what']}, {disk['threads']} threads (files/s) | "
+            + " | ".join(fmt(disk["files_per_s"]) if name == "headrace" else "" for name in names)
+            + f" | headrace PUT = {fmt(ratio, 2)} of it | |"
+        )
     lines += [
         "",
         f"Every rate is the median of {plan.runs} run{'s' if plan.runs > 1 else ''}; MB = 10^6 bytes. "
@@ -1228,8 +1331,9 @@ def render_markdown(report: dict[str, Any], plan: Plan) -> str:
         "## Details",
         "",
         "| server | best PUT MB/s | best GET MB/s | RSS idle MiB | RSS max growth in one transfer MiB "
-        "| RSS flat | server CPU per small request (us) | connections per small-file pass | max other CPU % |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| RSS flat | server CPU per small request (us) | per PUT | per GET | connections per small-file pass "
+        "| max other CPU % |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for name in ok:
         got = servers[name]
@@ -1239,7 +1343,8 @@ def render_markdown(report: dict[str, Any], plan: Plan) -> str:
         lines.append(
             f"| {name} | {fmt(got['put_big_MBps_best'])} | {fmt(got['get_big_MBps_best'])} | {rss['idle_MiB']} | "
             f"{max(rss['put_growth_MiB'], rss['get_growth_MiB'])} | {'yes' if rss['flat'] else 'no'} | "
-            f"{fmt(got['cpu_us_per_small_request'])} | {connections} | {fmt(got['other_cpu_pct_max'])} |"
+            f"{fmt(got['cpu_us_per_small_request'])} | {fmt(got.get('cpu_us_per_small_put'))} | "
+            f"{fmt(got.get('cpu_us_per_small_get'))} | {connections} | {fmt(got['other_cpu_pct_max'])} |"
         )
     lines += [
         "",
@@ -1383,6 +1488,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ceiling = measure_ceiling(gens, tmp, plan)
         gen = pick_generator(gens, ceiling)
         print(f"small files use the {gen.name} generator", flush=True)
+        disk = measure_disk_ceiling(tmp, plan)
+        print(
+            f"disk ceiling: {disk['files_per_s']:.0f} files/s ({plan.small_label}: {disk['what']}, "
+            f"{disk['threads']} threads)",
+            flush=True,
+        )
 
         extra_env = dict(item.split("=", 1) for item in args.headrace_env)
         for name in SERVER_NAMES:
@@ -1410,9 +1521,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "machine": machine_info(),
         "generator": {"used": gen.name, "ceiling": ceiling, "skipped": skipped},
+        "disk_ceiling": disk,
         "servers": servers,
         "ratios": ratios,
-        "goals": compute_goals(servers, ratios),
+        "goals": compute_goals(servers, ratios, disk),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
