@@ -3,22 +3,29 @@
 For `/exp/<INSTR>/<cycle>/p<proposal>/raw/r0042/RAW-R0042-DA01-S00000.h5` it writes
 
 - `.../proc/r0042/summary/RAW-R0042-DA01-S00000.json`: this file's trains, sources and pulse energies;
-- `.../proc/r0042/run-summary.json`: the run so far, from every file summary beside it: train count,
-  first and last train id, the trains missing between them, each source with its count of entries, the mean
-  XGM pulse energy, the files;
-- `.../proc/r0042/preview.png`: pulse energy per train, missing trains marked (drawn once per activation,
-  after the run summary has settled).
+- `.../proc/r0042/run-summary.json`: the run so far: train count, first and last train id, the trains
+  missing between them, each source with its count of entries, the mean XGM pulse energy, the files; and,
+  under `perFile`, each file's part of it (its trains as ranges, its sources, its pulse energy per train),
+  from which the rest is computed;
+- `.../proc/r0042/preview.png`: pulse energy per train, missing trains marked.
 
-Files of one run close one after the other and their activations run concurrently, so the run summary is
-made from the file summaries listed after this one's was written, and made again if the list has changed
-once it is written: the last writer has always seen every file summary written before its own.
+Each activation does a fixed amount of work whatever the size of the run: it adds its file's part to the run
+summary with a conditional write (read it and its ETag, replace this file's entry in `perFile`, recompute,
+PUT with If-Match; on 412, because another file of the run got in first, read again and redo), so concurrent
+activations lose no file, and a file processed twice (at-least-once delivery) replaces its own entry with the
+same one: the result is the same whatever the order and the repeats. The preview is drawn from the version
+the activation wrote, and written only if that is still the newest version once drawn (else its writer draws
+it); once written, if the run summary has changed meanwhile, it is drawn again from the new version, so the
+preview last written is always the newest run summary's.
 
-Self-contained (numpy, h5py, matplotlib, stdlib): deployable as one file with `headrace fn deploy`.
+Self-contained (numpy, h5py, matplotlib, stdlib; ctx.storage's StorageConflict): deployable as one file
+with `headrace fn deploy`.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import posixpath
 import re
@@ -31,11 +38,14 @@ try:
 except ImportError as exc:  # the server's Python has not got the science extra
     raise ImportError(f"needs pip install 'headrace[science]' on the server: {exc}") from exc
 
+from headrace.functions.storage import StorageConflict, StorageError
+
 RAW_NAME = re.compile(r"^RAW-R(?P<run>\d{4})-(?P<aggregator>[A-Z0-9]+)-S(?P<seq>\d{5})\.h5$")
 XGM_KEY = "data/intensityTD"
 #: What the XGM writes into the slots of its 1000 per train beyond the pulses of the train.
 XGM_FILL = 1.0
-ROUNDS = 5  # times the run summary is made again if file summaries keep appearing while it is written
+ROUNDS = 100  # conditional writes tried before the activation gives up (and is retried later)
+RUN_SUMMARY = "run-summary.json"
 
 
 def proc_dir(raw_path: str) -> str:
@@ -110,46 +120,142 @@ def _index_groups(f: h5py.File, device: str) -> list[str]:
     return [g for g in node if "count" in node[g]]
 
 
-def combine(files: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run from its file summaries."""
-    trains = sorted({t for s in files for t in s["trainIds"]})
+def file_entry(summary: dict[str, Any]) -> dict[str, Any]:
+    """What the run summary keeps of one file summary (`perFile`): its trains as ranges, its sources and pulse
+    energies; as JSON gives it back, so that an entry read can be compared with one made."""
+    entry = {
+        "proposal": summary.get("proposal"),
+        "run": summary.get("run"),
+        "trains": train_ranges(summary["trainIds"]),
+        "sources": summary["sources"],
+        "pulseEnergy": summary["pulseEnergy"],
+    }
+    return dict(json.loads(json.dumps(entry)))
+
+
+def train_ranges(train_ids: list[int]) -> list[list[int]]:
+    """Sorted train ids as [first, last] ranges of consecutive ids."""
+    out: list[list[int]] = []
+    for t in sorted(set(train_ids)):
+        if out and t == out[-1][1] + 1:
+            out[-1][1] = t
+        else:
+            out.append([t, t])
+    return out
+
+
+def combine(per_file: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run summary from its files' entries (`file_entry`), which it keeps under `perFile`."""
+    spans = sorted((a, b) for e in per_file.values() for a, b in e["trains"])
+    merged: list[list[int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
     sources: dict[str, int] = {}
     energies: dict[int, float] = {}
-    for s in files:
-        for name, count in s["sources"].items():
-            sources[name] = sources.get(name, 0) + count
-        energies.update({int(k): v for k, v in s["pulseEnergy"].items()})
-    missing = sorted(set(range(trains[0], trains[-1] + 1)) - set(trains)) if trains else []
-    first = next((s for s in files if s.get("run") is not None), {})
+    for name in sorted(per_file):
+        entry = per_file[name]
+        for source, count in entry["sources"].items():
+            sources[source] = sources.get(source, 0) + count
+        energies.update({int(k): v for k, v in entry["pulseEnergy"].items()})
+    missing = [t for (_, b), (a, _) in itertools.pairwise(merged) for t in range(b + 1, a)]
+    first = next((per_file[n] for n in sorted(per_file) if per_file[n].get("run") is not None), {})
     return {
         "proposal": first.get("proposal"),
         "run": first.get("run"),
-        "files": sorted(s["file"] for s in files),
-        "trains": len(trains),
-        "firstTrainId": trains[0] if trains else None,
-        "lastTrainId": trains[-1] if trains else None,
+        "files": sorted(per_file),
+        "trains": sum(b - a + 1 for a, b in merged),
+        "firstTrainId": merged[0][0] if merged else None,
+        "lastTrainId": merged[-1][1] if merged else None,
         "missingTrains": missing,
         "sources": dict(sorted(sources.items())),
         "meanPulseEnergy": float(np.mean(list(energies.values()))) if energies else None,
         "pulseEnergyUnit": "uJ",
+        "perFile": {n: per_file[n] for n in sorted(per_file)},
     }
 
 
-def preview_png(files: list[dict[str, Any]], run: dict[str, Any]) -> bytes:
-    energies = sorted((int(k), v) for s in files for k, v in s["pulseEnergy"].items())
+def preview_png(run: dict[str, Any]) -> bytes:
+    """Pulse energy per train over the run, missing trains marked (~35 ms)."""
+    energies = sorted((int(k), v) for e in run["perFile"].values() for k, v in e["pulseEnergy"].items())
     fig = Figure(figsize=(6, 2.5), dpi=80)
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.2, top=0.88)  # fixed: tight_layout costs a draw
     ax = fig.add_subplot()
     if energies:
         ax.plot([t for t, _ in energies], [e for _, e in energies], ".", markersize=2)
-    for t in run["missingTrains"][:500]:
-        ax.axvline(t, color="tab:red", alpha=0.3, linewidth=0.5)
+    if run["missingTrains"]:  # one collection, not a line per train
+        marks = run["missingTrains"][:500]
+        ax.vlines(marks, 0, 1, transform=ax.get_xaxis_transform(), color="tab:red", alpha=0.3, linewidth=0.5)
     ax.set_xlabel("train id")
     ax.set_ylabel("pulse energy / uJ")
     ax.set_title(f"p{run['proposal']} r{run['run']:04d}: {run['trains']} trains" if run["run"] else "run")
-    fig.tight_layout()
     out = io.BytesIO()
     fig.savefig(out, format="png")
     return out.getvalue()
+
+
+def _read_run(storage: Any, path: str, summaries: str) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """The run summary's file entries and its ETag (None: no run summary yet)."""
+    found = storage.read_tagged(path)
+    if found is None:
+        return {}, None
+    body, etag = found
+    doc = json.loads(body)
+    if "perFile" not in doc:  # written before run summaries kept their files' entries: rebuild once
+        names = [n for n in storage.list(summaries) if n.endswith(".json")]
+        return {n[:-5] + ".h5": file_entry(json.loads(storage.read(posixpath.join(summaries, n)))) for n in names}, etag
+    return dict(doc["perFile"]), etag
+
+
+def add_file(storage: Any, path: str, summaries: str, name: str, entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Put `name`'s entry into the run summary at `path`: the run summary as written (or as found, if it had
+    this entry already) and its ETag."""
+    for _ in range(ROUNDS):
+        per_file, etag = _read_run(storage, path, summaries)
+        if per_file.get(name) == entry and etag is not None:  # done before (a repeated activation)
+            return combine(per_file), etag
+        per_file[name] = entry
+        run = combine(per_file)
+        try:
+            new = storage.write(path, json.dumps(run, indent=1), if_match=etag, if_absent=etag is None)
+        except StorageConflict:  # another file of the run was added meanwhile
+            continue
+        if new is None:  # no ETag in the answer: take the version there is now, with its content
+            found = storage.read_tagged(path)
+            return json.loads(found[0]), found[1]
+        return run, new
+    raise RuntimeError(f"{path}: changed under this activation {ROUNDS} times in a row")
+
+
+def refresh_preview(storage: Any, path: str, proc: str, run: dict[str, Any], etag: str) -> tuple[dict[str, Any], int]:
+    """Draw the preview of run summary version `etag` and write it unless a newer version has come meanwhile
+    (its writer draws that one); if one comes while it is written, draw again. The run summary last drawn, and
+    how many previews were written."""
+    written = 0
+    for _ in range(ROUNDS):
+        if not written and _newer(storage, path, etag):  # superseded: the newer version's writer draws it
+            return run, written
+        png = preview_png(run)
+        found = storage.read_tagged(path)
+        if found is not None and found[1] != etag:
+            if not written:
+                return run, written  # superseded while drawing
+            run, etag = json.loads(found[0]), found[1]  # this write may have covered a newer one: again
+            continue
+        storage.write(posixpath.join(proc, "preview.png"), png)
+        written += 1
+        found = storage.read_tagged(path)
+        if found is None or found[1] == etag:
+            return run, written
+        run, etag = json.loads(found[0]), found[1]
+    raise RuntimeError(f"{path}: changed under this activation {ROUNDS} times in a row")
+
+
+def _newer(storage: Any, path: str, etag: str) -> bool:
+    found = storage.read_tagged(path)
+    return found is not None and found[1] != etag
 
 
 def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
@@ -161,19 +267,20 @@ def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
     summaries = posixpath.join(proc, "summary")
     with h5py.File(ctx.storage.local_path(path) or io.BytesIO(ctx.storage.read(path)), "r") as f:
         mine = summarise_file(f, name, event.get("xgm_source"))
-    ctx.storage.mkdir(summaries)
-    ctx.storage.write(posixpath.join(summaries, name[:-3] + ".json"), json.dumps(mine))
-    known: dict[str, dict[str, Any]] = {}  # file summaries read so far, by name
-    run: dict[str, Any] = {}
-    for _ in range(ROUNDS):
-        listed = {n for n in ctx.storage.list(summaries) if n.endswith(".json")}
-        if listed == set(known):
-            break
-        for n in sorted(listed - set(known)):
-            known[n] = json.loads(ctx.storage.read(posixpath.join(summaries, n)))
-        run = combine(list(known.values()))
-        ctx.storage.write(posixpath.join(proc, "run-summary.json"), json.dumps(run, indent=1))
-    # The preview once, from the last run summary written (drawing it is the slow part of a round).
-    ctx.storage.write(posixpath.join(proc, "preview.png"), preview_png(list(known.values()), run))
+    file_summary = posixpath.join(summaries, name[:-3] + ".json")
+    try:
+        ctx.storage.write(file_summary, json.dumps(mine))
+    except StorageError:  # the run's first file: no summary/ directory yet
+        ctx.storage.mkdir(summaries)
+        ctx.storage.write(file_summary, json.dumps(mine))
+    run_path = posixpath.join(proc, RUN_SUMMARY)
+    run, etag = add_file(ctx.storage, run_path, summaries, name, file_entry(mine))
+    run, previews = refresh_preview(ctx.storage, run_path, proc, run, etag)
     ctx.logger.info("%s: %d trains in this file; run has %d trains", name, len(mine["trainIds"]), run["trains"])
-    return {"file": name, "trains": len(mine["trainIds"]), "runTrains": run["trains"], "summary": proc}
+    return {
+        "file": name,
+        "trains": len(mine["trainIds"]),
+        "runTrains": run["trains"],
+        "previews": previews,
+        "summary": proc,
+    }

@@ -35,6 +35,10 @@ class StorageError(Exception):
     """A storage call failed; str() holds the server's status and detail."""
 
 
+class StorageConflict(StorageError):
+    """A conditional write (`if_match`, `if_absent`) found the file changed since it was read: 412."""
+
+
 def _url_path(path: str) -> str:
     if not path.startswith("/"):
         raise StorageError(f"paths are absolute, not {path!r}")
@@ -144,11 +148,30 @@ class ActivationStorage:
     def read(self, path: str) -> bytes:
         return self._check(self.door.get(_url_path(path), follow_redirects=True), 200).content
 
+    def read_tagged(self, path: str) -> tuple[bytes, str] | None:
+        """The content of `path` and its ETag (for `write(..., if_match=etag)`), or None if there is no file."""
+        r = self.door.get(_url_path(path), follow_redirects=True)
+        if r.status_code == 404:
+            return None
+        self._check(r, 200)
+        return r.content, r.headers["etag"]
+
     # -- writing ----------------------------------------------------------------------------------------
 
-    def write(self, path: str, data: bytes | str | IO[bytes]) -> None:
+    def write(
+        self, path: str, data: bytes | str | IO[bytes], *, if_match: str | None = None, if_absent: bool = False
+    ) -> str | None:
+        """Write `path` whole; returns the new ETag. `if_match` (an ETag from `read_tagged`) writes only over
+        that version, `if_absent` only where there is no file: else StorageConflict, and nothing is written."""
         body: Any = data.encode() if isinstance(data, str) else data
-        self._check(self.door.put(_url_path(path), content=body), 201, 204)
+        headers = {"If-Match": if_match} if if_match is not None else {}
+        if if_absent:
+            headers["If-None-Match"] = "*"
+        r = self.door.put(_url_path(path), content=body, headers=headers)
+        if r.status_code == 412:
+            raise StorageConflict(f"PUT {path}: 412 {r.text}")
+        etag: str | None = self._check(r, 201, 204).headers.get("etag")
+        return etag
 
     def mkdir(self, path: str, parents: bool = True) -> None:
         parts = [p for p in path.split("/") if p]
