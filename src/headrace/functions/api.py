@@ -17,7 +17,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,8 +30,18 @@ from starlette.routing import Match
 from headrace.auth.access import Principal
 from headrace.errors import Forbidden, HeadraceError, NotFound, Unauthorized
 from headrace.functions import model, records
-from headrace.functions.model import MAX_PARAMETERS_BYTES, STORAGE_FEED, ModelError
-from headrace.functions.store import Exists, FunctionStore
+from headrace.functions.entities import (
+    ActionFields,
+    ActionRow,
+    ActivationRow,
+    EntityRow,
+    RuleFields,
+    RuleRow,
+    TriggerFields,
+    TriggerRow,
+)
+from headrace.functions.model import MAX_PARAMETERS_BYTES, STORAGE_FEED, JSONObject, ModelError
+from headrace.functions.store import Exists, FunctionStore, Kind
 from headrace.functions.throttle import Throttle, concurrency_refusal
 from headrace.http_common import WWW_AUTHENTICATE, principal_of
 from headrace.storage.service import StorageService
@@ -60,10 +70,10 @@ class Functions(Protocol):
     def invocations_in_flight(self, namespace: str) -> int: ...
 
     async def invoke(
-        self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None
-    ) -> tuple[str, asyncio.Future[dict[str, Any]]]: ...
+        self, namespace: str, action: str, params: JSONObject, *, cause: str | None = None
+    ) -> tuple[str, asyncio.Future[ActivationRow]]: ...
 
-    async def fire(self, namespace: str, trigger: dict[str, Any], payload: dict[str, Any]) -> str | None: ...
+    async def fire(self, namespace: str, trigger: TriggerRow, payload: JSONObject) -> str | None: ...
 
     async def redrive(self, namespace: str, ids: list[str] | None) -> int: ...
 
@@ -208,13 +218,34 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
     invokes = Throttle(settings.fn_invokes_per_minute)
     fires = Throttle(settings.fn_fires_per_minute)
 
-    async def get_or_404(kind: str, namespace: str, name: str) -> dict[str, Any]:
-        row = await db.read(store.get, kind, namespace, name)
+    # (store's entity methods are called in lambdas: through db.read(store.get, kind, ...) mypy would take
+    # their first overload, whatever the kind)
+
+    @overload
+    async def get_or_404(kind: Literal["actions"], namespace: str, name: str) -> ActionRow: ...
+    @overload
+    async def get_or_404(kind: Literal["triggers"], namespace: str, name: str) -> TriggerRow: ...
+    @overload
+    async def get_or_404(kind: Literal["rules"], namespace: str, name: str) -> RuleRow: ...
+    async def get_or_404(kind: Kind, namespace: str, name: str) -> EntityRow:
+        row = await db.read(lambda: store.get(kind, namespace, name))
         if row is None:
             raise WhiskError(404, NOT_FOUND)
         return row
 
-    async def put_entity(kind: str, namespace: str, name: str, values: dict[str, Any], overwrite: bool) -> Any:
+    @overload
+    async def put_entity(
+        kind: Literal["actions"], namespace: str, name: str, values: ActionFields, overwrite: bool
+    ) -> ActionRow: ...
+    @overload
+    async def put_entity(
+        kind: Literal["triggers"], namespace: str, name: str, values: TriggerFields, overwrite: bool
+    ) -> TriggerRow: ...
+    @overload
+    async def put_entity(
+        kind: Literal["rules"], namespace: str, name: str, values: RuleFields, overwrite: bool
+    ) -> RuleRow: ...
+    async def put_entity(kind: Kind, namespace: str, name: str, values: Any, overwrite: bool) -> Any:
         try:
             row = await db.write(store.put, kind, namespace, name, values, overwrite=overwrite)
         except Exists:
@@ -222,14 +253,20 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         await controller.reload()
         return row
 
-    async def delete_entity(kind: str, namespace: str, name: str) -> dict[str, Any]:
-        row = await db.write(store.remove, kind, namespace, name)
+    @overload
+    async def delete_entity(kind: Literal["actions"], namespace: str, name: str) -> ActionRow: ...
+    @overload
+    async def delete_entity(kind: Literal["triggers"], namespace: str, name: str) -> TriggerRow: ...
+    @overload
+    async def delete_entity(kind: Literal["rules"], namespace: str, name: str) -> RuleRow: ...
+    async def delete_entity(kind: Kind, namespace: str, name: str) -> EntityRow:
+        row = await db.write(lambda: store.remove(kind, namespace, name))
         if row is None:
             raise WhiskError(404, NOT_FOUND)
         await controller.reload()
         return row
 
-    async def activation_or_404(namespace: str, activation_id: str) -> dict[str, Any]:
+    async def activation_or_404(namespace: str, activation_id: str) -> ActivationRow:
         row = await db.read(store.activation, activation_id)
         if row is None or row["namespace"] != namespace:
             raise WhiskError(404, NOT_FOUND)
@@ -284,9 +321,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
             out.append(f"/{namespace}/{component}")
         return out
 
-    async def action_values(
-        namespace: str, name: str, body: dict[str, Any], current: dict[str, Any] | None
-    ) -> dict[str, Any]:
+    async def action_values(namespace: str, name: str, body: JSONObject, current: ActionRow | None) -> ActionFields:
         """The stored form of an action PUT's body; on an update, what the body leaves out stays."""
         if "exec" in body or current is None:
             ex = model.check_exec(body.get("exec"))
@@ -295,7 +330,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         else:
             ex = current["exec"]
 
-        def kv(key: str) -> list[model.KeyValue]:
+        def kv(key: Literal["parameters", "annotations"]) -> list[model.KeyValue]:
             if key in body:
                 return model.key_values(body[key], key)
             return list(current[key]) if current else []
@@ -312,7 +347,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
     async def list_actions(ns: str, limit: int = DEFAULT_LIST, skip: int = 0, p: Principal = authenticated) -> Response:
         namespace = namespace_of(p, ns)
         n, s = _paging(limit, skip)
-        rows = await db.read(store.entities, "actions", namespace, n, s)
+        rows = await db.read(lambda: store.entities("actions", namespace, n, s))
         return JSONResponse([records.action_summary(r) for r in rows])
 
     @api.get(PREFIX + "/{ns}/actions/{name}", summary="Get an action (?code=false leaves out its code)")
@@ -327,7 +362,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         namespace = namespace_of(p, ns)
         model.check_name(name, "action name")
         body = await _body(request)
-        current = await db.read(store.get, "actions", namespace, name) if overwrite else None
+        current = await db.read(lambda: store.get("actions", namespace, name)) if overwrite else None
         values = await action_values(namespace, name, body, current)
         return JSONResponse(records.action(await put_entity("actions", namespace, name, values, overwrite)))
 
@@ -375,7 +410,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
 
     # -- triggers -----------------------------------------------------------------------------------------
 
-    def trigger_values(body: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+    def trigger_values(body: JSONObject, current: TriggerRow | None) -> TriggerFields:
         """The stored form of a trigger PUT's body. A trigger is fed by the storage feed when its body has
         "feed" (the feed's name, or an object of feed parameters) or its annotations name the feed; the
         feed's parameters then come from that object or from the trigger's parameters (as `wsk trigger
@@ -396,7 +431,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
                 "feed": current["feed"] if keep and current else None,
                 "feed_params": current["feed_params"] if keep and current else None,
             }
-        feed_params: dict[str, Any] | None = None
+        feed_params: JSONObject | None = None
         if isinstance(raw_feed, dict):
             feed_name = raw_feed.get("name", STORAGE_FEED)
             feed_params = {k: v for k, v in raw_feed.items() if k != "name"}
@@ -409,8 +444,9 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         if feed_params is None:
             feed_params = {p["key"]: p["value"] for p in parameters if p["key"] in FEED_KEYS}
             parameters = [p for p in parameters if p["key"] not in FEED_KEYS]
-            if not feed_params and current is not None and current.get("feed_params"):
-                feed_params = dict(current["feed_params"])
+            kept = current.get("feed_params") if current is not None else None
+            if not feed_params and kept:
+                feed_params = dict(kept)
         if not any(a["key"] == "feed" for a in annotations):
             annotations.append({"key": "feed", "value": STORAGE_FEED})
         return {
@@ -420,8 +456,8 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
             "feed_params": model.feed_filter(feed_params).to_json(),
         }
 
-    async def rules_of(namespace: str, trigger: str) -> list[dict[str, Any]]:
-        rows = await db.read(store.entities, "rules", namespace, 0, 0)
+    async def rules_of(namespace: str, trigger: str) -> list[RuleRow]:
+        rows = await db.read(lambda: store.entities("rules", namespace, 0, 0))
         return [r for r in rows if r["trigger"] == trigger]
 
     @api.get(PREFIX + "/{ns}/triggers", summary="List triggers")
@@ -430,7 +466,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
     ) -> Response:
         namespace = namespace_of(p, ns)
         n, s = _paging(limit, skip)
-        rows = await db.read(store.entities, "triggers", namespace, n, s)
+        rows = await db.read(lambda: store.entities("triggers", namespace, n, s))
         return JSONResponse([records.trigger(r) for r in rows])
 
     @api.get(PREFIX + "/{ns}/triggers/{name}", summary="Get a trigger, with its rules")
@@ -446,7 +482,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         namespace = namespace_of(p, ns)
         model.check_name(name, "trigger name")
         body = await _body(request)
-        current = await db.read(store.get, "triggers", namespace, name) if overwrite else None
+        current = await db.read(lambda: store.get("triggers", namespace, name)) if overwrite else None
         values = trigger_values(body, current)
         row = await put_entity("triggers", namespace, name, values, overwrite)
         return JSONResponse(records.trigger(row, await rules_of(namespace, name)))
@@ -479,7 +515,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
     async def list_rules(ns: str, limit: int = DEFAULT_LIST, skip: int = 0, p: Principal = authenticated) -> Response:
         namespace = namespace_of(p, ns)
         n, s = _paging(limit, skip)
-        rows = await db.read(store.entities, "rules", namespace, n, s)
+        rows = await db.read(lambda: store.entities("rules", namespace, n, s))
         return JSONResponse([records.rule(r) for r in rows])
 
     @api.get(PREFIX + "/{ns}/rules/{name}", summary="Get a rule")
@@ -494,7 +530,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         namespace = namespace_of(p, ns)
         model.check_name(name, "rule name")
         body = await _body(request)
-        current = await db.read(store.get, "rules", namespace, name) if overwrite else None
+        current = await db.read(lambda: store.get("rules", namespace, name)) if overwrite else None
         trigger = _reference(body.get("trigger", current and current["trigger"]), namespace, "trigger")
         action = _reference(body.get("action", current and current["action"]), namespace, "action")
         status = body.get("status", current["status"] if current else "active")
@@ -502,7 +538,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
             raise ModelError(f'A rule\'s status is "active" or "inactive", not {status!r}.')
         await get_or_404("triggers", namespace, trigger)
         await get_or_404("actions", namespace, action)
-        values = {"trigger": trigger, "action": action, "status": status}
+        values: RuleFields = {"trigger": trigger, "action": action, "status": status}
         return JSONResponse(records.rule(await put_entity("rules", namespace, name, values, overwrite)))
 
     @api.delete(PREFIX + "/{ns}/rules/{name}", summary="Delete a rule")

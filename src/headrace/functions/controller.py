@@ -47,9 +47,10 @@ from headrace.events.access import Directories, Reader
 from headrace.events.model import StorageEvent
 from headrace.functions import engine, feed
 from headrace.functions.dispatch import Dispatcher, activation_row
+from headrace.functions.entities import ActionRow, ActivationFields, ActivationRow, RuleRow
 from headrace.functions.invoker import ActionPool
 from headrace.functions.messages import Publisher, is_ordered
-from headrace.functions.model import STORAGE_FEED, FeedFilter, as_dict, feed_filter
+from headrace.functions.model import STORAGE_FEED, FeedFilter, JSONObject, as_dict, feed_filter
 from headrace.functions.runner import (
     ActionQueue,
     Runner,
@@ -73,7 +74,7 @@ class FeedTrigger:
     namespace: str
     name: str
     filter: FeedFilter
-    parameters: dict[str, Any]
+    parameters: JSONObject
 
 
 class Controller(Dispatcher):
@@ -105,9 +106,9 @@ class Controller(Dispatcher):
         self.sweep_seconds = sweep_seconds
         self.follow_entities = follow_entities
         self._entity_stamp: tuple[Any, ...] | None = None
-        self.actions: dict[tuple[str, str], dict[str, Any]] = {}
+        self.actions: dict[tuple[str, str], ActionRow] = {}
         self.triggers: list[FeedTrigger] = []
-        self.rules: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        self.rules: dict[tuple[str, str], list[RuleRow]] = {}
         self.runner = Runner(
             service,
             code_root=code_root,
@@ -126,7 +127,7 @@ class Controller(Dispatcher):
         #: Where queued activations go: this process's scheduler, or the activation topic.
         self.transport: Publisher = publisher if publisher is not None else engine.InProcess(self.scheduler)
         #: Invocations through the API waiting for their record: activation id -> (namespace, future).
-        self.waiters: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self.waiters: dict[str, tuple[str, asyncio.Future[ActivationRow]]] = {}
         self.position = 0
         #: Who the triggers' owners are and the directories' permissions, for judging events at delivery.
         self.dirs = Directories()
@@ -205,9 +206,10 @@ class Controller(Dispatcher):
         self.actions = {(a["namespace"], a["name"]): a for a in actions}
         fed: list[FeedTrigger] = []
         for t in triggers:
-            if t.get("feed") == STORAGE_FEED and t.get("feed_params") is not None:
+            params = t.get("feed_params")
+            if t.get("feed") == STORAGE_FEED and params is not None:
                 try:
-                    f = feed_filter(t["feed_params"])
+                    f = feed_filter(params)
                 except ValueError as exc:
                     log.warning("functions: trigger %s/%s has a bad feed filter: %s", t["namespace"], t["name"], exc)
                     continue
@@ -217,7 +219,7 @@ class Controller(Dispatcher):
             # it starts, so that a crash cannot replay older events into the new trigger
             await self.db.write(self._store_position, self.position)
         self.triggers = fed
-        by_trigger: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        by_trigger: dict[tuple[str, str], list[RuleRow]] = {}
         for r in rules:
             if r["status"] == "active":
                 by_trigger.setdefault((r["namespace"], r["trigger"]), []).append(r)
@@ -333,10 +335,10 @@ class Controller(Dispatcher):
 
         await self.db.read(read)
 
-    def _enqueue_batch_in(self, conn: Connection, batch: list[StorageEvent], last: int) -> list[dict[str, Any]]:
+    def _enqueue_batch_in(self, conn: Connection, batch: list[StorageEvent], last: int) -> list[ActivationRow]:
         """In the caller's transaction: the activations these events make (each only as far as the trigger's
         owner may read it: feed.deliverable), and the feed's new position."""
-        made: list[dict[str, Any]] = []
+        made: list[ActivationRow] = []
         for ev in batch:
             for trig in self.triggers:
                 reader = Reader(self._owners.get(trig.namespace))
@@ -360,13 +362,15 @@ class Controller(Dispatcher):
                         if row is None:
                             continue
                         row.update(
-                            rule=rule["name"],
-                            trigger=trig.name,
-                            event_offset=ev.offset,
-                            event_time=ev.time // 1000,
-                            cause=ev.cause,
-                            dedup=f"{rule['id']}:{ev.offset}:{flag}",
-                            order_key=args.get("path"),
+                            {
+                                "rule": rule["name"],
+                                "trigger": trig.name,
+                                "event_offset": ev.offset,
+                                "event_time": ev.time // 1000,
+                                "cause": ev.cause,
+                                "dedup": f"{rule['id']}:{ev.offset}:{flag}",
+                                "order_key": args.get("path"),
+                            }
                         )
                         if self.store.enqueue_in(conn, row):
                             made.append(row)
@@ -379,29 +383,27 @@ class Controller(Dispatcher):
         found = conn.execute(select(fn_activations.c.depth).where(fn_activations.c.activation_id == cause)).first()
         return (int(found.depth) + 1) if found else 1
 
-    def _activation_row(
-        self, namespace: str, action: str, args: dict[str, Any], *, depth: int = 0
-    ) -> dict[str, Any] | None:
+    def _activation_row(self, namespace: str, action: str, args: JSONObject, *, depth: int = 0) -> ActivationRow | None:
         return activation_row(self.actions.get((namespace, action)), namespace, action, args, depth=depth)
 
     # -- the API's invocations, fires and redrives (dispatch.Dispatcher): entities from memory ---------------
 
-    async def action(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def action(self, namespace: str, name: str) -> ActionRow | None:
         return self.actions.get((namespace, name))
 
-    async def active_rules(self, namespace: str, trigger: str) -> list[dict[str, Any]]:
+    async def active_rules(self, namespace: str, trigger: str) -> list[RuleRow]:
         return self.rules.get((namespace, trigger), [])
 
-    def waiter(self, activation_id: str, namespace: str) -> asyncio.Future[dict[str, Any]]:
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    def waiter(self, activation_id: str, namespace: str) -> asyncio.Future[ActivationRow]:
+        fut: asyncio.Future[ActivationRow] = asyncio.get_running_loop().create_future()
         self.waiters[activation_id] = (namespace, fut)
         return fut
 
-    def unwait(self, activation_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
+    def unwait(self, activation_id: str, future: asyncio.Future[ActivationRow]) -> None:
         self.waiters.pop(activation_id, None)
         future.cancel()
 
-    async def send(self, rows: list[dict[str, Any]], actions: Mapping[tuple[str, str], dict[str, Any]]) -> None:
+    async def send(self, rows: list[ActivationRow], actions: Mapping[tuple[str, str], ActionRow]) -> None:
         self.transport.submit(rows, actions)
 
     def invocations_in_flight(self, namespace: str) -> int:
@@ -409,7 +411,7 @@ class Controller(Dispatcher):
 
     # -- scheduling -------------------------------------------------------------------------------------
 
-    async def _run(self, key: tuple[str, str], row: dict[str, Any]) -> None:
+    async def _run(self, key: tuple[str, str], row: ActivationRow) -> None:
         try:
             await self._attempt(key, row)
         except asyncio.CancelledError:
@@ -418,7 +420,7 @@ class Controller(Dispatcher):
             log.exception("functions: activation %s failed inside the controller", row["activation_id"])
             await self._finish(row, "dead", internal("The controller failed running the activation."))
 
-    async def _attempt(self, key: tuple[str, str], row: dict[str, Any]) -> None:
+    async def _attempt(self, key: tuple[str, str], row: ActivationRow) -> None:
         aid = row["activation_id"]
         start = now_ms()
 
@@ -426,7 +428,7 @@ class Controller(Dispatcher):
             await self.db.group.run(self.store.update_in, aid, state="running", start=start, attempt=row["attempt"])
             return True
 
-        async def write(values: dict[str, Any]) -> bool:
+        async def write(values: ActivationFields) -> bool:
             await self.db.group.run(self.store.update_in, aid, **values)
             return True
 
@@ -445,14 +447,14 @@ class Controller(Dispatcher):
         else:
             self._answer(row, settled.values)
 
-    async def _finish(self, row: dict[str, Any], final: str, record: dict[str, Any]) -> None:
+    async def _finish(self, row: ActivationRow, final: str, record: ActivationFields) -> None:
         """Write a final record outside an attempt (the controller failed running it)."""
         record = {**record, "state": final}
         await self.db.group.run(self.store.update_in, row["activation_id"], **record)
         engine.count_final(row["name"], record)
         self._answer(row, record)
 
-    def _answer(self, row: dict[str, Any], record: dict[str, Any]) -> None:
+    def _answer(self, row: ActivationRow, record: ActivationFields) -> None:
         """A blocking invoke waiting for this activation gets its final record."""
         _, fut = self.waiters.pop(row["activation_id"], (None, None))
         if fut is not None and not fut.done():

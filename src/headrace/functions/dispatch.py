@@ -20,16 +20,16 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from headrace.db.engine import Database
-from headrace.functions.entities import Scaling
-from headrace.functions.model import as_dict
+from headrace.functions.entities import ActionRow, ActivationRow, RuleRow, Scaling, TriggerRow
+from headrace.functions.model import JSONObject, as_dict
 from headrace.functions.store import FunctionStore, new_activation_id, now_ms
 
-Actions = dict[tuple[str, str], dict[str, Any]]
+Actions = dict[tuple[str, str], ActionRow]
 
 
 def activation_row(
-    a: dict[str, Any] | None, namespace: str, action: str, args: dict[str, Any], *, depth: int = 0
-) -> dict[str, Any] | None:
+    a: ActionRow | None, namespace: str, action: str, args: JSONObject, *, depth: int = 0
+) -> ActivationRow | None:
     """A new queued activation of the action row `a` (None if there is no such action)."""
     if a is None:
         return None
@@ -53,8 +53,8 @@ def activation_row(
 
 
 def invocation_row(
-    a: dict[str, Any] | None, namespace: str, action: str, args: dict[str, Any], cause: str | None
-) -> dict[str, Any]:
+    a: ActionRow | None, namespace: str, action: str, args: JSONObject, cause: str | None
+) -> ActivationRow:
     """A direct invocation through the API: one attempt (no retries, as OpenWhisk); LookupError if the
     action does not exist."""
     row = activation_row(a, namespace, action, args)
@@ -67,11 +67,11 @@ def invocation_row(
 
 def fire_plan(
     namespace: str,
-    trigger: dict[str, Any],
-    payload: dict[str, Any],
-    rules: list[dict[str, Any]],
-    actions: dict[tuple[str, str], dict[str, Any]],
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    trigger: TriggerRow,
+    payload: JSONObject,
+    rules: list[RuleRow],
+    actions: Actions,
+) -> tuple[ActivationRow, list[ActivationRow]]:
     """Firing a trigger: its own (finished) activation record, and one queued activation per active rule."""
     trigger_id = new_activation_id()
     args = {**as_dict(trigger["parameters"]), **payload}
@@ -82,11 +82,11 @@ def fire_plan(
         if row is None:
             logs.append(_rule_log(rule, None, 3, f"action {rule['action']} not found"))
             continue
-        row.update(rule=rule["name"], trigger=trigger["name"], cause=trigger_id)
+        row.update({"rule": rule["name"], "trigger": trigger["name"], "cause": trigger_id})
         rows.append(row)
         logs.append(_rule_log(rule, row["activation_id"], 0, None))
     stamp = now_ms()
-    record = {
+    record: ActivationRow = {
         "activation_id": trigger_id,
         "namespace": namespace,
         "name": trigger["name"],
@@ -105,7 +105,7 @@ def fire_plan(
     return record, rows
 
 
-def _rule_log(rule: dict[str, Any], activation_id: str | None, code: int, error: str | None) -> str:
+def _rule_log(rule: RuleRow, activation_id: str | None, code: int, error: str | None) -> str:
     entry: dict[str, Any] = {
         "statusCode": code,
         "success": code == 0,
@@ -131,21 +131,21 @@ class Dispatcher:
     def refuse(self) -> None:
         """Raise if this back end runs no activations."""
 
-    async def action(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def action(self, namespace: str, name: str) -> ActionRow | None:
         return await self.db.read(self.store.get, "actions", namespace, name)
 
-    async def active_rules(self, namespace: str, trigger: str) -> list[dict[str, Any]]:
+    async def active_rules(self, namespace: str, trigger: str) -> list[RuleRow]:
         return await self.db.read(self.store.active_rules, namespace, trigger)
 
-    def waiter(self, activation_id: str, namespace: str) -> asyncio.Future[dict[str, Any]]:
+    def waiter(self, activation_id: str, namespace: str) -> asyncio.Future[ActivationRow]:
         """A future of the activation's final record, counted in the namespace's invocations in flight."""
         raise NotImplementedError
 
-    def unwait(self, activation_id: str, future: asyncio.Future[dict[str, Any]]) -> None:
+    def unwait(self, activation_id: str, future: asyncio.Future[ActivationRow]) -> None:
         """The invocation was not queued after all: its waiter goes."""
         future.cancel()
 
-    async def send(self, rows: list[dict[str, Any]], actions: Actions) -> None:
+    async def send(self, rows: list[ActivationRow], actions: Actions) -> None:
         """Hand these queued activations (their rows committed) to where they run."""
         raise NotImplementedError
 
@@ -159,8 +159,8 @@ class Dispatcher:
     # -- the API's calls --------------------------------------------------------------------------------------
 
     async def invoke(
-        self, namespace: str, action: str, params: dict[str, Any], *, cause: str | None = None
-    ) -> tuple[str, asyncio.Future[dict[str, Any]]]:
+        self, namespace: str, action: str, params: JSONObject, *, cause: str | None = None
+    ) -> tuple[str, asyncio.Future[ActivationRow]]:
         """Queue one activation of `action` (no retries, as OpenWhisk); its id and a future of its record."""
         self.refuse()
         a = await self.action(namespace, action)
@@ -177,7 +177,7 @@ class Dispatcher:
         await self.send([row], {(namespace, action): a})
         return aid, fut
 
-    async def fire(self, namespace: str, trigger: dict[str, Any], payload: dict[str, Any]) -> str | None:
+    async def fire(self, namespace: str, trigger: TriggerRow, payload: JSONObject) -> str | None:
         """Fire a trigger: one activation per active rule (with the action's retries); None if no rule."""
         self.refuse()
         rules = await self.active_rules(namespace, trigger["name"])
@@ -205,12 +205,14 @@ class Dispatcher:
         dead = await self.db.read(self.store.activations, namespace, limit=0, states=("dead",))
         chosen = [d for d in dead if ids is None or d["activation_id"] in ids]
         actions: Actions = {}
+        queued: list[ActivationRow] = []
         for d in chosen:
-            d.update(await self.db.group.run(self.store.redrive_in, d["activation_id"]))
+            values = await self.db.group.run(self.store.redrive_in, d["activation_id"])
+            queued.append({**d, **values})
             key = (namespace, d["name"])
             if key not in actions:
                 found = await self.action(namespace, d["name"])
                 if found is not None:
                     actions[key] = found
-        await self.send(chosen, actions)
-        return len(chosen)
+        await self.send(queued, actions)
+        return len(queued)

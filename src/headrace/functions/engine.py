@@ -26,9 +26,9 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
-from headrace.functions.entities import Scaling
+from headrace.functions.entities import ActionRow, ActivationFields, ActivationRow, Scaling
 from headrace.functions.invoker import Outcome
 from headrace.functions.messages import Actions
 from headrace.functions.runner import ActionQueue, Runner, internal, next_runnable, record_of
@@ -39,6 +39,10 @@ log = logging.getLogger("headrace.functions")
 
 #: An action by (namespace, name).
 Key = tuple[str, str]
+
+#: What a scheduler queues: a mapping with at least `activation_id` and `order_key` (the embedded
+#: controller's: the activation's row; the Kafka invoker's: its message's job).
+Item = TypeVar("Item", bound=Mapping[str, Any])
 
 BACKOFF_BASE_MS = 500
 BACKOFF_MAX_MS = 5 * 60_000
@@ -60,13 +64,14 @@ def status_label(code: int, final: str) -> str:
 # -- an attempt ---------------------------------------------------------------------------------------------
 
 
-def refusal(action: dict[str, Any] | None, name: str, row: dict[str, Any]) -> dict[str, Any] | None:
+def refusal(action: ActionRow | None, name: str, row: ActivationRow) -> ActivationFields | None:
     """Why the activation `row` of the action `name` (its row `action`) must not run but go to the dead
     letters at once (the record of that), or None if it may run."""
     if action is None:
         return internal(f"The action {name} does not exist (any more).", code=2)
     max_age = Scaling.of(action).max_event_age * 1000
-    if row.get("event_time") and now_ms() - int(row["event_time"]) > max_age:
+    event_time = row.get("event_time")
+    if event_time and now_ms() - int(event_time) > max_age:
         return internal("The event is older than the action's maxEventAge.", code=2)
     return None
 
@@ -77,14 +82,14 @@ class Settled:
     the values the activation's row gets (its record, `state` included)."""
 
     state: str
-    values: dict[str, Any]
+    values: ActivationFields
 
     @property
     def retry(self) -> bool:
         return self.state == "queued"
 
 
-def settle(action: dict[str, Any], row: dict[str, Any], outcome: Outcome) -> Settled:
+def settle(action: ActionRow, row: ActivationRow, outcome: Outcome) -> Settled:
     """The record of an attempt that ran, and what follows it: another attempt after a backoff while the
     row has attempts left, else done; an event's activation (one with a rule) that failed is dead (a direct
     invoke is OpenWhisk's: done, whatever its outcome). Observes the attempt's latency and cold start."""
@@ -94,7 +99,7 @@ def settle(action: dict[str, Any], row: dict[str, Any], outcome: Outcome) -> Set
     record = record_of(action, row, outcome)
     attempt = int(row["attempt"])
     if outcome.status != 0 and attempt < int(row["max_attempts"]):
-        record.update(state="queued", not_before=now_ms() + backoff_ms(attempt), attempt=attempt + 1)
+        record.update({"state": "queued", "not_before": now_ms() + backoff_ms(attempt), "attempt": attempt + 1})
         return Settled("queued", record)
     final = "done" if outcome.status == 0 or not row.get("rule") else "dead"
     return Settled(final, {**record, "state": final})
@@ -102,13 +107,13 @@ def settle(action: dict[str, Any], row: dict[str, Any], outcome: Outcome) -> Set
 
 async def attempt(
     runner: Runner,
-    action: dict[str, Any] | None,
+    action: ActionRow | None,
     name: str,
-    row: dict[str, Any],
+    row: ActivationRow,
     *,
     start: int,
     claim: Awaitable[bool],
-    write: Callable[[dict[str, Any]], Awaitable[bool]],
+    write: Callable[[ActivationFields], Awaitable[bool]],
     abandoned: Callable[[], bool] = lambda: False,
 ) -> Settled | None:
     """One attempt of the activation `row` of the action `name` (its row `action`, None if gone): run it on
@@ -142,7 +147,7 @@ def count_retry(name: str) -> None:
     FN_ACTIVATIONS.labels(name, "retried").inc()
 
 
-def count_final(name: str, values: dict[str, Any]) -> None:
+def count_final(name: str, values: ActivationFields) -> None:
     """Count a finished activation (its final `values`, with `state` and `status_code`)."""
     FN_ACTIVATIONS.labels(name, status_label(int(values.get("status_code") or 0), str(values["state"]))).inc()
 
@@ -150,25 +155,25 @@ def count_final(name: str, values: dict[str, Any]) -> None:
 # -- scheduling ---------------------------------------------------------------------------------------------
 
 
-class Scheduler:
+class Scheduler(Generic[Item]):
     """Per-action queues and the loop that starts their activations.
 
     Free slots go round the actions one at a time, from a starting point that moves on each pass: an action
     with a long queue cannot keep the others' activations waiting for every slot. An action starts no more
     than its `capacity` at once, the process no more than `max_workers`; an `ordered` action's activations
-    for one path (the item's `order_key`) run one at a time in queue order. An item is a dict with at least
-    `activation_id` and `order_key`; `run(key, item)` runs it (and deals with its failures)."""
+    for one path (the item's `order_key`) run one at a time in queue order. An item is a mapping with at
+    least `activation_id` and `order_key` (`Item`); `run(key, item)` runs it (and deals with its failures)."""
 
     def __init__(
         self,
         runner: Runner,
         max_workers: int,
         *,
-        run: Callable[[Key, dict[str, Any]], Awaitable[None]],
+        run: Callable[[Key, Item], Awaitable[None]],
         capacity: Callable[[Key], int],
         ordered: Callable[[Key], bool],
-        due: Callable[[Key, dict[str, Any]], bool] = lambda key, item: True,
-        started: Callable[[dict[str, Any], asyncio.Task[None]], None] = lambda item, task: None,
+        due: Callable[[Key, Item], bool] = lambda key, item: True,
+        started: Callable[[Item, asyncio.Task[None]], None] = lambda item, task: None,
         name: str = "functions",
     ) -> None:
         self.runner = runner
@@ -181,28 +186,28 @@ class Scheduler:
         self._started = started
         self.name = name
         self.queues: dict[Key, ActionQueue] = {}
-        self.delayed: list[tuple[int, int, Key, dict[str, Any]]] = []  # (due, seq, key, item) heap
+        self.delayed: list[tuple[int, int, Key, Item]] = []  # (due, seq, key, item) heap
         self.running_total = 0
         self.wake = asyncio.Event()
         self._seq = itertools.count()
         self._turn = 0  # where the round over the actions starts
         self._runs: set[asyncio.Task[None]] = set()
 
-    def push(self, key: Key, item: dict[str, Any]) -> None:
+    def push(self, key: Key, item: Item) -> None:
         """Queue an item that may start now."""
         self.queues.setdefault(key, ActionQueue()).items.append(item)
         self.wake.set()
 
-    def later(self, key: Key, item: dict[str, Any], due: int) -> None:
+    def later(self, key: Key, item: Item, due: int) -> None:
         """Queue an item once `due` (ms since the epoch) has come."""
         heapq.heappush(self.delayed, (due, next(self._seq), key, item))
         self.wake.set()
 
-    def forget(self, key: Key, gone: Callable[[dict[str, Any]], bool]) -> None:
+    def forget(self, key: Key, gone: Callable[[Item], bool]) -> None:
         """Drop the items (queued or waiting for their retry) for which `gone` is true."""
         aq = self.queues.get(key)
         if aq is not None:
-            aq.items = deque(i for i in aq.items if not gone(i))
+            aq.items = deque(i for i in aq.items if not gone(cast(Item, i)))
         kept = [d for d in self.delayed if not gone(d[3])]
         if len(kept) != len(self.delayed):
             self.delayed = kept
@@ -240,9 +245,10 @@ class Scheduler:
         if not aq.items or aq.running >= self._capacity(key):
             return False
         ordered = self._ordered(key)
-        item = next_runnable(aq, ordered)
-        if item is None:
+        found = next_runnable(aq, ordered)
+        if found is None:
             return False
+        item = cast(Item, found)  # the queues hold only what push and later were given
         aq.running += 1
         self.running_total += 1
         aq.last_work = time.monotonic()
@@ -254,7 +260,7 @@ class Scheduler:
         self._started(item, task)
         return True
 
-    async def _run(self, key: Key, aq: ActionQueue, item: dict[str, Any], ordered: bool) -> None:
+    async def _run(self, key: Key, aq: ActionQueue, item: Item, ordered: bool) -> None:
         try:
             await self._run_item(key, item)
         finally:
@@ -265,7 +271,7 @@ class Scheduler:
                 aq.busy_keys.discard(item.get("order_key") or item["activation_id"])
             self.wake.set()
 
-    async def autoscale_forever(self, actions: Callable[[], Mapping[Key, dict[str, Any]]]) -> None:
+    async def autoscale_forever(self, actions: Callable[[], Mapping[Key, ActionRow]]) -> None:
         """Size the runner's pools every second (Runner.autoscale) for the actions `actions()` knows."""
         while True:
             await asyncio.sleep(1.0)
@@ -276,7 +282,7 @@ class Scheduler:
             except Exception:
                 log.exception("%s: autoscaler failed", self.name)
 
-    async def autoscale(self, actions: Mapping[Key, dict[str, Any]]) -> None:
+    async def autoscale(self, actions: Mapping[Key, ActionRow]) -> None:
         await self.runner.autoscale(actions, self.queues)
 
     async def stop(self) -> None:
@@ -290,11 +296,11 @@ class InProcess:
     """The embedded transport (a `messages.Publisher`): queued activations go straight to this process's
     scheduler, those not due yet once they are."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler[ActivationRow]) -> None:
         self.scheduler = scheduler
         self.unacknowledged: set[str] = set()
 
-    def submit(self, rows: list[dict[str, Any]], actions: Actions) -> None:
+    def submit(self, rows: list[ActivationRow], actions: Actions) -> None:
         now = now_ms()
         for row in rows:
             key = (row["namespace"], row["name"])
@@ -303,5 +309,5 @@ class InProcess:
             else:
                 self.scheduler.push(key, row)
 
-    async def publish(self, rows: list[dict[str, Any]], actions: Actions) -> None:
+    async def publish(self, rows: list[ActivationRow], actions: Actions) -> None:
         self.submit(rows, actions)

@@ -1,15 +1,111 @@
-"""Typed views of the functions layer's rows, as storage has `Inode`: read once from the row, with the
-model's defaults for what the row does not name (functions/model.py), so that the engine's arithmetic on
-them is checked by mypy instead of spread over `row["scaling"].get(...)` calls.
+"""Typed views of the functions layer's rows, as storage has `Inode`, so that mypy checks the engine's work
+on them.
+
+The rows of fn_actions, fn_triggers, fn_rules and fn_activations (functions/store.py reads them, JSON
+columns decoded) are TypedDicts: they are handed on as they are read (to the runner, the scheduler's
+queues, the records' rendering) and an activation's row is updated in place as it is claimed and
+retried, so a TypedDict checks every key and value type at no cost at run time and with no conversion at
+each hand-over. What the engine computes from a row is a frozen dataclass read once from it, with the
+model's defaults for what the row does not name (`Scaling`; functions/model.py has the defaults).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
-from headrace.functions.model import SCALING
+from headrace.functions.model import SCALING, Exec, JSONObject, KeyValue, Limits, ScalingSettings
+
+
+class ActionFields(TypedDict):
+    """What an action PUT stores (functions/api.py validates it with functions/model.py)."""
+
+    exec: Exec
+    parameters: list[KeyValue]
+    annotations: list[KeyValue]
+    limits: Limits
+    scaling: ScalingSettings
+
+
+class ActionRow(ActionFields):
+    """A version of an action, as fn_actions holds it: what the runner runs."""
+
+    id: int
+    namespace: str
+    name: str
+    version: int  # up by one on every update
+    updated: int  # ms since the epoch
+
+
+class TriggerFields(TypedDict):
+    parameters: list[KeyValue]
+    annotations: list[KeyValue]
+    feed: str | None  # STORAGE_FEED for a trigger fed by storage events
+    feed_params: JSONObject | None  # the feed's filter (model.feed_filter)
+
+
+class TriggerRow(TriggerFields):
+    id: int
+    namespace: str
+    name: str
+    version: int
+    updated: int
+
+
+class RuleFields(TypedDict):
+    trigger: str  # names in the rule's namespace
+    action: str
+    status: str  # active | inactive
+
+
+class RuleRow(RuleFields):
+    id: int
+    namespace: str
+    name: str
+    version: int
+    updated: int
+
+
+#: A row of any entity table (store.get's answer for a kind not known before run time).
+EntityRow = ActionRow | TriggerRow | RuleRow
+
+
+class ActivationFields(TypedDict, total=False):
+    """Columns of fn_activations as they are written: any of them (an attempt's record, a state change)."""
+
+    entity: str  # action | trigger
+    version: str
+    subject: str
+    state: str  # queued | running | done | dead
+    created: int  # ms: when it was queued
+    not_before: int  # ms: a retry waits until then
+    start: int | None
+    end: int | None
+    status_code: int | None  # 0 success, 1 application, 2 developer, 3 internal error
+    result: JSONObject | None
+    logs: list[str] | None
+    annotations: list[KeyValue]
+    args: JSONObject  # what it runs with: parameters and the event's fields
+    attempt: int
+    max_attempts: int
+    cause: str | None
+    rule: str | None
+    trigger: str | None
+    event_offset: int | None
+    event_time: int | None  # ms
+    order_key: str | None
+    depth: int
+    dedup: str | None
+    published: bool
+
+
+class ActivationRow(ActivationFields):
+    """An activation: a row of fn_activations (whole when read; a new one names what it sets)."""
+
+    activation_id: str
+    namespace: str
+    name: str  # the action's (or the trigger's)
 
 
 def _default(name: str) -> float:

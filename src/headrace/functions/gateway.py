@@ -23,10 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from headrace.db.engine import Database
 from headrace.functions.dispatch import Actions, Dispatcher
+from headrace.functions.entities import ActivationRow
 from headrace.functions.kafka_transport import ActivationPublisher, ResultWaiters
 from headrace.functions.store import FunctionStore
 
@@ -64,10 +64,10 @@ class RemoteFunctions(Dispatcher):
     def invocations_in_flight(self, namespace: str) -> int:
         return self.results.in_flight(namespace)
 
-    def waiter(self, activation_id: str, namespace: str) -> asyncio.Future[dict[str, Any]]:
+    def waiter(self, activation_id: str, namespace: str) -> asyncio.Future[ActivationRow]:
         return self.results.wait(activation_id, namespace)
 
-    async def send(self, rows: list[dict[str, Any]], actions: Actions) -> None:
+    async def send(self, rows: list[ActivationRow], actions: Actions) -> None:
         if not rows:
             return
         try:

@@ -50,11 +50,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from headrace.functions import engine, messages
+from headrace.functions.entities import ActionRow, ActivationFields, ActivationRow
 from headrace.functions.kafka_transport import ActivationPublisher, LibrdkafkaLog
 from headrace.functions.records import FINAL_STATES
 from headrace.functions.runner import Host, Runner, capacity
@@ -106,13 +107,26 @@ class _Job:
     offset: int
     order_key: str | None
     state: str = "waiting"  # waiting (for a worker) | running | later (for its retry) | gone
-    row: dict[str, Any] | None = None
+    row: ActivationRow | None = None  # while it runs: the row as claimed
     abandoned: bool = False
     task: asyncio.Task[None] | None = None
 
-    def queue_row(self) -> dict[str, Any]:
-        """The dict the per-action queue holds (next_runnable reads order_key and activation_id)."""
+    def queue_row(self) -> _Queued:
+        """What the per-action queue holds (next_runnable reads order_key and activation_id)."""
         return {"activation_id": self.aid, "order_key": self.order_key, "job": self}
+
+
+class _Queued(TypedDict):
+    """A job in the scheduler's queues."""
+
+    activation_id: str
+    order_key: str | None
+    job: _Job
+
+
+def _fence(row: ActivationRow) -> tuple[int, int]:
+    """What the writes of the attempt that claimed `row` are fenced by: (attempt, start)."""
+    return int(row["attempt"]), int(row["start"] or 0)  # (a claimed row has its start)
 
 
 async def _claimed() -> bool:
@@ -158,7 +172,7 @@ class KafkaInvoker:
         self.jobs: dict[str, _Job] = {}
         # every action's messages as `ordered` (one order key at a time): a message has an order key only if
         # its action is ordered, and the action may not have been read yet
-        self.scheduler = engine.Scheduler(
+        self.scheduler: engine.Scheduler[_Queued] = engine.Scheduler(
             self.runner,
             max_workers,
             run=self._run,
@@ -170,7 +184,7 @@ class KafkaInvoker:
         )
         self.finished = 0  # activations this invoker has finished (a final record written), for tests/bench
         self.assigned: set[int] = set()
-        self._actions: dict[tuple[str, str], tuple[dict[str, Any] | None, float]] = {}
+        self._actions: dict[tuple[str, str], tuple[ActionRow | None, float]] = {}
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -377,16 +391,16 @@ class KafkaInvoker:
         job.state = "waiting"
         self.scheduler.push((job.namespace, job.name), job.queue_row())
 
-    def _due(self, key: tuple[str, str], item: dict[str, Any]) -> bool:
+    def _due(self, key: tuple[str, str], item: _Queued) -> bool:
         """A retry came due: queued again if this invoker still holds it."""
-        job: _Job = item["job"]
+        job = item["job"]
         if job.state != "later" or self.jobs.get(job.aid) is not job:
             return False
         job.state = "waiting"
         return True
 
-    def _started(self, item: dict[str, Any], task: asyncio.Task[None]) -> None:
-        job: _Job = item["job"]
+    def _started(self, item: _Queued, task: asyncio.Task[None]) -> None:
+        job = item["job"]
         job.state = "running"
         job.task = task
 
@@ -463,8 +477,7 @@ class KafkaInvoker:
             return
         try:
             await self.db.group.run(
-                self.store.update_fenced_in, job.aid, (int(row["attempt"]), int(row["start"])),
-                state="queued", not_before=now_ms(),
+                self.store.update_fenced_in, job.aid, _fence(row), state="queued", not_before=now_ms(),
             )  # fmt: skip
         except Exception:
             # left running: the next owner takes it as interrupted (its next attempt)
@@ -472,7 +485,7 @@ class KafkaInvoker:
 
     # -- scheduling ---------------------------------------------------------------------------------------
 
-    async def _action(self, namespace: str, name: str) -> dict[str, Any] | None:
+    async def _action(self, namespace: str, name: str) -> ActionRow | None:
         key = (namespace, name)
         cached = self._actions.get(key)
         if cached is not None and time.monotonic() - cached[1] < ACTION_TTL:
@@ -481,15 +494,15 @@ class KafkaInvoker:
         self._actions[key] = (row, time.monotonic())
         return row
 
-    def _known_actions(self) -> dict[tuple[str, str], dict[str, Any]]:
+    def _known_actions(self) -> dict[tuple[str, str], ActionRow]:
         return {k: a for k, (a, _) in self._actions.items() if a is not None}
 
     def _capacity(self, key: tuple[str, str]) -> int:
         cached = self._actions.get(key)
         return capacity(cached[0]) if cached else 4  # (not read yet: the action's default maxScale)
 
-    async def _run(self, key: tuple[str, str], item: dict[str, Any]) -> None:
-        job: _Job = item["job"]
+    async def _run(self, key: tuple[str, str], item: _Queued) -> None:
+        job = item["job"]
         try:
             await self._attempt(job)
         except asyncio.CancelledError:
@@ -541,7 +554,7 @@ class KafkaInvoker:
             raise
         settled = await engine.attempt(
             self.runner, action, job.name, row,
-            start=int(row["start"]),
+            start=_fence(row)[1],
             claim=claim if claim is not None else _claimed(),
             write=lambda values: self._write(job, row, values),
             abandoned=lambda: job.abandoned,  # handed back meanwhile: its row is queued again, fenced out
@@ -563,14 +576,10 @@ class KafkaInvoker:
         job.row = None
         self.scheduler.later((job.namespace, job.name), job.queue_row(), due)
 
-    async def _write(self, job: _Job, row: dict[str, Any], values: dict[str, Any]) -> bool:
-        return bool(
-            await self.db.group.run(
-                self.store.update_fenced_in, job.aid, (int(row["attempt"]), int(row["start"])), **values
-            )
-        )
+    async def _write(self, job: _Job, row: ActivationRow, values: ActivationFields) -> bool:
+        return bool(await self.db.group.run(self.store.update_fenced_in, job.aid, _fence(row), **values))
 
-    def _notify(self, row: dict[str, Any]) -> None:
+    def _notify(self, row: ActivationRow) -> None:
         if row.get("state") in FINAL_STATES:
             try:
                 self.publisher.notify(row)

@@ -40,6 +40,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from headrace.db.engine import Database
 from headrace.functions import messages
+from headrace.functions.entities import ActionRow, ActivationRow
 from headrace.functions.messages import Actions
 from headrace.functions.records import FINAL_STATES
 from headrace.functions.store import FunctionStore
@@ -205,11 +206,11 @@ class ActivationPublisher:
 
     # -- publishing ---------------------------------------------------------------------------------------
 
-    def submit(self, rows: list[dict[str, Any]], actions: Actions) -> None:
+    def submit(self, rows: list[ActivationRow], actions: Actions) -> None:
         for row in rows:
             self._send(row, actions.get((row["namespace"], row["name"])), None)
 
-    async def publish(self, rows: list[dict[str, Any]], actions: Actions) -> None:
+    async def publish(self, rows: list[ActivationRow], actions: Actions) -> None:
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[None]] = []
         for row in rows:
@@ -219,11 +220,11 @@ class ActivationPublisher:
         if futures:
             await asyncio.gather(*futures)
 
-    def notify(self, row: dict[str, Any]) -> None:
+    def notify(self, row: ActivationRow) -> None:
         """A finished activation's notice on the results topic (its record is in the database already)."""
         self._produce(self.results_topic, messages.result_message(row), str(row["activation_id"]), 0, None)
 
-    def _send(self, row: dict[str, Any], action: Any, cb: Callable[..., None] | None) -> None:
+    def _send(self, row: ActivationRow, action: ActionRow | None, cb: Callable[..., None] | None) -> None:
         key, partition = messages.placement(row, action, self.partitions, self.lanes)
         if self.store is not None:
             cb = self._tracked(str(row["activation_id"]), cb)
@@ -303,7 +304,7 @@ class ResultWaiters:
         self.db = db
         self.store = FunctionStore(db)
         self.topic = topic
-        self.waiters: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
+        self.waiters: dict[str, tuple[str, asyncio.Future[ActivationRow]]] = {}
         self._consumer: Consumer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -340,8 +341,8 @@ class ResultWaiters:
     def in_flight(self, namespace: str) -> int:
         return sum(1 for ns, _ in self.waiters.values() if ns == namespace)
 
-    def wait(self, activation_id: str, namespace: str) -> asyncio.Future[dict[str, Any]]:
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    def wait(self, activation_id: str, namespace: str) -> asyncio.Future[ActivationRow]:
+        fut: asyncio.Future[ActivationRow] = asyncio.get_running_loop().create_future()
         self.waiters[activation_id] = (namespace, fut)
         fut.add_done_callback(lambda _: self.waiters.pop(activation_id, None))
         return fut

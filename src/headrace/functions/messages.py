@@ -22,15 +22,15 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Mapping
-from typing import Any, NotRequired, Protocol, TypedDict, cast
+from typing import NotRequired, Protocol, TypedDict, cast
 
-from headrace.functions.entities import Scaling
+from headrace.functions.entities import ActionRow, ActivationRow, Scaling
 
 ACTIVATION_TOPIC = "headrace-activations"
 RESULTS_TOPIC = "headrace-activation-results"
 INVOKER_GROUP = "headrace-invokers"
 
-Actions = Mapping[tuple[str, str], Mapping[str, Any]]
+Actions = Mapping[tuple[str, str], ActionRow]
 
 
 class ActivationMessage(TypedDict):
@@ -60,20 +60,18 @@ class Publisher(Protocol):
     #: Activations this process has sent whose message Kafka has not acknowledged yet (nor refused).
     unacknowledged: set[str]
 
-    def submit(self, rows: list[dict[str, Any]], actions: Actions) -> None:
+    def submit(self, rows: list[ActivationRow], actions: Actions) -> None:
         """Publish these queued activations (in the background, retried until Kafka takes them)."""
 
-    async def publish(self, rows: list[dict[str, Any]], actions: Actions) -> None:
+    async def publish(self, rows: list[ActivationRow], actions: Actions) -> None:
         """Publish these queued activations and return once Kafka has acknowledged them."""
 
 
-def is_ordered(action: Mapping[str, Any] | None) -> bool:
+def is_ordered(action: ActionRow | None) -> bool:
     return action is not None and Scaling.of(action).ordered
 
 
-def placement(
-    row: Mapping[str, Any], action: Mapping[str, Any] | None, partitions: int, lanes: int = 0
-) -> tuple[str, int]:
+def placement(row: ActivationRow, action: ActionRow | None, partitions: int, lanes: int = 0) -> tuple[str, int]:
     """The message key and partition of activation `row` of `action` (its row, or None if unknown)."""
     name = f"/{row['namespace']}/{row['name']}"
     order_key = row.get("order_key")
@@ -85,15 +83,16 @@ def placement(
     return name, (zlib.crc32(name.encode()) + lane) % partitions
 
 
-def activation_message(row: Mapping[str, Any], action: Mapping[str, Any] | None) -> bytes:
+def activation_message(row: ActivationRow, action: ActionRow | None) -> bytes:
     body: ActivationMessage = {
         "id": row["activation_id"],
         "ns": row["namespace"],
         "name": row["name"],
         "created": int(row.get("created") or 0),
     }
-    if is_ordered(action) and row.get("order_key"):
-        body["orderKey"] = row["order_key"]
+    order_key = row.get("order_key")
+    if is_ordered(action) and order_key:
+        body["orderKey"] = order_key
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -108,7 +107,7 @@ def parse_activation(value: bytes | None) -> ActivationMessage | None:
     return cast(ActivationMessage, body)  # id, ns, name checked above
 
 
-def result_message(row: Mapping[str, Any]) -> bytes:
+def result_message(row: ActivationRow) -> bytes:
     """A finished activation (its record is in the database already): for blocking invokes and followers."""
     body: ResultMessage = {
         "id": row["activation_id"],

@@ -9,8 +9,9 @@ activations made by a storage event.
 
 from __future__ import annotations
 
-from typing import Any, NotRequired, TypedDict, cast
+from typing import Any, NotRequired, TypedDict
 
+from headrace.functions.entities import ActionRow, ActivationRow, EntityRow, RuleRow, TriggerRow
 from headrace.functions.model import STORAGE_FEED, Exec, JSONObject, KeyValue, Limits, ScalingSettings
 
 STATUS = {0: "success", 1: "application error", 2: "action developer error", 3: "whisk internal error"}
@@ -120,7 +121,7 @@ def status_name(code: int | None) -> str:
     return STATUS.get(code if code is not None else 3, "whisk internal error")
 
 
-def response(row: dict[str, Any]) -> Response:
+def response(row: ActivationRow) -> Response:
     """The record's `response`: that of the last attempt that ran. An activation that has not run yet has
     its state as status and no statusCode."""
     code = row.get("status_code")
@@ -136,13 +137,13 @@ def response(row: dict[str, Any]) -> Response:
     }
 
 
-def _times(row: dict[str, Any]) -> tuple[int, int, int]:
+def _times(row: ActivationRow) -> tuple[int, int, int]:
     start = int(row.get("start") or row.get("created") or 0)
     end = int(row.get("end") or 0) if row.get("state") in FINAL_STATES or row.get("status_code") is not None else 0
     return start, end, max(0, end - start) if end else 0
 
 
-def activation(row: dict[str, Any]) -> Activation:
+def activation(row: ActivationRow) -> Activation:
     """The full activation record."""
     start, end, duration = _times(row)
     out: Activation = {
@@ -161,14 +162,15 @@ def activation(row: dict[str, Any]) -> Activation:
         "attempt": int(row.get("attempt") or 1),
         "state": str(row.get("state") or "queued"),
     }
-    if row.get("cause"):
-        out["cause"] = row["cause"]
-    if row.get("event_offset") is not None:
-        out["eventOffset"] = int(row["event_offset"])
+    cause, offset = row.get("cause"), row.get("event_offset")
+    if cause:
+        out["cause"] = cause
+    if offset is not None:
+        out["eventOffset"] = int(offset)
     return out
 
 
-def activation_summary(row: dict[str, Any]) -> ActivationSummary:
+def activation_summary(row: ActivationRow) -> ActivationSummary:
     """A listing's entry (OpenWhisk's `docs=false`): no result, no logs, the status code at the top."""
     start, end, duration = _times(row)
     out: ActivationSummary = {
@@ -186,19 +188,20 @@ def activation_summary(row: dict[str, Any]) -> ActivationSummary:
         "attempt": int(row.get("attempt") or 1),
         "state": str(row.get("state") or "queued"),
     }
-    if row.get("cause"):
-        out["cause"] = row["cause"]
-    if row.get("event_offset") is not None:
-        out["eventOffset"] = int(row["event_offset"])
+    cause, offset = row.get("cause"), row.get("event_offset")
+    if cause:
+        out["cause"] = cause
+    if offset is not None:
+        out["eventOffset"] = int(offset)
     return out
 
 
-def dead_letter(row: dict[str, Any]) -> DeadLetter:
+def dead_letter(row: ActivationRow) -> DeadLetter:
     """A dead letter: the activation record, plus the arguments it runs with when redriven (headrace's)."""
     return {**activation(row), "args": dict(row.get("args") or {})}
 
 
-def activation_result(row: dict[str, Any]) -> ActivationResult:
+def activation_result(row: ActivationRow) -> ActivationResult:
     """GET .../activations/{id}/result."""
     r = response(row)
     return {"result": r["result"], "status": r["status"], "success": r["success"]}
@@ -207,14 +210,14 @@ def activation_result(row: dict[str, Any]) -> ActivationResult:
 # -- entities ---------------------------------------------------------------------------------------------
 
 
-def _version(row: dict[str, Any]) -> str:
+def _version(row: EntityRow) -> str:
     return f"0.0.{int(row.get('version') or 1)}"
 
 
-def action(row: dict[str, Any], *, code: bool = True) -> ActionDocument:
+def action(row: ActionRow, *, code: bool = True) -> ActionDocument:
     """An action as GET returns it (`code=False`: without exec.code, as `?code=false` asks)."""
-    ex = cast(Exec, dict(row["exec"]))
-    scaling = cast(ScalingSettings, dict(row.get("scaling") or {}))
+    ex = row["exec"].copy()
+    scaling: ScalingSettings = row["scaling"].copy() if row.get("scaling") else {}
     if not code:
         ex.pop("code", None)
     return {
@@ -224,14 +227,14 @@ def action(row: dict[str, Any], *, code: bool = True) -> ActionDocument:
         "exec": ex,
         "parameters": list(row.get("parameters") or []),
         "annotations": list(row.get("annotations") or []),
-        "limits": cast(Limits, dict(row.get("limits") or {})),
+        "limits": row["limits"].copy(),
         "scaling": {**scaling, "ordered": bool(scaling.get("ordered", False))},  # headrace's own
         "publish": False,
         "updated": int(row.get("updated") or 0),
     }
 
 
-def action_summary(row: dict[str, Any]) -> ActionDocument:
+def action_summary(row: ActionRow) -> ActionDocument:
     """An action in a listing: no code (OpenWhisk lists exec as {"binary"} only; the kind is kept here)."""
     full = action(row, code=False)
     ex = full["exec"]
@@ -241,7 +244,7 @@ def action_summary(row: dict[str, Any]) -> ActionDocument:
     return full
 
 
-def trigger(row: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> TriggerDocument:
+def trigger(row: TriggerRow, rules: list[RuleRow] | None = None) -> TriggerDocument:
     """A trigger; with `rules` (the namespace's rules on it), OpenWhisk's `rules` map. A trigger fed by
     the storage feed also carries headrace's `feed` and `feedParameters`."""
     annotations = list(row.get("annotations") or [])
@@ -255,10 +258,11 @@ def trigger(row: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> T
         "publish": False,
         "updated": int(row.get("updated") or 0),
     }
-    if row.get("feed"):
+    feed = row.get("feed")
+    if feed:
         if not any(a.get("key") == "feed" for a in annotations):
-            out["annotations"] = [*annotations, {"key": "feed", "value": row["feed"]}]
-        out["feed"] = row["feed"]
+            out["annotations"] = [*annotations, {"key": "feed", "value": feed}]
+        out["feed"] = feed
         out["feedParameters"] = row.get("feed_params") or {}
     if rules is not None:
         out["rules"] = {
@@ -271,7 +275,7 @@ def trigger(row: dict[str, Any], rules: list[dict[str, Any]] | None = None) -> T
     return out
 
 
-def rule(row: dict[str, Any]) -> RuleDocument:
+def rule(row: RuleRow) -> RuleDocument:
     return {
         "namespace": row["namespace"],
         "name": row["name"],

@@ -30,9 +30,9 @@ from typing import Any, Protocol
 from headrace.auth.macaroons import MacaroonAuthority
 from headrace.auth.users import Users
 from headrace.db.engine import Database
-from headrace.functions.entities import Scaling
+from headrace.functions.entities import ActionRow, ActivationFields, ActivationRow, Scaling
 from headrace.functions.invoker import ActionPool, ActionSpec, Outcome
-from headrace.functions.model import as_dict
+from headrace.functions.model import KeyValue, as_dict
 from headrace.functions.sandbox import BUBBLEWRAP, INSTALL_HINT, Sandbox
 from headrace.functions.store import FunctionStore, new_activation_id, now_ms
 from headrace.metrics import FN_QUEUED, FN_RUNNING, FN_WORKERS
@@ -44,7 +44,7 @@ TOKEN_GRACE_MS = 5_000  # an activation's credential outlives its deadline by th
 SCALE_DOWN_WINDOW = 10.0  # seconds a pool must have been larger than needed before it shrinks
 
 #: An action by (namespace, name), or None when there is none.
-ActionLookup = Callable[[str, str], Awaitable[dict[str, Any] | None]]
+ActionLookup = Callable[[str, str], Awaitable[ActionRow | None]]
 
 
 class Host(Protocol):
@@ -57,14 +57,14 @@ class Host(Protocol):
 
 @dataclass
 class ActionQueue:
-    items: deque[dict[str, Any]] = field(default_factory=deque)
+    items: deque[Mapping[str, Any]] = field(default_factory=deque)  # activation_id, order_key and the caller's
     running: int = 0
     busy_keys: set[str] = field(default_factory=set)
     surplus_since: float | None = None
     last_work: float = field(default_factory=time.monotonic)
 
 
-def next_runnable(aq: ActionQueue, ordered: bool) -> dict[str, Any] | None:
+def next_runnable(aq: ActionQueue, ordered: bool) -> Mapping[str, Any] | None:
     """The next activation of `aq` that may start: the first; with `ordered`, the first whose path (order
     key) has no activation running or waiting ahead of it."""
     if not ordered:
@@ -114,9 +114,9 @@ def storage_access(action: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"path": None, "activities": None}
 
 
-def record_of(action: dict[str, Any], row: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
+def record_of(action: ActionRow, row: ActivationRow, outcome: Outcome) -> ActivationFields:
     """The activation record's fields for one finished attempt (OpenWhisk's annotations included)."""
-    annotations = [
+    annotations: list[KeyValue] = [
         {"key": "path", "value": f"{action['namespace']}/{action['name']}"},
         {"key": "waitTime", "value": max(0, outcome.start - int(row["created"]))},
         {"key": "kind", "value": action["exec"].get("kind", "python:3")},
@@ -142,7 +142,7 @@ def record_of(action: dict[str, Any], row: dict[str, Any], outcome: Outcome) -> 
     }
 
 
-def internal(message: str, code: int = 3) -> dict[str, Any]:
+def internal(message: str, code: int = 3) -> ActivationFields:
     """The record of an attempt that never reached a worker (an internal or a developer error)."""
     stamp = now_ms()
     return {"start": stamp, "end": stamp, "status_code": code, "result": {"error": message}, "logs": []}
@@ -192,7 +192,7 @@ class Runner:
 
     # -- running ------------------------------------------------------------------------------------------
 
-    async def execute(self, action: dict[str, Any], aid: str, args: dict[str, Any], start: int) -> Outcome:
+    async def execute(self, action: ActionRow, aid: str, args: dict[str, Any], start: int) -> Outcome:
         """Run one action (a Python function, or a sequence of them) for activation `aid`."""
         params = {**as_dict(action["parameters"]), **args}
         if action["exec"].get("kind") == "sequence":
@@ -208,7 +208,7 @@ class Runner:
         }
         return await self.pool(action).run(request)
 
-    async def _sequence(self, seq: dict[str, Any], aid: str, args: dict[str, Any], start: int) -> Outcome:
+    async def _sequence(self, seq: ActionRow, aid: str, args: dict[str, Any], start: int) -> Outcome:
         """Each component runs with the previous one's result; each gets an activation record of its own
         (caused by the sequence's), and the sequence's logs list their ids, as OpenWhisk's do."""
         ids: list[str] = []
@@ -222,7 +222,7 @@ class Runner:
             cid = new_activation_id()
             ids.append(cid)
             part = await self.execute(component, cid, result, now_ms())
-            record = {
+            record: ActivationRow = {
                 "activation_id": cid,
                 "namespace": component["namespace"],
                 "name": component["name"],
@@ -245,7 +245,7 @@ class Runner:
             result = part.result
         return Outcome(0, result, ids, start, now_ms())
 
-    def _env(self, action: dict[str, Any], aid: str, deadline: int) -> dict[str, str]:
+    def _env(self, action: ActionRow, aid: str, deadline: int) -> dict[str, str]:
         env = {
             "__OW_ACTIVATION_ID": aid,
             "__OW_ACTION_NAME": f"/{action['namespace']}/{action['name']}",
@@ -303,10 +303,10 @@ class Runner:
     # -- workers ------------------------------------------------------------------------------------------
 
     @staticmethod
-    def key(action: dict[str, Any]) -> str:
+    def key(action: ActionRow) -> str:
         return f"{action['namespace']}/{action['name']}@{action['version']}"
 
-    def pool(self, action: dict[str, Any]) -> ActionPool:
+    def pool(self, action: ActionRow) -> ActionPool:
         key = self.key(action)
         pool = self.pools.get(key)
         if pool is None:
@@ -334,7 +334,7 @@ class Runner:
         """The most workers one action's pool may have: its maxScale, within this process's cap."""
         return max(1, min(Scaling.of(action).max_scale, self.max_workers))
 
-    def _materialize(self, action: dict[str, Any]) -> Path:
+    def _materialize(self, action: ActionRow) -> Path:
         """The action's code as files: code_root/<namespace>/<name>/<version>/. Written to a directory of this
         process's own and renamed into place, so that processes sharing a code root never see half of it."""
         target = Path(self.code_root, str(action["namespace"]), str(action["name"]), str(action["version"]))
@@ -385,7 +385,7 @@ class Runner:
                 self.pools[key] = pool
 
     async def autoscale(
-        self, actions: Mapping[tuple[str, str], dict[str, Any]], queues: Mapping[tuple[str, str], ActionQueue]
+        self, actions: Mapping[tuple[str, str], ActionRow], queues: Mapping[tuple[str, str], ActionQueue]
     ) -> None:
         """Size each action's warm workers: up at once (every activation takes or forks a worker), down to the
         demand after a stable window, to zero after `idleSeconds` without work, never below minScale."""

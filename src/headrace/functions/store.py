@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal, Unpack, overload
 
 from sqlalchemy import Table, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -18,8 +19,20 @@ from sqlalchemy.exc import IntegrityError
 
 from headrace.db.engine import Database
 from headrace.db.schema import fn_actions, fn_activations, fn_rules, fn_triggers
+from headrace.functions.entities import (
+    ActionFields,
+    ActionRow,
+    ActivationFields,
+    ActivationRow,
+    EntityRow,
+    RuleFields,
+    RuleRow,
+    TriggerFields,
+    TriggerRow,
+)
 
 TABLES: dict[str, Table] = {"actions": fn_actions, "triggers": fn_triggers, "rules": fn_rules}
+Kind = Literal["actions", "triggers", "rules"]
 JSON_COLUMNS = {
     "exec", "parameters", "annotations", "limits", "scaling", "feed_params", "result", "logs", "args",
 }  # fmt: skip
@@ -33,7 +46,9 @@ def new_activation_id() -> str:
     return uuid.uuid4().hex
 
 
-def _row(row: Any) -> dict[str, Any]:
+def _row(row: Any) -> Any:
+    """A row's columns, its JSON columns decoded: the table's TypedDict (functions/entities.py), which the
+    caller's annotation names."""
     out = dict(row._mapping)
     for k in JSON_COLUMNS & out.keys():
         if out[k] is not None:
@@ -41,7 +56,7 @@ def _row(row: Any) -> dict[str, Any]:
     return out
 
 
-def _dump(values: dict[str, Any]) -> dict[str, Any]:
+def _dump(values: Mapping[str, Any]) -> dict[str, Any]:
     return {
         k: (json.dumps(v, separators=(",", ":")) if k in JSON_COLUMNS and v is not None else v)
         for k, v in values.items()
@@ -61,13 +76,33 @@ class FunctionStore:
 
     # -- entities ---------------------------------------------------------------------------------------
 
-    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    # Each takes the table's name and answers its rows (the overloads name their TypedDicts). Called through
+    # db.read(store.get, kind, ...) mypy takes the first overload: the API calls them in a lambda instead.
+
+    @overload
+    def get(self, kind: Literal["actions"], namespace: str, name: str) -> ActionRow | None: ...
+    @overload
+    def get(self, kind: Literal["triggers"], namespace: str, name: str) -> TriggerRow | None: ...
+    @overload
+    def get(self, kind: Literal["rules"], namespace: str, name: str) -> RuleRow | None: ...
+    @overload
+    def get(self, kind: Kind, namespace: str, name: str) -> EntityRow | None: ...
+    def get(self, kind: Kind, namespace: str, name: str) -> EntityRow | None:
         t = TABLES[kind]
         with self.db.reader.connect() as conn:
             row = conn.execute(select(t).where(t.c.namespace == namespace, t.c.name == name)).first()
-        return _row(row) if row else None
+        out: EntityRow | None = _row(row) if row else None
+        return out
 
-    def entities(self, kind: str, namespace: str, limit: int = 30, skip: int = 0) -> list[dict[str, Any]]:
+    @overload
+    def entities(self, kind: Literal["actions"], namespace: str, limit: int = 30, skip: int = 0) -> list[ActionRow]: ...
+    @overload
+    def entities(
+        self, kind: Literal["triggers"], namespace: str, limit: int = 30, skip: int = 0
+    ) -> list[TriggerRow]: ...
+    @overload
+    def entities(self, kind: Literal["rules"], namespace: str, limit: int = 30, skip: int = 0) -> list[RuleRow]: ...
+    def entities(self, kind: Kind, namespace: str, limit: int = 30, skip: int = 0) -> list[Any]:
         t = TABLES[kind]
         q = select(t).where(t.c.namespace == namespace).order_by(t.c.updated.desc(), t.c.name)
         if limit:
@@ -75,11 +110,29 @@ class FunctionStore:
         with self.db.reader.connect() as conn:
             return [_row(r) for r in conn.execute(q.offset(skip))]
 
-    def all(self, kind: str) -> list[dict[str, Any]]:
+    @overload
+    def all(self, kind: Literal["actions"]) -> list[ActionRow]: ...
+    @overload
+    def all(self, kind: Literal["triggers"]) -> list[TriggerRow]: ...
+    @overload
+    def all(self, kind: Literal["rules"]) -> list[RuleRow]: ...
+    def all(self, kind: Kind) -> list[Any]:
         with self.db.reader.connect() as conn:
             return [_row(r) for r in conn.execute(select(TABLES[kind]))]
 
-    def put(self, kind: str, namespace: str, name: str, values: dict[str, Any], *, overwrite: bool) -> dict[str, Any]:
+    @overload
+    def put(
+        self, kind: Literal["actions"], namespace: str, name: str, values: ActionFields, *, overwrite: bool
+    ) -> ActionRow: ...
+    @overload
+    def put(
+        self, kind: Literal["triggers"], namespace: str, name: str, values: TriggerFields, *, overwrite: bool
+    ) -> TriggerRow: ...
+    @overload
+    def put(
+        self, kind: Literal["rules"], namespace: str, name: str, values: RuleFields, *, overwrite: bool
+    ) -> RuleRow: ...
+    def put(self, kind: Kind, namespace: str, name: str, values: Mapping[str, Any], *, overwrite: bool) -> Any:
         """Create, or (with overwrite) replace; the version goes up by one on each replace."""
         t = TABLES[kind]
         with self.db.engine.begin() as conn:
@@ -98,15 +151,24 @@ class FunctionStore:
             row = conn.execute(select(t).where(t.c.namespace == namespace, t.c.name == name)).one()
         return _row(row)
 
-    def remove(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    @overload
+    def remove(self, kind: Literal["actions"], namespace: str, name: str) -> ActionRow | None: ...
+    @overload
+    def remove(self, kind: Literal["triggers"], namespace: str, name: str) -> TriggerRow | None: ...
+    @overload
+    def remove(self, kind: Literal["rules"], namespace: str, name: str) -> RuleRow | None: ...
+    @overload
+    def remove(self, kind: Kind, namespace: str, name: str) -> EntityRow | None: ...
+    def remove(self, kind: Kind, namespace: str, name: str) -> EntityRow | None:
         t = TABLES[kind]
         with self.db.engine.begin() as conn:
             row = conn.execute(select(t).where(t.c.namespace == namespace, t.c.name == name)).first()
             if row is not None:
                 conn.execute(delete(t).where(t.c.id == row.id))
-        return _row(row) if row else None
+        out: EntityRow | None = _row(row) if row else None
+        return out
 
-    def set_rule_status(self, namespace: str, name: str, status: str) -> dict[str, Any] | None:
+    def set_rule_status(self, namespace: str, name: str, status: str) -> RuleRow | None:
         with self.db.engine.begin() as conn:
             conn.execute(
                 update(fn_rules)
@@ -116,7 +178,8 @@ class FunctionStore:
             row = conn.execute(
                 select(fn_rules).where(fn_rules.c.namespace == namespace, fn_rules.c.name == name)
             ).first()
-        return _row(row) if row else None
+        out: RuleRow | None = _row(row) if row else None
+        return out
 
     def stamp(self) -> tuple[Any, ...]:
         """Changes to actions, triggers or rules change this (rows and newest update of each table): how a
@@ -127,7 +190,7 @@ class FunctionStore:
                 for t in TABLES.values()
             )
 
-    def active_rules(self, namespace: str, trigger: str) -> list[dict[str, Any]]:
+    def active_rules(self, namespace: str, trigger: str) -> list[RuleRow]:
         q = select(fn_rules).where(
             fn_rules.c.namespace == namespace, fn_rules.c.trigger == trigger, fn_rules.c.status == "active"
         )
@@ -136,10 +199,10 @@ class FunctionStore:
 
     # -- activations ------------------------------------------------------------------------------------
 
-    def enqueue_in(self, conn: Connection, values: dict[str, Any]) -> bool:
+    def enqueue_in(self, conn: Connection, values: ActivationRow) -> bool:
         """Queue one activation in the caller's transaction; False if its dedup key exists already."""
         stamp = now_ms()
-        row = {
+        defaults: ActivationFields = {
             "entity": "action",
             "state": "queued",
             "created": stamp,
@@ -148,9 +211,10 @@ class FunctionStore:
             "attempt": 1,
             "max_attempts": 1,
             "depth": 0,
-            **({"published": False} if self.via_kafka else {}),
-            **values,
         }
+        if self.via_kafka:
+            defaults["published"] = False
+        row: ActivationRow = {**defaults, **values}
         if row.get("dedup"):
             exists = conn.execute(
                 select(fn_activations.c.activation_id).where(fn_activations.c.dedup == row["dedup"])
@@ -164,10 +228,10 @@ class FunctionStore:
             return False
         return True
 
-    def redrive_in(self, conn: Connection, activation_id: str) -> dict[str, Any]:
+    def redrive_in(self, conn: Connection, activation_id: str) -> ActivationFields:
         """A dead letter back to the queue as a fresh first attempt; the values it was given."""
         stamp = now_ms()
-        values: dict[str, Any] = {
+        values: ActivationFields = {
             "state": "queued", "attempt": 1, "not_before": stamp, "created": stamp, "status_code": None
         }  # fmt: skip
         if self.via_kafka:
@@ -185,7 +249,7 @@ class FunctionStore:
                     update(t).where(t.c.activation_id.in_(chunk), t.c.published.is_(False)).values(published=True)
                 )
 
-    def unpublished(self, created_before: int, limit: int = 1000) -> list[dict[str, Any]]:
+    def unpublished(self, created_before: int, limit: int = 1000) -> list[ActivationRow]:
         """Queued activations whose message Kafka never acknowledged, queued before `created_before` (ms):
         their publisher died between its commit and the acknowledgement."""
         t = fn_activations
@@ -198,7 +262,7 @@ class FunctionStore:
         with self.db.reader.connect() as conn:
             return [_row(r) for r in conn.execute(q)]
 
-    def record_in(self, conn: Connection, values: dict[str, Any]) -> None:
+    def record_in(self, conn: Connection, values: ActivationRow) -> None:
         """Write a finished activation (a trigger's, or a blocking invoke's) in one go."""
         conn.execute(
             insert(fn_activations).values(
@@ -209,7 +273,7 @@ class FunctionStore:
             )
         )
 
-    def queued(self, limit: int = 1000, after: tuple[int, str] | None = None) -> list[dict[str, Any]]:
+    def queued(self, limit: int = 1000, after: tuple[int, str] | None = None) -> list[ActivationRow]:
         """Queued activations in queue order (oldest first), for loading the scheduler."""
         q = select(fn_activations).where(fn_activations.c.state == "queued")
         if after is not None:
@@ -251,7 +315,7 @@ class FunctionStore:
     # (state running, attempt, start): if the activation was handed back, or claimed again after the invoker
     # was presumed dead, the late write changes nothing, so exactly one final record is ever written.
 
-    def claim_in(self, conn: Connection, activation_id: str, now: int) -> tuple[str, dict[str, Any] | None]:
+    def claim_in(self, conn: Connection, activation_id: str, now: int) -> tuple[str, ActivationRow | None]:
         """In the caller's transaction: take an activation to run now. Returns (verdict, row):
         "run" (the row, now running with `start` = now: this call's claim), "later" (queued, due at
         row["not_before"]), "final" (done or dead: nothing to do), "missing", or "dead" (it was running
@@ -260,7 +324,7 @@ class FunctionStore:
         found = conn.execute(select(t).where(t.c.activation_id == activation_id)).first()
         if found is None:
             return "missing", None
-        row = _row(found)
+        row: ActivationRow = _row(found)
         if row["state"] in ("done", "dead"):
             return "final", row
         if row["state"] == "queued":
@@ -273,7 +337,7 @@ class FunctionStore:
             ).rowcount
             if not done:
                 return "final", row  # changed under us: whoever changed it runs it
-            row.update(state="running", start=now)
+            row.update({"state": "running", "start": now})
             return "run", row
         # running, and not by the caller: its invoker died or gave it up unfinished (a live invoker holds
         # its activations' offsets, so their messages reach no one else): run it as its next attempt
@@ -284,9 +348,9 @@ class FunctionStore:
             attempt = int(row["attempt"]) + 1
             if not conn.execute(update(t).where(*fence).values(attempt=attempt, start=now)).rowcount:
                 return "final", row
-            row.update(attempt=attempt, start=now)
+            row.update({"attempt": attempt, "start": now})
             return "run", row
-        dead = {
+        dead: ActivationFields = {
             "state": "dead",
             "status_code": 3,
             "end": now,
@@ -294,8 +358,7 @@ class FunctionStore:
         }
         if not conn.execute(update(t).where(*fence).values(**_dump(dead))).rowcount:
             return "final", row
-        row.update(dead)
-        return "dead", row
+        return "dead", {**row, **dead}
 
     def claim_queued_in(self, conn: Connection, activation_id: str, attempt: int, start: int) -> bool:
         """In the caller's transaction: take a queued activation (its attempt `attempt`) to run from `start`;
@@ -308,7 +371,9 @@ class FunctionStore:
         )
         return bool(result.rowcount)
 
-    def update_fenced_in(self, conn: Connection, activation_id: str, fence: tuple[int, int], /, **values: Any) -> bool:
+    def update_fenced_in(
+        self, conn: Connection, activation_id: str, fence: tuple[int, int], /, **values: Unpack[ActivationFields]
+    ) -> bool:
         """Write an attempt's outcome (or hand it back) only if that attempt, `fence` = (attempt, start), is
         still the caller's claim."""
         t = fn_activations
@@ -321,23 +386,24 @@ class FunctionStore:
         )
         return bool(result.rowcount)
 
-    def update(self, activation_id: str, **values: Any) -> None:
+    def update(self, activation_id: str, **values: Unpack[ActivationFields]) -> None:
         with self.db.engine.begin() as conn:
             self.update_in(conn, activation_id, **values)
 
-    def update_in(self, conn: Connection, activation_id: str, **values: Any) -> None:
+    def update_in(self, conn: Connection, activation_id: str, **values: Unpack[ActivationFields]) -> None:
         conn.execute(
             update(fn_activations).where(fn_activations.c.activation_id == activation_id).values(**_dump(values))
         )
 
-    def activation(self, activation_id: str) -> dict[str, Any] | None:
+    def activation(self, activation_id: str) -> ActivationRow | None:
         with self.db.reader.connect() as conn:
             row = conn.execute(select(fn_activations).where(fn_activations.c.activation_id == activation_id)).first()
-        return _row(row) if row else None
+        out: ActivationRow | None = _row(row) if row else None
+        return out
 
-    def activations_by_id(self, ids: list[str]) -> list[dict[str, Any]]:
+    def activations_by_id(self, ids: list[str]) -> list[ActivationRow]:
         t = fn_activations
-        out: list[dict[str, Any]] = []
+        out: list[ActivationRow] = []
         with self.db.reader.connect() as conn:
             for i in range(0, len(ids), 500):
                 out += [_row(r) for r in conn.execute(select(t).where(t.c.activation_id.in_(ids[i : i + 500])))]
@@ -353,7 +419,7 @@ class FunctionStore:
         since: int | None = None,
         upto: int | None = None,
         states: tuple[str, ...] | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[ActivationRow]:
         t = fn_activations
         q = select(t).where(t.c.namespace == namespace)
         if name:
