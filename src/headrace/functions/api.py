@@ -161,7 +161,7 @@ def namespace_of(p: Principal, ns: str) -> str:
     raise WhiskError(403, f"The supplied authentication is not authorized to access '{ns}'.")
 
 
-async def _body(request: Request, *, max_bytes: int | None = None) -> dict[str, Any]:
+async def _body(request: Request, *, max_bytes: int | None = None) -> JSONObject:
     raw = await request.body()
     if max_bytes is not None and len(raw) > max_bytes:
         raise WhiskError(413, f"The request content exceeds the maximum allowed size of {max_bytes} bytes.")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from sqlalchemy.engine import Connection
 
@@ -105,8 +105,19 @@ def fire_plan(
     return record, rows
 
 
+class _RuleLog(TypedDict):
+    """A line of a trigger activation's logs: what one rule did (OpenWhisk's)."""
+
+    statusCode: int
+    success: bool
+    rule: str
+    action: str
+    activationId: NotRequired[str]
+    error: NotRequired[str]
+
+
 def _rule_log(rule: RuleRow, activation_id: str | None, code: int, error: str | None) -> str:
-    entry: dict[str, Any] = {
+    entry: _RuleLog = {
         "statusCode": code,
         "success": code == 0,
         "rule": f"{rule['namespace']}/{rule['name']}",

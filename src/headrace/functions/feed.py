@@ -13,12 +13,11 @@ payload leaves the other place out.
 from __future__ import annotations
 
 import posixpath
-from typing import Any
 
 from headrace.events.access import Directories, Reader, sides, view_seen
 from headrace.events.model import EventKind, StorageEvent
 from headrace.events.render import PLAIN_FLAGS, event_data
-from headrace.functions.model import FeedFilter
+from headrace.functions.model import FeedFilter, JSONObject
 
 # The flag of each kind in the parent directory's view (a rename has two views: see `views`).
 _FLAG = {**PLAIN_FLAGS, EventKind.CREATE: "IN_CREATE", EventKind.DELETE: "IN_DELETE"}
@@ -61,7 +60,7 @@ def deliverable(event: StorageEvent, f: FeedFilter, reader: Reader, dirs: Direct
     return [(flag, old and new) for flag in flags if view_seen(flag, old, new)]
 
 
-def payload(event: StorageEvent, flag: str, *, both_sides: bool = True) -> dict[str, Any]:
+def payload(event: StorageEvent, flag: str, *, both_sides: bool = True) -> JSONObject:
     """The event fields a trigger fires with: the event's data as CloudEvents carry it (path, name, size,
     checksums, offset, time, ...; render.event_data) with the inotify `mask` of this view instead of the kind,
     and for a rename both places (`oldPath`, `newPath`; `path` is the place this view is about), or, without

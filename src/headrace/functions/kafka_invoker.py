@@ -50,13 +50,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from headrace.functions import engine, messages
 from headrace.functions.entities import ActionRow, ActivationFields, ActivationRow
-from headrace.functions.kafka_transport import ActivationPublisher, LibrdkafkaLog
+from headrace.functions.kafka_transport import ActivationPublisher, KafkaConfig, LibrdkafkaLog
 from headrace.functions.records import FINAL_STATES
 from headrace.functions.runner import Host, Runner, capacity
 from headrace.functions.store import FunctionStore, now_ms
@@ -198,7 +198,7 @@ class KafkaInvoker:
 
     # -- life ---------------------------------------------------------------------------------------------
 
-    def consumer_config(self) -> dict[str, Any]:
+    def consumer_config(self) -> KafkaConfig:
         return {
             "bootstrap.servers": self.bootstrap,
             "group.id": self.group,

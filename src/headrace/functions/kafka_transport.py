@@ -58,11 +58,15 @@ class LibrdkafkaLog:
         self.logger.debug(fmt, *args)
 
 
+#: librdkafka's configuration: its property names ("bootstrap.servers", ...) to their values.
+KafkaConfig = dict[str, Any]
+
+
 def ensure_topics(
     bootstrap: str, activation_topic: str, results_topic: str, partitions: int, timeout: float = 30.0
 ) -> int:
     """Create the two topics if missing; the activation topic's partition count (as it is, if it existed)."""
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": LibrdkafkaLog()}
+    config: KafkaConfig = {"bootstrap.servers": bootstrap, "logger": LibrdkafkaLog()}
     admin = AdminClient(config)
     deadline = time.monotonic() + timeout
     wanted = {activation_topic: partitions, results_topic: 1}
@@ -91,7 +95,7 @@ def ensure_topics(
         time.sleep(0.2)
 
 
-def producer_config(bootstrap: str, client_id: str) -> dict[str, Any]:
+def producer_config(bootstrap: str, client_id: str) -> KafkaConfig:
     return {
         "bootstrap.servers": bootstrap,
         "client.id": client_id,

@@ -248,7 +248,7 @@ class FeedFilter:
         return not (self.min_size and (size or 0) < self.min_size)
 
 
-def feed_filter(raw: dict[str, Any]) -> FeedFilter:
+def feed_filter(raw: JSONObject) -> FeedFilter:
     unknown = sorted(
         set(raw) - {"path", "recursive", "flags", "pattern", "min_size", "lifecycleEvent", "triggerName", "authKey"}
     )
