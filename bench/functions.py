@@ -104,6 +104,10 @@ BURST_SLEEP_MS = 20
 METRICS_INTERVAL_S = 0.1
 #: The controller's stored feed position (headrace.functions.controller.POSITION).
 FEED_POSITION = "functions-controller-offset"
+#: --profile: where py-spy's flame graph of each step goes ("{step}" in it is the step's name), or None.
+PROFILE: str | None = None
+#: Whether py-spy samples the server's zygotes and workers too (--profile-scope tree), or the server alone.
+PROFILE_TREE = True
 GOAL_WARM_P50_MS, GOAL_WARM_P99_MS, GOAL_COLD_MS, GOAL_ACTIVATIONS_PER_S, GOAL_FACTOR = 3.0, 20.0, 50.0, 1000.0, 5.0
 
 
@@ -750,7 +754,7 @@ def headrace_backlog(server: FnServer, rec: Recorder, plan: Plan, gen: sb.Genera
 
     server.offline(rewind)
     server.start()
-    with CpuWatch(server.pid) as cpu:
+    with py_spy(server.pid, PROFILE.format(step="noop_backlog") if PROFILE else None), CpuWatch(server.pid) as cpu:
         rec.wait_count("/backlog/", result.ok, 300)
         rows = wait_done(server, "backlog", result.ok, 300)
     out = activation_rates(rows)
@@ -869,8 +873,47 @@ def headrace_burst(server: FnServer, rec: Recorder, plan: Plan, gen: sb.Generato
     }
 
 
+@contextlib.contextmanager
+def py_spy(pid: int, out: str | None) -> Iterator[None]:
+    """With `out`: py-spy records the server `pid` (with PROFILE_TREE its zygotes and workers too) as a
+    flame graph to `out` while the block runs (stopped with SIGINT, on which it writes the graph); with a
+    ".txt" name, in py-spy's raw format (collapsed stacks). A sandboxed process is in a PID namespace of its
+    own, where py-spy cannot tell a thread that waits from one that runs: its waits (recv in a worker,
+    recv_fds and waitpid in a zygote) show as time spent, and sampling every thread of two dozen processes
+    at 100 Hz, py-spy falls behind on two cores and the server's own samples thin out."""
+    if out is None:
+        yield
+        return
+    spy = BENCH_DIR.parent / ".venv" / "bin" / "py-spy"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fmt = "raw" if out.endswith(".txt") else "flamegraph"
+    argv = [
+        str(spy) if spy.exists() else "py-spy",
+        "record",
+        *(["--subprocesses"] if PROFILE_TREE else []),
+        "--format",
+        fmt,
+    ]
+    proc = subprocess.Popen([*argv, "--pid", str(pid), "--output", out], stdout=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches before the load starts
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def bench_headrace(
-    label: str, env: dict[str, str], workdir: Path, plan: Plan, gen: sb.Generator, rec: Recorder
+    label: str,
+    env: dict[str, str],
+    workdir: Path,
+    plan: Plan,
+    gen: sb.Generator,
+    rec: Recorder,
 ) -> dict[str, Any]:
     actions, dirs = headrace_actions(rec.path, plan)
     if env.get("HEADRACE_SANDBOX") != "none":  # the recorder's FIFO, bound into the (admin's) sandboxes
@@ -880,10 +923,13 @@ def bench_headrace(
     print(f"[{label}] starting headrace ({', '.join(f'{k}={v}' for k, v in env.items()) or 'defaults'})", flush=True)
     server.start()
 
-    def step(name: str, run: Callable[[], dict[str, Any]], show: Callable[[dict[str, Any]], str]) -> None:
+    def step(
+        name: str, run: Callable[[], dict[str, Any]], show: Callable[[dict[str, Any]], str], profiled: bool = True
+    ) -> None:
         started = time.monotonic()
         try:
-            result[name] = run()
+            with py_spy(server.pid, PROFILE.format(step=name) if PROFILE and profiled else None):
+                result[name] = run()
         except (sb.BenchError, OSError, http.client.HTTPException, ValueError) as exc:
             result[name] = {"error": f"{type(exc).__name__}: {exc}", "log_tail": sb.tail(server.log_path, 30)}
             print(f"[{label}] {name} FAILED: {exc}", file=sys.stderr, flush=True)
@@ -917,7 +963,8 @@ def bench_headrace(
             lambda r: f"drained in {r['drain_s']} s, up to {r['max_workers']} workers",
         )
         metrics.close()
-        step("noop_backlog", lambda: headrace_backlog(server, rec, plan, gen), rate)
+        # (profiled by the step itself, after it has restarted the server)
+        step("noop_backlog", lambda: headrace_backlog(server, rec, plan, gen), rate, profiled=False)
     finally:
         metrics.close()
         server.stop()
@@ -1457,6 +1504,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-md", action="store_true", help="do not write the markdown section")
     parser.add_argument("--render", type=Path, metavar="JSON", help="only re-render the markdown from an earlier JSON")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server and peer logs)")
+    parser.add_argument(
+        "--profile",
+        metavar="PATTERN",
+        help="record a py-spy flame graph of the server (with its zygotes and workers) during each headrace "
+        "step, to PATTERN with {step} replaced (e.g. bench/results/profiles/functions-{step}-before.svg); "
+        "py-spy's sampling takes CPU of its own: figures of such a run are not the benchmark's",
+    )
+    parser.add_argument(
+        "--profile-scope",
+        choices=("tree", "server"),
+        default="tree",
+        help="tree: the server, its zygotes and workers (py-spy --subprocesses); server: its process alone, "
+        "where py-spy keeps up with every thread",
+    )
     args = parser.parse_args(argv)
     args.config_names = [c.strip() for c in args.configs.split(",") if c.strip() and c.strip() != "none"]
     if set(args.config_names) - set(CONFIGS):
@@ -1466,6 +1527,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    global PROFILE, PROFILE_TREE
+    PROFILE, PROFILE_TREE = args.profile, args.profile_scope == "tree"
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     suffix = "-quick" if plan.quick else ""
     out: Path = args.out or RESULTS_DIR / f"functions{suffix}.json"
