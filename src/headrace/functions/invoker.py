@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from headrace.functions import wire
 from headrace.functions.sandbox import Jail, Sandbox, SandboxUnavailable
@@ -82,44 +82,73 @@ class LogBuffer:
 
 
 class _InFlight:
-    """One activation running in a worker: its log lines, and whether each pipe's sentinel has come."""
+    """One activation running in a worker: its log lines, whether each pipe's sentinel has come, and the
+    worker's answer."""
+
+    __slots__ = ("_all_ended", "answer", "ended", "logs")
 
     def __init__(self, log_limit: int) -> None:
         self.logs = LogBuffer(log_limit)
-        self.ended = {"stdout": asyncio.Event(), "stderr": asyncio.Event()}
+        self.ended: set[str] = set()  # "stdout", "stderr": the pipes whose sentinel has been read
         self.answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._all_ended: asyncio.Future[None] | None = None
+
+    def end(self, stream: str) -> None:
+        self.ended.add(stream)
+        if len(self.ended) == 2 and self._all_ended is not None and not self._all_ended.done():
+            self._all_ended.set_result(None)
+
+    async def all_ended(self) -> None:
+        """Until both pipes' sentinels have been read (at once, as a rule: they are written before the answer)."""
+        if len(self.ended) < 2:
+            self._all_ended = asyncio.get_running_loop().create_future()
+            await self._all_ended
 
 
-class _Stream:
+class _Stream(asyncio.Protocol):
     """Reads one of a worker's output pipes for the worker's whole life, handing each line to the activation
     it belongs to and noting each sentinel (the end of one activation's output). With one activation at a
-    time, lines are plain; a worker running several at once tags each line with its activation's id."""
+    time, lines are plain; a worker running several at once tags each line with its activation's id. Lines
+    are handed on as the loop reads them (a protocol, not a task woken per read): by the time the worker's
+    answer, written after the sentinels, has been read, its logs are complete as a rule."""
 
     def __init__(self, name: str, fd: int, worker: Worker) -> None:
         self.name = name
-        self.fd = fd
         self.worker = worker
         self.held_blank = False
-        self.task = asyncio.create_task(self._read())
+        self.pending = b""
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.task = asyncio.create_task(self._open(fd))
 
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=1 << 20)
-        pipe = os.fdopen(self.fd, "rb", buffering=0)
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-        pending = b""
+    async def _open(self, fd: int) -> None:
+        pipe = os.fdopen(fd, "rb", buffering=0)
         try:
-            while chunk := await reader.read(1 << 16):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    self._line(raw.decode("utf-8", "replace"))
-            if pending:
-                self._line(pending.decode("utf-8", "replace"))
+            transport, _ = await asyncio.get_running_loop().connect_read_pipe(lambda: self, pipe)
+        except BaseException:
+            pipe.close()
+            self._closed()
+            raise
+        try:
+            await asyncio.shield(self.closed)
         finally:
             transport.close()
-            for act in self.worker.inflight.values():
-                act.ended[self.name].set()
+
+    def data_received(self, data: bytes) -> None:
+        *lines, self.pending = (self.pending + data).split(b"\n") if self.pending else data.split(b"\n")
+        for raw in lines:
+            self._line(raw.decode("utf-8", "replace"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.pending:
+            self._line(self.pending.decode("utf-8", "replace"))
+            self.pending = b""
+        self._closed()
+
+    def _closed(self) -> None:
+        for act in self.worker.inflight.values():
+            act.end(self.name)
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def _line(self, text: str) -> None:
         inflight = self.worker.inflight
@@ -128,7 +157,7 @@ class _Stream:
             act = inflight.get(aid)
             if act is not None:
                 if text == wire.SENTINEL:
-                    act.ended[self.name].set()
+                    act.end(self.name)
                 else:
                     act.logs.add(self.name, text)
             return
@@ -136,7 +165,7 @@ class _Stream:
         blank, self.held_blank = self.held_blank, False
         if text == wire.SENTINEL:
             for act in inflight.values():
-                act.ended[self.name].set()
+                act.end(self.name)
             return
         for act in inflight.values():  # one, unless untagged output came from a worker running several
             if blank:
@@ -147,12 +176,67 @@ class _Stream:
                 act.logs.add(self.name, text)
 
 
+class _Answers(asyncio.Protocol):
+    """The worker's end of its control socket: each length-prefixed answer goes to the activation it names
+    as it is read (wire.py's framing)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # (uvloop's is one, without the base class)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        while len(buf) >= wire.HEADER.size:
+            (size,) = wire.HEADER.unpack_from(buf)
+            if size > wire.MAX_MESSAGE:  # not a worker of ours: it is dropped (its activations fail)
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            end = wire.HEADER.size + size
+            if len(buf) < end:
+                return
+            body = bytes(buf[wire.HEADER.size : end])
+            del buf[:end]
+            try:
+                answer = wire.decode(body)
+            except ValueError:
+                answer = None
+            if not isinstance(answer, dict):  # not a worker of ours either
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            answer[SIZE] = size
+            act = self.worker.inflight.get(str(answer.get("id")))
+            if act is not None and not act.answer.done():
+                act.answer.set_result(answer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.dead = True
+        for act in self.worker.inflight.values():
+            if not act.answer.done():
+                act.answer.set_exception(ConnectionError("the worker ended"))
+
+
+#: Where Worker.run's answer notes its length on the wire (the result's size, at most).
+SIZE = "_size"
+
+
+def _expire(answer: asyncio.Future[dict[str, Any]]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
+
+
 class Worker:
     def __init__(self, pid: int, ctl: socket.socket, out_fd: int, err_fd: int, zygote: Zygote) -> None:
         self.pid = pid
         self.zygote = zygote
         self.ctl = ctl
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
         self.inflight: dict[str, _InFlight] = {}
         self.out = _Stream("stdout", out_fd, self)
         self.err = _Stream("stderr", err_fd, self)
@@ -160,42 +244,33 @@ class Worker:
         self.exited = asyncio.Event()
         self.last_used = time.monotonic()
         self.dead = False
-        self._answers: asyncio.Task[None] | None = None
 
     @property
     def load(self) -> int:
         return len(self.inflight)
 
     async def connect(self) -> None:
-        reader, self.writer = await asyncio.open_unix_connection(sock=self.ctl, limit=wire.MAX_MESSAGE)
-        self._answers = asyncio.create_task(self._read_answers(reader))
-
-    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                (size,) = wire.HEADER.unpack(await reader.readexactly(wire.HEADER.size))
-                answer: dict[str, Any] = wire.decode(await reader.readexactly(size))
-                act = self.inflight.get(str(answer.get("id")))
-                if act is not None and not act.answer.done():
-                    act.answer.set_result(answer)
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            self.dead = True
-            for act in self.inflight.values():
-                if not act.answer.done():
-                    act.answer.set_exception(ConnectionError("the worker ended"))
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_unix_connection(lambda: _Answers(self), sock=self.ctl)
+        self.transport = transport
 
     async def run(self, request: dict[str, Any], timeout: float, log_limit: int) -> tuple[dict[str, Any], list[str]]:
-        """Run one activation; the worker's answer ({"status", "result"}) and its log lines."""
-        assert self.writer is not None
+        """Run one activation; the worker's answer ({"status", "result"}, and under SIZE its length on the
+        wire) and its log lines."""
+        assert self.transport is not None
         aid = str(request["id"])
         act = self.inflight[aid] = _InFlight(log_limit)
+        timer = asyncio.get_running_loop().call_later(timeout, _expire, act.answer)
         try:
-            self.writer.write(wire.encode(request))
-            await self.writer.drain()
-            answer = await asyncio.wait_for(asyncio.shield(act.answer), timeout)
-            # the answer follows the sentinels on the pipes; wait a moment for the last lines to be read
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(act.ended["stdout"].wait(), act.ended["stderr"].wait()), 2.0)
+            if self.transport.is_closing():
+                raise ConnectionError("the worker ended")
+            self.transport.write(wire.encode(request))
+            answer = await act.answer
+            timer.cancel()
+            if len(act.ended) < 2:
+                # the answer follows the sentinels on the pipes; wait a moment for the last lines to be read
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(act.all_ended(), 2.0)
         except TimeoutError:
             self.kill()
             answer = {
@@ -208,6 +283,7 @@ class Worker:
             await self._drain_after_death()
             answer = {"status": DEVELOPER_ERROR, "result": {"error": self._death()}}
         finally:
+            timer.cancel()
             self.inflight.pop(aid, None)
             self.last_used = time.monotonic()
         act.answer.cancel()
@@ -217,7 +293,7 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.exited.wait(), 2.0)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(self.out.task, self.err.task, return_exceptions=True), 2.0)
+            await asyncio.wait_for(asyncio.gather(self.out.closed, self.err.closed, return_exceptions=True), 2.0)
 
     def _death(self) -> str:
         e = self.exit or {}
@@ -239,8 +315,8 @@ class Worker:
     def close(self) -> None:
         """Let the worker end by itself (it exits when its control socket closes)."""
         self.dead = True
-        if self.writer is not None:
-            self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
         else:
             self.ctl.close()
 
@@ -536,7 +612,11 @@ class ActionPool:
         if not isinstance(result, dict):
             status, result = DEVELOPER_ERROR, {"error": "The action did not return a dictionary."}
         limit = self.spec.result_mb * 1024 * 1024
-        if status != APPLICATION_ERROR and len(json.dumps(result)) > limit:
+        # The result as json.dumps writes it (", " and ": ") is at most twice its compact form, a part of the
+        # answer on the wire: an answer of up to half the limit needs no second encoding to be measured.
+        wire_size = answer.get(SIZE)
+        small = isinstance(wire_size, int) and wire_size <= limit // 2
+        if status != APPLICATION_ERROR and not small and len(json.dumps(result)) > limit:
             status = DEVELOPER_ERROR
             result = {"error": f"The action produced a response that exceeded the allowed length: {limit} bytes."}
         end = int(time.time() * 1000)

@@ -142,11 +142,18 @@ def run_one(fn: Any, arity: int, request: dict[str, Any], memory_mb: int) -> dic
         out = {}
     if not isinstance(out, dict):
         return _result(DEVELOPER_ERROR, {"error": "The action did not return a dictionary."})
+    return _result(SUCCESS, out)  # whether it is JSON: `answer`, which encodes it once
+
+
+def answer(aid: str, result: dict[str, Any]) -> bytes:
+    """The answer to the invoker (wire.py's framing) for activation `aid`, `result` being run_one's: a result
+    that is not JSON (json.dumps refuses it) is a developer error."""
+    result["id"] = aid
     try:
-        json.dumps(out)
+        return wire.encode(result)
     except (TypeError, ValueError) as exc:
-        return _result(DEVELOPER_ERROR, {"error": f"The action returned a result that is not JSON: {exc}"})
-    return _result(SUCCESS, out)
+        error = {"error": f"The action returned a result that is not JSON: {exc}"}
+        return wire.encode({"id": aid, **_result(DEVELOPER_ERROR, error)})
 
 
 def _end_of_logs() -> None:
@@ -207,13 +214,9 @@ def worker(ctl: socket.socket, fn: Any, limits: dict[str, Any]) -> None:
         request = wire.recv(ctl)
         if request is None:
             os._exit(0)
-        answer = run_one(fn, arity, request, memory_mb)
+        result = run_one(fn, arity, request, memory_mb)
         _end_of_logs()
-        answer["id"] = request["id"]
-        try:
-            wire.send(ctl, answer)
-        except (TypeError, ValueError) as exc:
-            wire.send(ctl, {"id": request["id"], **_result(DEVELOPER_ERROR, {"error": str(exc)})})
+        ctl.sendall(answer(request["id"], result))
 
 
 def _concurrent_worker(ctl: socket.socket, fn: Any, arity: int, memory_mb: int, concurrency: int) -> None:
@@ -226,14 +229,14 @@ def _concurrent_worker(ctl: socket.socket, fn: Any, arity: int, memory_mb: int, 
     def one(request: dict[str, Any]) -> None:
         _current.id = request["id"]
         try:
-            answer = run_one(fn, arity, request, memory_mb)
+            result = run_one(fn, arity, request, memory_mb)
         finally:
             out.end()
             err.end()
             _current.id = None
-        answer["id"] = request["id"]
+        message = answer(request["id"], result)
         with send_lock:
-            wire.send(ctl, answer)
+            ctl.sendall(message)
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="activation") as threads:
         while True:
