@@ -35,17 +35,20 @@ failed or a run summary is wrong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import multiprocessing
 import os
 import posixpath
 import shutil
+import signal
+import subprocess
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -83,6 +86,9 @@ RUN_TIMEOUT_S = 600.0
 UPLOAD_ONLY_ROOT = "/upload-only"  # no trigger watches it (they watch /exp)
 FIRST_RUN = 42
 THROUGHPUT_RUN = 100
+#: --profile: where py-spy's flame graph (".txt": collapsed stacks) of the server, its zygotes and workers
+#: during the throughput run with functions goes, or None.
+PROFILE: str | None = None
 MODULES = {"xfel-summary": "summary", "xfel-catalogue": "catalogue", "xfel-azint": "azint", "xfel-cache": "cache"}
 
 
@@ -444,6 +450,30 @@ def by_function(watch: Watch) -> dict[str, Any]:
     return out
 
 
+@contextlib.contextmanager
+def py_spy(pid: int, out: str | None) -> Iterator[None]:
+    """With `out`: py-spy records `pid` and its subprocesses to `out` while the block runs (SIGINT makes it
+    write). Sandboxed workers are in PID namespaces of their own, where py-spy counts their waits as busy."""
+    if out is None:
+        yield
+        return
+    spy = Path(sys.executable).parent / "py-spy"  # the venv's
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fmt = "raw" if out.endswith(".txt") else "flamegraph"
+    argv = [str(spy) if spy.exists() else "py-spy", "record", "--subprocesses", "--format", fmt]
+    proc = subprocess.Popen([*argv, "--pid", str(pid), "--output", out], stdout=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the load starts
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def throughput(
     server: sb.HeadraceServer, client: Client, plan: Plan, files: Sequence[tuple[str, Path]], spec: generate.RunSpec
 ) -> dict[str, Any]:
@@ -469,7 +499,7 @@ def throughput(
     watch = QuietWatch()
     since_ms = int(time.time() * 1000)
     load_before = loadavg()
-    with fb.CpuWatch(server.pid) as cpu:
+    with py_spy(server.pid, PROFILE), fb.CpuWatch(server.pid) as cpu:
         first, last_put = upload_files(client, base, files, watch)
         settle(server.api_port)
     quiet = wait_quiet(fn, since_ms, watch, at_least=3 * len(files), timeout=RUN_TIMEOUT_S)
@@ -896,11 +926,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--render", type=Path, metavar="JSON", help="only re-render the markdown from an earlier JSON")
     parser.add_argument("--note", action="append", default=[], help="a note for the markdown (repeatable)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the workspace (server log, data, peer files)")
+    parser.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="py-spy's flame graph of the server, its zygotes and workers during the throughput run with functions "
+        "(a .txt PATH: collapsed stacks); py-spy takes CPU of its own, so such a run's figures are not the bench's",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global PROFILE
     args = parse_args(argv)
+    PROFILE = args.profile
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     if args.warm_runs is not None:
         plan = Plan(**{**asdict(plan), "warm_runs": args.warm_runs})

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import h5py
 import pytest
 
 from headrace.functions.storage import StorageConflict
@@ -51,10 +52,12 @@ def test_run_summary_has_the_generated_answers(store: Path, tmp_path: Path, loca
     check_run(json.loads((proc / "run-summary.json").read_text()), len(paths))
     png = (proc / "preview.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
-    for path in paths:  # one file summary each, with that file's train ids
-        name = path.rsplit("/", 1)[1]
-        mine = json.loads((proc / "summary" / (name[:-3] + ".json")).read_text())
-        assert mine["trainIds"] == list(answer.file(name).train_ids)
+    per_file = json.loads((proc / "run-summary.json").read_text())["perFile"]
+    assert sorted(per_file) == sorted(p.rsplit("/", 1)[1] for p in paths)
+    for name, entry in per_file.items():  # each file's part, with that file's train ids
+        trains = [t for first, last in entry["trains"] for t in range(first, last + 1)]
+        assert trains == list(answer.file(name).train_ids)
+    assert not (proc / "summary").exists()  # one object for the run, none per file
 
 
 def check_run(run: dict[str, Any], files: int) -> None:
@@ -133,3 +136,21 @@ def test_concurrent_and_repeated_activations_give_the_whole_run(store: Path, tmp
     again = summary.main({"path": paths[0]}, Ctx(DirStorage(root)))
     assert again["runTrains"] == expected(SPEC).run.trains
     assert (run_file.stat().st_ino, run_file.read_bytes()) == before  # found there already: not rewritten
+
+
+def test_a_run_summary_of_the_first_version_is_taken_over(store: Path, tmp_path: Path) -> None:
+    """A run begun under the function's first version (a summary/<file>.json per file, a run summary without
+    perFile) goes on from those file summaries."""
+    root = tmp_path / "s"
+    shutil.copytree(store, root)
+    paths = raw_paths()
+    proc = root / proposal_dir(SPEC).lstrip("/") / "proc" / f"r{SPEC.run:04d}"
+    (proc / "summary").mkdir(parents=True)
+    for path in paths[:-1]:
+        name = path.rsplit("/", 1)[1]
+        with h5py.File(root / path.lstrip("/"), "r") as f:
+            old = summary.summarise_file(f, name)
+        (proc / "summary" / (name[:-3] + ".json")).write_text(json.dumps(old))
+    (proc / "run-summary.json").write_text(json.dumps({"files": [], "trains": 0}))
+    summary.main({"path": paths[-1]}, Ctx(DirStorage(root)))
+    check_run(json.loads((proc / "run-summary.json").read_text()), len(paths))

@@ -2,7 +2,6 @@
 
 For `/exp/<INSTR>/<cycle>/p<proposal>/raw/r0042/RAW-R0042-DA01-S00000.h5` it writes
 
-- `.../proc/r0042/summary/RAW-R0042-DA01-S00000.json`: this file's trains, sources and pulse energies;
 - `.../proc/r0042/run-summary.json`: the run so far: train count, first and last train id, the trains
   missing between them, each source with its count of entries, the mean XGM pulse energy, the files; and,
   under `perFile`, each file's part of it (its trains as ranges, its sources, its pulse energy per train),
@@ -196,24 +195,29 @@ def preview_png(run: dict[str, Any]) -> bytes:
     return out.getvalue()
 
 
-def _read_run(storage: Any, path: str, summaries: str) -> tuple[dict[str, dict[str, Any]], str | None]:
+def _read_run(storage: Any, path: str) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The run summary's file entries and its ETag (None: no run summary yet)."""
     found = storage.read_tagged(path)
     if found is None:
         return {}, None
     body, etag = found
     doc = json.loads(body)
-    if "perFile" not in doc:  # written before run summaries kept their files' entries: rebuild once
-        names = [n for n in storage.list(summaries) if n.endswith(".json")]
-        return {n[:-5] + ".h5": file_entry(json.loads(storage.read(posixpath.join(summaries, n)))) for n in names}, etag
+    if "perFile" not in doc:  # made by this function's first version, from one summary/<file>.json per file
+        summaries = posixpath.join(posixpath.dirname(path), "summary")
+        try:
+            names = [n for n in storage.list(summaries) if n.endswith(".json")]
+        except StorageError:
+            names = []
+        read = [json.loads(storage.read(posixpath.join(summaries, n))) for n in names]
+        return {s["file"]: file_entry(s) for s in read}, etag
     return dict(doc["perFile"]), etag
 
 
-def add_file(storage: Any, path: str, summaries: str, name: str, entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
+def add_file(storage: Any, path: str, name: str, entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """Put `name`'s entry into the run summary at `path`: the run summary as written (or as found, if it had
     this entry already) and its ETag."""
     for _ in range(ROUNDS):
-        per_file, etag = _read_run(storage, path, summaries)
+        per_file, etag = _read_run(storage, path)
         if per_file.get(name) == entry and etag is not None:  # done before (a repeated activation)
             return combine(per_file), etag
         per_file[name] = entry
@@ -221,6 +225,11 @@ def add_file(storage: Any, path: str, summaries: str, name: str, entry: dict[str
         try:
             new = storage.write(path, json.dumps(run, indent=1), if_match=etag, if_absent=etag is None)
         except StorageConflict:  # another file of the run was added meanwhile
+            continue
+        except StorageError:
+            if etag is not None:
+                raise
+            storage.mkdir(posixpath.dirname(path))  # the run's first file, and no proc/rNNNN yet: again
             continue
         if new is None:  # no ETag in the answer: take the version there is now, with its content
             found = storage.read_tagged(path)
@@ -264,17 +273,10 @@ def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
     if not RAW_NAME.match(name):
         return {"skipped": f"{name} is not a RAW sequence file"}
     proc = proc_dir(path)
-    summaries = posixpath.join(proc, "summary")
     with h5py.File(ctx.storage.local_path(path) or io.BytesIO(ctx.storage.read(path)), "r") as f:
         mine = summarise_file(f, name, event.get("xgm_source"))
-    file_summary = posixpath.join(summaries, name[:-3] + ".json")
-    try:
-        ctx.storage.write(file_summary, json.dumps(mine))
-    except StorageError:  # the run's first file: no summary/ directory yet
-        ctx.storage.mkdir(summaries)
-        ctx.storage.write(file_summary, json.dumps(mine))
     run_path = posixpath.join(proc, RUN_SUMMARY)
-    run, etag = add_file(ctx.storage, run_path, summaries, name, file_entry(mine))
+    run, etag = add_file(ctx.storage, run_path, name, file_entry(mine))
     run, previews = refresh_preview(ctx.storage, run_path, proc, run, etag)
     ctx.logger.info("%s: %d trains in this file; run has %d trains", name, len(mine["trainIds"]), run["trains"])
     return {

@@ -361,8 +361,7 @@ def report(
         outputs = [e.path for e in client.tree(proc_dir, checksum=False) if not e.is_dir and e.path not in uploaded]
     azint = [p for p in outputs if posixpath.basename(p).startswith("AZINT-")]
     corr = [p for p in uploaded if posixpath.basename(p).startswith("CORR-")]
-    print(f"outputs:       {len(outputs)} files in {proc_dir} ({len(azint)} AZINT-*.h5, run-summary.json, preview.png,"
-          f" {len(outputs) - len(azint) - 2} file summaries)")  # fmt: skip
+    print(f"outputs:       {len(outputs)} files in {proc_dir} ({len(azint)} AZINT-*.h5, run-summary.json, preview.png)")
     if len(azint) != len(corr):
         problems.append(f"{len(azint)} AZINT files for {len(corr)} CORR files")
     summary = _json(client, f"{proc_dir}/run-summary.json")
