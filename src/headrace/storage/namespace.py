@@ -16,11 +16,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, delete, func, insert, literal_column, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from headrace.auth.subject import ROOT, R, Subject, W, X
+from headrace.db import driver
 from headrace.db.engine import Database
 from headrace.db.schema import checksums, events, inodes, labels, xattrs
 from headrace.errors import Conflict, Exists, Forbidden, NotEmpty, NotFound, PreconditionFailed
@@ -126,11 +127,30 @@ class CopyItem:
 _ROOT = select(inodes).where(inodes.c.parent_id.is_(None))
 _CHILD = select(inodes).where(and_(inodes.c.parent_id == bindparam("parent"), inodes.c.name == bindparam("name")))
 _COLUMNS = [c.name for c in inodes.columns]
-# Hot-path statements, built once: constructing them per call costs more than SQLite takes to run them.
-_INSERT_EVENT = insert(events)
-_INSERT_INODE = insert(inodes)
-_INSERT_CHECKSUM = insert(checksums)
+# Hot-path statements, built once: constructing them per call costs more than SQLite takes to run them. They
+# run on the driver (`headrace.db.driver`): SQLAlchemy's execution of even a cached statement cost more CPU
+# than the statement itself.
+_EVENT_COLUMNS = [c.name for c in events.columns if c.name != "offset"]
+_INODE_VALUES = [c.name for c in inodes.columns if c.name != "id"]
+_INSERT_EVENT = insert(events).values({c: bindparam(c) for c in _EVENT_COLUMNS})
+_INSERT_INODE = insert(inodes).values({c: bindparam(c) for c in _INODE_VALUES}).returning(inodes.c.id)
+_INSERT_CHECKSUM = insert(checksums).values(
+    inode_id=bindparam("inode_id"), type=bindparam("type"), value=bindparam("value")
+)
 _TOUCH = update(inodes).where(inodes.c.id == bindparam("id_")).values(mtime=bindparam("mtime"))
+_NEW_VERSION = (
+    update(inodes)
+    .where(inodes.c.id == bindparam("id_"))
+    .values(
+        size=bindparam("size"),
+        pool=bindparam("pool"),
+        blob=bindparam("blob"),
+        mtime=bindparam("mtime"),
+        generation=inodes.c.generation + literal_column("1"),  # no bind parameter of its own
+    )
+)
+_DROP_CHECKSUMS = delete(checksums).where(checksums.c.inode_id == bindparam("id_"))
+_CHECKSUMS_OF = select(checksums.c.type, checksums.c.value).where(checksums.c.inode_id == bindparam("id_"))
 
 
 #: Names one chain query looks up: a deeper path takes one query per this many names. It bounds the statements
@@ -158,25 +178,22 @@ def _chain(depth: int, rooted: bool) -> Select[Any]:
     return select(*cols).select_from(joined).where(start)
 
 
-_CHAIN_SQL: dict[tuple[str, int, bool], tuple[str, tuple[str, ...] | None]] = {}
-
-
 def _run_chain(conn: Connection, names: list[str], start: int | None) -> tuple[Any, ...]:
     """Execute `_chain(len(names), start is None)` from the root or the directory with id `start`, as SQL
     compiled once per dialect and depth. SQLAlchemy would otherwise rebuild the cache key and result metadata
     of this wide statement on every call (measured: most of a lookup's CPU). The string and its parameter
     order come from the dialect, so this stays portable."""
-    key = (conn.dialect.name, len(names), start is None)
-    compiled = _CHAIN_SQL.get(key)
-    if compiled is None:
-        c = _chain(len(names), start is None).compile(dialect=conn.dialect)
-        compiled = _CHAIN_SQL[key] = (c.string, tuple(c.positiontup) if c.positiontup else None)
-    sql, order = compiled
+    depth, rooted = len(names), start is None
     params: dict[str, Any] = {f"n{i}": name for i, name in enumerate(names)}
     if start is not None:
         params["start"] = start
-    args: Any = tuple(params[k] for k in order) if order is not None else params
-    return tuple(conn.exec_driver_sql(sql, args).one())
+    cur = driver.execute(conn, f"chain-{depth}-{rooted}", lambda: _chain(depth, rooted), params)
+    try:
+        row = cur.fetchone()
+    finally:
+        cur.close()
+    assert row is not None, "the chain query starts at an existing directory"
+    return tuple(row)
 
 
 def _level(row: tuple[Any, ...], index: int, path: str) -> Inode | None:
@@ -289,9 +306,11 @@ class Namespace:
 
     def _extras(self, conn: Connection, node: Inode, *, xattr: bool, label: bool, sums: bool = True) -> Inode:
         if sums and not node.is_dir:
-            node.checksums = {
-                r.type: r.value for r in conn.execute(select(checksums).where(checksums.c.inode_id == node.id))
-            }
+            cur = driver.execute(conn, "checksums-of", lambda: _CHECKSUMS_OF, {"id_": node.id})
+            try:
+                node.checksums = dict(cur.fetchall())
+            finally:
+                cur.close()
         if xattr:
             node.xattrs = {r.name: r.value for r in conn.execute(select(xattrs).where(xattrs.c.inode_id == node.id))}
         if label:
@@ -376,9 +395,15 @@ class Namespace:
         cause: str | None = None,
         **extra: Any,
     ) -> None:
-        t = now_us()
-        base = {
-            "time": t,
+        base = self._event_base(node, subject, detail, cause)
+        base.update(extra)
+        driver.execute_many(conn, "insert-event", lambda: _INSERT_EVENT, [{**base, "kind": k.value} for k in kinds])
+        self.db.event_writes += 1  # before the commit: a follower that sees it unchanged may skip a read
+
+    @staticmethod
+    def _event_base(node: Inode, subject: Subject, detail: dict[str, Any] | None, cause: str | None) -> dict[str, Any]:
+        return {
+            "time": now_us(),
             "is_dir": node.is_dir,
             "inode_id": node.id,
             "pnfsid": node.pnfsid,
@@ -394,14 +419,30 @@ class Namespace:
             "cause": cause,
             "username": subject.username,
         }
-        base.update(extra)
-        conn.execute(_INSERT_EVENT, [{**base, "kind": k.value} for k in kinds])
-        self.db.event_writes += 1  # before the commit: a follower that sees it unchanged may skip a read
 
     def record_read_in(self, conn: Connection, node: Inode, subject: Subject, cause: str | None = None) -> None:
         """The events of a completed read or listing, in the caller's transaction."""
         if self.read_events:
             self._emit(conn, LIST_KINDS if node.is_dir else READ_KINDS, node, subject, cause=cause)
+
+    def record_reads_in(self, conn: Connection, reads: list[tuple[Inode, Subject, str | None]]) -> None:
+        """The events of many completed reads, in order, in the caller's transaction (one multi-row insert)."""
+        if not self.read_events or not reads:
+            return
+        rows: list[dict[str, Any]] = []
+        for node, subject, cause in reads:
+            base = self._event_base(node, subject, None, cause)
+            rows += [{**base, "kind": k.value} for k in (LIST_KINDS if node.is_dir else READ_KINDS)]
+        driver.execute_many(conn, "insert-event", lambda: _INSERT_EVENT, rows)
+        self.db.event_writes += 1
+
+    def post_read(self, node: Inode, subject: Subject, cause: str | None = None) -> None:
+        """Record a completed read or listing without waiting for it: its events are written in the next group
+        transaction, in order with this process's other writes (`GroupCommit.post`). A response need not
+        wait for the commit of a read's events; a crash right after the read can lose them (never a
+        change's events, which commit before the change is answered)."""
+        if self.read_events:
+            self.db.group.post(self.record_reads_in, (node, subject, cause))
 
     def check_readable(self, node: Inode, subject: Subject) -> None:
         self._need(subject, R, node)
@@ -478,16 +519,19 @@ class Namespace:
             "qos": "disk",
         }
         try:
-            result = conn.execute(_INSERT_INODE, values)
+            cur = driver.execute(conn, "insert-inode", lambda: _INSERT_INODE, values)
         except IntegrityError as exc:
             raise Exists(f"File exists: {join(parent.path, name)}") from exc
-        pk = result.inserted_primary_key
+        try:
+            pk = cur.fetchone()
+        finally:
+            cur.close()
         assert pk is not None
         return Inode(id=int(pk[0]), path=join(parent.path, name), **values)  # type: ignore[arg-type]
 
     @staticmethod
     def _touch(conn: Connection, directory: Inode) -> None:
-        conn.execute(_TOUCH, {"id_": directory.id, "mtime": now_ms()})
+        driver.execute(conn, "touch", lambda: _TOUCH, {"id_": directory.id, "mtime": now_ms()}).close()
 
     def commit_upload_in(
         self,
@@ -528,17 +572,15 @@ class Namespace:
             self._need(subject, W, node)
             old = Blob(node.pool, node.blob, node.size) if node.pool and node.blob else None
             t = now_ms()
-            conn.execute(
-                update(inodes)
-                .where(inodes.c.id == node.id)
-                .values(size=size, pool=pool, blob=blob, mtime=t, generation=inodes.c.generation + 1)
-            )
-            conn.execute(delete(checksums).where(checksums.c.inode_id == node.id))
+            new_version = {"id_": node.id, "size": size, "pool": pool, "blob": blob, "mtime": t}
+            driver.execute(conn, "new-version", lambda: _NEW_VERSION, new_version).close()
+            driver.execute(conn, "drop-checksums", lambda: _DROP_CHECKSUMS, {"id_": node.id}).close()
             node.size, node.pool, node.blob, node.mtime = size, pool, blob, t
             node.generation += 1
             kinds = OVERWRITE_KINDS
         if sums:
-            conn.execute(_INSERT_CHECKSUM, [{"inode_id": node.id, "type": k, "value": v} for k, v in sums.items()])
+            rows = [{"inode_id": node.id, "type": k, "value": v} for k, v in sums.items()]
+            driver.execute_many(conn, "insert-checksum", lambda: _INSERT_CHECKSUM, rows)
         node.checksums = dict(sums)
         self._emit(conn, kinds, node, subject, detail={"checksums": sums}, cause=cause)
         return node, old, old is None

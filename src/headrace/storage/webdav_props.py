@@ -65,7 +65,7 @@ class Properties(DoorBase):
             )
             await call.send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
         await call.send({"type": "http.response.body", "body": dav.MULTISTATUS_CLOSE.encode(), "more_body": False})
-        await self.db.group.run(self.ns.record_read_in, node, call.subject, call.cause)
+        self.ns.post_read(node, call.subject, call.cause)
         return None
 
     async def proppatch(self, call: Call) -> Response | None:

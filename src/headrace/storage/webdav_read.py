@@ -72,7 +72,7 @@ class Reading(DoorBase):
             call.scope, call.send, call.receive, node.blob, status, headers, start, length, label=node.path
         )
         DOOR_BYTES.labels("out").inc(sent)
-        await self.db.group.run(self.ns.record_read_in, node, call.subject, call.cause)
+        self.ns.post_read(node, call.subject, call.cause)
         return None
 
     def _preconditions(self, call: Call, node: Inode) -> bool:
@@ -103,7 +103,7 @@ class Reading(DoorBase):
         location = await store.client_url("read", node.blob, path, self.settings.pool_token_seconds, headers=headers)
         if location is None:
             return None
-        await self.db.group.run(self.ns.record_read_in, node, call.subject, call.cause)
+        self.ns.post_read(node, call.subject, call.cause)
         return Response(status_code=302, headers={"Location": location, "Content-Length": "0"})
 
     async def _html_listing(self, call: Call, node: Inode) -> Response | None:
@@ -125,5 +125,5 @@ class Reading(DoorBase):
             )
             await call.send({"type": "http.response.body", "body": items.encode(), "more_body": True})
         await call.send({"type": "http.response.body", "body": b"</ul></body></html>", "more_body": False})
-        await self.db.group.run(self.ns.record_read_in, node, call.subject, call.cause)
+        self.ns.post_read(node, call.subject, call.cause)
         return None
