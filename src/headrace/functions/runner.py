@@ -27,6 +27,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from prometheus_client import Gauge
+
 from headrace.auth.macaroons import MacaroonAuthority
 from headrace.auth.users import Users
 from headrace.db.engine import Database
@@ -170,6 +172,8 @@ class Runner:
         self.pools: dict[str, ActionPool] = {}
         self._owners: dict[str, tuple[float, str, int, tuple[int, ...]]] = {}  # ns -> (at, name, uid, gids)
         self._runs: set[asyncio.Task[None]] = set()
+        self._gauges: dict[tuple[Gauge, str], Any] = {}  # (gauge, action) -> its child
+        self._gauge_values: dict[tuple[Gauge, str], int] = {}  # what each was set to last
         #: The most workers this process runs at once: no pool grows past it, minScale included.
         self.max_workers = max_workers or default_worker_cap()
         if sandbox is None:
@@ -430,8 +434,21 @@ class Runner:
         task.add_done_callback(self._runs.discard)
 
     def publish_metrics(self, queues: Mapping[tuple[str, str], ActionQueue]) -> None:
+        """The gauges of queued and running activations and of warm workers, per action. The scheduler calls
+        this on every pass: each gauge's child is looked up once and set only when its value changed (a
+        labels() call costs more than the rest of a pass)."""
         for (_, name), aq in queues.items():
-            FN_QUEUED.labels(name).set(len(aq.items))
-            FN_RUNNING.labels(name).set(aq.running)
+            self._gauge(FN_QUEUED, name, len(aq.items))
+            self._gauge(FN_RUNNING, name, aq.running)
         for key, pool in self.pools.items():
-            FN_WORKERS.labels(key.rsplit("/", 1)[-1].split("@")[0]).set(pool.size)
+            self._gauge(FN_WORKERS, key.rsplit("/", 1)[-1].split("@")[0], pool.size)
+
+    def _gauge(self, gauge: Gauge, name: str, value: int) -> None:
+        k = (gauge, name)
+        if self._gauge_values.get(k) == value:
+            return
+        child = self._gauges.get(k)
+        if child is None:
+            child = self._gauges[k] = gauge.labels(name)
+        child.set(value)
+        self._gauge_values[k] = value
