@@ -174,3 +174,22 @@ def test_energy_parameter_sets_the_wavelength() -> None:
     geo: dict[str, Any] = azint.geometry({"energy": 9.0})
     assert geo["wavelength"] == pytest.approx(12.398419843320026 / 9.0 * 1e-10)
     assert azint.geometry({"energy": 9.0, "wavelength": 1e-10})["wavelength"] == 1e-10
+
+
+@pytest.mark.parametrize("unit", ["2th_deg", "q_nm^-1"])
+def test_train_profiles_are_pyfai_integrate1d_of_each_train(unit: str) -> None:
+    """The trains' profiles, made as one sparse product, are what integrate1d gives for each train's mean
+    frame, each train with pixels of its own left out."""
+    rng = np.random.default_rng(1)
+    ai = azint.integrator(azint.geometry({}), (256, 256))
+    sums = []
+    for t in range(4):
+        frames = np.full((256, 256), 2)
+        frames[:, 7] = 0
+        frames[rng.integers(0, 256, 30), rng.integers(0, 256, 30)] = 0
+        sums.append((t, rng.poisson(5, (256, 256)).astype(float) * 2, frames))
+    centres = ai.array_from_unit(shape=(256, 256), typ="center", unit=unit, scale=True)
+    radial_range = (float(centres.min()), float(centres.max()))
+    rows = azint._profiles(ai, sums, 700, unit, radial_range, False)
+    each = [azint._integrate(ai, t, n, 700, unit, radial_range, False).intensity for _, t, n in sums]
+    np.testing.assert_allclose(rows, np.array(each), rtol=1e-6, atol=1e-9)
