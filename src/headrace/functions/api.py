@@ -281,21 +281,12 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
     @api.get(PREFIX + "/{ns}/limits", summary="The namespace's limits and the actions' limit ranges")
     async def limits(ns: str, p: Principal = authenticated) -> Response:
         namespace_of(p, ns)
-        out: dict[str, Any] = {
-            "concurrentInvocations": settings.fn_concurrent_invocations,
-            "invocationsPerMinute": settings.fn_invokes_per_minute,
-            "firesPerMinute": settings.fn_fires_per_minute,
-        }
-        for key, (lo, hi, _) in model.LIMITS.items():
-            word = key.capitalize()
-            out[f"minAction{word}"] = lo
-            out[f"maxAction{word}"] = hi
-        out["maxParameterSize"] = MAX_PARAMETERS_BYTES
-        out["maxPayloadSize"] = MAX_PARAMETERS_BYTES
-        out["maxResultSize"] = MAX_PARAMETERS_BYTES
-        out["defaults"] = {k: d for k, (_, _, d) in model.LIMITS.items()}
-        out["scaling"] = {k: {"min": lo, "max": hi, "default": d} for k, (lo, hi, d) in model.SCALING.items()}
-        out["maxWorkers"] = controller.max_workers
+        out = records.namespace_limits(
+            settings.fn_concurrent_invocations,
+            settings.fn_invokes_per_minute,
+            settings.fn_fires_per_minute,
+            controller.max_workers,
+        )
         return JSONResponse(out)
 
     @api.get(PREFIX + "/{ns}/packages", summary="Packages (headrace has none)")

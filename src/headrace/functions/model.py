@@ -234,8 +234,8 @@ class FeedFilter:
     pattern: str | None = None
     min_size: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"path": self.path, "recursive": self.recursive, "flags": sorted(self.flags)}
+    def to_json(self) -> JSONObject:
+        out: JSONObject = {"path": self.path, "recursive": self.recursive, "flags": sorted(self.flags)}
         if self.pattern:
             out["pattern"] = self.pattern
         if self.min_size:

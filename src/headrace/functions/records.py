@@ -12,7 +12,17 @@ from __future__ import annotations
 from typing import Any, NotRequired, TypedDict
 
 from headrace.functions.entities import ActionRow, ActivationRow, EntityRow, RuleRow, TriggerRow
-from headrace.functions.model import STORAGE_FEED, Exec, JSONObject, KeyValue, Limits, ScalingSettings
+from headrace.functions.model import (
+    LIMITS,
+    MAX_PARAMETERS_BYTES,
+    SCALING,
+    STORAGE_FEED,
+    Exec,
+    JSONObject,
+    KeyValue,
+    Limits,
+    ScalingSettings,
+)
 
 STATUS = {0: "success", 1: "application error", 2: "action developer error", 3: "whisk internal error"}
 FINAL_STATES = ("done", "dead")
@@ -117,6 +127,34 @@ class RuleDocument(_Entity):
     action: EntityRef
 
 
+class Range(TypedDict):
+    min: float
+    max: float
+    default: float
+
+
+class NamespaceLimits(TypedDict):
+    """GET .../namespaces/{ns}/limits: OpenWhisk's, plus the defaults, the scaling ranges and the worker cap."""
+
+    concurrentInvocations: int
+    invocationsPerMinute: int
+    firesPerMinute: int
+    minActionTimeout: int
+    maxActionTimeout: int
+    minActionMemory: int
+    maxActionMemory: int
+    minActionLogs: int
+    maxActionLogs: int
+    minActionConcurrency: int
+    maxActionConcurrency: int
+    maxParameterSize: int
+    maxPayloadSize: int
+    maxResultSize: int
+    defaults: Limits
+    scaling: dict[str, Range]
+    maxWorkers: int
+
+
 def status_name(code: int | None) -> str:
     return STATUS.get(code if code is not None else 3, "whisk internal error")
 
@@ -143,6 +181,24 @@ def _times(row: ActivationRow) -> tuple[int, int, int]:
     return start, end, max(0, end - start) if end else 0
 
 
+class _Cause(TypedDict, total=False):
+    cause: str
+
+
+class _EventOffset(TypedDict, total=False):
+    eventOffset: int
+
+
+def _cause(row: ActivationRow) -> _Cause:
+    cause = row.get("cause")
+    return {"cause": cause} if cause else {}
+
+
+def _event_offset(row: ActivationRow) -> _EventOffset:
+    offset = row.get("event_offset")
+    return {"eventOffset": int(offset)} if offset is not None else {}
+
+
 def activation(row: ActivationRow) -> Activation:
     """The full activation record."""
     start, end, duration = _times(row)
@@ -159,14 +215,11 @@ def activation(row: ActivationRow) -> Activation:
         "logs": list(row.get("logs") or []),
         "annotations": list(row.get("annotations") or []),
         "publish": False,
+        **_cause(row),
         "attempt": int(row.get("attempt") or 1),
         "state": str(row.get("state") or "queued"),
+        **_event_offset(row),
     }
-    cause, offset = row.get("cause"), row.get("event_offset")
-    if cause:
-        out["cause"] = cause
-    if offset is not None:
-        out["eventOffset"] = int(offset)
     return out
 
 
@@ -185,14 +238,11 @@ def activation_summary(row: ActivationRow) -> ActivationSummary:
         "statusCode": row.get("status_code"),
         "annotations": list(row.get("annotations") or []),
         "publish": False,
+        **_cause(row),
         "attempt": int(row.get("attempt") or 1),
         "state": str(row.get("state") or "queued"),
+        **_event_offset(row),
     }
-    cause, offset = row.get("cause"), row.get("event_offset")
-    if cause:
-        out["cause"] = cause
-    if offset is not None:
-        out["eventOffset"] = int(offset)
     return out
 
 
@@ -205,6 +255,31 @@ def activation_result(row: ActivationRow) -> ActivationResult:
     """GET .../activations/{id}/result."""
     r = response(row)
     return {"result": r["result"], "status": r["status"], "success": r["success"]}
+
+
+def namespace_limits(concurrent: int, invokes_per_minute: int, fires_per_minute: int, workers: int) -> NamespaceLimits:
+    """A namespace's limits (the server's settings) and the ranges of an action's (functions/model.py)."""
+    (t_lo, t_hi, t_d), (m_lo, m_hi, m_d) = LIMITS["timeout"], LIMITS["memory"]
+    (l_lo, l_hi, l_d), (c_lo, c_hi, c_d) = LIMITS["logs"], LIMITS["concurrency"]
+    return {
+        "concurrentInvocations": concurrent,
+        "invocationsPerMinute": invokes_per_minute,
+        "firesPerMinute": fires_per_minute,
+        "minActionTimeout": t_lo,
+        "maxActionTimeout": t_hi,
+        "minActionMemory": m_lo,
+        "maxActionMemory": m_hi,
+        "minActionLogs": l_lo,
+        "maxActionLogs": l_hi,
+        "minActionConcurrency": c_lo,
+        "maxActionConcurrency": c_hi,
+        "maxParameterSize": MAX_PARAMETERS_BYTES,
+        "maxPayloadSize": MAX_PARAMETERS_BYTES,
+        "maxResultSize": MAX_PARAMETERS_BYTES,
+        "defaults": {"timeout": t_d, "memory": m_d, "logs": l_d, "concurrency": c_d},
+        "scaling": {k: {"min": lo, "max": hi, "default": d} for k, (lo, hi, d) in SCALING.items()},
+        "maxWorkers": workers,
+    }
 
 
 # -- entities ---------------------------------------------------------------------------------------------
