@@ -23,24 +23,31 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
-_COMPILED: dict[tuple[str, str], tuple[str, tuple[str, ...] | None]] = {}
+#: (dialect, key) -> (SQL, parameter order or None, values of the statement's own literals)
+_COMPILED: dict[tuple[str, str], tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
 
 
-def compiled(conn: Connection, key: str, build: Callable[[], ClauseElement]) -> tuple[str, tuple[str, ...] | None]:
-    """The SQL string of the statement `build()` for this connection's dialect, and its parameter order (None
-    for a named parameter style), compiled the first time `key` is used."""
+def compiled(
+    conn: Connection, key: str, build: Callable[[], ClauseElement]
+) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+    """The SQL string of the statement `build()` for this connection's dialect, its parameter order (None
+    for a named parameter style) and the values of the literals SQLAlchemy made parameters of (`x + 1`),
+    compiled the first time `key` is used."""
     k = (conn.dialect.name, key)
     got = _COMPILED.get(k)
     if got is None:
         c = build().compile(dialect=conn.dialect)
         order = getattr(c, "positiontup", None)
-        got = _COMPILED[k] = (c.string, tuple(order) if order else None)
+        construct: Any = c.construct_params  # SQLCompiler's takes _check (Compiled's signature does not say)
+        bound: dict[str, Any] = construct(_check=False) or {}
+        literals = {k: v for k, v in bound.items() if v is not None}
+        got = _COMPILED[k] = (c.string, tuple(order) if order else None, literals)
     return got
 
 
-def _args(order: tuple[str, ...] | None, params: dict[str, Any]) -> Any:
-    # Every bind parameter of a statement must be given (a KeyError here is a statement built with a literal
-    # that became a parameter: write it as literal_column).
+def _args(order: tuple[str, ...] | None, literals: dict[str, Any], params: dict[str, Any]) -> Any:
+    if literals:
+        params = {**literals, **params}
     return params if order is None else tuple(params[name] for name in order)
 
 
@@ -51,9 +58,13 @@ def cursor(conn: Connection) -> Any:
 
 def execute(conn: Connection, key: str, build: Callable[[], ClauseElement], params: dict[str, Any]) -> Any:
     """Run the statement once with `params`; the DB-API cursor (fetch from it, or read `rowcount`)."""
-    sql, order = compiled(conn, key, build)
+    sql, order, literals = compiled(conn, key, build)
+    return run(conn, sql, _args(order, literals, params))
+
+
+def run(conn: Connection, sql: str, args: Any) -> Any:
+    """Run SQL compiled by the caller for this connection's dialect, with its arguments; the cursor."""
     cur = cursor(conn)
-    args = _args(order, params)
     try:
         cur.execute(sql, args)
     except conn.dialect.loaded_dbapi.Error as exc:
@@ -67,9 +78,9 @@ def execute_many(
     """Run the statement once per row of `rows` (the driver's executemany)."""
     if not rows:
         return
-    sql, order = compiled(conn, key, build)
+    sql, order, literals = compiled(conn, key, build)
     cur = cursor(conn)
-    args = [_args(order, row) for row in rows]
+    args = [_args(order, literals, row) for row in rows]
     try:
         cur.executemany(sql, args)
     except conn.dialect.loaded_dbapi.Error as exc:

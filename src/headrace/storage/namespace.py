@@ -178,16 +178,25 @@ def _chain(depth: int, rooted: bool) -> Select[Any]:
     return select(*cols).select_from(joined).where(start)
 
 
+_CHAIN_SQL: dict[tuple[str, int, bool], tuple[str, tuple[str, ...] | None]] = {}
+
+
 def _run_chain(conn: Connection, names: list[str], start: int | None) -> tuple[Any, ...]:
     """Execute `_chain(len(names), start is None)` from the root or the directory with id `start`, as SQL
     compiled once per dialect and depth. SQLAlchemy would otherwise rebuild the cache key and result metadata
     of this wide statement on every call (measured: most of a lookup's CPU). The string and its parameter
     order come from the dialect, so this stays portable."""
-    depth, rooted = len(names), start is None
+    key = (conn.dialect.name, len(names), start is None)
+    compiled = _CHAIN_SQL.get(key)
+    if compiled is None:
+        c = _chain(len(names), start is None).compile(dialect=conn.dialect)
+        compiled = _CHAIN_SQL[key] = (c.string, tuple(c.positiontup) if c.positiontup else None)
+    sql, order = compiled
     params: dict[str, Any] = {f"n{i}": name for i, name in enumerate(names)}
     if start is not None:
         params["start"] = start
-    cur = driver.execute(conn, f"chain-{depth}-{rooted}", lambda: _chain(depth, rooted), params)
+    args: Any = tuple(params[k] for k in order) if order is not None else params
+    cur = driver.run(conn, sql, args)
     try:
         row = cur.fetchone()
     finally:
@@ -325,11 +334,21 @@ class Namespace:
             node = self._get(conn, path, subject)
             return self._extras(conn, node, xattr=xattr, label=label, sums=sums)
 
+    def stat_in(self, conn: Connection, path: str, subject: Subject = ROOT, *, sums: bool = True) -> Inode:
+        """`stat` (without xattrs and labels) on the caller's reader connection, for `Database.read_short`:
+        its statements run on the driver and leave no transaction open."""
+        node = self._get(conn, path, subject)
+        return self._extras(conn, node, xattr=False, label=False, sums=sums)
+
     def entry_for_create(self, path: str, subject: Subject = ROOT) -> Inode | None:
         """The entry a new file at `path` would replace (None if there is none), in one query; 409 when a
         directory above it is missing or is a file. For refusing a write before its data arrives."""
         with self.db.reader.connect() as conn:
-            return self._walk_for_create(conn, path, subject)[1]
+            return self.entry_for_create_in(conn, path, subject)
+
+    def entry_for_create_in(self, conn: Connection, path: str, subject: Subject = ROOT) -> Inode | None:
+        """`entry_for_create` on the caller's reader connection (for `Database.read_short`)."""
+        return self._walk_for_create(conn, path, subject)[1]
 
     def try_stat(self, path: str, subject: Subject = ROOT) -> Inode | None:
         with self.db.reader.connect() as conn:
