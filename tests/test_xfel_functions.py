@@ -199,3 +199,47 @@ def test_catalogue_search_cli_reads_what_the_function_wrote(tmp_path: Path) -> N
     assert missing.returncode == 1 and missing.stderr.startswith("headrace: ") and "no catalogue" in missing.stderr
     bad = cli("--db", str(db), "--type", "cooked")
     assert bad.returncode == 2 and "--type is raw or derived" in bad.stderr
+
+
+def test_ctx_storage_reads_ranges_and_writes_conditionally(client: Client, server: Server, tmp_path: Path) -> None:
+    """What the XFEL functions use of ctx.storage, on the real door: open() reads by ranges (seeks, reads
+    across blocks, an empty file) and fails rather than mix two versions of a replaced file; a conditional
+    write succeeds only over the version it names."""
+    from headrace.functions.storage import ActivationStorage, StorageConflict, StorageError
+
+    client.mkdir("/ranges", parents=True)
+    body = os.urandom(700_000)
+    put(client, tmp_path, "/ranges/big.bin", body)
+    put(client, tmp_path, "/ranges/empty.bin", b"")
+    token = client.create_token("/ranges", activities=None)["macaroon"]
+    storage = ActivationStorage(server.door_url, server.api_url, token, None)
+    try:
+        with storage.open("/ranges/big.bin") as f:
+            assert f.read(10) == body[:10]
+            f.seek(300_000)
+            assert f.read(200_000) == body[300_000:500_000]  # across blocks
+            f.seek(-5, os.SEEK_END)
+            assert f.read() == body[-5:]
+            f.seek(0)
+            assert f.read() == body
+        with storage.open("/ranges/empty.bin") as f:
+            assert f.read() == b""
+        with storage.open("/ranges/big.bin") as f:
+            f.read(10)
+            put(client, tmp_path, "/ranges/big.bin", os.urandom(700_000))  # replaced while read
+            f.seek(600_000)
+            with pytest.raises(StorageError, match="412"):
+                f.read(10)
+
+        assert storage.read_tagged("/ranges/none.json") is None
+        first = storage.write("/ranges/state.json", b"1", if_absent=True)
+        with pytest.raises(StorageConflict):
+            storage.write("/ranges/state.json", b"2", if_absent=True)
+        found = storage.read_tagged("/ranges/state.json")
+        assert found is not None and found == (b"1", first)
+        second = storage.write("/ranges/state.json", b"2", if_match=first)
+        with pytest.raises(StorageConflict):
+            storage.write("/ranges/state.json", b"3", if_match=first)  # a version that is gone
+        assert storage.read_tagged("/ranges/state.json") == (b"2", second)
+    finally:
+        storage.close()

@@ -16,7 +16,6 @@ it. Self-contained (h5py, stdlib): deployable as one file.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -112,8 +111,7 @@ def _meta_of(path: str, ctx: Any) -> dict[str, Any]:
     import h5py
 
     try:
-        source = ctx.storage.local_path(path) or io.BytesIO(ctx.storage.read(path))
-        with h5py.File(source, "r") as f:
+        with ctx.storage.open(path) as source, h5py.File(source, "r") as f:  # the blocks h5py asks for
             return metadata(f)
     except Exception as exc:  # not HDF5 after all, or gone since (moved or deleted: a later event says where)
         ctx.logger.warning("no metadata from %s: %s", path, exc)

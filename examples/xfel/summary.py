@@ -273,7 +273,7 @@ def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
     if not RAW_NAME.match(name):
         return {"skipped": f"{name} is not a RAW sequence file"}
     proc = proc_dir(path)
-    with h5py.File(ctx.storage.local_path(path) or io.BytesIO(ctx.storage.read(path)), "r") as f:
+    with ctx.storage.open(path) as source, h5py.File(source, "r") as f:  # reads the blocks h5py asks for
         mine = summarise_file(f, name, event.get("xgm_source"))
     run_path = posixpath.join(proc, RUN_SUMMARY)
     run, etag = add_file(ctx.storage, run_path, name, file_entry(mine))

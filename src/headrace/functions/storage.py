@@ -70,6 +70,98 @@ class _SharedTransport(httpx.BaseTransport):
         """Kept open: the next activation of this process uses it."""
 
 
+class _RangedFile(io.RawIOBase):
+    """A door file read by ranges of whole BLOCKs, the last CACHED of them kept (h5py comes back to its
+    metadata blocks), runs of missing blocks fetched in one GET."""
+
+    BLOCK = 128 * 1024  # a small file in one GET; h5py's metadata of a 2.6 MB EuXFEL file in two
+    CACHED = 32
+
+    def __init__(self, storage: ActivationStorage, path: str) -> None:
+        super().__init__()
+        self._storage, self._path, self._url = storage, path, _url_path(path)
+        self._pos = 0
+        self._blocks: dict[int, bytes] = {}  # index -> data, oldest first
+        self._etag: str | None = None
+        self._size = 0
+        first = self._get(0, self.BLOCK - 1)
+        if first is not None:
+            self._keep(0, first)
+
+    def _get(self, start: int, end: int) -> bytes | None:
+        headers = {"Range": f"bytes={start}-{end}"}
+        if self._etag is not None:
+            headers["If-Match"] = self._etag
+        r = self._storage.door.get(self._url, headers=headers, follow_redirects=True)
+        if r.status_code == 416 and self._etag is None:  # an empty file
+            return None
+        if r.status_code == 412:
+            raise StorageError(f"GET {self._path}: 412 the file was replaced while it was read")
+        self._storage._check(r, 200, 206)
+        if self._etag is None:
+            self._etag = r.headers.get("etag")
+            total = r.headers.get("content-range", "").rpartition("/")[2]
+            self._size = int(total) if r.status_code == 206 and total.isdigit() else len(r.content)
+        if r.status_code == 200:  # the whole file: keep it all
+            for i in range(0, len(r.content), self.BLOCK):
+                self._keep(i // self.BLOCK, r.content[i : i + self.BLOCK])
+            return None
+        return r.content
+
+    def _keep(self, index: int, data: bytes) -> None:
+        self._blocks.pop(index, None)
+        self._blocks[index] = data
+        while len(self._blocks) > self.CACHED:
+            del self._blocks[next(iter(self._blocks))]
+
+    def _block(self, index: int, last: int) -> bytes:
+        if index not in self._blocks:
+            stop = index
+            while stop < last and stop + 1 not in self._blocks:
+                stop += 1  # the run of missing blocks up to what this read needs
+            data = self._get(index * self.BLOCK, min((stop + 1) * self.BLOCK, self._size) - 1)
+            if data is not None:
+                for i in range(index, stop + 1):
+                    self._keep(i, data[(i - index) * self.BLOCK : (i - index + 1) * self.BLOCK])
+        data = self._blocks[index]
+        self._keep(index, data)  # recently used
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        out = memoryview(buffer).cast("B")
+        n = max(0, min(len(out), self._size - self._pos))
+        if n == 0:
+            return 0
+        first, last = self._pos // self.BLOCK, (self._pos + n - 1) // self.BLOCK
+        done = 0
+        for index in range(first, last + 1):
+            data = self._block(index, last)
+            start = self._pos + done - index * self.BLOCK
+            part = data[start : start + n - done]
+            if not part:  # the server sent less than it said the file holds
+                break
+            out[done : done + len(part)] = part
+            done += len(part)
+        self._pos += done
+        return done
+
+
 class ActivationStorage:
     def __init__(
         self, door_url: str, api_url: str, token: str, activation_id: str | None, socket_dir: str | None = None
@@ -142,8 +234,11 @@ class ActivationStorage:
         return name
 
     def open(self, path: str) -> IO[bytes]:
-        """A binary file object with the content of `path`."""
-        return io.BytesIO(self.read(path))
+        """A seekable binary file object with the content of `path`, read by ranges as it is read: h5py opening
+        a file for its metadata reads some blocks of it, not the whole (2.6 MB through the door cost ~20 ms
+        of CPU). Every range names the ETag of the first (If-Match): a file replaced while it is read is a
+        StorageError, never a mix of two versions."""
+        return io.BufferedReader(_RangedFile(self, path))
 
     def read(self, path: str) -> bytes:
         return self._check(self.door.get(_url_path(path), follow_redirects=True), 200).content
