@@ -382,6 +382,10 @@ class Database:
         #: the read; other processes' commits are found by polling. Not used on PostgreSQL (`events.local`).
         self.event_epoch = 0
         self._epoch_writes = 0
+        #: SQLite: each thread's reader connection for `read_short`, and all of them (closed by `close`).
+        self._short = threading.local()
+        self._short_conns: list[Any] = []
+        self._short_lock = threading.Lock()
 
     def migrate(self) -> None:
         migrate(self.engine)
@@ -401,6 +405,31 @@ class Database:
         """Run a blocking call that only reads."""
         return await self._run(self._readers, fn, *args, **kwargs)
 
+    async def read_short(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """`fn(conn, *args, **kwargs)` for a read of a few indexed rows (a path lookup) on a reader connection.
+        On SQLite it runs right here, on the event loop, on a connection this thread keeps: handing it to a
+        reader thread and back, and checking a connection out of the pool and in, cost more CPU than the
+        read (and a WAL reader waits for no writer). On PostgreSQL, a network round trip, on a reader
+        thread. `fn` must leave no transaction open (one is rolled back if it does)."""
+        if not self.is_sqlite:
+            return await self._run(self._readers, self._on_reader, fn, *args, **kwargs)
+        conn = getattr(self._short, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._short.conn = self.reader.connect()
+            with self._short_lock:
+                self._short_conns.append(conn)
+        try:
+            return fn(conn, *args, **kwargs)
+        except (DataError, OverflowError) as exc:
+            raise refused(exc) from exc
+        finally:
+            if conn.in_transaction():
+                conn.rollback()
+
+    def _on_reader(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        with self.reader.connect() as conn:
+            return fn(conn, *args, **kwargs)
+
     @staticmethod
     async def _run(executor: ThreadPoolExecutor, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -415,6 +444,11 @@ class Database:
         self.events.close()
         self._writer.shutdown(wait=True)
         self.group.write_posted()
+        with self._short_lock:
+            for conn in self._short_conns:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._short_conns.clear()
         self._readers.shutdown(wait=True)
         self.engine.dispose()
         self.reader.dispose()

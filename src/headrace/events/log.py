@@ -17,9 +17,12 @@ from typing import Any
 
 from sqlalchemy import delete, func, select
 
+from headrace.db import driver
 from headrace.db.engine import Database
 from headrace.db.schema import events
 from headrace.events.model import EventKind, StorageEvent
+
+_HEAD = select(func.coalesce(func.max(events.c.offset), 0))
 
 
 def _event(row: Any) -> StorageEvent:
@@ -63,7 +66,16 @@ class EventLog:
     def head(self) -> int:
         """The newest offset (0 for an empty log). Blocking."""
         with self.db.reader.connect() as conn:
-            return int(conn.execute(select(func.coalesce(func.max(events.c.offset), 0))).scalar_one())
+            return self.head_in(conn)
+
+    @staticmethod
+    def head_in(conn: Any) -> int:
+        """`head` on the caller's reader connection, on the driver (every follower asks after every commit)."""
+        cur = driver.execute(conn, "log-head", lambda: _HEAD, {})
+        try:
+            return int(cur.fetchone()[0])
+        finally:
+            cur.close()
 
     def tail(self) -> int:
         """The oldest offset still held (head + 1 for an empty log). Blocking."""
@@ -127,7 +139,7 @@ class EventLog:
         cached = self._head_at
         if self.db.events.local and cached is not None and cached[0] == epoch and now - cached[2] < self.poll:
             return cached[1]
-        head = await self.db.read(self.head)
+        head = await self.db.read_short(self.head_in)
         self._head_at = (epoch, head, now)
         return head
 

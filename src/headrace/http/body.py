@@ -79,13 +79,28 @@ class RequestBody:
         if self.length is not None and received != self.length:
             raise IncompleteUpload(f"Body has {received} bytes, Content-Length says {self.length}")
 
-    async def into(self, sink: Sink, executor: Executor | None = None) -> int:
+    async def whole(self) -> bytes:
+        """The whole body in memory, with `into`'s errors: for a small body of a known length (the caller
+        bounds it), so that it can be written with one hand-off to an I/O thread rather than one per step."""
+        parts: list[bytes] = []
+
+        class Gather:
+            def reserve_for(self, n: int) -> None:
+                pass
+
+            def write(self, data: bytes) -> None:
+                parts.append(data)
+
+        await self.into(Gather(), inline=True)
+        return b"".join(parts)
+
+    async def into(self, sink: Sink, executor: Executor | None = None, *, inline: bool = False) -> int:
         """Stream the body into `sink`; the number of bytes.
 
         Double-buffered: while one chunk of up to WRITE_BUFFER bytes is written on an I/O thread (zlib,
         hashlib and os.write release the GIL), the next is received; so at most two chunks are in memory.
         Raises ClientGone when the client hangs up, IncompleteUpload after the idle timeout without data or
-        when the body is not Content-Length bytes long."""
+        when the body is not Content-Length bytes long. `inline`: `sink.write` is cheap, call it on the loop."""
         self.started = True
         loop = asyncio.get_running_loop()
         pieces: list[bytes] = []
@@ -100,7 +115,10 @@ class RequestBody:
             if pending is not None:
                 await pending
             sink.reserve_for(len(data))  # bookkeeping stays on the loop thread
-            pending = loop.run_in_executor(executor, sink.write, data)
+            if inline:
+                sink.write(data)
+            else:
+                pending = loop.run_in_executor(executor, sink.write, data)
 
         try:
             async with asyncio.timeout(None) as idle:

@@ -134,6 +134,8 @@ class Stores:
             return remote
         if exclude:
             return None
+        if len(self.local) == 1:  # nothing to compare: no statvfs per upload
+            return next(iter(self.local.values()))
         return max(self.local.values(), key=lambda s: s.free_bytes())
 
     def quota(self) -> tuple[int, int]:

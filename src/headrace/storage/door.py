@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -49,6 +50,7 @@ class Door(Reading, Writing, Properties, Locking, MacaroonRequests):
             "UNLOCK": self.unlock,
             "POST": self.post,
         }
+        self._counters: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -80,6 +82,11 @@ class Door(Reading, Writing, Properties, Locking, MacaroonRequests):
             return await handler(call)
 
         def count(status: int) -> None:
-            DOOR_REQUESTS.labels(method, str(status)).inc()
+            counter = self._counters.get((method, status))
+            if counter is None:  # prometheus_client's labels() costs more than the request's other counting
+                counter = DOOR_REQUESTS.labels(method, str(status))
+                if len(self._counters) < 256:  # methods come from clients: keep the known few
+                    self._counters[(method, status)] = counter
+            counter.inc()
 
         await answer(scope, receive, send, handle, log=log, allow=ALLOW, on_start=count)

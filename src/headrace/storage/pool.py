@@ -39,6 +39,7 @@ class Pool:
         self.name = name
         self.root = root
         self.data = root / "data"
+        self._data_str = str(self.data)
         self.tmp = root / "tmp"
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -53,6 +54,10 @@ class Pool:
 
     def blob_path(self, blob: str) -> Path:
         return self.data / blob[:2] / blob
+
+    def blob_path_str(self, blob: str) -> str:
+        """`blob_path` as a string, without pathlib's parsing (the GET path asks for it on every request)."""
+        return f"{self._data_str}/{blob[:2]}/{blob}"
 
     # -- writing -----------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ class Reading(DoorBase):
 
     async def get(self, call: Call, head: bool = False) -> Response | None:
         want_header = call.header("want-digest")
-        node = await self.db.read(self.ns.stat, call.path, call.subject, sums=bool(want_header))
+        node = await self.db.read_short(self.ns.stat_in, call.path, call.subject, sums=bool(want_header))
         if node.is_dir:
             call.principal.check("READ_METADATA" if head else "LIST", node.path)
             if head:

@@ -37,7 +37,7 @@ class Writing(DoorBase):
         call.principal.check("UPLOAD", call.path)
         if call.path == "/":
             raise Conflict("Cannot PUT onto the root directory")
-        existing = await self.db.read(self.ns.entry_for_create, call.path, call.subject)
+        existing = await self.db.read_short(self.ns.entry_for_create_in, call.path, call.subject)
         if existing is not None and existing.is_dir:
             raise Conflict(f"Is a directory: {call.principal.external(existing.path)}")
         self.locks.check_write(call.path, call.tokens, call.subject.username, membership=existing is None)

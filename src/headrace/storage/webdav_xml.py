@@ -6,6 +6,7 @@ Pure encode/decode, no I/O. Property names are Clark notation, `{namespace}local
 
 from __future__ import annotations
 
+import functools
 import mimetypes
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
@@ -136,7 +137,12 @@ def href_for(path: str, is_dir: bool) -> str:
 
 
 def http_date(ms: int) -> str:
-    return formatdate(ms / 1000, usegmt=True)
+    return _http_date(ms // 1000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    return formatdate(seconds, usegmt=True)
 
 
 def iso_date(ms: int) -> str:
@@ -144,6 +150,20 @@ def iso_date(ms: int) -> str:
 
 
 def content_type(name: str) -> str:
+    """The media type for a file name, as mimetypes guesses it. It looks at the last suffixes only (an
+    encoding such as .gz, then the type), so the guess is cached by the last two: names are many, suffixes few."""
+    if ":" in name or "." not in name:  # a "data:" name is parsed as a URL by mimetypes; keep its answer
+        return _guess(name)
+    parts = name.rsplit(".", 2)
+    return _content_type("." + ".".join(parts[1:]))
+
+
+@functools.lru_cache(maxsize=1024)
+def _content_type(suffixes: str) -> str:
+    return _guess(f"x{suffixes}")
+
+
+def _guess(name: str) -> str:
     return mimetypes.guess_type(name)[0] or "application/octet-stream"
 
 
