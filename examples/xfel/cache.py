@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import fnmatch
+import io
 import os
 import posixpath
 import shutil
@@ -140,7 +141,7 @@ def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
         return {"skipped": path, "reason": "not a file the cache keeps"}
     if flag == "IN_CLOSE_WRITE" and not is_dir:
         try:
-            source = ctx.storage.open(path)
+            source = io.BytesIO(ctx.storage.read(path))  # the whole file: one GET (open() reads by ranges)
         except Exception as exc:  # gone since it closed: a later event drops or moves it
             if "404" in str(exc):
                 return {"skipped": path, "reason": "no longer exists"}

@@ -12,10 +12,11 @@ Each activation does a fixed amount of work whatever the size of the run: it add
 summary with a conditional write (read it and its ETag, replace this file's entry in `perFile`, recompute,
 PUT with If-Match; on 412, because another file of the run got in first, read again and redo), so concurrent
 activations lose no file, and a file processed twice (at-least-once delivery) replaces its own entry with the
-same one: the result is the same whatever the order and the repeats. The preview is drawn from the version
-the activation wrote, and written only if that is still the newest version once drawn (else its writer draws
-it); once written, if the run summary has changed meanwhile, it is drawn again from the new version, so the
-preview last written is always the newest run summary's.
+same one: the result is the same whatever the order and the repeats. Each write is a `revision` up. The
+preview says which revision it shows (in its PNG text), and is drawn by the newest revision's writer unless
+it shows that one already, and written only over the preview that writer looked at (If-Match): previews
+only move to newer revisions, and the last one is the newest run summary's; an activation draws once unless
+another preview is written while it draws.
 
 Self-contained (numpy, h5py, matplotlib, stdlib; ctx.storage's StorageConflict): deployable as one file
 with `headrace fn deploy`.
@@ -143,8 +144,9 @@ def train_ranges(train_ids: list[int]) -> list[list[int]]:
     return out
 
 
-def combine(per_file: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The run summary from its files' entries (`file_entry`), which it keeps under `perFile`."""
+def combine(per_file: dict[str, dict[str, Any]], revision: int = 1) -> dict[str, Any]:
+    """The run summary from its files' entries (`file_entry`), which it keeps under `perFile`; `revision`
+    counts its writes."""
     spans = sorted((a, b) for e in per_file.values() for a, b in e["trains"])
     merged: list[list[int]] = []
     for a, b in spans:
@@ -172,6 +174,7 @@ def combine(per_file: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "sources": dict(sorted(sources.items())),
         "meanPulseEnergy": float(np.mean(list(energies.values()))) if energies else None,
         "pulseEnergyUnit": "uJ",
+        "revision": revision,
         "perFile": {n: per_file[n] for n in sorted(per_file)},
     }
 
@@ -191,15 +194,15 @@ def preview_png(run: dict[str, Any]) -> bytes:
     ax.set_ylabel("pulse energy / uJ")
     ax.set_title(f"p{run['proposal']} r{run['run']:04d}: {run['trains']} trains" if run["run"] else "run")
     out = io.BytesIO()
-    fig.savefig(out, format="png")
+    fig.savefig(out, format="png", metadata={"Description": f"run-summary revision {run.get('revision', 0)}"})
     return out.getvalue()
 
 
-def _read_run(storage: Any, path: str) -> tuple[dict[str, dict[str, Any]], str | None]:
-    """The run summary's file entries and its ETag (None: no run summary yet)."""
+def _read_run(storage: Any, path: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]], str | None]:
+    """The run summary, its file entries and its ETag (None: no run summary yet)."""
     found = storage.read_tagged(path)
     if found is None:
-        return {}, None
+        return {}, {}, None
     body, etag = found
     doc = json.loads(body)
     if "perFile" not in doc:  # made by this function's first version, from one summary/<file>.json per file
@@ -209,19 +212,19 @@ def _read_run(storage: Any, path: str) -> tuple[dict[str, dict[str, Any]], str |
         except StorageError:
             names = []
         read = [json.loads(storage.read(posixpath.join(summaries, n))) for n in names]
-        return {s["file"]: file_entry(s) for s in read}, etag
-    return dict(doc["perFile"]), etag
+        return doc, {s["file"]: file_entry(s) for s in read}, etag
+    return doc, dict(doc["perFile"]), etag
 
 
 def add_file(storage: Any, path: str, name: str, entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """Put `name`'s entry into the run summary at `path`: the run summary as written (or as found, if it had
-    this entry already) and its ETag."""
+    """Put `name`'s entry into the run summary at `path`, one revision up: the run summary as written (or as
+    found, if it had this entry already) and its ETag."""
     for _ in range(ROUNDS):
-        per_file, etag = _read_run(storage, path)
-        if per_file.get(name) == entry and etag is not None:  # done before (a repeated activation)
-            return combine(per_file), etag
+        doc, per_file, etag = _read_run(storage, path)
+        if per_file.get(name) == entry and etag is not None and "revision" in doc:  # done before (a repeat)
+            return doc, etag
         per_file[name] = entry
-        run = combine(per_file)
+        run = combine(per_file, int(doc.get("revision", 0)) + 1)
         try:
             new = storage.write(path, json.dumps(run, indent=1), if_match=etag, if_absent=etag is None)
         except StorageConflict:  # another file of the run was added meanwhile
@@ -238,33 +241,31 @@ def add_file(storage: Any, path: str, name: str, entry: dict[str, Any]) -> tuple
     raise RuntimeError(f"{path}: changed under this activation {ROUNDS} times in a row")
 
 
-def refresh_preview(storage: Any, path: str, proc: str, run: dict[str, Any], etag: str) -> tuple[dict[str, Any], int]:
-    """Draw the preview of run summary version `etag` and write it unless a newer version has come meanwhile
-    (its writer draws that one); if one comes while it is written, draw again. The run summary last drawn, and
-    how many previews were written."""
-    written = 0
+def shown_revision(png: bytes) -> int:
+    """The run summary revision a preview was drawn from (-1: none said)."""
+    match = re.search(rb"run-summary revision (\d+)", png)
+    return int(match[1]) if match else -1
+
+
+def refresh_preview(storage: Any, path: str, proc: str, run: dict[str, Any], etag: str) -> int:
+    """Draw the preview of run summary `run` (ETag `etag`) unless a newer revision has come (its writer draws
+    that) or the preview shows this revision or a newer one already; write it only over the preview looked
+    at (If-Match), so that previews only ever move to newer revisions. How many previews it wrote."""
+    preview = posixpath.join(proc, "preview.png")
     for _ in range(ROUNDS):
-        if not written and _newer(storage, path, etag):  # superseded: the newer version's writer draws it
-            return run, written
+        now = storage.read_tagged(path)
+        if now is not None and now[1] != etag:
+            return 0
+        found = storage.read_tagged(preview)
+        if found is not None and shown_revision(found[0]) >= run["revision"]:
+            return 0
         png = preview_png(run)
-        found = storage.read_tagged(path)
-        if found is not None and found[1] != etag:
-            if not written:
-                return run, written  # superseded while drawing
-            run, etag = json.loads(found[0]), found[1]  # this write may have covered a newer one: again
+        try:
+            storage.write(preview, png, if_match=found[1] if found else None, if_absent=found is None)
+        except StorageConflict:  # another preview came meanwhile: look again
             continue
-        storage.write(posixpath.join(proc, "preview.png"), png)
-        written += 1
-        found = storage.read_tagged(path)
-        if found is None or found[1] == etag:
-            return run, written
-        run, etag = json.loads(found[0]), found[1]
-    raise RuntimeError(f"{path}: changed under this activation {ROUNDS} times in a row")
-
-
-def _newer(storage: Any, path: str, etag: str) -> bool:
-    found = storage.read_tagged(path)
-    return found is not None and found[1] != etag
+        return 1
+    raise RuntimeError(f"{preview}: changed under this activation {ROUNDS} times in a row")
 
 
 def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
@@ -277,7 +278,7 @@ def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
         mine = summarise_file(f, name, event.get("xgm_source"))
     run_path = posixpath.join(proc, RUN_SUMMARY)
     run, etag = add_file(ctx.storage, run_path, name, file_entry(mine))
-    run, previews = refresh_preview(ctx.storage, run_path, proc, run, etag)
+    previews = refresh_preview(ctx.storage, run_path, proc, run, etag)
     ctx.logger.info("%s: %d trains in this file; run has %d trains", name, len(mine["trainIds"]), run["trains"])
     return {
         "file": name,
