@@ -39,6 +39,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from headrace.config import restrict_mode
 from headrace.db import driver
+from headrace.db.handoff import Handoff
 from headrace.errors import BadRequest
 
 T = TypeVar("T")
@@ -367,7 +368,7 @@ class Database:
         writers, readers = (1, 4) if self.is_sqlite else (4, 8)
         self.engine = make_engine(self.url, durable=durable, pool_size=writers)
         self.reader = make_engine(self.url, durable=durable, writer=False, pool_size=readers)
-        self._writer = ThreadPoolExecutor(writers, thread_name_prefix="db-write")
+        self._writer = Handoff(writers, "db-write")
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="db-read")
         self.group = GroupCommit(self)
         #: Called on the event loop after every write through `write` (and so `group`) has committed.
@@ -393,7 +394,9 @@ class Database:
     async def write(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run a blocking call that writes, on the writer thread(s); then tell the commit listeners."""
         try:
-            return await self._run(self._writer, fn, *args, **kwargs)
+            return await self._writer.run(fn, *args, **kwargs)
+        except (DataError, OverflowError) as exc:
+            raise refused(exc) from exc
         finally:
             if self.event_writes != self._epoch_writes:
                 self._epoch_writes = self.event_writes
@@ -442,7 +445,7 @@ class Database:
 
     def close(self) -> None:
         self.events.close()
-        self._writer.shutdown(wait=True)
+        self._writer.shutdown()
         self.group.write_posted()
         with self._short_lock:
             for conn in self._short_conns:

@@ -81,26 +81,38 @@ class RequestBody:
 
     async def whole(self) -> bytes:
         """The whole body in memory, with `into`'s errors: for a small body of a known length (the caller
-        bounds it), so that it can be written with one hand-off to an I/O thread rather than one per step."""
+        bounds it), so that it can be written with one hand-off to an I/O thread rather than one per step.
+        One timer for the whole read, moved on by every chunk."""
+        self.started = True
+        loop = asyncio.get_running_loop()
         parts: list[bytes] = []
+        total = 0
+        try:
+            async with asyncio.timeout(self.idle_timeout) as idle:
+                while True:
+                    message = await self.receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone()
+                    body = message.get("body", b"")
+                    if body:
+                        parts.append(body)
+                        total += len(body)
+                    if not message.get("more_body", False):
+                        break
+                    idle.reschedule(loop.time() + self.idle_timeout)
+        except TimeoutError as exc:
+            raise IncompleteUpload(f"No data for {self.idle_timeout:g} s; upload abandoned") from exc
+        if self.length is not None and total != self.length:
+            raise IncompleteUpload(f"Body has {total} bytes, Content-Length says {self.length}")
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
-        class Gather:
-            def reserve_for(self, n: int) -> None:
-                pass
-
-            def write(self, data: bytes) -> None:
-                parts.append(data)
-
-        await self.into(Gather(), inline=True)
-        return b"".join(parts)
-
-    async def into(self, sink: Sink, executor: Executor | None = None, *, inline: bool = False) -> int:
+    async def into(self, sink: Sink, executor: Executor | None = None) -> int:
         """Stream the body into `sink`; the number of bytes.
 
         Double-buffered: while one chunk of up to WRITE_BUFFER bytes is written on an I/O thread (zlib,
         hashlib and os.write release the GIL), the next is received; so at most two chunks are in memory.
         Raises ClientGone when the client hangs up, IncompleteUpload after the idle timeout without data or
-        when the body is not Content-Length bytes long. `inline`: `sink.write` is cheap, call it on the loop."""
+        when the body is not Content-Length bytes long."""
         self.started = True
         loop = asyncio.get_running_loop()
         pieces: list[bytes] = []
@@ -115,10 +127,7 @@ class RequestBody:
             if pending is not None:
                 await pending
             sink.reserve_for(len(data))  # bookkeeping stays on the loop thread
-            if inline:
-                sink.write(data)
-            else:
-                pending = loop.run_in_executor(executor, sink.write, data)
+            pending = loop.run_in_executor(executor, sink.write, data)
 
         try:
             async with asyncio.timeout(None) as idle:

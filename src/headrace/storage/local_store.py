@@ -4,12 +4,12 @@ runs on an executor; the door's embedded pools and a pool process (`pool_server`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Mapping
 from concurrent.futures import Executor
 from typing import Any
 
+from headrace.db.handoff import Handoff
 from headrace.errors import BadRequest, NotFound
 from headrace.http.body import RequestBody
 from headrace.http.streaming import can_pathsend, send_fd_range, send_path
@@ -19,6 +19,11 @@ from headrace.storage.pool import Pool, Upload
 
 #: A body of at most this many bytes (with a Content-Length) is read whole, then written in one thread hand-off.
 SMALL_BODY = 64 * 1024
+
+
+#: The threads that write small uploads (each one file, fsync, rename, directory fsync): as many as the I/O
+#: executor has, so that the disk sees as many fsyncs at once.
+_SMALL_WRITES = Handoff(16, "store-small")
 
 
 class HashingSink:
@@ -79,38 +84,36 @@ class LocalStore(BlobStore):
         stored when the digest does not match."""
         length = body.length or 0
         self.pool._reserve(length)  # room for all of it before the first byte is read (507 first), as streamed
-        held = length  # the reservation this call still holds (an upload takes it over)
-
-        def run() -> Stored:
-            nonlocal held
-            hasher = Hasher(types | set(expected))
-            hasher.update(data)
-            sums = hasher.values()
-            for t, v in expected.items():
-                if sums.get(t) != v:
-                    raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")
-            upload = self.pool.start_upload(blob)
-            upload.reserved, held = held, 0
-            try:
-                upload.write_raw(data)
-                upload.finish()
-            except BaseException:
-                upload.abort()
-                raise
-            return Stored(upload.blob, upload.size, sums)
-
-        writing: asyncio.Future[Stored] | None = None
         try:
             data = await body.whole()
-            writing = asyncio.get_running_loop().run_in_executor(self.io, run)
-            return await writing
-        finally:
-            if writing is not None and not writing.done():
-                # Cancelled mid-write: let the write end (it aborts or finishes its upload) before settling up.
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(writing)
-            if held:
-                self.pool.reserved_bytes -= held
+        except BaseException:
+            self.pool.reserved_bytes -= length
+            raise
+
+        def run() -> Stored:
+            # Runs once queued, even if the request is cancelled meanwhile: it settles the reservation itself.
+            held = length
+            try:
+                hasher = Hasher(types | set(expected))
+                hasher.update(data)
+                sums = hasher.values()
+                for t, v in expected.items():
+                    if sums.get(t) != v:
+                        raise BadRequest(f"Digest mismatch: {t} sent {v}, computed {sums.get(t)}")
+                upload = self.pool.start_upload(blob)
+                upload.reserved, held = held, 0  # the upload releases it when it finishes or aborts
+                try:
+                    upload.write_raw(data)
+                    upload.finish()
+                except BaseException:
+                    upload.abort()
+                    raise
+                return Stored(upload.blob, upload.size, sums)
+            finally:
+                if held:
+                    self.pool.reserved_bytes -= held
+
+        return await _SMALL_WRITES.run(run)
 
     async def write(self, data: bytes) -> Stored:
         def run() -> Stored:
