@@ -15,7 +15,7 @@ import contextlib
 import json
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 
 from headrace.db import driver
 from headrace.db.engine import Database
@@ -23,6 +23,13 @@ from headrace.db.schema import events
 from headrace.events.model import EventKind, StorageEvent
 
 _HEAD = select(func.coalesce(func.max(events.c.offset), 0))
+
+
+# Built once: every follower reads after every commit, and a statement built per read cost 0.2 ms of CPU
+# more than this one (SQLAlchemy caches a statement object's SQL), a third of reading one event.
+_READ_FROM = (
+    select(events).where(events.c.offset >= bindparam("offset")).order_by(events.c.offset).limit(bindparam("limit"))
+)
 
 
 def _event(row: Any) -> StorageEvent:
@@ -59,9 +66,8 @@ class EventLog:
 
     def read_from(self, offset: int, limit: int = 1000) -> list[StorageEvent]:
         """Up to `limit` events with offset >= `offset`, in order. Blocking."""
-        q = select(events).where(events.c.offset >= offset).order_by(events.c.offset).limit(limit)
         with self.db.reader.connect() as conn:
-            return [_event(r) for r in conn.execute(q)]
+            return [_event(r) for r in conn.execute(_READ_FROM, {"offset": offset, "limit": limit})]
 
     def head(self) -> int:
         """The newest offset (0 for an empty log). Blocking."""
