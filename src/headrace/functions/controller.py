@@ -58,13 +58,16 @@ from headrace.functions.runner import (
     default_worker_cap,
     internal,
 )
-from headrace.functions.store import FunctionStore, now_ms
+from headrace.functions.store import FunctionStore, Updates, now_ms
 from headrace.metrics import EVENT_CONSUMER_LAG
 from headrace.storage.service import StorageService
 
 log = logging.getLogger("headrace.functions")
 
 POSITION = "functions-controller-offset"
+# Built once: SQLAlchemy caches a statement object's SQL, while one built per batch costs more than its run.
+_DELETE_POSITION = delete(state).where(state.c.name == POSITION)
+_INSERT_STATE = insert(state)
 
 __all__ = ["ActionQueue", "Controller", "default_worker_cap"]
 
@@ -95,6 +98,7 @@ class Controller(Dispatcher):
         self.db = service.db
         self.log = service.log
         self.store = FunctionStore(service.db, via_kafka=publisher is not None)
+        self.updates = Updates(service.db, self.store)
         self.code_root = code_root
         self.max_chain = max_chain
         self.max_workers = max_workers or default_worker_cap()
@@ -302,8 +306,8 @@ class Controller(Dispatcher):
                 await asyncio.sleep(1.0)
 
     def _store_position_in(self, conn: Connection, offset: int) -> None:
-        conn.execute(delete(state).where(state.c.name == POSITION))
-        conn.execute(insert(state).values(name=POSITION, value=str(offset)))
+        conn.execute(_DELETE_POSITION)
+        conn.execute(_INSERT_STATE, {"name": POSITION, "value": str(offset)})
 
     def _store_position(self, offset: int) -> None:
         with self.db.engine.begin() as conn:
@@ -338,6 +342,13 @@ class Controller(Dispatcher):
     def _enqueue_batch_in(self, conn: Connection, batch: list[StorageEvent], last: int) -> list[ActivationRow]:
         """In the caller's transaction: the activations these events make (each only as far as the trigger's
         owner may read it: feed.deliverable), and the feed's new position."""
+        made = [row for row in self._rows_in(conn, batch) if self.store.enqueue_in(conn, row)]
+        self._store_position_in(conn, last)
+        return made
+
+    def _rows_in(self, conn: Connection | None, batch: list[StorageEvent]) -> list[ActivationRow]:
+        """The activations these events make; `conn` reads the depth of the activation chains that caused
+        them (None: no event of the batch has a cause)."""
         made: list[ActivationRow] = []
         for ev in batch:
             for trig in self.triggers:
@@ -372,14 +383,13 @@ class Controller(Dispatcher):
                                 "order_key": args.get("path"),
                             }
                         )
-                        if self.store.enqueue_in(conn, row):
-                            made.append(row)
-        self._store_position_in(conn, last)
+                        made.append(row)
         return made
 
-    def _depth_in(self, conn: Connection, cause: str | None) -> int:
+    def _depth_in(self, conn: Connection | None, cause: str | None) -> int:
         if not cause:
             return 0
+        assert conn is not None
         found = conn.execute(select(fn_activations.c.depth).where(fn_activations.c.activation_id == cause)).first()
         return (int(found.depth) + 1) if found else 1
 
@@ -425,11 +435,11 @@ class Controller(Dispatcher):
         start = now_ms()
 
         async def mark_running() -> bool:
-            await self.db.group.run(self.store.update_in, aid, state="running", start=start, attempt=row["attempt"])
+            await self.updates.update(aid, {"state": "running", "start": start, "attempt": row["attempt"]})
             return True
 
         async def write(values: ActivationFields) -> bool:
-            await self.db.group.run(self.store.update_in, aid, **values)
+            await self.updates.update(aid, values)
             return True
 
         # Marked running while the function already runs: a crash before this commits leaves the activation
