@@ -35,7 +35,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
@@ -293,11 +293,26 @@ class Controller(Dispatcher):
                     continue
                 last = batch[-1].offset
                 await self._prepare(batch)
-                made = await self.db.group.run(self._enqueue_batch_in, batch, last)
+                if self.embedded and not any(ev.cause for ev in batch):
+                    # Embedded, the activations start while their rows and the new position commit: their
+                    # mark as running and their record are written after the rows (the group commit keeps
+                    # the order its calls were made in). A crash before the commit replays these events
+                    # (the position did not move) and runs them again: at least once, as a crash in the
+                    # function would. Events caused by activations need their chain's depth from the
+                    # database first (the other way).
+                    rows = self._rows_in(None, batch)
+                    # (copies: the scheduler updates its rows in place, the writer thread reads these)
+                    copies: list[ActivationRow] = [cast(ActivationRow, dict(r)) for r in rows]
+                    writing = asyncio.ensure_future(self.db.group.run(self._insert_in, copies, last))
+                    if rows:
+                        self.transport.submit(rows, self.actions)
+                    await writing
+                else:
+                    made = await self.db.group.run(self._enqueue_batch_in, batch, last)
+                    if made:
+                        self.transport.submit(made, self.actions)
                 stored_at = time.monotonic()
                 self.position = last
-                if made:
-                    self.transport.submit(made, self.actions)
                 EVENT_CONSUMER_LAG.labels("functions").set(0 if len(batch) < 1000 else 1000)
             except asyncio.CancelledError:
                 raise
@@ -345,6 +360,13 @@ class Controller(Dispatcher):
         made = [row for row in self._rows_in(conn, batch) if self.store.enqueue_in(conn, row)]
         self._store_position_in(conn, last)
         return made
+
+    def _insert_in(self, conn: Connection, rows: list[ActivationRow], last: int) -> None:
+        """In the caller's transaction: activations made on the loop (`_rows_in` without a connection), and the
+        feed's new position."""
+        for row in rows:
+            self.store.enqueue_in(conn, row)
+        self._store_position_in(conn, last)
 
     def _rows_in(self, conn: Connection | None, batch: list[StorageEvent]) -> list[ActivationRow]:
         """The activations these events make; `conn` reads the depth of the activation chains that caused
