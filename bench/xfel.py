@@ -869,7 +869,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "GET of run-summary.json every 10 ms (after its answer) until `trains` equals the generator's count.",
         "- Throughput window: the first PUT's start to the latest `end` of the activations created since the run "
         "began (the run's files fire the summary or the integration, the catalogue and the cache; the results' "
-        "own files, summaries, AZINT files, run-summary.json and preview.png, fire the catalogue and the cache "
+        "own files, AZINT files, run-summary.json and preview.png, fire the catalogue and the cache "
         "again), taken once none has been queued or running for 1.5 s (`headrace.cli.demo.wait_quiet`). Every "
         "activation must succeed and the run summary must have the generator's trains and missing trains, or "
         "the bench fails.",
@@ -902,8 +902,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     peer_p50 = peer_summary.get("duration", {}).get("p50_ms")
     out += [
         f"- Of the throughput run's {tp['activations']} activations, {tp['activations'] - 3 * tp['files']} were the "
-        "catalogue and the cache on the results' own files (file summaries, run-summary.json and preview.png at "
-        "every rewrite, AZINT files): the cascade the peer does not have.",
+        "catalogue and the cache on the results' own files (run-summary.json at every file, preview.png at "
+        "every drawing, AZINT files): the cascade the peer does not have.",
         f"- The peer's first summary call in each worker took {', '.join(fmt(v) for v in first_calls)} ms "
         f"(matplotlib is imported at the first preview), its calls p50 {fmt(peer_p50)} ms.",
         f"- Waiting for the end: /metrics every 0.5 s, then `wait_quiet`, whose full activation listings "
