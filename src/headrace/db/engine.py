@@ -276,6 +276,11 @@ class GroupCommit:
         self.db = db
         self._pending: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], asyncio.Future[Any] | None]] = []
         self._flusher: asyncio.Task[None] | None = None
+        #: Each writer thread's connection, kept between batches (a checkout per batch cost more than a
+        #: savepoint), and all of them, for `close`.
+        self._local = threading.local()
+        self._conns: list[Any] = []
+        self._conns_lock = threading.Lock()
 
     async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """Run `fn(conn, *args, **kwargs)` in a savepoint of the next group transaction; its result."""
@@ -340,21 +345,48 @@ class GroupCommit:
         # The savepoints are plain SQL on the driver (`headrace.db.driver`): SQLAlchemy's begin_nested cost
         # about as much CPU as the call it wrapped.
         outcomes: list[tuple[bool, Any]] = []
-        with self.db.engine.begin() as conn:
-            for fn, args, kwargs in calls:
-                driver.raw(conn, "SAVEPOINT headrace_group")
-                try:
-                    value = fn(conn, *args, **kwargs)
-                except (DataError, OverflowError) as exc:
-                    driver.raw(conn, "ROLLBACK TO SAVEPOINT headrace_group")
-                    outcomes.append((False, refused(exc)))
-                except Exception as exc:
-                    driver.raw(conn, "ROLLBACK TO SAVEPOINT headrace_group")
-                    outcomes.append((False, exc))
-                else:
-                    driver.raw(conn, "RELEASE SAVEPOINT headrace_group")
-                    outcomes.append((True, value))
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._local.conn = self.db.engine.connect()
+            with self._conns_lock:
+                self._conns.append(conn)
+        try:
+            with conn.begin():
+                self._apply_in(conn, calls, outcomes)
+        except BaseException:
+            self._local.conn = None  # whatever went wrong, the next batch starts on a fresh connection
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
         return outcomes
+
+    @staticmethod
+    def _apply_in(
+        conn: Any,
+        calls: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+        outcomes: list[tuple[bool, Any]],
+    ) -> None:
+        for fn, args, kwargs in calls:
+            driver.raw(conn, "SAVEPOINT headrace_group")
+            try:
+                value = fn(conn, *args, **kwargs)
+            except (DataError, OverflowError) as exc:
+                driver.raw(conn, "ROLLBACK TO SAVEPOINT headrace_group")
+                outcomes.append((False, refused(exc)))
+            except Exception as exc:
+                driver.raw(conn, "ROLLBACK TO SAVEPOINT headrace_group")
+                outcomes.append((False, exc))
+            else:
+                driver.raw(conn, "RELEASE SAVEPOINT headrace_group")
+                outcomes.append((True, value))
+
+    def close(self) -> None:
+        """Close the writer threads' connections (after the writers have stopped)."""
+        with self._conns_lock:
+            for conn in self._conns:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._conns.clear()
 
 
 class Database:
@@ -447,6 +479,7 @@ class Database:
         self.events.close()
         self._writer.shutdown()
         self.group.write_posted()
+        self.group.close()
         with self._short_lock:
             for conn in self._short_conns:
                 with contextlib.suppress(Exception):

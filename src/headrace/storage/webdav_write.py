@@ -66,7 +66,8 @@ class Writing(DoorBase):
         node, old, created = await self._commit(
             call, store, stored, if_match=if_match_value, if_none_match_any=inm_any, cause=call.cause
         )
-        return await self._put_done(call, node, old, created, stored.checksums, want, stored.size)
+        await self._put_done(call, node, old, created, stored.checksums, want, stored.size)
+        return None
 
     def _redirects_put(self, call: Call) -> bool:
         if not self.settings.door_redirect:
@@ -113,17 +114,21 @@ class Writing(DoorBase):
         sums: dict[str, str],
         want: list[str],
         size: int,
-    ) -> Response:
+    ) -> None:
         DOOR_BYTES.labels("in").inc(size)
         if old is not None:
             await self.service.drop_blobs([old])
-        headers = {"ETag": node.etag}
+        # Sent as ASGI messages straight away (what Starlette's Response would send, without building one).
+        headers = [(b"etag", node.etag.encode("latin-1"))]
         digest = format_digest(sums, want)
         if digest:
-            headers["Digest"] = digest
+            headers.append((b"digest", digest.encode("latin-1")))
         if created:
-            headers["Location"] = call.href(node.path, False)
-        return Response(status_code=201 if created else 204, headers=headers)
+            headers.append((b"location", call.href(node.path, False).encode("latin-1")))
+            headers.append((b"content-length", b"0"))  # a 204 has no body and no length
+        await call.send({"type": "http.response.start", "status": 201 if created else 204, "headers": headers})
+        await call.send({"type": "http.response.body", "body": b""})
+        return None
 
     async def mkcol(self, call: Call) -> Response | None:
         call.principal.check("MANAGE", call.path)
