@@ -65,6 +65,8 @@ from headrace.storage.service import StorageService
 log = logging.getLogger("headrace.functions")
 
 POSITION = "functions-controller-offset"
+#: Events the feed reads on the loop (EventLog.next_batch's `inline`): a PUT's events, found at once.
+FEED_INLINE = 64
 # Built once: SQLAlchemy caches a statement object's SQL, while one built per batch costs more than its run.
 _DELETE_POSITION = delete(state).where(state.c.name == POSITION)
 _INSERT_STATE = insert(state)
@@ -285,7 +287,7 @@ class Controller(Dispatcher):
                     self.position = max(self.position, head)
                     EVENT_CONSUMER_LAG.labels("functions").set(0)
                     continue
-                batch = await self.log.next_batch(self.position, 1000, 5.0)
+                batch = await self.log.next_batch(self.position, 1000, 5.0, inline=FEED_INLINE)
                 if not batch:
                     continue
                 await self._follow_entities()
