@@ -194,8 +194,13 @@ class Scheduler(Generic[Item]):
         self._runs: set[asyncio.Task[None]] = set()
 
     def push(self, key: Key, item: Item) -> None:
-        """Queue an item that may start now."""
-        self.queues.setdefault(key, ActionQueue()).items.append(item)
+        """Queue an item that may start now: at once if nothing of its action waits ahead of it and there is
+        room (what the next pass would do; waiting for that pass took half a millisecond of a warm
+        activation's way on a busy loop), else on the next pass."""
+        aq = self.queues.setdefault(key, ActionQueue())
+        aq.items.append(item)
+        if len(aq.items) == 1 and self.running_total < self.max_workers:
+            self._start_one(key, aq)
         self.wake.set()
 
     def later(self, key: Key, item: Item, due: int) -> None:
