@@ -106,8 +106,9 @@ METRICS_INTERVAL_S = 0.1
 FEED_POSITION = "functions-controller-offset"
 #: --profile: where py-spy's flame graph of each step goes ("{step}" in it is the step's name), or None.
 PROFILE: str | None = None
-#: Whether py-spy samples the server's zygotes and workers too (--profile-scope tree), or the server alone.
-PROFILE_TREE = True
+#: What py-spy samples (--profile-scope): "tree", the server with its zygotes and workers; "server", the
+#: server's threads; "gil", the server's thread holding the GIL (where its Python spends CPU).
+PROFILE_SCOPE = "tree"
 GOAL_WARM_P50_MS, GOAL_WARM_P99_MS, GOAL_COLD_MS, GOAL_ACTIVATIONS_PER_S, GOAL_FACTOR = 3.0, 20.0, 50.0, 1000.0, 5.0
 
 
@@ -875,12 +876,12 @@ def headrace_burst(server: FnServer, rec: Recorder, plan: Plan, gen: sb.Generato
 
 @contextlib.contextmanager
 def py_spy(pid: int, out: str | None) -> Iterator[None]:
-    """With `out`: py-spy records the server `pid` (with PROFILE_TREE its zygotes and workers too) as a
-    flame graph to `out` while the block runs (stopped with SIGINT, on which it writes the graph); with a
-    ".txt" name, in py-spy's raw format (collapsed stacks). A sandboxed process is in a PID namespace of its
-    own, where py-spy cannot tell a thread that waits from one that runs: its waits (recv in a worker,
-    recv_fds and waitpid in a zygote) show as time spent, and sampling every thread of two dozen processes
-    at 100 Hz, py-spy falls behind on two cores and the server's own samples thin out."""
+    """With `out`: py-spy records the server `pid` (as PROFILE_SCOPE says) as a flame graph to `out` while
+    the block runs (stopped with SIGINT, on which it writes the graph); with a ".txt" name, in py-spy's raw
+    format (collapsed stacks). On this machine py-spy tells a waiting thread from a running one badly: a
+    thread blocked in a system call (a thread pool's idle get, fsync, a worker's recv; every wait of a
+    sandboxed process, in a PID namespace of its own) shows as time spent, and sampling every thread of two
+    dozen processes at 100 Hz it falls behind on two cores. "gil" shows where the Python runs."""
     if out is None:
         yield
         return
@@ -890,7 +891,7 @@ def py_spy(pid: int, out: str | None) -> Iterator[None]:
     argv = [
         str(spy) if spy.exists() else "py-spy",
         "record",
-        *(["--subprocesses"] if PROFILE_TREE else []),
+        *({"tree": ["--subprocesses"], "gil": ["--gil"]}.get(PROFILE_SCOPE, [])),
         "--format",
         fmt,
     ]
@@ -1513,10 +1514,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--profile-scope",
-        choices=("tree", "server"),
+        choices=("tree", "server", "gil"),
         default="tree",
         help="tree: the server, its zygotes and workers (py-spy --subprocesses); server: its process alone, "
-        "where py-spy keeps up with every thread",
+        "where py-spy keeps up with every thread; gil: only the thread holding the GIL (py-spy --gil), where "
+        "the server's Python spends CPU (a thread waiting in a system call does not count)",
     )
     args = parser.parse_args(argv)
     args.config_names = [c.strip() for c in args.configs.split(",") if c.strip() and c.strip() != "none"]
@@ -1527,8 +1529,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    global PROFILE, PROFILE_TREE
-    PROFILE, PROFILE_TREE = args.profile, args.profile_scope == "tree"
+    global PROFILE, PROFILE_SCOPE
+    PROFILE, PROFILE_SCOPE = args.profile, args.profile_scope
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     suffix = "-quick" if plan.quick else ""
     out: Path = args.out or RESULTS_DIR / f"functions{suffix}.json"
