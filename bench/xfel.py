@@ -35,20 +35,17 @@ failed or a run summary is wrong.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fnmatch
 import json
 import multiprocessing
 import os
 import posixpath
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -450,30 +447,6 @@ def by_function(watch: Watch) -> dict[str, Any]:
     return out
 
 
-@contextlib.contextmanager
-def py_spy(pid: int, out: str | None) -> Iterator[None]:
-    """With `out`: py-spy records `pid` and its subprocesses to `out` while the block runs (SIGINT makes it
-    write). Sandboxed workers are in PID namespaces of their own, where py-spy counts their waits as busy."""
-    if out is None:
-        yield
-        return
-    spy = Path(sys.executable).parent / "py-spy"  # the venv's
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fmt = "raw" if out.endswith(".txt") else "flamegraph"
-    argv = [str(spy) if spy.exists() else "py-spy", "record", "--subprocesses", "--format", fmt]
-    proc = subprocess.Popen([*argv, "--pid", str(pid), "--output", out], stdout=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached before the load starts
-    try:
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def throughput(
     server: sb.HeadraceServer, client: Client, plan: Plan, files: Sequence[tuple[str, Path]], spec: generate.RunSpec
 ) -> dict[str, Any]:
@@ -499,7 +472,7 @@ def throughput(
     watch = QuietWatch()
     since_ms = int(time.time() * 1000)
     load_before = loadavg()
-    with py_spy(server.pid, PROFILE), fb.CpuWatch(server.pid) as cpu:
+    with fb.py_spy(server.pid, PROFILE), fb.CpuWatch(server.pid) as cpu:
         first, last_put = upload_files(client, base, files, watch)
         settle(server.api_port)
     quiet = wait_quiet(fn, since_ms, watch, at_least=3 * len(files), timeout=RUN_TIMEOUT_S)
