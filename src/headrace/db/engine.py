@@ -24,7 +24,9 @@ import contextvars
 import functools
 import logging
 import os
+import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,6 +82,28 @@ def private_sqlite_files(url: str) -> None:
         restrict_mode(Path(f"{path}{suffix}"), 0o600)
 
 
+#: How long a connection retries switching a database to WAL while other processes hold it (busy_timeout's).
+WAL_SWITCH_WAIT = 30.0
+
+
+def wal_mode(cur: Any) -> None:
+    """`PRAGMA journal_mode=WAL` on a new SQLite connection. Switching a new database to WAL needs it to
+    itself, and SQLite answers "database is locked" at once, without waiting out busy_timeout, when another
+    process holds it then (roles starting together on a new database: tests/test_concurrent_start.py); the
+    switch is retried until it is done, for as long as a writer waits for its lock."""
+    deadline = time.monotonic() + WAL_SWITCH_WAIT
+    pause = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
 def make_engine(url: str, *, durable: bool = True, writer: bool = True, pool_size: int = 8) -> Engine:
     """An engine for `url`: on SQLite, WAL with synchronous=FULL (durable) or NORMAL; on PostgreSQL,
     synchronous_commit on (durable) or off.
@@ -102,7 +126,7 @@ def make_engine(url: str, *, durable: bool = True, writer: bool = True, pool_siz
             # pysqlite's own transaction handling is disabled; the "begin" hook below issues BEGIN.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            wal_mode(cur)
             cur.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
