@@ -45,6 +45,7 @@ INPROCESS_MODULES = {
     "test_http_ranges.py",
     "test_schema.py",
     "test_xfel_azint.py",
+    "test_xfel_catalogue.py",
     "test_xfel_summary.py",
 }
 

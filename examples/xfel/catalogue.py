@@ -8,7 +8,9 @@ numbers from the HDF5 file's METADATA) and `datablocks` (path, size, checksum).
 
 Events of one file can run in any order (different paths, retries): every change carries the event's offset
 and a record is only changed by a newer event than the one it holds, so the outcome is the order of the
-event log whatever order the activations run in.
+event log whatever order the activations run in. A file's content (size, checksum) is what its newest close
+says, kept under that close's offset: only closes carry checksums, and a move catalogued before the close it
+follows makes the record without them.
 
 The records live in a SQLite database (parameter `catalogue`, a file path); `headrace catalogue search` reads
 it. Self-contained (h5py, stdlib): deployable as one file.
@@ -31,6 +33,7 @@ CREATE TABLE IF NOT EXISTS datasets (
     run INTEGER,
     removed INTEGER NOT NULL DEFAULT 0,
     event_offset INTEGER NOT NULL,
+    content_offset INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL,
     record TEXT
 );
@@ -51,6 +54,12 @@ def connect(db: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA busy_timeout=30000")
     conn.executescript(SCHEMA)
+    if "content_offset" not in {row[1] for row in conn.execute("PRAGMA table_info(datasets)")}:
+        try:  # a catalogue made before content offsets were kept
+            conn.execute("ALTER TABLE datasets ADD COLUMN content_offset INTEGER NOT NULL DEFAULT 0")
+        except sqlite3.OperationalError as exc:  # another activation added it first
+            if "duplicate column" not in str(exc):
+                raise
     return conn
 
 
@@ -128,24 +137,53 @@ def moved_since(conn: sqlite3.Connection, path: str, offset: int) -> str:
     return path
 
 
-def put(conn: sqlite3.Connection, pid: str, rec: dict[str, Any] | None, offset: int, path: str) -> bool:
-    """Write what an event at `offset` says of `pid` (a record, or None: removed) unless a newer event has."""
+def put(
+    conn: sqlite3.Connection, pid: str, rec: dict[str, Any] | None, offset: int, path: str, content: bool = False
+) -> bool:
+    """Write what an event at `offset` says of `pid` (a record, or None: removed) unless a newer event has;
+    `content`: the event is a close, whose size and checksum the record holds until a newer close."""
     if rec is not None:
         path = moved_since(conn, path, offset)
         _place(rec, path)
     meta = rec["scientificMetadata"] if rec else {}
     cur = conn.execute(
-        "INSERT INTO datasets (pid, path, proposal, run, removed, event_offset, updated, record)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO datasets (pid, path, proposal, run, removed, event_offset, content_offset, updated, record)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (pid) DO UPDATE SET path = excluded.path,"
         " proposal = coalesce(excluded.proposal, datasets.proposal), run = coalesce(excluded.run, datasets.run),"
         " removed = excluded.removed, event_offset = excluded.event_offset, updated = excluded.updated,"
+        " content_offset = max(excluded.content_offset, datasets.content_offset),"
         " record = coalesce(excluded.record, datasets.record)"
         " WHERE excluded.event_offset > datasets.event_offset",
-        (pid, path, meta.get("proposal"), meta.get("runNumber"), int(rec is None), offset, time.time(),
-         json.dumps(rec) if rec else None),
+        (pid, path, meta.get("proposal"), meta.get("runNumber"), int(rec is None), offset,
+         offset if content else 0, time.time(), json.dumps(rec) if rec else None),
     )  # fmt: skip
-    return cur.rowcount > 0
+    if cur.rowcount > 0:
+        return True
+    if content and rec is not None:
+        return set_content(conn, pid, rec, offset)
+    return False
+
+
+def set_content(conn: sqlite3.Connection, pid: str, rec: dict[str, Any], offset: int) -> bool:
+    """A close older than the record's event (a move or a removal catalogued first): its size and checksum
+    still apply, unless a newer close has given them."""
+    row = conn.execute("SELECT record, content_offset, path FROM datasets WHERE pid = ?", (pid,)).fetchone()
+    if row is None or row[1] >= offset:
+        return False
+    if row[0] is None:  # removed before this close was catalogued: the record is the close's, where it was
+        held = rec
+        _place(held, row[2])
+    else:
+        held = json.loads(row[0])
+    held["size"] = rec["size"]
+    block, given = held["datablocks"][0], rec["datablocks"][0]
+    block["size"], block["chk"], block["chkAlg"] = given["size"], given["chk"], given["chkAlg"]
+    conn.execute(
+        "UPDATE datasets SET record = ?, content_offset = ?, updated = ? WHERE pid = ?",
+        (json.dumps(held), offset, time.time(), pid),
+    )
+    return True
 
 
 def _place(rec: dict[str, Any], path: str) -> None:
@@ -248,7 +286,8 @@ def main(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
             # file where it went, now that no other activation can change the catalogue
             meta = _meta_of(moved_since(conn, path, offset), ctx)
         if flag == "IN_CLOSE_WRITE" and not is_dir:
-            out: dict[str, Any] = {"upserted": path, "changed": put(conn, pid, record(event, path, meta), offset, path)}
+            changed = put(conn, pid, record(event, path, meta), offset, path, content=True)
+            out: dict[str, Any] = {"upserted": path, "changed": changed}
         elif flag == "IN_DELETE" or (flag == "IN_MOVED_FROM" and not _inside(event.get("newPath", ""), root)):
             # deleted, or moved out of the catalogued tree
             n = remove_directory(conn, path, offset) if is_dir else int(put(conn, pid, None, offset, path))
