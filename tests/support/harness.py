@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -72,10 +73,31 @@ def http(method: str, url: str, **kw: Any) -> httpx.Response:
     return httpx.request(method, url, **kw)
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+#: Servers listen below the kernel's ephemeral range, so that no outgoing connection (a test's client, a
+#: server's own) can take a stopped server's port before it is started again on it (a restart keeps its
+#: address, as clients resuming a stream expect).
+PORTS = range(20000, min(_ephemeral_ports()[0], 32768))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port on 127.0.0.1 nobody listens on, at random below the ephemeral range (see `PORTS`)."""
+    for _ in range(1000):
+        port = random.choice(PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
 
 def db_kind() -> str:
