@@ -32,6 +32,7 @@ bench/RESULTS.md between the `distributed-bench` markers (full runs only, unless
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -66,6 +67,8 @@ from kafka_harness import KafkaBroker  # noqa: E402
 MD_BEGIN = "<!-- distributed-bench:begin (written by bench/distributed.py) -->"
 MD_END = "<!-- distributed-bench:end -->"
 NCPU = len(os.sched_getaffinity(0))
+PROFILE: str | None = None  # --profile: a directory for the invokers' flame graphs
+PROFILE_EXT = ".svg"  # --profile-raw: ".txt", py-spy's collapsed stacks
 WORKERS = 4  # per invoker
 PARTITIONS = 8
 NOOP = "def main(args):\n    return {}\n"
@@ -156,6 +159,7 @@ def queue_backlog(db_url: str, action: str, n: int) -> None:
             for i in range(n):
                 a = activation_row(row, "admin", action, {"path": f"/backlog/{i}"})
                 assert a is not None
+                a.update({"rule": "backlog", "trigger": "backlog"})  # made by a rule, as the feed's are
                 store.enqueue_in(conn, a)
     finally:
         db.close()
@@ -259,11 +263,15 @@ def throughput_kafka(workdir: Path, dbs: Databases, broker: KafkaBroker, n: int,
         }
         if dbs.pid() is not None:
             trees["postgresql"] = [dbs.pid() or 0]
-        with CpuMeter(trees) as cpu:
-            controller.start()
-            assert controller.proc is not None
-            trees["controller"] = [controller.proc.pid]
-            rows = wait_states(db_url, "noop", plan.backlog, 600)
+        with contextlib.ExitStack() as spies:
+            for k, pid in enumerate(trees["invokers"]):
+                out_file = f"{PROFILE}/distributed-invoker{k + 1}-of-{n}{PROFILE_EXT}" if PROFILE else None
+                spies.enter_context(fb.py_spy(pid, out_file))
+            with CpuMeter(trees) as cpu:
+                controller.start()
+                assert controller.proc is not None
+                trees["controller"] = [controller.proc.pid]
+                rows = wait_states(db_url, "noop", plan.backlog, 600)
         out = drain_rate(rows)
         out["per_invoker"] = [i.health()["finished"] for i in invokers]
         out.update(cpu.report())
@@ -575,11 +583,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-md", action="store_true")
     p.add_argument("--notes", type=Path, default=None, help="a Markdown file appended to the section")
     p.add_argument("--from-json", type=Path, default=None, help="render the section from a report, run nothing")
+    p.add_argument("--profile", default=None, metavar="DIR", help="py-spy flame graphs of the invokers' drains here")
+    p.add_argument("--profile-raw", action="store_true", help="collapsed stacks (.txt) instead of flame graphs")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    global PROFILE, PROFILE_EXT
     args = parse_args(argv)
+    PROFILE, PROFILE_EXT = args.profile, ".txt" if args.profile_raw else ".svg"
+    fb.PROFILE_SCOPE = "gil"  # the invoker's own Python (its workers run no-ops; py-spy counts their waits)
     plan = QUICK_PLAN if args.quick else FULL_PLAN
     counts = [int(x) for x in args.invokers.split(",") if x.strip()]
     only = {x.strip() for x in args.only.split(",") if x.strip()}

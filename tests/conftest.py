@@ -38,6 +38,7 @@ INPROCESS_MODULES = {
     "test_billing.py",
     "test_blobstore.py",
     "test_client.py",
+    "test_db_batch.py",
     "test_engine.py",
     "test_http_body.py",
     "test_http_common.py",

@@ -108,7 +108,8 @@ def parse_activation(value: bytes | None) -> ActivationMessage | None:
 
 
 def result_message(row: ActivationRow) -> bytes:
-    """A finished activation (its record is in the database already): for blocking invokes and followers."""
+    """A finished invocation (its record is in the database already), for blocking invokes; activations a rule
+    made have no notice (no one waits for them)."""
     body: ResultMessage = {
         "id": row["activation_id"],
         "ns": row["namespace"],

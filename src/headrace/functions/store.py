@@ -7,7 +7,7 @@ replaying the event log after a crash never makes a second activation for one ev
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import json
 import time
 import uuid
@@ -18,6 +18,8 @@ from sqlalchemy import Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import BindParameter
 
+from headrace.db import driver
+from headrace.db.batch import Batcher
 from headrace.db.engine import Database
 from headrace.db.schema import fn_actions, fn_activations, fn_rules, fn_triggers
 from headrace.functions.entities import (
@@ -104,39 +106,19 @@ def _update_params(activation_id: str, values: Mapping[str, Any]) -> dict[str, A
 
 class Updates:
     """Updates of activation rows by this process (running marks, records), many to one call of the group
-    commit: while one such call is being written, the next gathers every update made meanwhile, so a burst of
-    activations shares a savepoint and an executemany instead of a savepoint and a statement each. In order:
-    an activation's updates land in the order they were made, after the calls of the group made before them."""
+    commit (`headrace.db.batch`): while one such call is being written, the next gathers every update made
+    meanwhile, so a burst of activations shares a savepoint and an executemany instead of a savepoint and a
+    statement each. In order: an activation's updates land in the order they were made, after the calls of
+    the group made before them."""
 
     def __init__(self, db: Database, store: FunctionStore) -> None:
-        self.db = db
-        self.store = store
-        self._pending: list[tuple[str, ActivationFields, asyncio.Future[None]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._batch: Batcher[tuple[str, ActivationFields], None] = Batcher(
+            lambda updates: db.group.run(store.update_many_in, updates)
+        )
 
     async def update(self, activation_id: str, values: ActivationFields) -> None:
         """Update one activation's row; returns once that has committed."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((activation_id, values, done))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
-        await done
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await self.db.group.run(self.store.update_many_in, [(aid, values) for aid, values, _ in batch])
-            except BaseException as exc:
-                for *_, done in batch:
-                    if not done.done():
-                        done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("write cancelled"))
-                if not isinstance(exc, Exception):
-                    raise
-                continue
-            for *_, done in batch:
-                if not done.done():
-                    done.set_result(None)
+        await self._batch.submit((activation_id, values))
 
 
 class Exists(Exception):
@@ -433,17 +415,14 @@ class FunctionStore:
     def claim_queued_in(self, conn: Connection, activation_id: str, attempt: int, start: int) -> bool:
         """In the caller's transaction: take a queued activation (its attempt `attempt`) to run from `start`;
         False if it is no longer queued at that attempt (someone else took it)."""
-        params = {"p_activation_id": activation_id, "p_attempt": attempt, "p_start": start}
-        return bool(conn.execute(_CLAIM_QUEUED, params).rowcount)
+        return self.claim_queued_many_in(conn, [(activation_id, attempt, start)])[0]
 
     def update_fenced_in(
         self, conn: Connection, activation_id: str, fence: tuple[int, int], /, **values: Unpack[ActivationFields]
     ) -> bool:
         """Write an attempt's outcome (or hand it back) only if that attempt, `fence` = (attempt, start), is
         still the caller's claim."""
-        params = _update_params(activation_id, values)
-        params["p_attempt"], params["p_start"] = fence
-        return bool(conn.execute(_update(tuple(values), True), params).rowcount)
+        return self.update_fenced_many_in(conn, [(activation_id, fence, values)])[0]
 
     def update(self, activation_id: str, **values: Unpack[ActivationFields]) -> None:
         with self.db.engine.begin() as conn:
@@ -452,7 +431,7 @@ class FunctionStore:
     def update_in(self, conn: Connection, activation_id: str, **values: Unpack[ActivationFields]) -> None:
         conn.execute(_update(tuple(values), False), _update_params(activation_id, values))
 
-    def update_many_in(self, conn: Connection, updates: list[tuple[str, ActivationFields]]) -> None:
+    def update_many_in(self, conn: Connection, updates: list[tuple[str, ActivationFields]]) -> list[None]:
         """`update_in` for each (activation id, values), in order; a run of updates of the same columns is one
         executemany."""
         i = 0
@@ -463,12 +442,39 @@ class FunctionStore:
                 j += 1
             conn.execute(_update(columns, False), [_update_params(aid, values) for aid, values in updates[i:j]])
             i = j
+        return [None] * len(updates)
+
+    def claim_queued_many_in(self, conn: Connection, claims: list[tuple[str, int, int]]) -> list[bool]:
+        """`claim_queued_in` for each (activation id, attempt, start), in one call (an invoker's batch)."""
+        out = []
+        for aid, attempt, start in claims:
+            params = {"p_activation_id": aid, "p_attempt": attempt, "p_start": start}
+            out.append(bool(driver.execute(conn, "claim-queued", lambda: _CLAIM_QUEUED, params).rowcount))
+        return out
+
+    def update_fenced_many_in(
+        self, conn: Connection, writes: list[tuple[str, tuple[int, int], ActivationFields]]
+    ) -> list[bool]:
+        """`update_fenced_in` for each (activation id, fence, values), in one call (an invoker's batch)."""
+        out = []
+        for aid, fence, values in writes:
+            columns = tuple(values)
+            params = _update_params(aid, values)
+            params["p_attempt"], params["p_start"] = fence
+            build = functools.partial(_update, columns, True)
+            out.append(bool(driver.execute(conn, f"update-fenced:{','.join(columns)}", build, params).rowcount))
+        return out
 
     def activation(self, activation_id: str) -> ActivationRow | None:
         with self.db.reader.connect() as conn:
             row = conn.execute(select(fn_activations).where(fn_activations.c.activation_id == activation_id)).first()
         out: ActivationRow | None = _row(row) if row else None
         return out
+
+    def activation_rows(self, ids: list[str]) -> list[ActivationRow | None]:
+        """The rows of these activations, in the order of `ids` (None where there is none)."""
+        found = {r["activation_id"]: r for r in self.activations_by_id(list(dict.fromkeys(ids)))}
+        return [found.get(aid) for aid in ids]
 
     def activations_by_id(self, ids: list[str]) -> list[ActivationRow]:
         t = fn_activations
