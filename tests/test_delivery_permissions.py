@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness import Server, add_user, client, wait_for
+from harness import Server, add_user, client, execute, wait_for
 from sse_reader import SseReader
 
 EV = "/api/v1/events"
@@ -310,3 +310,42 @@ def test_channel_keeps_its_credentials_confinement_across_a_restart(fresh_server
     with client(base_url=server.api_url, auth=(name, key)) as api2:
         _problem(api2.post(f"{own}/subscriptions/inotify", json={"path": "/"}), 403, "Permission denied")
         assert sorted(api2.get(f"{EV}/channels").json()) == sorted([wide, own])
+
+
+def test_a_channel_follows_its_owners_rights_as_they_change(
+    server: Server, admin: tuple[httpx.Client, httpx.Client]
+) -> None:
+    """An operator makes a user an administrator, then takes it back (in the database, as any process may):
+    the user's open channel sees the admin-only directory within seconds of the first, and stops seeing it
+    within seconds of the second, instead of keeping the rights it had when it first got an event. Each
+    round writes into the secret directory, then a marker the user may always read: the round's events are
+    all in once the marker is."""
+    door, api = admin
+    name, key, _ = add_user(server, "dpuser9")
+    _mkdir(door, api, "/dp9s", 0o700)  # admin's: the user gets 403 inside it
+    _mkdir(door, api, "/dp9o", 0o755)
+    with client(base_url=server.api_url, auth=(name, key)) as api9:
+        ch = _channel(api9)
+        _subscribe(api9, ch, {"path": "/", "recursive": True})
+    reader = SseReader(ch, (name, key))
+    rounds = iter(range(10_000))
+
+    def sees_secret() -> bool:
+        n = next(rounds)
+        assert door.put(f"/dp9s/s{n}.txt", content=b"secret").status_code == 201
+        assert door.put(f"/dp9o/m{n}.txt", content=b"marker").status_code == 201
+
+        def marker(f: dict[str, Any]) -> bool:
+            return f["event"] == "inotify" and f["data"]["event"] == {"name": f"dp9o/m{n}.txt", "mask": ["IN_ATTRIB"]}
+
+        names = [e.get("name") for e in _inotify(reader.until(marker))]
+        return f"dp9s/s{n}.txt" in names
+
+    assert not sees_secret()
+    execute(server.data, "UPDATE users SET admin = :admin WHERE username = :name", [{"admin": True, "name": name}])
+    wait_for(sees_secret, "the channel to see what its owner may read as an administrator")
+    execute(server.data, "UPDATE users SET admin = :admin WHERE username = :name", [{"admin": False, "name": name}])
+    wait_for(lambda: not sees_secret(), "the channel to stop seeing what its owner may no longer read")
+    reader.close()
+    with client(base_url=server.api_url, auth=(name, key)) as api9:
+        assert api9.delete(ch).status_code == 204

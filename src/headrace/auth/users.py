@@ -15,7 +15,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -231,3 +231,35 @@ class Users:
         else:
             ok = verify_key(key, stored)
         return self._remember(username, key, row) if ok else None
+
+
+class Subjects:
+    """The subjects (uid, groups, admin) of the users events are judged for in batches: the owners of event
+    channels and of storage-feed triggers. Each is looked up again once it is `Users.CACHE_SECONDS` old, so a
+    user removed, demoted or taken out of a group (by any process) stops seeing, or firing on, what they
+    may no longer read within about twice that time (this cache's age and the `Users` cache's)."""
+
+    def __init__(self, users: Users) -> None:
+        self.users = users
+        self._held: dict[str, tuple[Subject | None, float]] = {}
+
+    def stale(self, names: Iterable[str]) -> set[str]:
+        """Those of `names` not looked up yet, or looked up too long ago."""
+        now = time.monotonic()
+        return {n for n in names if (h := self._held.get(n)) is None or now - h[1] >= Users.CACHE_SECONDS}
+
+    def refresh(self, names: Iterable[str]) -> None:
+        """Look these users up (blocking: on a reader thread). A user that is gone is None: sees nothing."""
+        for name in names:
+            try:
+                subject: Subject | None = self.users.get(name).subject
+            except NotFound:
+                subject = None
+            self._held[name] = (subject, time.monotonic())
+
+    def get(self, name: str) -> Subject | None:
+        held = self._held.get(name)
+        return held[0] if held is not None else None
+
+    def all_admin(self, names: Iterable[str]) -> bool:
+        return all((s := self.get(n)) is not None and s.admin for n in names)

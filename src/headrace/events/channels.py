@@ -35,8 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from headrace.auth.subject import Subject
-from headrace.auth.users import Users
+from headrace.auth.users import Subjects, Users
 from headrace.errors import BadRequest, Forbidden, NotFound, TooManyRequests
 from headrace.events import sse
 from headrace.events.access import Confinement, Directories, Reader, may_use, one_side, sides, view_seen
@@ -265,7 +264,7 @@ class ChannelManager:
         self.users = users if users is not None else Users(log_.db)
         #: Directory permissions for judging events at delivery (events.access).
         self.dirs = Directories()
-        self._subjects: dict[str, Subject | None] = {}
+        self._subjects = Subjects(self.users)
         self._readers: dict[tuple[str, Confinement | None], Reader] = {}
         self.channels: dict[str, Channel] = {}
         self.by_inode: dict[int, list[Watch]] = {}
@@ -564,21 +563,18 @@ class ChannelManager:
         (if any of them is not an administrator) the permissions of the directories the events name."""
         ids = self.dirs.needed(batch)
         owners = {w.channel.owner for ws in self.by_inode.values() for w in ws}
-        unknown = owners - set(self._subjects)  # looked up once per owner (Users caches them as well)
+        unknown = self._subjects.stale(owners)  # new owners, and those looked up too long ago
 
         def judged_by_permissions() -> bool:
-            return bool(ids) and not all(_is_admin(self._subjects.get(o)) for o in owners)
+            return bool(ids) and not self._subjects.all_admin(owners)
 
         if not unknown and not judged_by_permissions():
             return  # e.g. only administrators watch: nothing to read, no thread hop
 
         def read() -> None:
-            self._readers.clear()
-            for owner in unknown:
-                try:
-                    self._subjects[owner] = self.users.get(owner).subject
-                except NotFound:
-                    self._subjects[owner] = None  # a user removed since: sees nothing
+            if unknown:
+                self._subjects.refresh(unknown)
+                self._readers.clear()
             if judged_by_permissions():
                 with self.log.db.reader.connect() as conn:
                     self.dirs.load(conn, ids)
@@ -676,10 +672,6 @@ class ChannelManager:
     def _save_meta(self, ch: Channel) -> None:
         if not ch.closed:
             self.store.save_meta(ch.id, ch.meta())
-
-
-def _is_admin(subject: Subject | None) -> bool:
-    return subject is not None and subject.admin
 
 
 def _management(sub: Subscription, flag: str) -> dict[str, Any]:

@@ -40,9 +40,8 @@ from typing import Any, cast
 from sqlalchemy import delete, insert, select
 from sqlalchemy.engine import Connection
 
-from headrace.auth.subject import Subject
+from headrace.auth.users import Subjects
 from headrace.db.schema import fn_activations, state
-from headrace.errors import NotFound
 from headrace.events.access import Directories, Reader
 from headrace.events.model import StorageEvent
 from headrace.functions import engine, feed
@@ -137,7 +136,7 @@ class Controller(Dispatcher):
         self.position = 0
         #: Who the triggers' owners are and the directories' permissions, for judging events at delivery.
         self.dirs = Directories()
-        self._owners: dict[str, Subject | None] = {}
+        self._owners = Subjects(service.users)  # the triggers' owners, judged against events
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -335,21 +334,16 @@ class Controller(Dispatcher):
         user's) and, unless all are administrators, the permissions of the directories the events name."""
         ids = self.dirs.needed(batch)
         owners = {t.namespace for t in self.triggers}
-        unknown = owners - set(self._owners)  # looked up once per owner (Users caches them as well)
-        users = self.service.users
+        unknown = self._owners.stale(owners)  # new owners, and those looked up too long ago
 
         def judged_by_permissions() -> bool:
-            return bool(ids) and not all((s := self._owners.get(o)) is not None and s.admin for o in owners)
+            return bool(ids) and not self._owners.all_admin(owners)
 
         if not unknown and not judged_by_permissions():
             return  # e.g. only administrators' triggers: nothing to read
 
         def read() -> None:
-            for name in unknown:
-                try:
-                    self._owners[name] = users.get(name).subject
-                except NotFound:
-                    self._owners[name] = None  # a user removed since: their triggers fire for nothing
+            self._owners.refresh(unknown)  # a user removed since is None: their triggers fire for nothing
             if judged_by_permissions():
                 with self.db.reader.connect() as conn:
                     self.dirs.load(conn, ids)
