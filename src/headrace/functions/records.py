@@ -199,10 +199,9 @@ def _event_offset(row: ActivationRow) -> _EventOffset:
     return {"eventOffset": int(offset)} if offset is not None else {}
 
 
-def activation(row: ActivationRow) -> Activation:
-    """The full activation record."""
+def _identity(row: ActivationRow) -> _ActivationIdentity:
     start, end, duration = _times(row)
-    out: Activation = {
+    return {
         "namespace": row["namespace"],
         "name": row["name"],
         "version": str(row.get("version") or "0.0.1"),
@@ -211,8 +210,22 @@ def activation(row: ActivationRow) -> Activation:
         "start": start,
         "end": end,
         "duration": duration,
-        "response": response(row),
-        "logs": list(row.get("logs") or []),
+    }
+
+
+class _ActivationTail(TypedDict):
+    """What every rendering of an activation ends with (after its own fields), in this order."""
+
+    annotations: list[KeyValue]
+    publish: bool
+    cause: NotRequired[str]
+    attempt: int
+    state: str
+    eventOffset: NotRequired[int]
+
+
+def _tail(row: ActivationRow) -> _ActivationTail:
+    return {
         "annotations": list(row.get("annotations") or []),
         "publish": False,
         **_cause(row),
@@ -220,30 +233,16 @@ def activation(row: ActivationRow) -> Activation:
         "state": str(row.get("state") or "queued"),
         **_event_offset(row),
     }
-    return out
+
+
+def activation(row: ActivationRow) -> Activation:
+    """The full activation record."""
+    return {**_identity(row), "response": response(row), "logs": list(row.get("logs") or []), **_tail(row)}
 
 
 def activation_summary(row: ActivationRow) -> ActivationSummary:
     """A listing's entry (OpenWhisk's `docs=false`): no result, no logs, the status code at the top."""
-    start, end, duration = _times(row)
-    out: ActivationSummary = {
-        "namespace": row["namespace"],
-        "name": row["name"],
-        "version": str(row.get("version") or "0.0.1"),
-        "subject": str(row.get("subject") or row["namespace"]),
-        "activationId": row["activation_id"],
-        "start": start,
-        "end": end,
-        "duration": duration,
-        "statusCode": row.get("status_code"),
-        "annotations": list(row.get("annotations") or []),
-        "publish": False,
-        **_cause(row),
-        "attempt": int(row.get("attempt") or 1),
-        "state": str(row.get("state") or "queued"),
-        **_event_offset(row),
-    }
-    return out
+    return {**_identity(row), "statusCode": row.get("status_code"), **_tail(row)}
 
 
 def dead_letter(row: ActivationRow) -> DeadLetter:
