@@ -5,7 +5,7 @@ a client that hangs up raises ClientGone."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -79,31 +79,40 @@ class RequestBody:
         if self.length is not None and received != self.length:
             raise IncompleteUpload(f"Body has {received} bytes, Content-Length says {self.length}")
 
-    async def whole(self) -> bytes:
-        """The whole body in memory, with `into`'s errors: for a small body of a known length (the caller
-        bounds it), so that it can be written with one hand-off to an I/O thread rather than one per step.
-        One timer for the whole read, moved on by every chunk."""
+    async def _read(self, take: Callable[[bytes], Awaitable[None] | None]) -> int:
+        """Receive the body to its end, giving each non-empty chunk to `take` (awaited if it returns an
+        awaitable); the number of bytes. ClientGone when the client hangs up; IncompleteUpload after the idle
+        timeout without data, or when the body is not Content-Length bytes long."""
         self.started = True
         loop = asyncio.get_running_loop()
-        parts: list[bytes] = []
         total = 0
         try:
-            async with asyncio.timeout(self.idle_timeout) as idle:
+            async with asyncio.timeout(None) as idle:
                 while True:
+                    # One timer rescheduled per chunk: asyncio.wait_for would cost a task per chunk.
+                    idle.reschedule(loop.time() + self.idle_timeout)
                     message = await self.receive()
                     if message["type"] == "http.disconnect":
                         raise ClientGone()
                     body = message.get("body", b"")
                     if body:
-                        parts.append(body)
                         total += len(body)
+                        wait = take(body)
+                        if wait is not None:
+                            await wait
                     if not message.get("more_body", False):
                         break
-                    idle.reschedule(loop.time() + self.idle_timeout)
         except TimeoutError as exc:
             raise IncompleteUpload(f"No data for {self.idle_timeout:g} s; upload abandoned") from exc
         if self.length is not None and total != self.length:
             raise IncompleteUpload(f"Body has {total} bytes, Content-Length says {self.length}")
+        return total
+
+    async def whole(self) -> bytes:
+        """The whole body in memory, with `into`'s errors: for a small body of a known length (the caller
+        bounds it), so that it can be written with one hand-off to an I/O thread rather than one per step."""
+        parts: list[bytes] = []
+        await self._read(parts.append)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def into(self, sink: Sink, executor: Executor | None = None) -> int:
@@ -113,10 +122,9 @@ class RequestBody:
         hashlib and os.write release the GIL), the next is received; so at most two chunks are in memory.
         Raises ClientGone when the client hangs up, IncompleteUpload after the idle timeout without data or
         when the body is not Content-Length bytes long."""
-        self.started = True
         loop = asyncio.get_running_loop()
         pieces: list[bytes] = []
-        buffered = total = 0
+        buffered = 0
         pending: asyncio.Future[None] | None = None
 
         async def flush() -> None:
@@ -129,35 +137,22 @@ class RequestBody:
             sink.reserve_for(len(data))  # bookkeeping stays on the loop thread
             pending = loop.run_in_executor(executor, sink.write, data)
 
+        def take(body: bytes) -> Awaitable[None] | None:
+            nonlocal buffered
+            pieces.append(body)
+            buffered += len(body)
+            return flush() if buffered >= WRITE_BUFFER else None
+
         try:
-            async with asyncio.timeout(None) as idle:
-                while True:
-                    # One timer rescheduled per chunk: asyncio.wait_for would cost a task per chunk.
-                    idle.reschedule(loop.time() + self.idle_timeout)
-                    message = await self.receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientGone()
-                    body = message.get("body", b"")
-                    if body:
-                        pieces.append(body)
-                        buffered += len(body)
-                        total += len(body)
-                        if buffered >= WRITE_BUFFER:
-                            await flush()
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError as exc:
-            raise IncompleteUpload(f"No data for {self.idle_timeout:g} s; upload abandoned") from exc
+            total = await self._read(take)
+            if pieces:
+                await flush()
+            if pending is not None:
+                await pending
         finally:
             if pending is not None and not pending.done():
                 # Never leave a write running against a file that the caller is about to remove.
                 await asyncio.shield(pending)
-        if pieces:
-            await flush()
-        if pending is not None:
-            await pending
-        if self.length is not None and total != self.length:
-            raise IncompleteUpload(f"Body has {total} bytes, Content-Length says {self.length}")
         return total
 
 
