@@ -329,9 +329,14 @@ def sequential(door_port: int, rec: fb.Recorder, directory: str, plan: Plan) -> 
     return {"latency": sb.summarize(latencies), "duplicates": rec.duplicates_of(directory + "/")}
 
 
+def fifo_bind(rec: fb.Recorder) -> dict[str, str]:
+    """The recorder's FIFO bound into the (admin's) function sandboxes, as bench/functions.py does."""
+    return {"HEADRACE_SANDBOX_BIND": f"admin:{rec.path.parent}"}
+
+
 def latency_embedded(workdir: Path, rec: fb.Recorder, plan: Plan, extra_env: dict[str, str]) -> dict[str, Any]:
     action = fb.ActionDef("warm", fb.action_code(rec.path), "/warm", {"minScale": 1, "maxScale": 4})
-    server = fb.FnServer(workdir, extra_env, [action], ["/warm"])
+    server = fb.FnServer(workdir, {**fifo_bind(rec), **extra_env}, [action], ["/warm"])
     server.start()
     try:
         return sequential(server.port, rec, "/warm", plan)
@@ -342,6 +347,7 @@ def latency_embedded(workdir: Path, rec: fb.Recorder, plan: Plan, extra_env: dic
 def latency_up_kafka(workdir: Path, rec: fb.Recorder, plan: Plan, broker: KafkaBroker) -> dict[str, Any]:
     """`headrace up` publishing activations to Kafka, one invoker process running them (same SQLite file)."""
     cl = new_cluster(workdir, "", broker, "up-kafka")
+    cl.env_extra.update(fifo_bind(rec))  # the invoker runs the function
     env = {k: v for k, v in cl.env_extra.items() if k.startswith("HEADRACE_") and k != "HEADRACE_FSYNC"}
     env.update(HEADRACE_KAFKA=broker.bootstrap, HEADRACE_ACTIVATIONS="kafka")
     action = fb.ActionDef("warm", fb.action_code(rec.path), "/warm", {"minScale": 1, "maxScale": 4})
@@ -359,6 +365,7 @@ def latency_up_kafka(workdir: Path, rec: fb.Recorder, plan: Plan, broker: KafkaB
 def latency_roles(workdir: Path, dbs: Databases, rec: fb.Recorder, plan: Plan, broker: KafkaBroker) -> dict[str, Any]:
     db_url = dbs.new()
     cl = new_cluster(workdir, db_url, broker, "roles-latency")
+    cl.env_extra.update(fifo_bind(rec))
     try:
         cl.controller()
         deploy(db_url, "warm", fb.action_code(rec.path), {"minScale": 1, "maxScale": 4}, "/warm")
@@ -432,7 +439,9 @@ def wait_until(probe: Callable[[], Any], what: str, timeout: float) -> None:
 
 @contextmanager
 def recorder(workdir: Path, name: str) -> Iterator[fb.Recorder]:
-    rec = fb.Recorder(workdir / f"{name}.fifo")
+    fifos = workdir / "fifos"  # a directory of their own: a sandbox may not be shown the servers' data
+    fifos.mkdir(exist_ok=True)
+    rec = fb.Recorder(fifos / f"{name}.fifo")
     try:
         yield rec
     finally:
