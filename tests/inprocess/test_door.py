@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+import xml.etree.ElementTree as ET
 import zlib
 
 import httpx
@@ -49,6 +50,45 @@ def test_an_upload_with_a_wrong_digest_is_refused_and_leaves_nothing(door: httpx
     assert door.head(f"{base}/bad").status_code == 404
     right = base64.b64encode(hashlib.md5(DATA).digest()).decode()
     assert door.put(f"{base}/good", content=DATA, headers={"Digest": f"md5={right}"}).status_code == 201
+
+
+def test_content_md5_is_verified_as_dcache_does(door: httpx.Client, base: str) -> None:
+    """RFC 1864's Content-MD5 (base64 of the MD5): a mismatch is 400 with a JSON body and stores nothing; a
+    malformed one, or one that disagrees with the Digest header, is 400 too."""
+    right = base64.b64encode(hashlib.md5(DATA).digest()).decode()
+    wrong = base64.b64encode(hashlib.md5(b"other").digest()).decode()
+    r = door.put(f"{base}/bad", content=DATA, headers={"Content-MD5": wrong})
+    assert r.status_code == 400 and "mismatch" in r.json()["detail"], r.text
+    assert door.head(f"{base}/bad").status_code == 404
+    for headers in ({"Content-MD5": "not base64!"}, {"Content-MD5": right, "Digest": f"md5={wrong}"}):
+        r = door.put(f"{base}/bad", content=DATA, headers=headers)
+        assert r.status_code == 400 and r.headers["content-type"].startswith("application/json"), r.text
+        assert door.head(f"{base}/bad").status_code == 404
+    assert door.put(f"{base}/good", content=DATA, headers={"Content-MD5": right}).status_code == 201
+    assert door.head(f"{base}/good", headers={"Want-Digest": "md5"}).headers["digest"] == f"md5={right}"
+
+
+def test_quota_properties_are_on_collections_only(door: httpx.Client, base: str) -> None:
+    """gfal2 and davix read a file's DAV:quota-used-bytes as its size: a file has none, its collection has them."""
+    assert door.put(f"{base}/f", content=DATA).status_code == 201
+    body = (
+        '<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:prop><D:getcontentlength/>'
+        "<D:quota-used-bytes/><D:quota-available-bytes/></D:prop></D:propfind>"
+    )
+    r = door.request("PROPFIND", base, headers={"Depth": "1", "Content-Type": "application/xml"}, content=body)
+    assert r.status_code == 207, r.text
+    ns = {"D": "DAV:"}
+    found: dict[str, dict[str, str]] = {}
+    for resp in ET.fromstring(r.content).findall("D:response", ns):
+        href = resp.findtext("D:href", namespaces=ns) or ""
+        props: dict[str, str] = {}
+        for ps in resp.findall("D:propstat", ns):
+            if "200" in (ps.findtext("D:status", namespaces=ns) or ""):
+                for prop in ps.find("D:prop", ns) or []:
+                    props[prop.tag.split("}")[1]] = prop.text or ""
+        found[href.rstrip("/")] = props
+    assert found[f"{base}/f"] == {"getcontentlength": str(len(DATA))}
+    assert {"quota-used-bytes", "quota-available-bytes"} <= set(found[base])
 
 
 def test_ranges(door: httpx.Client, base: str) -> None:

@@ -82,6 +82,24 @@ def parse_digest(header: str) -> dict[str, str]:
     return out
 
 
+def expected_checksums(digest: str, content_md5: str) -> dict[str, str]:
+    """What a PUT says its body hashes to: its `Digest` (RFC 3230) and its `Content-MD5` (RFC 1864, the MD5
+    as base64, which dCache verifies too), namespace names to lower-case hex. Raises ValueError when either
+    is malformed or they name two different MD5s."""
+    try:
+        expected = parse_digest(digest)
+    except ValueError as exc:
+        raise ValueError(f"Malformed Digest header: {exc}") from exc
+    if content_md5.strip():
+        try:
+            md5 = _wire_to_hex("MD5", content_md5.strip())
+        except ValueError as exc:
+            raise ValueError(f"Malformed Content-MD5 header: {exc}") from exc
+        if expected.setdefault("MD5", md5) != md5:
+            raise ValueError("Content-MD5 and Digest name different MD5 values")
+    return expected
+
+
 def format_digest(checksums: dict[str, str], wanted: list[str]) -> str | None:
     """The `Digest:` answer for the first wanted type we hold (RFC 3230: one is enough)."""
     for name in wanted:

@@ -55,7 +55,7 @@ from headrace.http_common import (
 )
 from headrace.storage import pool_protocol as proto
 from headrace.storage.blobstore import Stored, Stores
-from headrace.storage.checksums import FROM_WIRE, SUPPORTED, format_digest, parse_digest, parse_want_digest
+from headrace.storage.checksums import FROM_WIRE, SUPPORTED, expected_checksums, format_digest, parse_want_digest
 from headrace.storage.local_store import LocalStore
 from headrace.storage.namespace import Namespace
 from headrace.storage.pool import BLOB_NAME, Pool
@@ -205,11 +205,12 @@ class PoolServer:
     # -- writing -------------------------------------------------------------------------------------------
 
     async def _receive(self, scope: Scope, receive: Receive, blob: str, types: set[str]) -> Stored:
-        """Stream the body into a new blob called `blob`; complete, durable and its Digest verified, or nothing."""
+        """Stream the body into a new blob called `blob`; complete, durable and its Digest and Content-MD5
+        verified, or nothing."""
         try:
-            expected = parse_digest(header(scope, b"digest") or "")
+            expected = expected_checksums(header(scope, b"digest") or "", header(scope, b"content-md5") or "")
         except ValueError as exc:
-            raise BadRequest(f"Malformed Digest header: {exc}") from exc
+            raise BadRequest(str(exc)) from exc
         body = RequestBody(receive, content_length(scope), self.options.upload_idle_timeout)
         return await self.store.receive(body, types, expected, blob=blob)
 

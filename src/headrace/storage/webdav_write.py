@@ -21,7 +21,7 @@ from headrace.http import conditionals
 from headrace.http_common import addressed_as, authority, content_length
 from headrace.metrics import DOOR_BYTES
 from headrace.storage.blobstore import BlobStore
-from headrace.storage.checksums import format_digest, parse_digest, parse_want_digest
+from headrace.storage.checksums import expected_checksums, format_digest, parse_want_digest
 from headrace.storage.namespace import Blob, CopyItem, Inode
 from headrace.storage.paths import from_destination
 from headrace.storage.pool import new_blob_name
@@ -50,9 +50,9 @@ class Writing(DoorBase):
         if if_match and existing is not None and not conditionals.if_match_holds(if_match, existing.etag):
             raise PreconditionFailed("If-Match does not match the current ETag")
         try:
-            expected = parse_digest(call.header("digest") or "")
+            expected = expected_checksums(call.header("digest") or "", call.header("content-md5") or "")
         except ValueError as exc:
-            raise BadRequest(f"Malformed Digest header: {exc}") from exc
+            raise BadRequest(str(exc)) from exc
         want = parse_want_digest(call.header("want-digest") or "")
         length = content_length(call.scope)
         if_match_value = if_match.strip() if if_match else None

@@ -225,9 +225,11 @@ def live_value(
             return SUPPORTED_LOCK
         if local == "lockdiscovery":
             return lockdiscovery
-        if local == "quota-used-bytes" and quota:
+        # RFC 4331's quota properties, on collections only (as dCache): clients such as gfal2 and davix read
+        # a file's quota-used-bytes as its size
+        if local == "quota-used-bytes" and quota and node.is_dir:
             return str(quota[0])
-        if local == "quota-available-bytes" and quota:
+        if local == "quota-available-bytes" and quota and node.is_dir:
             return str(quota[1])
         return None
     if name == f"{{{DCACHE}}}Checksums":
