@@ -966,7 +966,29 @@ def _durable_writer(base: Path, body: bytes, counter: Iterator[int], lock: threa
             os.close(dir_fd)
 
 
-def measure_disk_ceiling(workdir: Path, plan: Plan) -> dict[str, Any]:
+def measure_big_fsync_ceiling(workdir: Path, plan: Plan, src: Path) -> dict[str, Any]:
+    """What this disk allows for one durable large file, without any server: `src` (the big file, in the page
+    cache) copied to a new file in 1 MiB writes and fsynced, the time to the fsync's return; median of
+    `plan.runs` runs. A server that fsyncs an upload (headrace's pools do) cannot store one faster."""
+    rates: list[float] = []
+    for run in range(plan.runs):
+        dest = workdir / f"big-ceiling-{run}"
+        with src.open("rb") as f:
+            t0 = time.perf_counter()
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                while chunk := f.read(MiB):
+                    os.write(fd, chunk)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            rates.append(plan.big_bytes / 1e6 / (time.perf_counter() - t0))
+        dest.unlink()
+        os.sync()
+    return {"big_MBps": statistics.median(rates), "big_runs": rates}
+
+
+def measure_disk_ceiling(workdir: Path, plan: Plan, src: Path) -> dict[str, Any]:
     """What this disk allows for durable small files, without any server: `plan.clients` threads each write
     4 KiB to a new file in tmp/, fsync it, rename it into one of 256 fan-out directories and fsync that
     directory (what a server that fsyncs must do per upload, as headrace's pools do). os.write and os.fsync
@@ -994,7 +1016,9 @@ def measure_disk_ceiling(workdir: Path, plan: Plan) -> dict[str, Any]:
         shutil.rmtree(base, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
     os.sync()
+    big = measure_big_fsync_ceiling(workdir, plan, src)
     return {
+        **big,
         "files_per_s": statistics.median(rates),
         "runs": rates,
         "threads": plan.clients,
@@ -1179,6 +1203,13 @@ def disk_ratio(servers: dict[str, Any], disk: dict[str, Any] | None) -> float | 
     return round(mine / ceiling, 3) if isinstance(mine, float | int) and ceiling else None
 
 
+def big_disk_ratio(servers: dict[str, Any], disk: dict[str, Any] | None) -> float | None:
+    """headrace's large-file PUT rate as a share of the disk's ceiling for one durable large file."""
+    mine = servers.get("headrace", {}).get("put_big_MBps")
+    ceiling = (disk or {}).get("big_MBps")
+    return round(mine / ceiling, 3) if isinstance(mine, float | int) and ceiling else None
+
+
 def compute_goals(
     servers: dict[str, Any], ratios: dict[str, dict[str, float | None]], disk: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -1200,6 +1231,14 @@ def compute_goals(
             "goal": "headrace PUT / disk ceiling (reported)",
             "metric": "put_small_fps",
             "ratio": disk_ratio(servers, disk),
+            "status": "-",
+        }
+    )
+    goals.append(
+        {
+            "goal": "headrace large PUT / disk fsync ceiling (reported)",
+            "metric": "put_big_MBps",
+            "ratio": big_disk_ratio(servers, disk),
             "status": "-",
         }
     )
@@ -1311,6 +1350,12 @@ def render_markdown(report: dict[str, Any], plan: Plan) -> str:
             + " | ".join(fmt(disk["files_per_s"]) if name == "headrace" else "" for name in names)
             + f" | headrace PUT = {fmt(ratio, 2)} of it | |"
         )
+        if disk.get("big_MBps"):
+            lines.append(
+                f"| disk ceiling: {plan.big_label} written and fsynced (MB/s) | "
+                + " | ".join(fmt(disk["big_MBps"]) if name == "headrace" else "" for name in names)
+                + f" | headrace PUT = {fmt(big_disk_ratio(servers, disk), 2)} of it | |"
+            )
     lines += [
         "",
         f"Every rate is the median of {plan.runs} run{'s' if plan.runs > 1 else ''}; MB = 10^6 bytes. "
@@ -1488,10 +1533,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ceiling = measure_ceiling(gens, tmp, plan)
         gen = pick_generator(gens, ceiling)
         print(f"small files use the {gen.name} generator", flush=True)
-        disk = measure_disk_ceiling(tmp, plan)
+        disk = measure_disk_ceiling(tmp, plan, src)
         print(
             f"disk ceiling: {disk['files_per_s']:.0f} files/s ({plan.small_label}: {disk['what']}, "
-            f"{disk['threads']} threads)",
+            f"{disk['threads']} threads); {disk['big_MBps']:.0f} MB/s for {plan.big_label} written and fsynced",
             flush=True,
         )
 
