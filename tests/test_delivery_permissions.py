@@ -349,3 +349,50 @@ def test_a_channel_follows_its_owners_rights_as_they_change(
     reader.close()
     with client(base_url=server.api_url, auth=(name, key)) as api9:
         assert api9.delete(ch).status_code == 204
+
+
+def test_a_storage_trigger_follows_its_owners_rights_as_they_change(
+    server: Server, admin: tuple[httpx.Client, httpx.Client]
+) -> None:
+    """The storage feed's side of the channel test above: a user's trigger on `/` fires for the admin-only
+    directory within seconds of the user being made an administrator (in the database), and stops within
+    seconds of it being taken back. Each round writes into the secret directory, then a marker the user may
+    always read; the feed makes activations in the log's order, so once the marker's has run, the secret's
+    would be there too."""
+    door, api = admin
+    name, key, _ = add_user(server, "dpuser8")
+    _mkdir(door, api, "/dp8s", 0o700)
+    _mkdir(door, api, "/dp8o", 0o755)
+    with client(base_url=server.api_url, auth=(name, key)) as api8:
+        r = api8.put(f"{NS}/actions/dp8-spy", json={"exec": {"kind": "python:3", "code": STORE_PATH}})
+        assert r.status_code == 200, r.text
+        feed = {"path": "/", "recursive": True, "flags": ["IN_CLOSE_WRITE"]}
+        assert api8.put(f"{NS}/triggers/dp8-all", json={"feed": feed}).status_code == 200
+        r = api8.put(f"{NS}/rules/dp8-all-spy", json={"trigger": "/_/dp8-all", "action": "/_/dp8-spy"})
+        assert r.status_code == 200, r.text
+        rounds = iter(range(10_000))
+
+        def fires_on_secret() -> bool:
+            n = next(rounds)
+            assert door.put(f"/dp8s/s{n}.txt", content=b"secret").status_code == 201
+            assert door.put(f"/dp8o/m{n}.txt", content=b"marker").status_code == 201
+
+            def ran() -> list[str] | None:
+                r = api8.get(f"{NS}/activations", params={"name": "dp8-spy", "docs": "true", "limit": 200})
+                assert r.status_code == 200, r.text
+                acts = list(r.json())
+                paths = [str((a.get("response") or {}).get("result", {}).get("path")) for a in acts]
+                if f"/dp8o/m{n}.txt" not in paths or any(a["state"] not in ("done", "dead") for a in acts):
+                    return None
+                return paths
+
+            return f"/dp8s/s{n}.txt" in wait_for(ran, f"the activation for /dp8o/m{n}.txt")
+
+        assert not fires_on_secret()
+        set_admin = "UPDATE users SET admin = :admin WHERE username = :name"
+        execute(server.data, set_admin, [{"admin": True, "name": name}])
+        wait_for(fires_on_secret, "the trigger to fire on what its owner may read as an administrator")
+        execute(server.data, set_admin, [{"admin": False, "name": name}])
+        wait_for(lambda: not fires_on_secret(), "the trigger to stop firing on what its owner may no longer read")
+        for kind, entity in (("rules", "dp8-all-spy"), ("triggers", "dp8-all"), ("actions", "dp8-spy")):
+            api8.delete(f"{NS}/{kind}/{entity}")
