@@ -62,6 +62,15 @@ def execute(conn: Connection, key: str, build: Callable[[], ClauseElement], para
     return run(conn, sql, _args(order, literals, params))
 
 
+def rowcount(conn: Connection, key: str, build: Callable[[], ClauseElement], params: dict[str, Any]) -> int:
+    """Run the statement once with `params` (an UPDATE or DELETE); how many rows it changed."""
+    cur = execute(conn, key, build, params)
+    try:
+        return int(cur.rowcount)
+    finally:
+        cur.close()
+
+
 def run(conn: Connection, sql: str, args: Any) -> Any:
     """Run SQL compiled by the caller for this connection's dialect, with its arguments; the cursor."""
     cur = cursor(conn)

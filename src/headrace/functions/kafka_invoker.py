@@ -118,8 +118,8 @@ class _Job:
     row: ActivationRow | None = None  # while it runs: the row as claimed
     abandoned: bool = False
     task: asyncio.Task[None] | None = None
-    #: The rows of the messages received with this one, being read when they came (its first attempt's row).
-    ahead: asyncio.Task[dict[str, ActivationRow]] | None = None
+    #: Its row, asked for when its message came (with the others received then: one read), for its first attempt.
+    ahead: asyncio.Task[ActivationRow | None] | None = None
 
     def queue_row(self) -> _Queued:
         """What the per-action queue holds (next_runnable reads order_key and activation_id)."""
@@ -384,7 +384,6 @@ class KafkaInvoker:
             self.assigned.add(p)
 
     def _received(self, batch: list[tuple[int, int, bytes | None]]) -> None:
-        fresh: list[_Job] = []
         for partition, offset, value in batch:
             part = self.parts.setdefault(partition, _Partition())
             self.assigned.add(partition)
@@ -401,26 +400,19 @@ class KafkaInvoker:
                 continue
             job = _Job(body["id"], body["ns"], body["name"], partition, offset, body.get("orderKey"))
             self.jobs[job.aid] = job
-            fresh.append(job)
+            # its row, read now with the others of this batch (the row batcher makes one query of them)
+            job.ahead = asyncio.ensure_future(self.rows.submit(job.aid))
+            job.ahead.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failure is read again later
             self._queue(job)
-        if fresh:
-            ahead = asyncio.ensure_future(self._read_ahead([job.aid for job in fresh]))
-            ahead.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failure is read again later
-            for job in fresh:
-                job.ahead = ahead
         self._request_commits()
         self.scheduler.wake.set()
-
-    async def _read_ahead(self, ids: list[str]) -> dict[str, ActivationRow]:
-        """The rows of messages received together, in one read while they wait for workers."""
-        return {row["activation_id"]: row for row in await self.db.read(self.store.activations_by_id, ids)}
 
     async def _row(self, job: _Job) -> ActivationRow | None:
         """The job's activation row: read ahead for its first attempt, read again for a later one."""
         ahead, job.ahead = job.ahead, None
         if ahead is not None:
             try:
-                return (await ahead).get(job.aid)
+                return await ahead
             except Exception:  # the read ahead failed: read it now
                 log.debug("invoker: reading %s ahead failed", job.aid, exc_info=True)
         return await self.rows.submit(job.aid)

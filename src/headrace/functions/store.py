@@ -449,7 +449,7 @@ class FunctionStore:
         out = []
         for aid, attempt, start in claims:
             params = {"p_activation_id": aid, "p_attempt": attempt, "p_start": start}
-            out.append(bool(driver.execute(conn, "claim-queued", lambda: _CLAIM_QUEUED, params).rowcount))
+            out.append(bool(driver.rowcount(conn, "claim-queued", lambda: _CLAIM_QUEUED, params)))
         return out
 
     def update_fenced_many_in(
@@ -462,7 +462,7 @@ class FunctionStore:
             params = _update_params(aid, values)
             params["p_attempt"], params["p_start"] = fence
             build = functools.partial(_update, columns, True)
-            out.append(bool(driver.execute(conn, f"update-fenced:{','.join(columns)}", build, params).rowcount))
+            out.append(bool(driver.rowcount(conn, f"update-fenced:{','.join(columns)}", build, params)))
         return out
 
     def activation(self, activation_id: str) -> ActivationRow | None:
