@@ -8,7 +8,7 @@ not arrive by waiting for a later event that must (never by sleeping).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -312,6 +312,18 @@ def test_channel_keeps_its_credentials_confinement_across_a_restart(fresh_server
         assert sorted(api2.get(f"{EV}/channels").json()) == sorted([wide, own])
 
 
+def promote_then_demote(server: Server, name: str, reaches_secret: Callable[[], bool], what: str) -> None:
+    """`reaches_secret()` (one round of writes, and whether the user's channel or trigger got the admin-only
+    one) is false; the user is made an administrator in the database, and it becomes true; that is taken back,
+    and it becomes false again."""
+    set_admin = "UPDATE users SET admin = :admin WHERE username = :name"
+    assert not reaches_secret()
+    execute(server.data, set_admin, [{"admin": True, "name": name}])
+    wait_for(reaches_secret, f"{what} to reach what its owner may read as an administrator")
+    execute(server.data, set_admin, [{"admin": False, "name": name}])
+    wait_for(lambda: not reaches_secret(), f"{what} to stop reaching what its owner may no longer read")
+
+
 def test_a_channel_follows_its_owners_rights_as_they_change(
     server: Server, admin: tuple[httpx.Client, httpx.Client]
 ) -> None:
@@ -341,11 +353,7 @@ def test_a_channel_follows_its_owners_rights_as_they_change(
         names = [e.get("name") for e in _inotify(reader.until(marker))]
         return f"dp9s/s{n}.txt" in names
 
-    assert not sees_secret()
-    execute(server.data, "UPDATE users SET admin = :admin WHERE username = :name", [{"admin": True, "name": name}])
-    wait_for(sees_secret, "the channel to see what its owner may read as an administrator")
-    execute(server.data, "UPDATE users SET admin = :admin WHERE username = :name", [{"admin": False, "name": name}])
-    wait_for(lambda: not sees_secret(), "the channel to stop seeing what its owner may no longer read")
+    promote_then_demote(server, name, sees_secret, "the channel")
     reader.close()
     with client(base_url=server.api_url, auth=(name, key)) as api9:
         assert api9.delete(ch).status_code == 204
@@ -388,11 +396,6 @@ def test_a_storage_trigger_follows_its_owners_rights_as_they_change(
 
             return f"/dp8s/s{n}.txt" in wait_for(ran, f"the activation for /dp8o/m{n}.txt")
 
-        assert not fires_on_secret()
-        set_admin = "UPDATE users SET admin = :admin WHERE username = :name"
-        execute(server.data, set_admin, [{"admin": True, "name": name}])
-        wait_for(fires_on_secret, "the trigger to fire on what its owner may read as an administrator")
-        execute(server.data, set_admin, [{"admin": False, "name": name}])
-        wait_for(lambda: not fires_on_secret(), "the trigger to stop firing on what its owner may no longer read")
+        promote_then_demote(server, name, fires_on_secret, "the trigger")
         for kind, entity in (("rules", "dp8-all-spy"), ("triggers", "dp8-all"), ("actions", "dp8-spy")):
             api8.delete(f"{NS}/{kind}/{entity}")
