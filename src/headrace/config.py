@@ -9,6 +9,8 @@ import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from headrace.tape.config import TapeSettings
+
 
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
@@ -151,6 +153,8 @@ class Settings:
     #: cluster); empty: http://host:port of this process.
     public_door_url: str = ""
     public_api_url: str = ""
+    #: Tape: the HSM and when pools flush, evict and stage (headrace.tape.config).
+    tape: TapeSettings = field(default_factory=TapeSettings)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -203,6 +207,7 @@ class Settings:
             log_poll=float(os.environ.get("HEADRACE_LOG_POLL") or 0.0),
             public_door_url=os.environ.get("HEADRACE_PUBLIC_DOOR_URL") or "",
             public_api_url=os.environ.get("HEADRACE_PUBLIC_API_URL") or "",
+            tape=TapeSettings.from_env(),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
         return replace(base, **clean)  # type: ignore[arg-type]

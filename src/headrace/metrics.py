@@ -45,3 +45,12 @@ FN_LATENCY = Histogram(
 FN_QUEUED = Gauge("headrace_fn_queued", "Activations waiting to run, per action", ["action"], registry=REGISTRY)
 FN_RUNNING = Gauge("headrace_fn_running", "Activations running, per action", ["action"], registry=REGISTRY)
 FN_WORKERS = Gauge("headrace_fn_workers", "Warm worker processes, per action", ["action"], registry=REGISTRY)
+TAPE_OPS = Counter(
+    "headrace_tape_operations",
+    "Tape operations (store, restore, evict, remove) by outcome",
+    ["op", "outcome"],
+    registry=REGISTRY,
+)
+TAPE_BYTES = Counter(
+    "headrace_tape_bytes", "Bytes written to tape (store) and read back (restore)", ["op"], registry=REGISTRY
+)

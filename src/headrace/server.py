@@ -49,6 +49,9 @@ def announce_data(settings: Settings, report: StartReport) -> None:
 def announce(settings: Settings, report: StartReport) -> None:
     print(f"headrace: door     {settings.door_url}  (WebDAV)", flush=True)
     print(f"headrace: frontend {settings.api_url}  (REST API, /metrics, /api/v1/openapi.json)", flush=True)
+    if settings.tape.enabled:
+        what = f"simulator in {settings.tape.simulator}" if settings.tape.simulator else settings.tape.hsm_command
+        print(f"headrace: tape     {what}", flush=True)
     announce_data(settings, report)
 
 
@@ -76,13 +79,18 @@ async def run(settings: Settings) -> None:
         functions, results = _remote_functions(service, settings, publisher, controller.controller.reload)
     frontend = FrontendRole(service, settings, functions, channels_dir=settings.data_dir / "channels")
     await frontend.channels.start()
+    tape = service.tape_agents()
     try:
+        for agent in tape:
+            await agent.start()
         await controller.start()
         if results is not None:
             await results.start()
         await serve_all([door.server, frontend.server], [frontend.request_stop, door.request_stop])
     finally:
         await controller.stop()
+        for agent in tape:
+            await agent.stop()
         if results is not None:
             await results.close()
         await frontend.channels.stop()

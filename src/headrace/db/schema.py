@@ -44,10 +44,14 @@ inodes = Table(
     Column("pool", String(64), nullable=True),
     Column("blob", String(128), nullable=True),  # data file name inside the pool
     Column("locality", String(32), nullable=False, default="ONLINE"),
-    Column("qos", String(32), nullable=False, default="disk"),
+    Column("qos", String(32), nullable=False, default="disk"),  # the target: disk | tape | disk+tape
+    Column("hsm_uri", Text, nullable=True),  # the tape copy of the current version (HSM script's URI)
+    Column("accessed", BigInteger, nullable=True),  # ms: last read of a file on tape and disk (eviction LRU)
     UniqueConstraint("parent_id", "name", name="uq_inodes_parent_name"),
     sqlite_autoincrement=True,
 )
+# The flush queue: files whose QoS wants a tape copy they do not have yet (qos, locality) = (tape, ONLINE).
+Index("ix_inodes_tape", inodes.c.qos, inodes.c.locality)
 
 checksums = Table(
     "checksums",
@@ -216,3 +220,75 @@ pools = Table(
     Column("heartbeat", BigInteger, nullable=False),  # ms: the last time it said it was alive
     Column("expires", BigInteger, nullable=False),  # ms: doors send it no new files after this without a heartbeat
 )
+
+# -- tape (storage/tape.py): flush failures, tape copies to remove, pins, bulk requests ----------------------
+
+flush_failures = Table(
+    "flush_failures",
+    metadata,
+    Column("inode_id", Id, ForeignKey("inodes.id", ondelete="CASCADE"), primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("not_before", BigInteger, nullable=False),  # ms: the next attempt waits until then
+    Column("error", Text, nullable=False),
+)
+
+# Tape copies no file refers to any more (the file was deleted or overwritten): removed by the HSM's `remove`.
+hsm_trash = Table(
+    "hsm_trash",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("uri", Text, nullable=False),
+    Column("created", BigInteger, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# A pin keeps a file's disk copy from eviction until it expires (dCache's sticky flag with an owner).
+pins = Table(
+    "pins",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("inode_id", Id, ForeignKey("inodes.id", ondelete="CASCADE"), nullable=False),
+    Column("owner", String(64), nullable=False),  # username
+    Column("request_id", String(64), nullable=True),  # the bulk/tape request that made it
+    Column("expires", BigInteger, nullable=True),  # ms; None: until unpinned
+    sqlite_autoincrement=True,
+)
+Index("ix_pins_inode", pins.c.inode_id)
+
+# dCache's bulk requests and the WLCG Tape REST API's stage requests, one table: they share the staging queue.
+bulk_requests = Table(
+    "bulk_requests",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(64), nullable=False),  # username
+    Column("api", String(8), nullable=False),  # bulk | tape | door (a read that stages)
+    Column("activity", String(16), nullable=False),  # STAGE RELEASE PIN UNPIN UPDATE_QOS DELETE LOG_TARGET
+    Column("arguments", Text, nullable=False),  # compact JSON
+    Column("expand", String(8), nullable=False),  # none | targets | all
+    Column("status", String(16), nullable=False),  # QUEUED STARTED COMPLETED CANCELLED
+    Column("created", BigInteger, nullable=False),  # ms
+    Column("started", BigInteger, nullable=True),
+    Column("finished", BigInteger, nullable=True),
+)
+Index("ix_bulk_requests_owner", bulk_requests.c.owner, bulk_requests.c.created)
+
+bulk_targets = Table(
+    "bulk_targets",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), ForeignKey("bulk_requests.id", ondelete="CASCADE"), nullable=False),
+    Column("activity", String(16), nullable=False),  # the request's, for the queue's index
+    Column("owner", String(64), nullable=False),  # the request's, for per-user limits
+    Column("path", Text, nullable=False),
+    Column("pnfsid", String(36), nullable=True),
+    Column("state", String(16), nullable=False),  # CREATED READY RUNNING COMPLETED FAILED CANCELLED SKIPPED
+    Column("error", Text, nullable=True),
+    Column("created", BigInteger, nullable=False),
+    Column("started", BigInteger, nullable=True),
+    Column("finished", BigInteger, nullable=True),
+    Column("claimed_by", String(64), nullable=True),  # the pool staging it
+    Column("lease", BigInteger, nullable=True),  # ms: another pool may take it over after this
+    sqlite_autoincrement=True,
+)
+Index("ix_bulk_targets_queue", bulk_targets.c.activity, bulk_targets.c.state)
+Index("ix_bulk_targets_request", bulk_targets.c.request_id, bulk_targets.c.id)

@@ -47,6 +47,8 @@ class LocalStore(BlobStore):
         self.pool = pool
         self.name = pool.name
         self.io = executor
+        #: Blobs being sent now (a tape agent does not evict them): blob -> readers.
+        self.reading: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"LocalStore({self.name!r}, {str(self.pool.root)!r})"
@@ -142,6 +144,26 @@ class LocalStore(BlobStore):
         start: int,
         length: int,
         *,
+        label: str,
+    ) -> int:
+        self.reading[blob] = self.reading.get(blob, 0) + 1
+        try:
+            return await self._send(scope, send, receive, blob, status, headers, start, length, label)
+        finally:
+            left = self.reading.pop(blob) - 1
+            if left:
+                self.reading[blob] = left
+
+    async def _send(
+        self,
+        scope: Mapping[str, Any],
+        send: Any,
+        receive: Any,
+        blob: str,
+        status: int,
+        headers: Mapping[str, str],
+        start: int,
+        length: int,
         label: str,
     ) -> int:
         missing = f"Data of {label} is missing from pool {self.name}"

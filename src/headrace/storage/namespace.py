@@ -16,14 +16,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, delete, func, insert, literal_column, select, update
+from sqlalchemy import Connection, Select, and_, bindparam, delete, func, insert, literal_column, null, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
 from headrace.auth.subject import ROOT, R, Subject, W, X
 from headrace.db import driver
 from headrace.db.engine import Database
-from headrace.db.schema import checksums, events, inodes, labels, xattrs
+from headrace.db.schema import checksums, events, hsm_trash, inodes, labels, xattrs
 from headrace.errors import Conflict, Exists, Forbidden, NotEmpty, NotFound, PreconditionFailed
 from headrace.events.model import LIST_KINDS, OVERWRITE_KINDS, READ_KINDS, UPLOAD_KINDS, EventKind
 from headrace.http import conditionals
@@ -39,6 +39,12 @@ def now_ms() -> int:
 
 def now_us() -> int:
     return time.time_ns() // 1_000
+
+
+def trash_tape_copy(conn: Connection, uri: str) -> None:
+    """A tape copy no file refers to any more, for the HSM's `remove` (storage/tape.py), in the caller's
+    transaction."""
+    conn.execute(insert(hsm_trash).values(uri=uri, created=now_ms()))
 
 
 def new_pnfsid() -> str:
@@ -65,6 +71,8 @@ class Inode:
     locality: str
     qos: str
     path: str
+    hsm_uri: str | None = None
+    accessed: int | None = None
     checksums: dict[str, str] = field(default_factory=dict)
     xattrs: dict[str, str] | None = None
     labels: list[str] | None = None
@@ -72,6 +80,16 @@ class Inode:
     @property
     def is_dir(self) -> bool:
         return self.type == DIR
+
+    @property
+    def current_qos(self) -> str:
+        """The QoS the file has now (dCache's currentQos; `qos` is the target): a disk copy that the file's QoS
+        may evict is a cache and does not count."""
+        if self.locality == "NEARLINE":
+            return "tape"
+        if self.locality == "ONLINE_AND_NEARLINE":
+            return "tape" if self.qos == "tape" else "disk+tape"
+        return "disk"
 
     @property
     def etag(self) -> str:
@@ -98,6 +116,8 @@ class Inode:
             locality=m["locality"],
             qos=m["qos"],
             path=path,
+            hsm_uri=m["hsm_uri"],
+            accessed=m["accessed"],
         )
 
 
@@ -147,6 +167,9 @@ _NEW_VERSION = (
         blob=bindparam("blob"),
         mtime=bindparam("mtime"),
         generation=inodes.c.generation + literal_column("1"),  # no bind parameter of its own
+        locality=literal_column("'ONLINE'"),  # a new version is on disk only, until it is flushed
+        hsm_uri=null(),
+        accessed=null(),
     )
 )
 _DROP_CHECKSUMS = delete(checksums).where(checksums.c.inode_id == bindparam("id_"))
@@ -535,7 +558,9 @@ class Namespace:
             "pool": pool,
             "blob": blob,
             "locality": "ONLINE",
-            "qos": "disk",
+            "qos": parent.qos,  # a directory's QoS is its new entries' (dCache's directory tags)
+            "hsm_uri": None,
+            "accessed": None,
         }
         try:
             cur = driver.execute(conn, "insert-inode", lambda: _INSERT_INODE, values)
@@ -590,11 +615,14 @@ class Namespace:
                 raise PreconditionFailed(f"ETag does not match: {node.path}")
             self._need(subject, W, node)
             old = Blob(node.pool, node.blob, node.size) if node.pool and node.blob else None
+            if node.hsm_uri:
+                trash_tape_copy(conn, node.hsm_uri)
             t = now_ms()
             new_version = {"id_": node.id, "size": size, "pool": pool, "blob": blob, "mtime": t}
             driver.execute(conn, "new-version", lambda: _NEW_VERSION, new_version).close()
             driver.execute(conn, "drop-checksums", lambda: _DROP_CHECKSUMS, {"id_": node.id}).close()
             node.size, node.pool, node.blob, node.mtime = size, pool, blob, t
+            node.locality, node.hsm_uri, node.accessed = "ONLINE", None, None
             node.generation += 1
             kinds = OVERWRITE_KINDS
         if sums:
@@ -657,8 +685,11 @@ class Namespace:
                     for row in rows:
                         child = Inode.from_row(row, join(node.path, row.name))
                         blobs += self._delete_tree(conn, child, subject, recursive=True, cause=cause)
-        elif node.pool and node.blob:
-            blobs.append(Blob(node.pool, node.blob, node.size))
+        else:
+            if node.pool and node.blob:
+                blobs.append(Blob(node.pool, node.blob, node.size))
+            if node.hsm_uri:
+                trash_tape_copy(conn, node.hsm_uri)
         conn.execute(delete(inodes).where(inodes.c.id == node.id))
         self._emit(conn, (EventKind.DELETE,), node, subject, cause=cause)
         return blobs

@@ -212,6 +212,19 @@ class Upload:
             raise
         self.size += len(chunk)
 
+    def adopt(self) -> None:
+        """Take as this upload's data what another program wrote at its tmp/ path (an HSM script restoring a
+        copy: it may have replaced the file), counting its size; `finish` then makes it a blob. Blocking."""
+        os.close(self.fd)
+        self.fd = os.open(self.pool.tmp / self.blob, os.O_RDONLY | os.O_CLOEXEC)
+        size = os.fstat(self.fd).st_size
+        self.reserve_for(size)
+        self.size = size
+
+    @property
+    def tmp_path(self) -> str:
+        return str(self.pool.tmp / self.blob)
+
     def finish(self) -> None:
         """fsync (if configured), close, and rename into data/. Blocking: run in a thread."""
         try:

@@ -14,6 +14,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, insert, select
 
@@ -163,6 +164,21 @@ class StorageService:
         if self.recovers:
             self.set_state(CLEAN_MARK, "1")
         self.db.close()
+
+    # -- tape --------------------------------------------------------------------------------------------------
+
+    def tape_agents(self) -> list[Any]:
+        """A tape agent (`headrace.tape.agent.TapeAgent`) for each of this process's pools, when an HSM is
+        configured; the caller starts and stops them."""
+        hsm = self.settings.tape.hsm()
+        if hsm is None:
+            return []
+        from headrace.tape.agent import TapeAgent
+
+        return [
+            TapeAgent(self.db, self.namespace, pool, self.stores.local[name], hsm, self.settings.tape)  # type: ignore[arg-type]
+            for name, pool in self.pools.items()
+        ]
 
     # -- helpers for the transports ----------------------------------------------------------------------
 

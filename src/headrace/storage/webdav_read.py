@@ -53,6 +53,12 @@ class Reading(DoorBase):
             if digest:
                 headers["Digest"] = digest
         store = None
+        if not head and node.blob is None and node.hsm_uri is not None:
+            from headrace.tape.staging import bring_online
+
+            node = await bring_online(
+                self.db, self.ns, node, call.subject.username, wait=self.settings.tape.read_wait, api="door"
+            )
         if not head and node.pool is not None:
             store = await self.service.stores.get(node.pool)
             if self.settings.door_redirect:
@@ -73,6 +79,10 @@ class Reading(DoorBase):
         )
         DOOR_BYTES.labels("out").inc(sent)
         self.ns.post_read(node, call.subject, call.cause)
+        if node.hsm_uri is not None:  # a cached copy: recently used ones are evicted last
+            from headrace.tape.catalog import touch
+
+            self.db.group.post(touch, node.id)
         return None
 
     def _preconditions(self, call: Call, node: Inode) -> bool:

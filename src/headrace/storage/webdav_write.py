@@ -233,6 +233,9 @@ class Writing(DoorBase):
                     copied = await (await self.service.stores.get(item.pool)).copy(item.blob)
                     copies.append(Blob(item.pool, copied.blob, copied.size))
                     made.append((item, item.pool, copied.blob))
+                elif item.type == "REGULAR":
+                    what = call.principal.external(f"{call.path}/{item.rel}" if item.rel else call.path)
+                    raise Conflict(f"{what} is on tape only: stage it first")
                 else:
                     made.append((item, None, None))
             blobs, existed = await self.db.write(
