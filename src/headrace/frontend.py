@@ -41,7 +41,7 @@ from headrace.http_common import (
 )
 from headrace.metrics import API_REQUESTS, POOL_FREE, POOL_USED, REGISTRY
 from headrace.openapi import install as declare_errors
-from headrace.storage import namespace_api
+from headrace.storage import info_api, namespace_api
 from headrace.storage.service import StorageService
 
 if TYPE_CHECKING:
@@ -212,6 +212,7 @@ def create_app(
         return problem(exc.status_code, titles.get(exc.status_code, "Error"), detail)
 
     app.include_router(namespace_api.router(service))
+    app.include_router(info_api.router(service))
     if channels is not None:
         app.include_router(events_api.router(service, channels))
     if controller is not None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy import select
 
 from headrace.auth.access import Principal
-from headrace.db.engine import MAX_INTEGER
+from headrace.db import schema
+from headrace.db.engine import MAX_INTEGER, Database
 from headrace.errors import BadRequest
 from headrace.http_common import principal_of
 from headrace.storage.namespace import Inode
@@ -33,7 +36,24 @@ def _flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "false").lower() in ("true", "1", "yes")
 
 
-def render(node: Inode, *, name: bool, locality: bool, qos: bool, xattr: bool, checksum: bool) -> dict[str, Any]:
+#: The query flags that add fields to a stat or to each child of a listing (dCache's names).
+FLAGS = ("locality", "locations", "qos", "xattr", "labels", "checksum", "optional")
+
+
+def render(
+    node: Inode,
+    *,
+    name: bool,
+    locality: bool = False,
+    locations: bool = False,
+    qos: bool = False,
+    xattr: bool = False,
+    labels: bool = False,
+    checksum: bool = False,
+    optional: bool = False,
+) -> dict[str, Any]:
+    """One entry as dCache's frontend renders it. xattrs and labels appear when loaded on `node` (None: not
+    asked for); `labels` and `xattr` then say whether to show an empty set as such."""
     out: dict[str, Any] = {}
     if name:
         out["fileName"] = node.name
@@ -49,16 +69,77 @@ def render(node: Inode, *, name: bool, locality: bool, qos: bool, xattr: bool, c
     out["gid"] = node.gid
     if locality and not node.is_dir:
         out["fileLocality"] = node.locality
+    if locations or optional:
+        # The pools holding a disk copy: none for a file only on tape (its pool and blob are dropped on eviction).
+        out["locations"] = [node.pool] if node.pool and node.blob and not node.is_dir else []
+    if optional:
+        out.update(_optional(node))
     if qos:
-        out["currentQos"] = node.qos
-        out["targetQos"] = node.qos
-    if xattr and node.xattrs is not None:
+        out.update(qos_of(node))
+    if node.xattrs is not None:
         out["extendedAttributes"] = node.xattrs
+    elif xattr:
+        out["extendedAttributes"] = {}
     if node.labels is not None:
         out["labels"] = node.labels
+    elif labels:
+        out["labels"] = []
     if checksum and not node.is_dir:
         out["checksums"] = [{"type": t, "value": v} for t, v in sorted(node.checksums.items())]
     return out
+
+
+def qos_of(node: Inode) -> dict[str, str]:
+    """dCache's `currentQos`, and `targetQos` only while the file is changing to it (as dCache: a file at its
+    QoS has no target). A directory's QoS is the one its new entries get."""
+    if node.is_dir:
+        return {"currentQos": node.qos}
+    current = node.current_qos
+    return {"currentQos": current} if current == node.qos else {"currentQos": current, "targetQos": node.qos}
+
+
+def _optional(node: Inode) -> dict[str, Any]:
+    """What dCache adds with `optional=true`: access latency and retention policy (from the QoS: disk means
+    ONLINE, tape CUSTODIAL), access and change times, owner and group, and a file's storage info with its tape
+    copy (`suris`, the HSM's URI)."""
+    latency = "ONLINE" if "disk" in node.qos else "NEARLINE"
+    retention = "CUSTODIAL" if "tape" in node.qos else "REPLICA"
+    out: dict[str, Any] = {
+        "accessLatency": latency,
+        "retentionPolicy": retention,
+        "atime": node.accessed if node.accessed is not None else node.mtime,
+        "ctime": node.mtime,  # no separate change time is kept: the last change of the data
+        "owner": node.uid,
+        "group": node.gid,
+    }
+    if not node.is_dir:
+        info: dict[str, Any] = {"stored": node.hsm_uri is not None}
+        if node.hsm_uri:
+            hsm = urlsplit(node.hsm_uri).scheme
+            out["hsm"] = info["hsm"] = hsm
+        info.update(legacyAccessLatency=latency, legacyRetentionPolicy=retention, legacySize=node.size)
+        out["storageInfo"] = info
+        out["suris"] = [node.hsm_uri] if node.hsm_uri else []
+    return out
+
+
+def _page_extras(db: Database, nodes: list[Inode], *, xattr: bool, label: bool) -> None:
+    """Load the xattrs and/or labels of one page of children, in one query each."""
+    ids = [n.id for n in nodes]
+    with db.reader.connect() as conn:
+        if xattr:
+            found: dict[int, dict[str, str]] = {}
+            for r in conn.execute(select(schema.xattrs).where(schema.xattrs.c.inode_id.in_(ids))):
+                found.setdefault(r.inode_id, {})[r.name] = r.value
+            for n in nodes:
+                n.xattrs = found.get(n.id, {})
+        if label:
+            tags: dict[int, list[str]] = {}
+            t = schema.labels
+            for r in conn.execute(select(t).where(t.c.inode_id.in_(ids)).order_by(t.c.label)):
+                tags.setdefault(r.inode_id, []).append(r.label)
+            for n in nodes:
+                n.labels = tags.get(n.id, [])
 
 
 def router(service: StorageService) -> APIRouter:
@@ -69,9 +150,9 @@ def router(service: StorageService) -> APIRouter:
     @api.get(PREFIX + "/{path:path}", summary="Stat a file or directory; list a directory's children")
     async def get(request: Request, principal: Principal = authenticated) -> Any:
         path = _path(request, principal)
-        flags = {k: _flag(request, k) for k in ("locality", "qos", "xattr", "checksum")}
+        flags = {k: _flag(request, k) for k in FLAGS}
         children = _flag(request, "children")
-        want_labels = _flag(request, "labels") or _flag(request, "xattr")
+        want_labels = flags["labels"] or flags["xattr"]
         try:
             limit = int(request.query_params.get("limit", "0") or 0)
             offset = int(request.query_params.get("offset", "0") or 0)
@@ -81,7 +162,7 @@ def router(service: StorageService) -> APIRouter:
             raise BadRequest(f"limit and offset must be between 0 and {MAX_INTEGER}")
         principal.check("LIST" if children else "READ_METADATA", path)
         node = await db.read(ns.stat, path, principal.subject, xattr=flags["xattr"], label=want_labels)
-        head = render(node, name=False, **flags)
+        head = render(node, name=True, **flags)
         if not (children and node.is_dir):
             return JSONResponse(head)
         ns.check_readable(node, principal.subject)
@@ -103,10 +184,9 @@ def router(service: StorageService) -> APIRouter:
                     page = page[:remaining]
                     remaining -= len(page)
                 if page:
-                    parts = [
-                        json.dumps(render(c, name=True, **{**flags, "xattr": False}), separators=(",", ":"))
-                        for c in page
-                    ]
+                    if flags["xattr"] or flags["labels"]:
+                        await db.read(_page_extras, db, page, xattr=flags["xattr"], label=flags["labels"])
+                    parts = [json.dumps(render(c, name=True, **flags), separators=(",", ":")) for c in page]
                     yield (b"" if first else b",") + ",".join(parts).encode()
                     first = False
                 if remaining == 0:
