@@ -58,3 +58,127 @@ def test_a_file_in_a_tape_directory_is_flushed_after_it_closes(tape: Server) -> 
         wait_for("the new version's flush", lambda: len([c for c in calls(tape) if c.startswith("put ")]) > puts)
         wait_for("the old copy's removal", lambda: any(c.startswith("remove ") for c in calls(tape)))
         wait_for("the new locality", lambda: locality(api, "/flush/a.h5") == "ONLINE_AND_NEARLINE")
+
+
+def test_cached_copies_are_evicted_least_recently_used_first_and_staged_back_when_read(tmp_path: Path) -> None:
+    srv = tape_server(tmp_path, HEADRACE_POOL_MAX_BYTES=str(200 * KB)).start()
+    try:
+        with srv.api() as api, srv.door() as door:
+            mkdir(api, "/raw", qos="tape")
+            data = {f"/raw/f{i}": bytes([i]) * 20 * KB for i in range(8)}
+            for path, body in data.items():
+                assert door.put(path, content=body).status_code == 201
+            for path in data:
+                wait_for(f"{path} on tape", lambda p=path: locality(api, p) == "ONLINE_AND_NEARLINE")
+            assert door.get("/raw/f0").content == data["/raw/f0"]  # f0 is now the most recently used
+            wait_for(
+                "f0's access recorded", lambda: query_dicts(srv.data, "SELECT accessed FROM inodes WHERE name='f0'")
+            )
+            start = head(srv.data)
+            for i in (8, 9):  # 200 KB: past the 90 % mark, so cached copies go, down to 80 %
+                data[f"/raw/f{i}"] = bytes([i]) * 20 * KB
+                assert door.put(f"/raw/f{i}", content=data[f"/raw/f{i}"]).status_code == 201
+            evicted = wait_for(
+                "an eviction",
+                lambda: [e["path"] for e in tape_events(srv, start, "/raw") if e["tape"] == "evict"],
+            )
+            assert "/raw/f0" not in evicted
+            assert locality(api, evicted[0]) == "NEARLINE"
+            assert stat(api, evicted[0])["currentQos"] == "tape"
+            # a read stages it back, then answers with its bytes
+            start = head(srv.data)
+            r = door.get(evicted[0])
+            assert r.status_code == 200 and r.content == data[evicted[0]]
+            assert locality(api, evicted[0]) == "ONLINE_AND_NEARLINE"
+            assert any(e["tape"] == "restore" and e["path"] == evicted[0] for e in tape_events(srv, start, "/raw"))
+            assert any(c.startswith("get ") for c in calls(srv))
+            # HEAD does not stage
+            for path in data:
+                assert door.head(path).status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_a_failed_flush_is_retried_and_counted(tmp_path: Path) -> None:
+    srv = tape_server(tmp_path)
+    faults(srv, put=2, rc=31, message="no drive free")
+    srv.start()
+    try:
+        with srv.api() as api, srv.door() as door:
+            mkdir(api, "/retry", qos="tape")
+            assert door.put("/retry/x", content=b"x" * 100).status_code == 201
+            wait_for("a failed flush recorded", lambda: query_dicts(srv.data, "SELECT * FROM flush_failures"))
+            failure = query_dicts(srv.data, "SELECT * FROM flush_failures")[0]
+            assert "no drive free" in failure["error"] and failure["attempts"] >= 1
+            wait_for("the flush after two failures", lambda: locality(api, "/retry/x") == "ONLINE_AND_NEARLINE")
+            assert query_dicts(srv.data, "SELECT * FROM flush_failures") == []
+            metrics = api.get("/metrics").text
+            assert 'headrace_tape_operations_total{op="store",outcome="failed"} 2.0' in metrics
+    finally:
+        srv.stop()
+
+
+def _simulator_puts() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "headrace.tape.simulator put"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_a_sigkill_in_the_middle_of_a_flush_loses_nothing(tmp_path: Path) -> None:
+    srv = tape_server(tmp_path)
+    faults(srv, put_sleep=60)  # every put hangs before it copies
+    srv.start()
+    body = os.urandom(64 * KB)
+    with srv.api() as api, srv.door() as door:
+        mkdir(api, "/crash", qos="tape")
+        assert door.put("/crash/run.h5", content=body).status_code == 201
+    wait_for("the flush to start", _simulator_puts)
+    srv.kill()
+    for pid in _simulator_puts():  # the whole machine went down
+        os.kill(pid, signal.SIGKILL)
+    faults(srv)  # the tape system is back
+    srv.start()
+    try:
+        with srv.api() as api, srv.door() as door:
+            assert locality(api, "/crash/run.h5") in ("ONLINE", "ONLINE_AND_NEARLINE")  # never lost
+            assert door.get("/crash/run.h5").content == body
+            wait_for("the flush after the restart", lambda: locality(api, "/crash/run.h5") == "ONLINE_AND_NEARLINE")
+            assert door.get("/crash/run.h5").content == body
+    finally:
+        srv.stop()
+
+
+def test_qos_changes_move_the_data(tape: Server) -> None:
+    with tape.api() as api, tape.door() as door:
+        mkdir(api, "/moves")
+        assert door.put("/moves/m", content=b"m" * 1000).status_code == 201
+        assert locality(api, "/moves/m") == "ONLINE"
+        assert set_qos(api, "/moves/m", "disk+tape").is_success
+        info = stat(api, "/moves/m")
+        assert info["targetQos"] == "disk+tape"
+        wait_for("disk+tape", lambda: stat(api, "/moves/m")["currentQos"] == "disk+tape")
+        assert locality(api, "/moves/m") == "ONLINE_AND_NEARLINE"
+        removes = len([c for c in calls(tape) if c.startswith("remove ")])
+        assert set_qos(api, "/moves/m", "disk").is_success
+        wait_for("back to disk only", lambda: locality(api, "/moves/m") == "ONLINE")
+        wait_for("its tape copy removed", lambda: len([c for c in calls(tape) if c.startswith("remove ")]) > removes)
+        assert stat(api, "/moves/m")["currentQos"] == "disk"
+        r = set_qos(api, "/moves/m", "floppy")
+        assert r.status_code in (400, 409) and "Unknown QoS" in r.json()["detail"]
+
+
+def test_another_user_cannot_stage_or_change_what_they_may_not_read(tape: Server) -> None:
+    name, key, _ = add_user(tape, "tapeuser")
+    with tape.api() as api, tape.door() as door:
+        mkdir(api, "/private", qos="tape")
+        assert api.post("/api/v1/namespace/private", json={"action": "chmod", "mode": 0o700}).is_success
+        assert door.put("/private/p", content=b"p" * 100).status_code == 201
+        wait_for("the flush", lambda: locality(api, "/private/p") == "ONLINE_AND_NEARLINE")
+    with (
+        client(base_url=tape.door_url, auth=(name, key)) as door2,
+        client(base_url=tape.api_url, auth=(name, key)) as api2,
+    ):
+        assert door2.get("/private/p").status_code == 403
+        r = set_qos(api2, "/private/p", "disk")
+        assert r.status_code == 403, r.text
+    queued = query_dicts(tape.data, "SELECT * FROM bulk_targets WHERE owner = :o", o=name)
+    assert queued == []
