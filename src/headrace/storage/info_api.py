@@ -91,7 +91,6 @@ def router(service: StorageService) -> APIRouter:
     api = APIRouter()
     authenticated = Depends(principal_of(service))
     started = int(time.time() * 1000)
-    settings = service.settings
 
     async def pool_names() -> list[str]:
         remote = await service.remote_pools.refresh()
@@ -130,6 +129,7 @@ def router(service: StorageService) -> APIRouter:
 
     @api.get(PREFIX + "/doors", summary="The doors clients transfer data through (dCache's login broker)")
     async def doors(principal: Principal = authenticated) -> Any:
+        settings = service.settings
         url = urlsplit(settings.door_url)
         scheme = url.scheme or "http"
         host = url.hostname or settings.host
