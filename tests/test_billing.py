@@ -149,3 +149,32 @@ def test_encoding_is_compact_json() -> None:
     assert b": " not in raw and b", " not in raw
     assert json.loads(raw) == rec
     assert "/d/ü b".encode() in raw
+
+
+def test_tape_steps_are_store_and_restore_records() -> None:
+    hsm = {"type": "osm", "instance": "headrace", "provider": "script"}
+    for step in ("store", "restore"):
+        detail = {"changed": ["locality"], "tape": step, "uri": "osm://headrace/?store=T00001&bfid=x", "pool": "pool3"}
+        ev = event(EventKind.ATTRIB, detail={**detail, "hsm": hsm, "transferTime": 1500}, username="headrace")
+        assert billing.record_kind(ev) == step
+        (rec,) = billing.records(ev)
+        assert rec["msgType"] == step
+        assert rec["cellName"] == "pool3" and rec["cellType"] == "pool"
+        assert rec["hsm"] == hsm
+        assert rec["locations"] == ["osm://headrace/?store=T00001&bfid=x"]
+        assert rec["transferTime"] == 1500 and rec["queuingTime"] == 0
+        assert rec["storageInfo"] == "headrace:default@osm"
+    evict = event(EventKind.ATTRIB, detail={"tape": "evict"})
+    assert billing.record_kind(evict) is None and billing.records(evict) == []
+    with pytest.raises(ValueError):
+        billing.tape(evict)
+
+
+def test_tape_steps_have_cloudevent_types_of_their_own() -> None:
+    from headrace.events.render import cloudevent_json, event_data
+
+    for step, suffix in (("store", "stored"), ("restore", "restored"), ("evict", "evicted"), ("remove", "removed")):
+        ev = event(EventKind.ATTRIB, detail={"tape": step, "locality": "NEARLINE", "uri": "osm://x"})
+        assert json.loads(cloudevent_json(ev))["type"] == f"org.headrace.storage.tape.{suffix}"
+        assert event_data(ev)["tape"] == {"tape": step, "locality": "NEARLINE", "uri": "osm://x"}
+    assert json.loads(cloudevent_json(event(EventKind.ATTRIB)))["type"] == "org.headrace.storage.attributes"

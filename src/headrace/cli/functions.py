@@ -144,6 +144,10 @@ def deploy(
     pattern: Annotated[str | None, typer.Option("--pattern", help="Only for file names matching this glob")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", help="Also in every directory below --path")] = False,
     min_size: Annotated[int, typer.Option("--min-size", help="Only for files of at least this many bytes")] = 0,
+    tape: Annotated[
+        list[str] | None,
+        typer.Option("--on-tape", help="Run when a file reaches or leaves tape: store, restore, evict, remove"),
+    ] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="A parameter KEY=VALUE (repeatable)")] = None,
     main: Annotated[str, typer.Option("--main", help="The function to call")] = "main",
     timeout: Annotated[float | None, typer.Option("--timeout", help="Time limit in seconds (default 60)")] = None,
@@ -156,8 +160,8 @@ def deploy(
     as_json: JsonFlag = False,
 ) -> None:
     """Make or update a function: the action NAME and, with --path, a storage-fed trigger and a rule."""
-    if path is None and (on or pattern or recursive or min_size):
-        usage_error("--on, --pattern, --recursive and --min-size need --path (the directory to watch)")
+    if path is None and (on or pattern or recursive or min_size or tape):
+        usage_error("--on, --on-tape, --pattern, --recursive and --min-size need --path (the directory to watch)")
     limits: dict[str, int] = {}
     if timeout is not None:
         limits["timeout"] = round(timeout * 1000)
@@ -169,8 +173,10 @@ def deploy(
             scaling[key] = value
     feed = None
     if path is not None:
-        flags = normalize_flags(on) if on else ("IN_CLOSE_WRITE",)
-        feed = FeedSpec(path=path, recursive=recursive, flags=flags, pattern=pattern, min_size=min_size)
+        flags = normalize_flags(on) if on else ("IN_ATTRIB",) if tape else ("IN_CLOSE_WRITE",)
+        feed = FeedSpec(
+            path=path, recursive=recursive, flags=flags, pattern=pattern, min_size=min_size, tape=tuple(tape or ())
+        )
     spec = FunctionSpec.from_file(
         name, file, main=main, params=parse_params(param), limits=limits, scaling=scaling, feed=feed, storage=storage
     )

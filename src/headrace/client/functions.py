@@ -110,6 +110,8 @@ class FeedSpec:
     flags: tuple[str, ...] = ("IN_CLOSE_WRITE",)
     pattern: str | None = None
     min_size: int = 0
+    #: Tape steps that run it (store, restore, evict, remove); with them, flags default to IN_ATTRIB.
+    tape: tuple[str, ...] = ()
 
     def parameters(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "recursive": self.recursive, "flags": list(self.flags)}
@@ -117,6 +119,8 @@ class FeedSpec:
             out["pattern"] = self.pattern
         if self.min_size:
             out["min_size"] = self.min_size
+        if self.tape:
+            out["tape"] = list(self.tape)
         return out
 
     def normalized(self) -> dict[str, Any]:

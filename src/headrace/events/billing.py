@@ -64,10 +64,16 @@ def principals(username: str | None, uid: int | None = None, gids: Sequence[int]
     return out
 
 
+#: Tape steps (an ATTRIB event's detail "tape", storage/tape) that dCache bills, and their message types.
+TAPE_RECORDS = {"store": "store", "restore": "restore"}
+
+
 def record_kind(event: StorageEvent) -> str | None:
-    """The billing message type an event gives ("transfer" or "remove"), or None for no record."""
+    """The billing message type an event gives ("transfer", "remove", "store" or "restore"), or None."""
     if event.is_dir:
         return None
+    if event.kind is EventKind.ATTRIB:
+        return TAPE_RECORDS.get(str((event.detail or {}).get("tape")))
     if event.kind in (EventKind.CLOSE_WRITE, EventKind.CLOSE_NOWRITE):
         return "transfer"
     if event.kind is EventKind.DELETE:
@@ -88,6 +94,8 @@ def records(
         return [transfer(event, cells=cells, door=door, subject=subject)]
     if kind == "remove":
         return [remove(event, cells=cells, subject=subject)]
+    if kind in ("store", "restore"):
+        return [tape(event, cells=cells)]
     return []
 
 
@@ -131,6 +139,27 @@ def remove(
         raise ValueError(f"no remove record for {event.kind.value} of {'a directory' if event.is_dir else 'a file'}")
     rec = _common(event, "remove", cells.namespace, "PnfsManager", cells)
     rec["subject"] = _subject(event, subject)
+    return _compact(rec)
+
+
+def tape(event: StorageEvent, *, cells: Cells = DEFAULT_CELLS) -> dict[str, Any]:
+    """A "store" (flushed to tape) or "restore" (staged from tape) record, from the tape step's event."""
+    detail = event.detail or {}
+    kind = record_kind(event)
+    if kind not in ("store", "restore"):
+        raise ValueError(f"no tape record for {event.kind.value} {detail.get('tape')!r}")
+    pool = str(detail.get("pool") or cells.pool)
+    rec = _common(event, kind, pool, "pool", cells)
+    hsm = detail.get("hsm") or {}
+    rec.update(
+        {
+            "storageInfo": f"headrace:default@{hsm.get('type', 'osm')}",
+            "transferTime": _transfer_time(event),
+            "queuingTime": 0,
+            "hsm": {k: hsm.get(k) for k in ("type", "instance", "provider")},
+            "locations": [detail["uri"]] if detail.get("uri") else [],
+        }
+    )
     return _compact(rec)
 
 

@@ -31,6 +31,21 @@ CLOUDEVENT_TYPES: dict[EventKind, str] = {
     EventKind.MOVE: "org.headrace.storage.moved",
 }
 
+# A tape step (an ATTRIB whose detail names it, headrace.tape) has a type of its own.
+TAPE_TYPES: dict[str, str] = {
+    "store": "org.headrace.storage.tape.stored",
+    "restore": "org.headrace.storage.tape.restored",
+    "evict": "org.headrace.storage.tape.evicted",
+    "remove": "org.headrace.storage.tape.removed",
+}
+
+
+def cloudevent_type(event: StorageEvent) -> str:
+    if event.kind is EventKind.ATTRIB and event.detail and "tape" in event.detail:
+        return TAPE_TYPES.get(str(event.detail["tape"]), CLOUDEVENT_TYPES[event.kind])
+    return CLOUDEVENT_TYPES[event.kind]
+
+
 # Kinds whose inotify flag is the same in the parent (with a name) and on the target (without).
 PLAIN_FLAGS: dict[EventKind, str] = {
     EventKind.OPEN: "IN_OPEN",
@@ -88,6 +103,8 @@ def event_data(event: StorageEvent) -> dict[str, Any]:
     if event.kind is EventKind.MOVE:
         data["oldPath"] = event.old_path
         data["cookie"] = event.cookie
+    if event.detail and "tape" in event.detail:
+        data["tape"] = {k: event.detail[k] for k in ("tape", "locality", "uri", "pool") if k in event.detail}
     if event.cause:
         data["cause"] = event.cause
     return {k: v for k, v in data.items() if v is not None}
@@ -98,7 +115,7 @@ def cloudevent(event: StorageEvent, *, source: str = "/headrace/storage") -> Clo
         {
             "id": str(event.offset),
             "source": source,
-            "type": CLOUDEVENT_TYPES[event.kind],
+            "type": cloudevent_type(event),
             "subject": event.path,
             "time": datetime.fromtimestamp(event.time / 1e6, UTC),
             "datacontenttype": "application/json",
@@ -115,7 +132,7 @@ def cloudevent_json(event: StorageEvent, *, source: str = "/headrace/storage") -
         {
             "id": str(event.offset),
             "source": source,
-            "type": CLOUDEVENT_TYPES[event.kind],
+            "type": cloudevent_type(event),
             "subject": event.path,
             "time": datetime.fromtimestamp(event.time / 1e6, UTC).isoformat().replace("+00:00", "Z"),
             "datacontenttype": "application/json",

@@ -54,7 +54,7 @@ DEFAULT_LIST = 30
 MAX_LIST = 200
 DEFAULT_BLOCKING_MS = 60_000
 MAX_BLOCKING_MS = 600_000
-FEED_KEYS = ("path", "recursive", "flags", "pattern", "min_size")
+FEED_KEYS = ("path", "recursive", "flags", "pattern", "min_size", "tape")
 STATES = ("queued", "running", "done", "dead")
 
 

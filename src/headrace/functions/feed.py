@@ -43,6 +43,8 @@ def views(event: StorageEvent) -> list[tuple[str, str, str | None]]:
 
 def matches(event: StorageEvent, f: FeedFilter) -> list[str]:
     """The flags with which `event` fires a trigger with filter `f` (empty: it does not), permissions aside."""
+    if f.tape and not (event.kind is EventKind.ATTRIB and (event.detail or {}).get("tape") in f.tape):
+        return []
     out = []
     for flag, path, name in views(event):
         if flag in f.flags and _under(path, f) and f.matches_name(name, event.size):

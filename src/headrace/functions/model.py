@@ -223,6 +223,9 @@ def _zip_main(code: str) -> str:
 
 # -- the storage feed -------------------------------------------------------------------------------------
 
+#: The tape steps a storage feed can fire on (headrace.tape.catalog writes them as an ATTRIB's detail "tape").
+TAPE_STEPS = ("store", "restore", "evict", "remove")
+
 
 @dataclass(frozen=True)
 class FeedFilter:
@@ -233,6 +236,8 @@ class FeedFilter:
     flags: frozenset[str] = frozenset({"IN_CLOSE_WRITE"})
     pattern: str | None = None
     min_size: int = 0
+    #: Tape steps that fire it (store, restore, evict, remove: an IN_ATTRIB with that step); empty: any event.
+    tape: frozenset[str] = frozenset()
 
     def to_json(self) -> JSONObject:
         out: JSONObject = {"path": self.path, "recursive": self.recursive, "flags": sorted(self.flags)}
@@ -240,6 +245,8 @@ class FeedFilter:
             out["pattern"] = self.pattern
         if self.min_size:
             out["min_size"] = self.min_size
+        if self.tape:
+            out["tape"] = sorted(self.tape)
         return out
 
     def matches_name(self, name: str | None, size: int | None) -> bool:
@@ -250,11 +257,12 @@ class FeedFilter:
 
 def feed_filter(raw: JSONObject) -> FeedFilter:
     unknown = sorted(
-        set(raw) - {"path", "recursive", "flags", "pattern", "min_size", "lifecycleEvent", "triggerName", "authKey"}
+        set(raw)
+        - {"path", "recursive", "flags", "pattern", "min_size", "tape", "lifecycleEvent", "triggerName", "authKey"}
     )
     if unknown:
         raise ModelError(
-            f"Unknown storage feed parameter {unknown[0]!r} (known: path, recursive, flags, pattern, min_size)."
+            f"Unknown storage feed parameter {unknown[0]!r} (known: path, recursive, flags, pattern, min_size, tape)."
         )
     path = raw.get("path", "/")
     if not isinstance(path, str) or not path.startswith("/"):
@@ -263,7 +271,12 @@ def feed_filter(raw: JSONObject) -> FeedFilter:
     recursive = raw.get("recursive", False)
     if isinstance(recursive, str):
         recursive = recursive.lower() in ("1", "true", "yes")
-    flags_raw = raw.get("flags", ["IN_CLOSE_WRITE"])
+    tape_raw = raw.get("tape") or []
+    if isinstance(tape_raw, str):
+        tape_raw = [t for t in re.split(r"[,\s|]+", tape_raw) if t]
+    if not isinstance(tape_raw, list) or not all(isinstance(t, str) and t in TAPE_STEPS for t in tape_raw):
+        raise ModelError(f"The storage feed's tape steps are a list of: {', '.join(TAPE_STEPS)}.")
+    flags_raw = raw.get("flags", ["IN_ATTRIB"] if tape_raw else ["IN_CLOSE_WRITE"])
     if isinstance(flags_raw, str):
         flags_raw = [f for f in re.split(r"[,\s|]+", flags_raw) if f]
     if not isinstance(flags_raw, list) or not flags_raw:
@@ -284,6 +297,13 @@ def feed_filter(raw: JSONObject) -> FeedFilter:
         raise ModelError(f"The storage feed's min_size must be a number of bytes, not {min_size!r}.") from exc
     if min_size < 0:
         raise ModelError("The storage feed's min_size must not be negative.")
+    if tape_raw and "IN_ATTRIB" not in flags:
+        raise ModelError("A storage feed on tape steps needs the flag IN_ATTRIB (a tape step is an attribute change).")
     return FeedFilter(
-        path=path, recursive=bool(recursive), flags=frozenset(flags), pattern=pattern or None, min_size=min_size
+        path=path,
+        recursive=bool(recursive),
+        flags=frozenset(flags),
+        pattern=pattern or None,
+        min_size=min_size,
+        tape=frozenset(tape_raw),
     )
