@@ -43,6 +43,8 @@ from headrace.metrics import API_REQUESTS, POOL_FREE, POOL_USED, REGISTRY
 from headrace.openapi import install as declare_errors
 from headrace.storage import info_api, namespace_api
 from headrace.storage.service import StorageService
+from headrace.tape import bulk_api, tape_api
+from headrace.tape.requests import RequestStore, max_active_from_env
 
 if TYPE_CHECKING:
     from headrace.functions.api import Functions
@@ -212,6 +214,10 @@ def create_app(
         return problem(exc.status_code, titles.get(exc.status_code, "Error"), detail)
 
     app.include_router(namespace_api.router(service))
+    # Bulk and tape requests: one store; the frontend role runs its Runner (tape/requests.py).
+    app.state.bulk_requests = RequestStore(service.namespace, max_active=max_active_from_env())
+    app.include_router(bulk_api.router(service, app.state.bulk_requests))
+    app.include_router(tape_api.router(service, app.state.bulk_requests))
     app.include_router(info_api.router(service))
     if channels is not None:
         app.include_router(events_api.router(service, channels))

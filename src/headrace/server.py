@@ -81,6 +81,7 @@ async def run(settings: Settings) -> None:
     await frontend.channels.start()
     tape = service.tape_agents()
     try:
+        await frontend.runner.start()
         for agent in tape:
             await agent.start()
         await controller.start()
@@ -88,6 +89,7 @@ async def run(settings: Settings) -> None:
             await results.start()
         await serve_all([door.server, frontend.server], [frontend.request_stop, door.request_stop])
     finally:
+        await frontend.runner.stop()
         await controller.stop()
         for agent in tape:
             await agent.stop()

@@ -17,6 +17,7 @@ from headrace.functions.dispatch import Dispatcher
 from headrace.functions.store import FunctionStore
 from headrace.roles.common import QuietServer, uvicorn_config
 from headrace.storage.service import StorageService
+from headrace.tape.requests import Runner, runner_enabled_from_env
 
 if TYPE_CHECKING:
     from headrace.functions.api import Functions
@@ -50,12 +51,21 @@ class FrontendRole:
         # find a channel's `Location` case-sensitively.
         self.app = create_app(service, self.channels, functions)
         self.server = QuietServer(uvicorn_config(self.app, settings, settings.api_port, http="h11"))
+        #: Runs bulk requests' targets other than stages (the tape agent's) and rolls requests up.
+        self.runner = Runner(
+            self.app.state.bulk_requests,
+            service.users,
+            service.drop_blobs,
+            name=f"frontend-{settings.host}:{settings.api_port}",
+            enabled=runner_enabled_from_env(),
+        )
 
     def announce(self) -> None:
         print(f"headrace: frontend {self.settings.api_url}  (REST API, /metrics, /api/v1/openapi.json)", flush=True)
 
     async def start(self) -> None:
         await self.channels.start()
+        await self.runner.start()
         if self.results is not None:
             await self.results.start()
 
@@ -64,6 +74,7 @@ class FrontendRole:
         self.server.request_stop()
 
     async def stop(self) -> None:
+        await self.runner.stop()
         await self.channels.stop()
         if self.results is not None:
             await self.results.close()

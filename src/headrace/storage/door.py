@@ -28,6 +28,8 @@ from headrace.storage.webdav_write import Writing
 
 log = logging.getLogger("headrace.door")
 
+#: The WLCG Tape REST API's discovery document (tape/tape_api.py), served without authentication as dCache does.
+WELL_KNOWN_TAPE = "/.well-known/wlcg-tape-rest-api"
 ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, LOCK, UNLOCK, POST"
 
 
@@ -68,6 +70,10 @@ class Door(Reading, Writing, Properties, Locking, MacaroonRequests):
                     status_code=200,
                     headers={"Allow": ALLOW, "DAV": "1, 2", "MS-Author-Via": "DAV", "Content-Length": "0"},
                 )
+            if method == "GET" and scope["path"] == WELL_KNOWN_TAPE:  # gfal2 asks the door's host:port
+                from headrace.tape.tape_api import discovery_response
+
+                return discovery_response(self.settings)
             handler = self.handlers.get(method)
             if handler is None:
                 raise MethodNotAllowed(f"Method {method} is not supported here")

@@ -68,6 +68,8 @@ ONLINE = ("ONLINE", "ONLINE_AND_NEARLINE")
 DEFAULT_PIN_MS = 24 * 3600 * 1000
 #: Targets a user may have not yet final (CREATED, READY, RUNNING), over all their requests.
 DEFAULT_MAX_ACTIVE = 100_000
+#: Targets of one request at most, directories expanded (those not to run, SKIPPED and FAILED, included).
+MAX_TARGETS = 1_000_000
 #: Targets of one request shown per GET (dCache's page; `nextId` continues).
 PAGE = 10_000
 #: How long a runner's claim on a target holds before another runner may take it over (ms).
@@ -78,6 +80,11 @@ _ISO = re.compile(
     r"(?:T(?:(?P<h>\d+(?:\.\d+)?)H)?(?:(?P<m>\d+(?:\.\d+)?)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?$"
 )
 _ISO_MS = {"w": 604_800_000, "d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000}
+
+
+def runner_enabled_from_env() -> bool:
+    """HEADRACE_BULK_RUNNER=0 makes a frontend that takes requests but runs none (another frontend does)."""
+    return os.environ.get("HEADRACE_BULK_RUNNER", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
 def max_active_from_env() -> int:
@@ -149,6 +156,17 @@ class _Target:
     error: str | None = None
 
 
+@dataclass
+class Planned:
+    """A request resolved into its targets, not yet written."""
+
+    id: str
+    owner: str
+    request: NewRequest
+    arguments: dict[str, Any]
+    targets: list[_Target]
+
+
 def _error(kind: str, message: str) -> str:
     """A target's error as stored: dCache's exception class name, then the sentence (see `split_error`)."""
     return f"{kind}: {message}"
@@ -182,8 +200,12 @@ class RequestStore:
         self.listeners: list[Callable[[], None]] = []
 
     def changed(self) -> None:
+        """A request was made or cancelled here: wake this process's runner and tape agents."""
+        from headrace.tape.agent import wake_all
+
         for listener in self.listeners:
             listener()
+        wake_all()
 
     # -- creating ------------------------------------------------------------------------------------------
 
@@ -202,50 +224,58 @@ class RequestStore:
         if not isinstance(req.arguments.get("pin_ms", 0), int):
             raise BadRequest("pin_ms must be an integer")
 
-    def create(self, principal: Principal, req: NewRequest) -> str:
-        """Make the request and its targets; its id. 429 when the user's targets not yet final would pass the
-        limit (nothing is made then)."""
+    def plan(self, principal: Principal, req: NewRequest) -> Planned:
+        """Resolve a request's targets (reads only: run it on a reader); 429 when the user's targets not yet
+        final would pass the limit. `insert` then writes it."""
         self.validate(req)
         owner = principal.subject.username
-        active = self._active_targets(owner)
-        room = self.max_active - active
+        with self.db.reader.connect() as conn:
+            active = self._active_targets(conn, owner)
         targets: list[_Target] = []
+        new = 0
         for t in self._plan(principal, req):
             targets.append(t)
-            if len(targets) > room:
-                raise TooManyRequests(
-                    f"Too many bulk targets: {owner} has {active} not yet finished, and this request would pass"
-                    f" the limit of {self.max_active}; wait for requests to finish, or cancel some",
-                    headers={"Retry-After": "60"},
-                )
-        rid = str(uuid.uuid4())
+            new += t.state in ACTIVE
+            self._check_room(owner, active, new)
+            if len(targets) > MAX_TARGETS:
+                raise BadRequest(f"A request may have at most {MAX_TARGETS} targets (directories expanded)")
         arguments = dict(req.arguments)
         if req.clear_on_success:
             arguments["clearOnSuccess"] = True
-        self.db_insert(rid, owner, req, arguments, targets)
-        return rid
+        return Planned(str(uuid.uuid4()), owner, req, arguments, targets)
 
-    def _active_targets(self, owner: str) -> int:
-        with self.db.reader.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count())
-                    .select_from(bulk_targets)
-                    .where(and_(bulk_targets.c.owner == owner, bulk_targets.c.state.in_(ACTIVE)))
-                ).scalar_one()
+    def _check_room(self, owner: str, active: int, new: int) -> None:
+        if active + new > self.max_active:
+            raise TooManyRequests(
+                f"Too many bulk targets: {owner} has {active} not yet finished, and this request's {new}"
+                f" would pass the limit of {self.max_active}; wait for requests to finish, or cancel some",
+                headers={"Retry-After": "60"},
             )
 
-    def db_insert(self, rid: str, owner: str, req: NewRequest, arguments: dict[str, Any], ts: list[_Target]) -> None:
+    @staticmethod
+    def _active_targets(conn: Connection, owner: str) -> int:
+        return int(
+            conn.execute(
+                select(func.count())
+                .select_from(bulk_targets)
+                .where(and_(bulk_targets.c.owner == owner, bulk_targets.c.state.in_(ACTIVE)))
+            ).scalar_one()
+        )
+
+    def insert(self, p: Planned) -> str:
+        """Write a planned request and its targets in one transaction (the limit checked again in it); its id."""
         t = now_ms()
+        ts, req = p.targets, p.request
         done = all(x.state in FINAL for x in ts)
         with self.db.engine.begin() as conn:
+            self._check_room(p.owner, self._active_targets(conn, p.owner), sum(x.state in ACTIVE for x in ts))
             conn.execute(
                 insert(bulk_requests).values(
-                    id=rid,
-                    owner=owner,
+                    id=p.id,
+                    owner=p.owner,
                     api=req.api,
                     activity=req.activity,
-                    arguments=json.dumps(arguments, separators=(",", ":")),
+                    arguments=json.dumps(p.arguments, separators=(",", ":")),
                     expand=req.expand,
                     status="COMPLETED" if done else "QUEUED",
                     created=t,
@@ -255,9 +285,9 @@ class RequestStore:
             )
             rows = [
                 {
-                    "request_id": rid,
+                    "request_id": p.id,
                     "activity": x.activity,
-                    "owner": owner,
+                    "owner": p.owner,
                     "path": x.path,
                     "pnfsid": x.pnfsid,
                     "state": x.state,
@@ -270,6 +300,7 @@ class RequestStore:
             ]
             for i in range(0, len(rows), 500):
                 conn.execute(insert(bulk_targets), rows[i : i + 500])
+        return p.id
 
     def _plan(self, principal: Principal, req: NewRequest) -> Iterator[_Target]:
         """The targets of a request, in order: each path given, and after a directory its entries as far as
@@ -360,9 +391,11 @@ class RequestStore:
             ).all()
         more = len(targets) > limit
         targets = targets[:limit]
-        return row, targets, (targets[-1].id if more else -1)
+        return row, list(targets), (int(targets[-1].id) if more else -1)
 
-    def list(self, principal: Principal, statuses: set[str] | None = None, owners: set[str] | None = None) -> list[Any]:
+    def listing(
+        self, principal: Principal, statuses: set[str] | None = None, owners: set[str] | None = None
+    ) -> list[Any]:
         """The caller's requests (an admin: everyone's, or those of `owners`), oldest first, each with its
         count of targets not yet final."""
         active = (
@@ -428,7 +461,9 @@ class RequestStore:
                 .limit(1)
             ).first()
             if running is not None and not cancel_if_running:
-                raise BadRequest(f"Request {rid} is still running: cancel it first, or clear it with cancelIfRunning=true")
+                raise BadRequest(
+                    f"Request {rid} is still running: cancel it first, or clear it with cancelIfRunning=true"
+                )
             conn.execute(delete(bulk_targets).where(bulk_targets.c.request_id == rid))
             conn.execute(delete(bulk_requests).where(bulk_requests.c.id == rid))
 
@@ -520,9 +555,7 @@ class RequestStore:
         handed to the tape agent as a STAGE target instead. The target's new state."""
         t = now_ms()
         with self.db.engine.begin() as conn:
-            node = conn.execute(
-                select(inodes.c.id, inodes.c.locality).where(inodes.c.pnfsid == target.pnfsid)
-            ).first()
+            node = conn.execute(select(inodes.c.id, inodes.c.locality).where(inodes.c.pnfsid == target.pnfsid)).first()
             if node is None:
                 error = _error("FileNotFoundCacheException", f"No such file or directory: {target.path}")
                 self._finish_in(conn, target.id, runner, "FAILED", error)
@@ -536,7 +569,9 @@ class RequestStore:
                 return "CREATED"
             if self._finish_in(conn, target.id, runner, "COMPLETED", None):
                 conn.execute(
-                    insert(pins).values(inode_id=node.id, owner=target.owner, request_id=target.request_id, expires=t + pin_ms)
+                    insert(pins).values(
+                        inode_id=node.id, owner=target.owner, request_id=target.request_id, expires=t + pin_ms
+                    )
                 )
             return "COMPLETED"
 
@@ -570,7 +605,9 @@ class RequestStore:
                 .where(and_(bulk_requests.c.status == "QUEUED", moved, pending))
                 .values(status="STARTED", started=t)
             )
-            done = conn.execute(select(bulk_requests.c.id, bulk_requests.c.arguments).where(and_(open_, ~pending))).all()
+            done = conn.execute(
+                select(bulk_requests.c.id, bulk_requests.c.arguments).where(and_(open_, ~pending))
+            ).all()
             if not done:
                 return []
             ids = [r.id for r in done]
@@ -609,6 +646,7 @@ class Runner:
         *,
         name: str,
         poll: float = 0.5,
+        enabled: bool = True,
     ) -> None:
         self.store = store
         self.db = store.db
@@ -617,11 +655,14 @@ class Runner:
         self.drop_blobs = drop_blobs
         self.name = name
         self.poll = poll
+        self.enabled = enabled
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         store.listeners.append(self._wake.set)
 
     async def start(self) -> None:
+        if not self.enabled:
+            return
         taken = await self.db.write(self.store.take_back, self.name)
         if taken:
             log.warning("bulk requests: resuming %d targets this runner had begun before it stopped", taken)
