@@ -389,7 +389,7 @@ class RequestStore:
                 .order_by(bulk_targets.c.id)
                 .limit(limit + 1)
             ).all()
-        more = len(targets) > limit
+        more = len(targets) > limit > 0
         targets = targets[:limit]
         return row, list(targets), (int(targets[-1].id) if more else -1)
 
