@@ -2,7 +2,8 @@
 # Installs the third-party programs the tests and benchmarks drive, from Debian's packages:
 # rclone, cadaver and davfs2 (real WebDAV clients), litmus (the WebDAV conformance suite),
 # nginx with its WebDAV modules (the benchmark's peer), redis-server (the broker of bench/functions.py's Celery peer),
-# bubblewrap (the functions' sandbox).
+# bubblewrap (the functions' sandbox), jq and shunit2 (SURF's ada client and its integration suite, which this
+# clones too: tests/interop/test_ada.py).
 # Downloaded .deb files are cached under ~/.cache/headrace/apt so that a fresh clone reuses them.
 set -euo pipefail
 # shellcheck source=scripts/apt.sh
@@ -18,6 +19,16 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v jq >/dev/null || need+=(jq)
+[ -e /usr/share/shunit2/shunit2 ] || need+=(shunit2)
+
+# SURF's ada (the last commit of the bash client) for tests/interop/test_ada.py, which is skipped without it.
+ada_dir="${XDG_CACHE_HOME:-$HOME/.cache}/headrace/SpiderScripts"
+ada_commit=c0cdc4bea85075c29aa506662e5cdfbf77023267
+if [ ! -e "$ada_dir/ada/ada" ]; then
+  { git clone -q https://github.com/sara-nl/SpiderScripts "$ada_dir" && git -C "$ada_dir" checkout -q "$ada_commit"; } ||
+    echo "install-test-deps: could not clone sara-nl/SpiderScripts: tests/interop/test_ada.py will be skipped" >&2
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
 apt_install install-test-deps "${need[@]}"
