@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 
-from harness import Server, add_user, client, headrace_command, query_dicts
+from harness import Server, add_user, client, headrace_command, query_dicts, wait_for
 from kafka_harness import KafkaBroker, read_topic
 from outbox import head, rows
-from tape_harness import calls, faults, locality, mkdir, set_qos, stat, tape_server, wait_for
+from pool_harness import PoolProcess, pool_db_url
+from tape_harness import FAST, calls, faults, locality, mkdir, set_qos, stat, tape_server
 
 KB = 1024
 
@@ -45,7 +46,7 @@ def test_a_file_in_a_tape_directory_is_flushed_after_it_closes(tape: Server) -> 
         start = head(tape.data)
         assert door.put("/flush/a.h5", content=b"a" * 10 * KB).status_code == 201
         assert stat(api, "/flush/a.h5")["targetQos"] == "tape"  # inherited from the directory
-        wait_for("the flush", lambda: locality(api, "/flush/a.h5") == "ONLINE_AND_NEARLINE")
+        wait_for(lambda: locality(api, "/flush/a.h5") == "ONLINE_AND_NEARLINE", "the flush")
         info = stat(api, "/flush/a.h5")
         assert info["currentQos"] == "tape"
         assert any(c.startswith("put ") and c.split()[2] == str(10 * KB) for c in calls(tape))
@@ -58,9 +59,9 @@ def test_a_file_in_a_tape_directory_is_flushed_after_it_closes(tape: Server) -> 
         # an overwrite is a new version: on disk only until it is flushed again; the old copy is removed
         puts = len([c for c in calls(tape) if c.startswith("put ")])
         assert door.put("/flush/a.h5", content=b"b" * 5 * KB).status_code == 204
-        wait_for("the new version's flush", lambda: len([c for c in calls(tape) if c.startswith("put ")]) > puts)
-        wait_for("the old copy's removal", lambda: any(c.startswith("remove ") for c in calls(tape)))
-        wait_for("the new locality", lambda: locality(api, "/flush/a.h5") == "ONLINE_AND_NEARLINE")
+        wait_for(lambda: len([c for c in calls(tape) if c.startswith("put ")]) > puts, "the new version's flush")
+        wait_for(lambda: any(c.startswith("remove ") for c in calls(tape)), "the old copy's removal")
+        wait_for(lambda: locality(api, "/flush/a.h5") == "ONLINE_AND_NEARLINE", "the new locality")
 
 
 def test_cached_copies_are_evicted_least_recently_used_first_and_staged_back_when_read(tmp_path: Path) -> None:
@@ -72,18 +73,15 @@ def test_cached_copies_are_evicted_least_recently_used_first_and_staged_back_whe
             for path, body in data.items():
                 assert door.put(path, content=body).status_code == 201
             for path in data:
-                wait_for(f"{path} on tape", lambda p=path: locality(api, p) == "ONLINE_AND_NEARLINE")
+                wait_for(lambda p=path: locality(api, p) == "ONLINE_AND_NEARLINE", f"{path} on tape")
             assert door.get("/raw/f0").content == data["/raw/f0"]  # f0 is now the most recently used
-            wait_for(
-                "f0's access recorded", lambda: query_dicts(srv.data, "SELECT accessed FROM inodes WHERE name='f0'")
-            )
+            wait_for(lambda: most_recent(srv) == "f0", "f0's read recorded")
             start = head(srv.data)
             for i in (8, 9):  # 200 KB: past the 90 % mark, so cached copies go, down to 80 %
                 data[f"/raw/f{i}"] = bytes([i]) * 20 * KB
                 assert door.put(f"/raw/f{i}", content=data[f"/raw/f{i}"]).status_code == 201
             evicted = wait_for(
-                "an eviction",
-                lambda: [e["path"] for e in tape_events(srv, start, "/raw") if e["tape"] == "evict"],
+                lambda: [e["path"] for e in tape_events(srv, start, "/raw") if e["tape"] == "evict"], "an eviction"
             )
             assert "/raw/f0" not in evicted
             assert locality(api, evicted[0]) == "NEARLINE"
@@ -102,6 +100,11 @@ def test_cached_copies_are_evicted_least_recently_used_first_and_staged_back_whe
         srv.stop()
 
 
+def most_recent(srv: Server) -> str:
+    rows = query_dicts(srv.data, "SELECT name, accessed FROM inodes WHERE accessed IS NOT NULL ORDER BY accessed DESC")
+    return str(rows[0]["name"]) if rows else ""
+
+
 def test_a_failed_flush_is_retried_and_counted(tmp_path: Path) -> None:
     srv = tape_server(tmp_path)
     faults(srv, put=2, rc=31, message="no drive free")
@@ -110,10 +113,10 @@ def test_a_failed_flush_is_retried_and_counted(tmp_path: Path) -> None:
         with srv.api() as api, srv.door() as door:
             mkdir(api, "/retry", qos="tape")
             assert door.put("/retry/x", content=b"x" * 100).status_code == 201
-            wait_for("a failed flush recorded", lambda: query_dicts(srv.data, "SELECT * FROM flush_failures"))
+            wait_for(lambda: query_dicts(srv.data, "SELECT * FROM flush_failures"), "a failed flush recorded")
             failure = query_dicts(srv.data, "SELECT * FROM flush_failures")[0]
             assert "no drive free" in failure["error"] and failure["attempts"] >= 1
-            wait_for("the flush after two failures", lambda: locality(api, "/retry/x") == "ONLINE_AND_NEARLINE")
+            wait_for(lambda: locality(api, "/retry/x") == "ONLINE_AND_NEARLINE", "the flush after two failures")
             assert query_dicts(srv.data, "SELECT * FROM flush_failures") == []
             metrics = api.get("/metrics").text
             assert 'headrace_tape_operations_total{op="store",outcome="failed"} 2.0' in metrics
@@ -134,7 +137,7 @@ def test_a_sigkill_in_the_middle_of_a_flush_loses_nothing(tmp_path: Path) -> Non
     with srv.api() as api, srv.door() as door:
         mkdir(api, "/crash", qos="tape")
         assert door.put("/crash/run.h5", content=body).status_code == 201
-    wait_for("the flush to start", _simulator_puts)
+    wait_for(_simulator_puts, "the flush to start")
     srv.kill()
     for pid in _simulator_puts():  # the whole machine went down
         os.kill(pid, signal.SIGKILL)
@@ -144,7 +147,7 @@ def test_a_sigkill_in_the_middle_of_a_flush_loses_nothing(tmp_path: Path) -> Non
         with srv.api() as api, srv.door() as door:
             assert locality(api, "/crash/run.h5") in ("ONLINE", "ONLINE_AND_NEARLINE")  # never lost
             assert door.get("/crash/run.h5").content == body
-            wait_for("the flush after the restart", lambda: locality(api, "/crash/run.h5") == "ONLINE_AND_NEARLINE")
+            wait_for(lambda: locality(api, "/crash/run.h5") == "ONLINE_AND_NEARLINE", "the flush after the restart")
             assert door.get("/crash/run.h5").content == body
     finally:
         srv.stop()
@@ -158,12 +161,12 @@ def test_qos_changes_move_the_data(tape: Server) -> None:
         assert set_qos(api, "/moves/m", "disk+tape").is_success
         info = stat(api, "/moves/m")
         assert info["targetQos"] == "disk+tape"
-        wait_for("disk+tape", lambda: stat(api, "/moves/m")["currentQos"] == "disk+tape")
+        wait_for(lambda: stat(api, "/moves/m")["currentQos"] == "disk+tape", "disk+tape")
         assert locality(api, "/moves/m") == "ONLINE_AND_NEARLINE"
         removes = len([c for c in calls(tape) if c.startswith("remove ")])
         assert set_qos(api, "/moves/m", "disk").is_success
-        wait_for("back to disk only", lambda: locality(api, "/moves/m") == "ONLINE")
-        wait_for("its tape copy removed", lambda: len([c for c in calls(tape) if c.startswith("remove ")]) > removes)
+        wait_for(lambda: locality(api, "/moves/m") == "ONLINE", "back to disk only")
+        wait_for(lambda: len([c for c in calls(tape) if c.startswith("remove ")]) > removes, "its tape copy removed")
         assert stat(api, "/moves/m")["currentQos"] == "disk"
         r = set_qos(api, "/moves/m", "floppy")
         assert r.status_code in (400, 409) and "Unknown QoS" in r.json()["detail"]
@@ -175,7 +178,7 @@ def test_another_user_cannot_stage_or_change_what_they_may_not_read(tape: Server
         mkdir(api, "/private", qos="tape")
         assert api.post("/api/v1/namespace/private", json={"action": "chmod", "mode": 0o700}).is_success
         assert door.put("/private/p", content=b"p" * 100).status_code == 201
-        wait_for("the flush", lambda: locality(api, "/private/p") == "ONLINE_AND_NEARLINE")
+        wait_for(lambda: locality(api, "/private/p") == "ONLINE_AND_NEARLINE", "the flush")
     with (
         client(base_url=tape.door_url, auth=(name, key)) as door2,
         client(base_url=tape.api_url, auth=(name, key)) as api2,
@@ -194,7 +197,7 @@ def test_billing_records_go_to_kafka_for_store_and_restore(tmp_path: Path, kafka
         with srv.api() as api, srv.door() as door:
             mkdir(api, "/bill", qos="tape")
             assert door.put("/bill/f", content=b"f" * 3000).status_code == 201
-            wait_for("the flush", lambda: locality(api, "/bill/f") == "ONLINE_AND_NEARLINE")
+            wait_for(lambda: locality(api, "/bill/f") == "ONLINE_AND_NEARLINE", "the flush")
             node = query_dicts(srv.data, "SELECT id, pool, blob FROM inodes WHERE name = 'f'")[0]
         # evict it by hand, as the agent would under pressure (the fenced catalog step), then read it back
         evict_now(srv, "/bill/f")
@@ -207,7 +210,7 @@ def test_billing_records_go_to_kafka_for_store_and_restore(tmp_path: Path, kafka
             out = [json.loads(m.value() or b"{}") for m in read_topic(kafka.bootstrap, "billing")]
             return [r for r in out if r.get("billingPath") == "/bill/f" and r["msgType"] in ("store", "restore")]
 
-        found = wait_for("store and restore records", lambda: len(records()) >= 2 and records())
+        found = wait_for(lambda: len(records()) >= 2 and records(), "store and restore records")
         assert [r["msgType"] for r in found] == ["store", "restore"]
         for r in found:
             assert r["hsm"] == {"type": "osm", "instance": "headrace", "provider": "script"}
@@ -252,6 +255,39 @@ def test_a_function_runs_when_a_file_reaches_tape(tape: Server, tmp_path: Path) 
             r = api.get("/api/v1/namespaces/_/activations", params={"name": "archived", "docs": "true"})
             return [a["response"]["result"] for a in r.json() if a.get("response", {}).get("result")]
 
-        (result,) = wait_for("the activation", results)
+        (result,) = wait_for(results, "the activation")
         assert result["path"] == "/archived/run.h5" and result["mask"] == ["IN_ATTRIB"]
         assert result["tape"]["tape"] == "store" and result["tape"]["locality"] == "ONLINE_AND_NEARLINE"
+
+
+def test_a_pool_process_flushes_and_stages_its_own_files(tmp_path: Path) -> None:
+    """`headrace pool` with a tape simulator: the pool process (not the door) flushes what it holds, and stages
+    what a read at the door asks for, as dCache's pools do."""
+    srv = Server(data=tmp_path / "data", cli_config=tmp_path / "cli.json").start()  # the door has no HSM
+    tape_env = {"HEADRACE_TAPE_SIMULATOR": str(tmp_path / "tape"), **FAST}
+    pool = PoolProcess(data=tmp_path / "p1", db=pool_db_url(srv), name="tp1", env_extra=tape_env).start()
+    try:
+        with srv.api() as api, srv.door() as door:
+            wait_for(
+                lambda: door.put("/probe", content=b"x").status_code == 201 and inode_pool(srv, "probe") == "tp1",
+                "the pool's registration",
+            )
+            mkdir(api, "/remote", qos="tape")
+            body = os.urandom(30 * KB)
+            assert door.put("/remote/r", content=body).status_code == 201
+            wait_for(lambda: locality(api, "/remote/r") == "ONLINE_AND_NEARLINE", "the pool's flush")
+            evict_now(srv, "/remote/r")
+            blob = query_dicts(srv.data, "SELECT blob FROM inodes WHERE name = 'r'")[0]["blob"]
+            assert blob is None
+            r = door.get("/remote/r")
+            assert r.status_code == 200 and r.content == body
+            assert locality(api, "/remote/r") == "ONLINE_AND_NEARLINE"
+            assert inode_pool(srv, "r") == "tp1"
+    finally:
+        pool.stop()
+        srv.stop()
+
+
+def inode_pool(srv: Server, name: str) -> str | None:
+    rows = query_dicts(srv.data, "SELECT pool FROM inodes WHERE name = :n", n=name)
+    return rows[0]["pool"] if rows else None

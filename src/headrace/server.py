@@ -50,8 +50,7 @@ def announce(settings: Settings, report: StartReport) -> None:
     print(f"headrace: door     {settings.door_url}  (WebDAV)", flush=True)
     print(f"headrace: frontend {settings.api_url}  (REST API, /metrics, /api/v1/openapi.json)", flush=True)
     if settings.tape.enabled:
-        what = f"simulator in {settings.tape.simulator}" if settings.tape.simulator else settings.tape.hsm_command
-        print(f"headrace: tape     {what}", flush=True)
+        print(f"headrace: tape     {settings.tape.describe()}", flush=True)
     announce_data(settings, report)
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +23,6 @@ def tape_server(base: Path, **env: str) -> Server:
         cli_config=base / "cli.json",
         env_extra={"HEADRACE_TAPE_SIMULATOR": str(base / "tape"), **FAST, **env},
     )
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """`check()`'s first truthy value; fails after `timeout` s naming `what` (a bound for a stuck test, never a
-    timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def stat(api: httpx.Client, path: str) -> dict[str, Any]:

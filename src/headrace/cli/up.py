@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -31,6 +32,14 @@ def up(
     redirect: bool | None = typer.Option(
         None, "--redirect/--no-redirect", help="Redirect transfers to pool processes (env HEADRACE_DOOR_REDIRECT)"
     ),
+    hsm: str | None = typer.Option(
+        None,
+        "--hsm",
+        help="The HSM executable files with QoS tape go to (dCache's HSM script interface; env HEADRACE_HSM_COMMAND)",
+    ),
+    tape_simulator: Path | None = typer.Option(
+        None, "--tape-simulator", help="Use the shipped tape simulator, cartridges in DIR (env HEADRACE_TAPE_SIMULATOR)"
+    ),
 ) -> None:
     """Run headrace: the WebDAV door and the frontend, on SQLite (or --db PostgreSQL) and a local pool."""
     try:
@@ -46,6 +55,16 @@ def up(
             kafka_topic=kafka_topic,
             door_redirect=redirect,
         )
+        if hsm is not None or tape_simulator is not None:
+            tape = replace(
+                settings.tape,
+                hsm_command=hsm if hsm is not None else settings.tape.hsm_command,
+                simulator=str(tape_simulator.resolve()) if tape_simulator is not None else settings.tape.simulator,
+            )
+            settings = replace(settings, tape=tape)
+        if settings.tape.hsm_command and settings.tape.simulator:
+            raise ValueError("give --hsm or --tape-simulator, not both")
+        settings.tape.hsm()  # a command that cannot be parsed is refused here
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     if settings.kafka and not settings.kafka_topic.strip():

@@ -284,6 +284,11 @@ class ActivationStorage:
         destination = str(self.door.base_url).rstrip("/") + _url_path(dst)
         self._check(self.door.request("MOVE", _url_path(src), headers={"Destination": destination}), 201, 204)
 
+    def qos(self, path: str, target: str) -> None:
+        """Change the QoS of `path` (disk, tape, disk+tape): e.g. flush a file to tape once it is processed."""
+        r = self.api.post(f"/api/v1/namespace{_url_path(path)}", json={"action": "qos", "target": target})
+        self._check(r, 200)
+
     def close(self) -> None:
         self.door.close()
         self.api.close()

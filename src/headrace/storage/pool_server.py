@@ -26,6 +26,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -361,6 +362,20 @@ def check_listen(host: str, port: int) -> None:
             raise ValueError(f"Cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 
 
+def tape_agent(db: Database, server: PoolServer, pool: Pool) -> Any:
+    """This pool's tape agent when HEADRACE_HSM_COMMAND or HEADRACE_TAPE_SIMULATOR names an HSM (dCache's
+    pools flush and stage their own files)."""
+    from headrace.tape.agent import TapeAgent
+    from headrace.tape.config import TapeSettings
+
+    cfg = TapeSettings.from_env()
+    hsm = cfg.hsm()
+    if hsm is None:
+        return None
+    print(f"headrace: tape     {cfg.describe()}", flush=True)
+    return TapeAgent(db, server.ns, pool, server.store, hsm, cfg)
+
+
 async def run(options: PoolOptions) -> None:
     name = resolve_name(options.data, options.name)
     check_listen(options.host, options.port)  # before registering a URL that nothing would answer at
@@ -378,12 +393,17 @@ async def run(options: PoolOptions) -> None:
         print(f"headrace: recovered: removed {partial} partial uploads, {orphans} orphaned blobs", flush=True)
     http = granian_server(server, options.host, options.port, header_timeout=options.header_timeout)
     beats = asyncio.create_task(server.beat_forever())
+    tape = tape_agent(db, server, pool)
+    if tape is not None:
+        await tape.start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, http.stop)
     try:
         await http.serve()
     finally:
+        if tape is not None:
+            await tape.stop()
         beats.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beats

@@ -52,6 +52,9 @@ class TapeSettings:
     def enabled(self) -> bool:
         return bool(self.hsm_command or self.simulator)
 
+    def describe(self) -> str:
+        return f"simulator in {self.simulator}" if self.simulator else self.hsm_command
+
     def hsm(self) -> HsmScript | None:
         if self.simulator:
             options = {"hsmBase": self.simulator, "mount": self.mount, "position": self.position}
