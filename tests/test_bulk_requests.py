@@ -162,9 +162,10 @@ def test_stage_of_a_file_only_on_tape_is_done_by_the_tape_agent(tape: Server) ->
         )
         path = cold[0]
         rid = submit(api, "STAGE", [path], arguments={"diskLifetime": "PT2H"})
-        assert query_dicts(tape.data, "SELECT arguments FROM bulk_requests WHERE id = :r", r=rid)[0][
-            "arguments"
-        ] == '{"diskLifetime":"PT2H","pin_ms":7200000}'
+        assert (
+            query_dicts(tape.data, "SELECT arguments FROM bulk_requests WHERE id = :r", r=rid)[0]["arguments"]
+            == '{"diskLifetime":"PT2H","pin_ms":7200000}'
+        )
         done = finished(api, rid)
         assert states(done) == [(path, "COMPLETED")], done
         assert locality(api, path) == "ONLINE_AND_NEARLINE"

@@ -112,9 +112,7 @@ def test_stage_poll_release_as_gfal2_does(tape: Server, cold: list[str]) -> None
         # gfal-evict: POST /release/{id} with the paths; the pin of that request goes
         r = api.post(f"{TAPE}/release/{rid}", json={"paths": [path]})
         assert r.status_code == 200, r.text
-        wait_for(
-            lambda: not query_dicts(tape.data, "SELECT id FROM pins WHERE request_id = :r", r=rid), "the release"
-        )
+        wait_for(lambda: not query_dicts(tape.data, "SELECT id FROM pins WHERE request_id = :r", r=rid), "the release")
         # the release request itself is cleared once it succeeded (dCache's ephemeral request)
         wait_for(lambda: not query_dicts(tape.data, "SELECT id FROM bulk_requests WHERE activity = 'RELEASE'"),
                  "the release request cleared")  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from headrace import __version__
-from headrace.cli import catalogue, demo, events, files, functions, roles, token, transfer
+from headrace.cli import catalogue, demo, events, files, functions, roles, tape, token, transfer
 from headrace.cli.common import HeadraceGroup
 from headrace.cli.pool import pool
 from headrace.cli.up import up
@@ -33,6 +33,7 @@ app.add_typer(catalogue.app, name="catalogue")
 app.command("demo")(demo.demo)
 functions.register(app)
 roles.register(app)
+tape.register(app)
 
 
 def _version(value: bool) -> None:
