@@ -292,3 +292,26 @@ def test_a_request_survives_a_restart_and_the_limit_holds(tmp_path: Path) -> Non
             assert api.post(BULK, json={"activity": "PIN", "target": ["/r1"]}).status_code == 201
     finally:
         srv.stop()
+
+
+def test_macaroons_with_activity_caveats(tape: Server) -> None:
+    """A token allowing STAGE stages (as ada's macaroons with storage.stage do), through its root view; one
+    without STAGE, or for other paths, gets those targets FAILED with a permission error."""
+    from test_tokens import mint
+
+    with tape.api() as api, tape.door() as door:
+        mkdir(api, "/tok")
+        mkdir(api, "/tok/in")
+        put_files(door, ["/tok/in/f", "/tok/out"])
+    stager = mint(tape, "/", ["root:/tok", "path:/tok/in", "activity:STAGE,READ_METADATA,LIST"])
+    with client(base_url=tape.api_url, headers={"Authorization": f"Bearer {stager}"}, timeout=60) as tok:
+        rid = submit(tok, "PIN", ["/in/f", "/out"])
+        done = finished(tok, rid)
+        # paths as the token names them; /out (= /tok/out) is outside the token's paths
+        assert states(done) == [("/in/f", "COMPLETED"), ("/out", "FAILED")]
+        assert done["targets"][1]["errorType"] == "PermissionDeniedCacheException"
+    reader = mint(tape, "/", ["activity:DOWNLOAD,READ_METADATA,LIST"])
+    with client(base_url=tape.api_url, headers={"Authorization": f"Bearer {reader}"}, timeout=60) as tok:
+        done = finished(tok, submit(tok, "PIN", ["/tok/in/f"]))
+        assert done["targets"][0]["state"] == "FAILED"
+        assert "does not allow STAGE" in done["targets"][0]["errorMessage"]
