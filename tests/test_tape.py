@@ -193,22 +193,23 @@ def test_another_user_cannot_stage_or_change_what_they_may_not_read(tape: Server
 def test_billing_records_go_to_kafka_for_store_and_restore(tmp_path: Path, kafka: KafkaBroker) -> None:
     srv = tape_server(tmp_path, HEADRACE_KAFKA=kafka.bootstrap, HEADRACE_KAFKA_TOPIC=f"tape-{uuid.uuid4().hex[:8]}")
     srv.start()
+    d = f"/bill-{uuid.uuid4().hex[:8]}"  # the billing topic outlives this test
     try:
         with srv.api() as api, srv.door() as door:
-            mkdir(api, "/bill", qos="tape")
-            assert door.put("/bill/f", content=b"f" * 3000).status_code == 201
-            wait_for(lambda: locality(api, "/bill/f") == "ONLINE_AND_NEARLINE", "the flush")
+            mkdir(api, d, qos="tape")
+            assert door.put(f"{d}/f", content=b"f" * 3000).status_code == 201
+            wait_for(lambda: locality(api, f"{d}/f") == "ONLINE_AND_NEARLINE", "the flush")
             node = query_dicts(srv.data, "SELECT id, pool, blob FROM inodes WHERE name = 'f'")[0]
         # evict it by hand, as the agent would under pressure (the fenced catalog step), then read it back
-        evict_now(srv, "/bill/f")
+        evict_now(srv, f"{d}/f")
         with srv.api() as api, srv.door() as door:
-            assert locality(api, "/bill/f") == "NEARLINE"
-            assert door.get("/bill/f").content == b"f" * 3000
+            assert locality(api, f"{d}/f") == "NEARLINE"
+            assert door.get(f"{d}/f").content == b"f" * 3000
         assert node["blob"]
 
         def records() -> list[dict[str, Any]]:
             out = [json.loads(m.value() or b"{}") for m in read_topic(kafka.bootstrap, "billing")]
-            return [r for r in out if r.get("billingPath") == "/bill/f" and r["msgType"] in ("store", "restore")]
+            return [r for r in out if r.get("billingPath") == f"{d}/f" and r["msgType"] in ("store", "restore")]
 
         found = wait_for(lambda: len(records()) >= 2 and records(), "store and restore records")
         assert [r["msgType"] for r in found] == ["store", "restore"]
