@@ -82,7 +82,8 @@ def stat(
     if entry.locality:
         rows.append(("Locality", entry.locality))
     if entry.raw.get("currentQos"):
-        rows.append(("QoS", str(entry.raw["currentQos"])))
+        target = entry.raw.get("targetQos")  # only while the file is changing to it
+        rows.append(("QoS", str(entry.raw["currentQos"]) + (f" -> {target}" if target else "")))
     rows.extend((name, value) for name, value in sorted(entry.checksums.items()))
     width = max(len(k) for k, _ in rows)
     sys.stdout.write("".join(f"{k + ':':<{width + 1}} {v}\n" for k, v in rows))
