@@ -196,13 +196,18 @@ def router(service: StorageService, store: RequestStore) -> APIRouter:
     def url(request: Request, rid: str) -> str:
         return str(request.base_url).rstrip("/") + f"{PREFIX}/{rid}"
 
-    @api.post(PREFIX, summary="Submit a bulk request (STAGE, RELEASE, PIN, UNPIN, UPDATE_QOS, DELETE, LOG_TARGET)")
+    @api.post(
+        PREFIX,
+        status_code=201,
+        response_class=Response,
+        summary="Submit a bulk request (STAGE, RELEASE, PIN, UNPIN, UPDATE_QOS, DELETE, LOG_TARGET)",
+    )
     async def submit(request: Request, principal: Principal = authenticated) -> Any:
         signed_in(principal)
         new = parse(await json_object(request), principal)
         rid = await db.write(store.insert, await db.read(store.plan, principal, new))
         store.changed()
-        response = Response(status_code=201, media_type="application/json")
+        response = Response(status_code=201)
         response.headers["request-url"] = url(request, rid)
         return response
 
@@ -241,7 +246,11 @@ def router(service: StorageService, store: RequestStore) -> APIRouter:
         row, targets, next_id = await db.read(store.get, principal, rid, offset=max(0, offset))
         return JSONResponse(request_info(principal, row, targets, next_id))
 
-    @api.patch(PREFIX + "/{rid}", summary='Cancel a bulk request ({"action": "cancel"}, optionally "paths")')
+    @api.patch(
+        PREFIX + "/{rid}",
+        response_class=Response,
+        summary='Cancel a bulk request ({"action": "cancel"}, optionally "paths")',
+    )
     async def cancel(rid: str, request: Request, principal: Principal = authenticated) -> Any:
         signed_in(principal)
         body = await json_object(request)
@@ -259,8 +268,12 @@ def router(service: StorageService, store: RequestStore) -> APIRouter:
         store.changed()
         return Response(status_code=200)
 
-    @api.delete(PREFIX + "/{rid}", summary="Clear a bulk request (cancelIfRunning=true cancels it first)")
-    async def clear(rid: str, request: Request, principal: Principal = authenticated) -> Any:
+    @api.delete(
+        PREFIX + "/{rid}",
+        status_code=204,
+        summary="Clear a bulk request (cancelIfRunning=true cancels it first)",
+    )
+    async def clear(rid: str, request: Request, principal: Principal = authenticated) -> Response:
         signed_in(principal)
         cancel_first = _flag(request.query_params.get("cancelIfRunning", "false"))
         await db.write(store.clear, principal, rid, cancel_if_running=cancel_first)

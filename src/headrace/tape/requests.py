@@ -66,6 +66,8 @@ ONLINE = ("ONLINE", "ONLINE_AND_NEARLINE")
 
 #: A pin's lifetime when the request names none (ms).
 DEFAULT_PIN_MS = 24 * 3600 * 1000
+#: The longest pin a request may ask for (ms): ten years.
+MAX_PIN_MS = 3650 * 86_400_000
 #: Targets a user may have not yet final (CREATED, READY, RUNNING), over all their requests.
 DEFAULT_MAX_ACTIVE = 100_000
 #: Targets of one request at most, directories expanded (those not to run, SKIPPED and FAILED, included).
@@ -102,6 +104,8 @@ def lifetime_ms(value: Any, unit: Any = None) -> int:
     """The bulk API's pin `lifetime` in `lifetimeUnit` (SECONDS, MINUTES, HOURS, DAYS as Java's TimeUnit; a
     number or a numeric string, as ada sends "7"), in ms. No unit: seconds."""
     try:
+        if isinstance(value, bool):
+            raise TypeError("a boolean")
         amount = float(value)
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"lifetime must be a number, not {value!r}") from exc
@@ -109,9 +113,10 @@ def lifetime_ms(value: Any, unit: Any = None) -> int:
     name = {"S": "SECONDS", "M": "MINUTES", "H": "HOURS", "D": "DAYS", "MS": "MILLISECONDS"}.get(name, name)
     if name not in _UNITS_MS:
         raise BadRequest(f"lifetimeUnit must be one of {', '.join(_UNITS_MS)}, not {unit!r}")
-    if not 0 < amount < 1e15:
-        raise BadRequest("lifetime must be positive")
-    return int(amount * _UNITS_MS[name])
+    ms = amount * _UNITS_MS[name]
+    if not 0 < ms <= MAX_PIN_MS:
+        raise BadRequest(f"lifetime must be positive and at most {MAX_PIN_MS // 86_400_000} days")
+    return int(ms)
 
 
 def duration_ms(value: Any) -> int:
@@ -126,8 +131,8 @@ def duration_ms(value: Any) -> int:
     if not m or text in ("P", "PT") or text.endswith("T"):
         raise BadRequest(f"diskLifetime must be an ISO-8601 duration such as PT1H, not {value!r}")
     total = sum(float(v) * _ISO_MS[k] for k, v in m.groupdict().items() if v)
-    if total <= 0:
-        raise BadRequest("diskLifetime must be positive")
+    if not 0 < total <= MAX_PIN_MS:
+        raise BadRequest(f"diskLifetime must be positive and at most {MAX_PIN_MS // 86_400_000} days")
     return int(total)
 
 

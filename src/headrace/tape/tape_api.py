@@ -121,7 +121,7 @@ def router(service: StorageService, store: RequestStore) -> APIRouter:
     async def well_known() -> Any:
         return discovery_response(service.settings)
 
-    @api.post(PREFIX + "/stage", summary="Stage files from tape (bring them online)")
+    @api.post(PREFIX + "/stage", status_code=201, summary="Stage files from tape (bring them online)")
     async def stage(request: Request, principal: Principal = authenticated) -> Any:
         signed_in(principal)
         new = parse_stage(await json_object(request), principal)
@@ -145,7 +145,9 @@ def router(service: StorageService, store: RequestStore) -> APIRouter:
         out["files"] = [file_info(principal, t) for t in targets]
         return JSONResponse(out)
 
-    @api.post(PREFIX + "/stage/{rid}/cancel", summary="Cancel the staging of some files of a request")
+    @api.post(
+        PREFIX + "/stage/{rid}/cancel", response_class=Response, summary="Cancel the staging of some files of a request"
+    )
     async def cancel(rid: str, request: Request, principal: Principal = authenticated) -> Any:
         signed_in(principal)
         paths = _paths(await json_object(request), principal)
@@ -153,14 +155,18 @@ def router(service: StorageService, store: RequestStore) -> APIRouter:
         store.changed()
         return Response(status_code=200)
 
-    @api.delete(PREFIX + "/stage/{rid}", summary="Cancel a stage request and forget it")
+    @api.delete(PREFIX + "/stage/{rid}", response_class=Response, summary="Cancel a stage request and forget it")
     async def clear(rid: str, principal: Principal = authenticated) -> Any:
         signed_in(principal)
         await db.write(store.clear, principal, rid, cancel_if_running=True, activity="STAGE")
         store.changed()
         return Response(status_code=200)
 
-    @api.post(PREFIX + "/release/{rid}", summary="Release (unpin) files a stage request brought online")
+    @api.post(
+        PREFIX + "/release/{rid}",
+        response_class=Response,
+        summary="Release (unpin) files a stage request brought online",
+    )
     async def release(rid: str, request: Request, principal: Principal = authenticated) -> Any:
         """The caller's pins of the files made by request `rid`; an id that is none of the caller's
         requests (gfal-evict without a token sends a placeholder) releases all of the caller's pins of them."""
