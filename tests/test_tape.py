@@ -292,3 +292,32 @@ def test_a_pool_process_flushes_and_stages_its_own_files(tmp_path: Path) -> None
 def inode_pool(srv: Server, name: str) -> str | None:
     rows = query_dicts(srv.data, "SELECT pool FROM inodes WHERE name = :n", n=name)
     return rows[0]["pool"] if rows else None
+
+
+def test_process_on_close_then_send_to_tape_from_the_function(tape: Server, tmp_path: Path) -> None:
+    """The pattern docs/tape.md shows: a directory on disk, a function that processes each closed file and then
+    sets its QoS to tape through ctx.storage (with its activation's own credential)."""
+    code = tmp_path / "reduce.py"
+    code.write_text(
+        "import json\n"
+        "def main(event, ctx):\n"
+        "    data = ctx.storage.read(event['path'])\n"
+        "    ctx.storage.write(event['path'] + '.json', json.dumps({'bytes': len(data)}))\n"
+        "    ctx.storage.qos(event['path'], 'tape')\n"
+        "    return {'bytes': len(data)}\n"
+    )
+    with tape.api() as api, tape.door() as door:
+        mkdir(api, "/daq")
+        out = subprocess.run(
+            headrace_command(["fn", "deploy", "reduce", str(code), "--path", "/daq", "--pattern", "*.h5", "--storage"]),
+            env=tape.env(),
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        assert door.put("/daq/run.h5", content=b"h" * 4000).status_code == 201
+        wait_for(
+            lambda: locality(api, "/daq/run.h5") == "ONLINE_AND_NEARLINE", "the function's QoS change and the flush"
+        )
+        assert json.loads(door.get("/daq/run.h5.json").content) == {"bytes": 4000}
+        assert locality(api, "/daq/run.h5.json") == "ONLINE"  # written on disk, stays there
