@@ -197,3 +197,28 @@ def test_ada_integration_suite(tape_server: Server, tmp_path: Path) -> None:
     summary = f"ada integration suite: {sum(passed.values())}/34 passed; failed: {', '.join(failed) or 'none'}"
     print(summary)
     assert not set(failed) - STAGING, f"{summary}\n{output}"
+
+
+def test_ada_finds_the_webdav_door_from_doors(tmp_path: Path) -> None:
+    """ada --upload/--download without a door in its token file asks `/doors` for an https door whose root,
+    read and write paths are `/`: the door's public URL (behind a TLS terminator) is what it must find."""
+    require("bash")
+    require("jq")
+    ada = ada_dir() / "ada/ada"
+    public = "https://webdav.example.org:8443"
+    srv = Server(
+        data=tmp_path / "data", cli_config=tmp_path / "cli.json", env_extra={"HEADRACE_PUBLIC_DOOR_URL": public}
+    ).start()
+    try:
+        name, key, _ = add_user(srv, "adadoor")
+        script = (
+            f". {ada}\n"
+            "debug=false; dry_run=false; tokenfile=''\n"
+            'curl_options_common=(-H "accept: application/json" --fail --silent --show-error)\n'
+            f'curl_authorization=(--user "{name}:{key}")\n'
+            f'get_webdav_door "{srv.api_url}/api/v1"\n'
+        )
+        out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        srv.stop()
+    assert out.returncode == 0 and out.stdout.strip() == public, (out.stdout, out.stderr)
