@@ -595,6 +595,33 @@ class RequestStore:
                 conn.execute(delete(pins).where(where))
             return "COMPLETED"
 
+    def idle(self) -> tuple[bool, bool]:
+        """(nothing to claim, nothing to roll up), read without the write lock: an idle runner's turns then
+        take no write transaction (on PostgreSQL every writer waits for the one write lock)."""
+        t = now_ms()
+        claimable = exists().where(
+            and_(
+                bulk_targets.c.activity.in_(RUNNER_ACTIVITIES),
+                or_(
+                    bulk_targets.c.state == "CREATED",
+                    and_(bulk_targets.c.state == "RUNNING", bulk_targets.c.lease < t),
+                ),
+            )
+        )
+        pending = exists().where(
+            and_(bulk_targets.c.request_id == bulk_requests.c.id, bulk_targets.c.state.in_(ACTIVE))
+        )
+        moved = exists().where(and_(bulk_targets.c.request_id == bulk_requests.c.id, bulk_targets.c.state != "CREATED"))
+        ripe = exists().where(
+            or_(
+                and_(bulk_requests.c.status.in_(("QUEUED", "STARTED")), ~pending),
+                and_(bulk_requests.c.status == "QUEUED", moved),
+            )
+        )
+        with self.db.reader.connect() as conn:
+            row = conn.execute(select(claimable.label("claim"), ripe.label("ripe"))).one()
+        return not row.claim, not row.ripe
+
     def roll_up(self) -> list[str]:
         """Requests whose targets all ended: COMPLETED; those that asked to be cleared on success and had no
         failure are deleted. Requests with a target that moved are STARTED. The ids completed."""
@@ -695,7 +722,10 @@ class Runner:
 
     async def run_once(self) -> None:
         """One turn: run what is claimable (batch after batch), then roll requests up."""
-        while True:
+        nothing_to_claim, nothing_to_roll = await self.db.read(self.store.idle)
+        if nothing_to_claim and nothing_to_roll:
+            return
+        while not nothing_to_claim:
             batch = await self.db.write(self.store.claim, self.name)
             for target in batch:
                 await self._run(target)
