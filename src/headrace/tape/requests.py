@@ -58,6 +58,8 @@ TOKEN_ACTIVITY = {
 }
 #: What `Runner` runs; STAGE is the tape agent's.
 RUNNER_ACTIVITIES = ("PIN", "UNPIN", "RELEASE", "UPDATE_QOS", "DELETE", "LOG_TARGET")
+#: What `RequestStore.settle` runs, a batch in one transaction.
+SETTLED = ("PIN", "UNPIN", "RELEASE", "LOG_TARGET")
 ACTIVE = ("CREATED", "READY", "RUNNING")
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "SKIPPED")
 EXPAND = ("none", "targets", "all")
@@ -555,45 +557,48 @@ class RequestStore:
         ).rowcount
         return bool(n)
 
-    def pin(self, target: Any, runner: str, pin_ms: int) -> str:
-        """Pin a file on disk for the target's owner and complete the target; a file no longer on disk is
-        handed to the tape agent as a STAGE target instead. The target's new state."""
+    def settle(self, targets: list[Any], runner: str) -> None:
+        """Run claimed PIN, UNPIN, RELEASE and LOG_TARGET targets, all in one transaction (they only touch
+        `pins` and the targets): a PIN of a file on disk pins it for the target's owner for the request's
+        lifetime (one no longer on disk goes to the tape agent as a STAGE target instead); UNPIN and RELEASE
+        drop the owner's pins of the file (only those of the request `arguments.id`, if given)."""
         t = now_ms()
         with self.db.engine.begin() as conn:
-            node = conn.execute(select(inodes.c.id, inodes.c.locality).where(inodes.c.pnfsid == target.pnfsid)).first()
-            if node is None:
-                error = _error("FileNotFoundCacheException", f"No such file or directory: {target.path}")
-                self._finish_in(conn, target.id, runner, "FAILED", error)
-                return "FAILED"
-            if node.locality not in ONLINE:
-                conn.execute(
-                    update(bulk_targets)
-                    .where(self._fence(target.id, runner))
-                    .values(activity="STAGE", state="CREATED", claimed_by=None, lease=None, started=None)
-                )
-                return "CREATED"
-            if self._finish_in(conn, target.id, runner, "COMPLETED", None):
-                conn.execute(
-                    insert(pins).values(
-                        inode_id=node.id, owner=target.owner, request_id=target.request_id, expires=t + pin_ms
+            nodes: dict[str, Any] = {}
+            ids = sorted({x.pnfsid for x in targets if x.pnfsid})
+            for i in range(0, len(ids), 500):
+                q = select(inodes.c.id, inodes.c.pnfsid, inodes.c.locality).where(inodes.c.pnfsid.in_(ids[i : i + 500]))
+                nodes.update((r.pnfsid, r) for r in conn.execute(q))
+            for target in targets:
+                args = json.loads(target.arguments or "{}")
+                if target.activity == "LOG_TARGET":
+                    log.info("bulk request %s: target %s (%s)", target.request_id, target.path, target.pnfsid)
+                    self._finish_in(conn, target.id, runner, "COMPLETED", None)
+                    continue
+                node = nodes.get(target.pnfsid)
+                if node is None:
+                    error = _error("FileNotFoundCacheException", f"No such file or directory: {target.path}")
+                    self._finish_in(conn, target.id, runner, "FAILED", error)
+                elif target.activity == "PIN" and node.locality not in ONLINE:
+                    conn.execute(
+                        update(bulk_targets)
+                        .where(self._fence(target.id, runner))
+                        .values(activity="STAGE", state="CREATED", claimed_by=None, lease=None, started=None)
                     )
-                )
-            return "COMPLETED"
-
-    def unpin(self, target: Any, runner: str, request_id: str | None) -> str:
-        """Drop the owner's pins of the target's file (only those of `request_id`, if given)."""
-        with self.db.engine.begin() as conn:
-            node = conn.execute(select(inodes.c.id).where(inodes.c.pnfsid == target.pnfsid)).first()
-            if node is None:
-                error = _error("FileNotFoundCacheException", f"No such file or directory: {target.path}")
-                self._finish_in(conn, target.id, runner, "FAILED", error)
-                return "FAILED"
-            if self._finish_in(conn, target.id, runner, "COMPLETED", None):
-                where = and_(pins.c.inode_id == node.id, pins.c.owner == target.owner)
-                if request_id:
-                    where = and_(where, pins.c.request_id == request_id)
-                conn.execute(delete(pins).where(where))
-            return "COMPLETED"
+                elif not self._finish_in(conn, target.id, runner, "COMPLETED", None):
+                    continue  # cancelled meanwhile
+                elif target.activity == "PIN":
+                    expires = t + int(args.get("pin_ms") or DEFAULT_PIN_MS)
+                    conn.execute(
+                        insert(pins).values(
+                            inode_id=node.id, owner=target.owner, request_id=target.request_id, expires=expires
+                        )
+                    )
+                else:
+                    where = and_(pins.c.inode_id == node.id, pins.c.owner == target.owner)
+                    if args.get("id"):
+                        where = and_(where, pins.c.request_id == str(args["id"]))
+                    conn.execute(delete(pins).where(where))
 
     def idle(self) -> tuple[bool, bool]:
         """(nothing to claim, nothing to roll up), read without the write lock: an idle runner's turns then
@@ -727,8 +732,17 @@ class Runner:
             return
         while not nothing_to_claim:
             batch = await self.db.write(self.store.claim, self.name)
+            simple = [t for t in batch if t.activity in SETTLED]
+            if simple:
+                try:
+                    await self.db.write(self.store.settle, simple, self.name)
+                except Exception:  # one bad target must not hold the others: each on its own
+                    log.exception("bulk requests: a batch of %d targets failed; running them one by one", len(simple))
+                    for target in simple:
+                        await self._run(target)
             for target in batch:
-                await self._run(target)
+                if target.activity not in SETTLED:
+                    await self._run(target)
             if len(batch) < 100:
                 break
         await self.db.write(self.store.roll_up)
@@ -737,21 +751,15 @@ class Runner:
         args = json.loads(target.arguments or "{}")
         activity = target.activity
         try:
-            if activity == "PIN":
-                await self.db.write(self.store.pin, target, self.name, int(args.get("pin_ms") or DEFAULT_PIN_MS))
+            if activity in SETTLED:
+                await self.db.write(self.store.settle, [target], self.name)
                 return
-            if activity in ("UNPIN", "RELEASE"):
-                await self.db.write(self.store.unpin, target, self.name, args.get("id") or None)
-                return
-            if activity == "LOG_TARGET":
-                log.info("bulk request %s: target %s (%s)", target.request_id, target.path, target.pnfsid)
-            else:
-                subject = await self._subject(target.owner)
-                if activity == "UPDATE_QOS":
-                    await self.db.write(self.ns.set_qos, target.path, subject, str(args.get("targetQos")))
-                elif activity == "DELETE":
-                    blobs = await self.db.write(self.ns.delete, target.path, subject)
-                    await self.drop_blobs(blobs)
+            subject = await self._subject(target.owner)
+            if activity == "UPDATE_QOS":
+                await self.db.write(self.ns.set_qos, target.path, subject, str(args.get("targetQos")))
+            elif activity == "DELETE":
+                blobs = await self.db.write(self.ns.delete, target.path, subject)
+                await self.drop_blobs(blobs)
             await self.db.write(self.store.finish, target.id, self.name, "COMPLETED")
         except HeadraceError as exc:
             await self.db.write(self.store.finish, target.id, self.name, "FAILED", _exception_error(exc))
