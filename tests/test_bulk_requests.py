@@ -183,6 +183,32 @@ def test_stage_of_a_file_only_on_tape_is_done_by_the_tape_agent(tape: Server) ->
         assert states(finished(api, rid)) == [(again[0], "COMPLETED")]
 
 
+def test_delete_of_a_tree_removes_directories_after_what_they_hold(tape: Server) -> None:
+    with tape.api() as api, tape.door() as door:
+        mkdir(api, "/tree")
+        mkdir(api, "/tree/sub")
+        mkdir(api, "/tree/keep")
+        put_files(door, ["/tree/a", "/tree/sub/b", "/tree/keep/c"])
+        # expand NONE on a directory with entries: it cannot go (dCache: not empty)
+        done = finished(api, submit(api, "DELETE", ["/tree/sub"]))
+        assert states(done) == [("/tree/sub", "FAILED")] and "not empty" in done["targets"][0]["errorMessage"]
+        # skipDirs: the files go, the directories stay
+        done = finished(api, submit(api, "DELETE", ["/tree/keep"], expand_directories="ALL",
+                                    arguments={"skipDirs": "true"}))  # fmt: skip
+        assert states(done) == [("/tree/keep", "SKIPPED"), ("/tree/keep/c", "COMPLETED")]
+        assert api.get("/api/v1/namespace/tree/keep").status_code == 200
+        # ALL: files, then each directory after what it holds
+        done = finished(api, submit(api, "DELETE", ["/tree"], expand_directories="ALL"))
+        assert states(done) == [
+            ("/tree/a", "COMPLETED"),
+            ("/tree/keep", "COMPLETED"),
+            ("/tree/sub/b", "COMPLETED"),
+            ("/tree/sub", "COMPLETED"),
+            ("/tree", "COMPLETED"),
+        ]
+        assert api.get("/api/v1/namespace/tree").status_code == 404
+
+
 def test_another_user_neither_sees_nor_stages_what_is_not_theirs(tape: Server, bob: tuple[str, str]) -> None:
     with tape.api() as api, tape.door() as door, as_user(tape, bob) as other:
         mkdir(api, "/priv")

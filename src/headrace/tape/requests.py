@@ -2,7 +2,8 @@
 
 A request is a `bulk_requests` row with its targets in `bulk_targets`, written at creation in one
 transaction, so that a request survives restarts. Paths are resolved (and directories expanded) when the
-request is made: a missing or unreadable file is a FAILED target at once, a directory a SKIPPED one.
+request is made: a missing or unreadable file is a FAILED target at once, a directory a SKIPPED one (but
+a DELETE removes directories too, after what they hold, unless `skipDirs`, as dCache's does).
 
 Who runs the targets:
 - STAGE targets, and PIN targets of files not on disk, are the pool's tape agent's (tape/agent.py): it claims
@@ -333,7 +334,7 @@ class RequestStore:
             return
         if node.is_dir:
             if req.expand == "none" or (req.expand == "targets" and depth > 0):
-                yield _Target(path, "SKIPPED", req.activity, pnfsid=node.pnfsid)
+                yield self._dir(principal, req, node)
                 return
             try:  # a directory to expand must be listable
                 principal.check("LIST", path)
@@ -341,7 +342,11 @@ class RequestStore:
             except Forbidden as exc:
                 yield _Target(path, "FAILED", req.activity, pnfsid=node.pnfsid, error=_exception_error(exc))
                 return
-            yield _Target(path, "SKIPPED", req.activity, pnfsid=node.pnfsid)
+            # A DELETE removes a directory after what it holds (dCache's order); other activities skip it,
+            # listed first (as ada's checks read them: the directory, then its files).
+            last = self._deletes_dirs(req)
+            if not last:
+                yield self._dir(principal, req, node)
             subdirs: list[Inode] = []
             for child in self.ns.iter_children(node):
                 if not principal.visible(child.path):
@@ -350,13 +355,30 @@ class RequestStore:
                     if req.expand == "all":
                         subdirs.append(child)  # after the files of this directory: bounded memory per level
                     else:
-                        yield _Target(child.path, "SKIPPED", req.activity, pnfsid=child.pnfsid)
+                        yield self._dir(principal, req, child)
                 else:
                     yield self._file(principal, req, child)
             for sub in subdirs:
                 yield from self._resolve(principal, req, sub.path, depth=depth + 1)
+            if last:
+                yield self._dir(principal, req, node)
             return
         yield self._file(principal, req, node)
+
+    @staticmethod
+    def _deletes_dirs(req: NewRequest) -> bool:
+        """dCache's DELETE removes directory targets too, unless `skipDirs` is true."""
+        skip = req.arguments.get("skipDirs")
+        return req.activity == "DELETE" and not (skip is True or str(skip).lower() == "true")
+
+    def _dir(self, principal: Principal, req: NewRequest, node: Inode) -> _Target:
+        if not self._deletes_dirs(req):
+            return _Target(node.path, "SKIPPED", req.activity, pnfsid=node.pnfsid)
+        try:
+            principal.check("DELETE", node.path)
+        except Forbidden as exc:
+            return _Target(node.path, "FAILED", req.activity, pnfsid=node.pnfsid, error=_exception_error(exc))
+        return _Target(node.path, "CREATED", req.activity, pnfsid=node.pnfsid)
 
     def _file(self, principal: Principal, req: NewRequest, node: Inode) -> _Target:
         activity = req.activity
