@@ -341,3 +341,24 @@ def test_macaroons_with_activity_caveats(tape: Server) -> None:
         done = finished(tok, submit(tok, "PIN", ["/tok/in/f"]))
         assert done["targets"][0]["state"] == "FAILED"
         assert "does not allow STAGE" in done["targets"][0]["errorMessage"]
+
+
+def test_cancel_on_failure_and_clear_on_failure(server: Server) -> None:
+    with server.api() as api, server.door() as door:
+        put_files(door, ["/cof1", "/cof2"])
+        # a stage waits on a server without tape; the missing target failed at once: the rest is cancelled
+        rid = submit(api, "STAGE", ["/cof1", "/cof-missing", "/cof2"], cancelOnFailure=True)
+        done = finished(api, rid)
+        assert done["status"] == "CANCELLED"
+        assert states(done) == [("/cof1", "CANCELLED"), ("/cof-missing", "FAILED"), ("/cof2", "CANCELLED")]
+        # without it the others wait
+        rid = submit(api, "STAGE", ["/cof1", "/cof-missing"])
+        assert states(info(api, rid)) == [("/cof1", "CREATED"), ("/cof-missing", "FAILED")]
+        assert api.delete(f"{BULK}/{rid}", params={"cancelIfRunning": "true"}).status_code == 204
+        # clear_on_failure: a request that completed with a failure is forgotten; clear_on_success keeps it then
+        gone = submit(api, "LOG_TARGET", ["/cof1", "/cof-missing"], clear_on_failure=True)
+        wait_for(lambda: api.get(f"{BULK}/{gone}").status_code == 404, "the failed request cleared")
+        kept = submit(api, "LOG_TARGET", ["/cof1", "/cof-missing"], clearOnSuccess=True)
+        assert finished(api, kept)["status"] == "COMPLETED"
+        ok = submit(api, "LOG_TARGET", ["/cof1"], clearOnSuccess=True)
+        wait_for(lambda: api.get(f"{BULK}/{ok}").status_code == 404, "the successful request cleared")

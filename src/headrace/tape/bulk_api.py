@@ -125,8 +125,8 @@ def parse(body: dict[str, Any], principal: Principal) -> NewRequest:
         raise BadRequest("targetPrefix must be a string")
     expand = _take(body, "expand_directories", "expand-directories", "expandDirectories") or "none"
     clear_on_success = _flag(_take(body, "clear_on_success", "clear-on-success", "clearOnSuccess"))
-    _take(body, "clear_on_failure", "clear-on-failure", "clearOnFailure")  # accepted; failures are kept to read
-    _take(body, "cancel_on_failure", "cancel-on-failure", "cancelOnFailure")
+    clear_on_failure = _flag(_take(body, "clear_on_failure", "clear-on-failure", "clearOnFailure"))
+    cancel_on_failure = _flag(_take(body, "cancel_on_failure", "cancel-on-failure", "cancelOnFailure"))
     _take(body, "pre_store", "pre-store", "prestore")  # deprecated in dCache, still allowed
     if body:
         raise BadRequest(f"unsupported arguments: [{', '.join(sorted(body))}]")
@@ -141,6 +141,8 @@ def parse(body: dict[str, Any], principal: Principal) -> NewRequest:
         expand=str(expand).lower(),
         api="bulk",
         clear_on_success=clear_on_success,
+        clear_on_failure=clear_on_failure,
+        cancel_on_failure=cancel_on_failure,
     )
 
 

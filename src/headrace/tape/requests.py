@@ -153,6 +153,10 @@ class NewRequest:
     api: str = "bulk"
     #: Cleared (deleted) by the runner once completed without a failed target (dCache's clearOnSuccess).
     clear_on_success: bool = False
+    #: Cleared once completed with a failed target (clearOnFailure).
+    clear_on_failure: bool = False
+    #: Its targets not yet final cancelled as soon as one fails (cancelOnFailure).
+    cancel_on_failure: bool = False
 
 
 @dataclass
@@ -248,8 +252,13 @@ class RequestStore:
             if len(targets) > MAX_TARGETS:
                 raise BadRequest(f"A request may have at most {MAX_TARGETS} targets (directories expanded)")
         arguments = dict(req.arguments)
-        if req.clear_on_success:
-            arguments["clearOnSuccess"] = True
+        for flag, on in (
+            ("clearOnSuccess", req.clear_on_success),
+            ("clearOnFailure", req.clear_on_failure),
+            ("cancelOnFailure", req.cancel_on_failure),
+        ):
+            if on:
+                arguments[flag] = True
         return Planned(str(uuid.uuid4()), owner, req, arguments, targets)
 
     def _check_room(self, owner: str, active: int, new: int) -> None:
@@ -635,14 +644,12 @@ class RequestStore:
                 ),
             )
         )
-        pending = exists().where(
-            and_(bulk_targets.c.request_id == bulk_requests.c.id, bulk_targets.c.state.in_(ACTIVE))
-        )
-        moved = exists().where(and_(bulk_targets.c.request_id == bulk_requests.c.id, bulk_targets.c.state != "CREATED"))
+        open_ = bulk_requests.c.status.in_(("QUEUED", "STARTED"))
         ripe = exists().where(
             or_(
-                and_(bulk_requests.c.status.in_(("QUEUED", "STARTED")), ~pending),
-                and_(bulk_requests.c.status == "QUEUED", moved),
+                and_(open_, ~_pending()),
+                and_(bulk_requests.c.status == "QUEUED", _moved()),
+                and_(open_, _cancels_on_failure()),
             )
         )
         with self.db.reader.connect() as conn:
@@ -650,20 +657,30 @@ class RequestStore:
         return not row.claim, not row.ripe
 
     def roll_up(self) -> list[str]:
-        """Requests whose targets all ended: COMPLETED; those that asked to be cleared on success and had no
-        failure are deleted. Requests with a target that moved are STARTED. The ids completed."""
+        """Requests with a target that moved: STARTED. Requests that asked to be cancelled on a failure and
+        have one: their other targets CANCELLED, and so the request. Requests whose targets all ended:
+        COMPLETED, then deleted if they asked to be cleared on success (none failed) or on failure. The ids
+        completed."""
         t = now_ms()
         open_ = bulk_requests.c.status.in_(("QUEUED", "STARTED"))
-        pending = exists().where(
-            and_(bulk_targets.c.request_id == bulk_requests.c.id, bulk_targets.c.state.in_(ACTIVE))
-        )
-        moved = exists().where(and_(bulk_targets.c.request_id == bulk_requests.c.id, bulk_targets.c.state != "CREATED"))
+        pending = _pending()
         with self.db.engine.begin() as conn:
             conn.execute(
                 update(bulk_requests)
-                .where(and_(bulk_requests.c.status == "QUEUED", moved, pending))
+                .where(and_(bulk_requests.c.status == "QUEUED", _moved(), pending))
                 .values(status="STARTED", started=t)
             )
+            for r in conn.execute(select(bulk_requests.c.id).where(and_(open_, pending, _cancels_on_failure()))).all():
+                conn.execute(
+                    update(bulk_targets)
+                    .where(and_(bulk_targets.c.request_id == r.id, bulk_targets.c.state.in_(ACTIVE)))
+                    .values(state="CANCELLED", finished=t)
+                )
+                conn.execute(
+                    update(bulk_requests)
+                    .where(bulk_requests.c.id == r.id)
+                    .values(status="CANCELLED", finished=t, started=func.coalesce(bulk_requests.c.started, t))
+                )
             done = conn.execute(
                 select(bulk_requests.c.id, bulk_requests.c.arguments).where(and_(open_, ~pending))
             ).all()
@@ -675,21 +692,37 @@ class RequestStore:
                 .where(and_(bulk_requests.c.id.in_(ids), open_))
                 .values(status="COMPLETED", finished=t, started=func.coalesce(bulk_requests.c.started, t))
             )
-            clear = [r.id for r in done if json.loads(r.arguments or "{}").get("clearOnSuccess")]
-            if clear:
+            flags = {r.id: json.loads(r.arguments or "{}") for r in done}
+            asking = [i for i, f in flags.items() if f.get("clearOnSuccess") or f.get("clearOnFailure")]
+            if asking:
                 failed = {
                     r.request_id
                     for r in conn.execute(
                         select(bulk_targets.c.request_id)
-                        .where(and_(bulk_targets.c.request_id.in_(clear), bulk_targets.c.state == "FAILED"))
+                        .where(and_(bulk_targets.c.request_id.in_(asking), bulk_targets.c.state == "FAILED"))
                         .distinct()
                     )
                 }
-                gone = [c for c in clear if c not in failed]
+                gone = [i for i in asking if flags[i].get("clearOnFailure" if i in failed else "clearOnSuccess")]
                 if gone:
                     conn.execute(delete(bulk_targets).where(bulk_targets.c.request_id.in_(gone)))
                     conn.execute(delete(bulk_requests).where(bulk_requests.c.id.in_(gone)))
             return ids
+
+
+def _pending() -> Any:
+    """The request has a target not yet final (correlated to `bulk_requests`)."""
+    return exists().where(and_(bulk_targets.c.request_id == bulk_requests.c.id, bulk_targets.c.state.in_(ACTIVE)))
+
+
+def _moved() -> Any:
+    return exists().where(and_(bulk_targets.c.request_id == bulk_requests.c.id, bulk_targets.c.state != "CREATED"))
+
+
+def _cancels_on_failure() -> Any:
+    """The request asked to be cancelled on a failure, and a target has failed."""
+    failed = exists().where(and_(bulk_targets.c.request_id == bulk_requests.c.id, bulk_targets.c.state == "FAILED"))
+    return and_(bulk_requests.c.arguments.like('%"cancelOnFailure":true%'), failed)
 
 
 class Runner:
