@@ -34,6 +34,33 @@ log = logging.getLogger("headrace.tape")
 AGENTS: set[TapeAgent] = set()
 
 
+class Settled:
+    """Wakes the readers of this process that wait for a stage (tape.staging) when one settles here."""
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def notify(self) -> None:
+        for f in self._waiters:
+            if not f.done():
+                f.set_result(None)
+        self._waiters.clear()
+
+    async def wait(self, timeout: float) -> None:
+        """Until a stage settles in this process, or `timeout` s (one settled in another process)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(fut)
+
+
+STAGED = Settled()
+
+
 def wake_all() -> None:
     for agent in AGENTS:
         agent.wake()
@@ -54,11 +81,15 @@ class TapeAgent:
         self.hsm = hsm
         self.cfg = cfg
         self.me = pool.name
-        self._wake = asyncio.Event()
+        #: One per loop (flush, stage, keep): a wake-up one loop consumed is not lost to another.
+        self._wakes: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         #: Staging in progress here: pnfsid -> the restore (two targets for one file share it).
         self._restores: dict[str, asyncio.Task[Inode]] = {}
         self._held: set[int] = set()  # claimed target ids, for lease renewal
+        #: Restores at once (dCache's `rh set max active`); more targets are claimed, to have the next ready.
+        self._stage_slots = asyncio.Semaphore(max(1, cfg.stage_concurrency))
+        self._flush_slots = asyncio.Semaphore(max(1, cfg.flush_concurrency))
         self.flushes = 0  # counters for tests and `status`
         self.stages = 0
         self.evictions = 0
@@ -87,9 +118,11 @@ class TapeAgent:
         self._tasks = []
 
     def wake(self) -> None:
-        self._wake.set()
+        for event in self._wakes.values():
+            event.set()
 
     async def _loop(self, name: str, round_: Callable[[], Awaitable[float | None]]) -> None:
+        wake = self._wakes.setdefault(name, asyncio.Event())
         while True:
             delay: float | None = self.cfg.poll
             try:
@@ -100,8 +133,8 @@ class TapeAgent:
                 log.exception("tape %s round of pool %s failed", name, self.me)
             wait = self.cfg.poll if delay is None else min(delay, self.cfg.poll)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
-            self._wake.clear()
+                await asyncio.wait_for(wake.wait(), wait)
+            wake.clear()
 
     async def _io(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.store.io, fn, *args)
@@ -140,26 +173,21 @@ class TapeAgent:
         size = sum(n.size for n in queue)
         if len(queue) < self.cfg.flush_count and size < self.cfg.flush_bytes and waited < self.cfg.flush_age:
             return max(0.01, self.cfg.flush_age - waited)
-        limit_ = asyncio.Semaphore(max(1, self.cfg.flush_concurrency))
-
-        async def one(node: Inode) -> None:
-            async with limit_:
-                await self.flush(node)
-
-        await asyncio.gather(*(one(n) for n in queue))
+        await asyncio.gather(*(self.flush(n) for n in queue))
         return 0.0  # more may have queued meanwhile
 
     async def flush(self, node: Inode) -> bool:
         assert node.blob is not None
-        started = time.monotonic()
         try:
-            uri = await self.hsm.put(node.pnfsid, self.pool.blob_path_str(node.blob), self._info(node))
+            async with self._flush_slots:  # the HSM's calls at once; the records overlap the next call
+                started = time.monotonic()  # dCache's transferTime: the script's time, not the wait for a slot
+                uri = await self.hsm.put(node.pnfsid, self.pool.blob_path_str(node.blob), self._info(node))
+                millis = int((time.monotonic() - started) * 1000)
         except HsmError as exc:
             attempts = await self.db.write(catalog.flush_failed, self.ns, node, str(exc))
             TAPE_OPS.labels("store", "failed").inc()
             log.warning("flush of %s (%s) failed, attempt %d: %s", node.path, node.pnfsid, attempts, exc)
             return False
-        millis = int((time.monotonic() - started) * 1000)
         ok: bool = await self.db.write(
             catalog.flushed, self.ns, node, uri, pool=self.pool.name, hsm=self._hsm_facts(), millis=millis
         )
@@ -212,7 +240,8 @@ class TapeAgent:
             await self.db.write(catalog.stage_done, self.ns, self.me, target, node, error)
         finally:
             self._held.discard(target.id)
-        self._wake.set()
+        STAGED.notify()
+        self.wake()
 
     async def restore(self, node: Inode) -> Inode:
         """Stage `node` into this pool (one restore per file at once); the file as it is then on disk."""
@@ -228,9 +257,11 @@ class TapeAgent:
             raise StageFailed(f"{node.path} has no copy on disk or tape")
         await self.make_room(node.size)
         upload = await self._io(self.pool.start_upload)
-        started = time.monotonic()
         try:
-            await self.hsm.get(node.pnfsid, upload.tmp_path, node.hsm_uri, self._info(node))
+            async with self._stage_slots:  # the HSM's calls at once; checks and records overlap the next call
+                started = time.monotonic()
+                await self.hsm.get(node.pnfsid, upload.tmp_path, node.hsm_uri, self._info(node))
+                millis = int((time.monotonic() - started) * 1000)
             await self._io(upload.adopt)
             if upload.size != node.size:
                 raise StageFailed(f"the copy of {node.path} on tape has {upload.size} bytes, not {node.size}")
@@ -244,7 +275,6 @@ class TapeAgent:
             await self._io(upload.abort)
             TAPE_OPS.labels("restore", "failed").inc()
             raise
-        millis = int((time.monotonic() - started) * 1000)
         ok = await self.db.write(
             catalog.staged, self.ns, node, pool=self.pool.name, blob=upload.blob, hsm=self._hsm_facts(), millis=millis
         )
@@ -313,7 +343,7 @@ class TapeAgent:
         for node in stage:
             await self.db.write(catalog.queue_stage, self.ns, catalog.SYSTEM.username, node, api="qos")
         if stage:
-            self._wake.set()
+            self.wake()
         trash = await self.db.read(catalog.trash, self.ns, 64)
         done: list[int] = []
         for tid, uri in trash:

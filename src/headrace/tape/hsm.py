@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,31 +73,34 @@ class HsmScript:
         return [*self.command, op, *args, *_keys(keys)]
 
     async def _run(self, op: str, argv: list[str]) -> str:
+        # Started from a thread with subprocess (vfork + exec), not the event loop's own spawn: uvloop forks the
+        # whole server to start a child (measured: 17 ms per call with 400 MB resident, the loop blocked
+        # throughout, most of the server's CPU in a bulk stage; bench/results/profiles/tape-bulk-stage-*.svg).
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            proc = await asyncio.to_thread(
+                subprocess.Popen,
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+                close_fds=True,
             )
         except OSError as exc:
             raise HsmError(op, None, f"cannot start {argv[0]}: {exc}") from exc
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.timeout)
-        except TimeoutError:
+            out, err = await asyncio.to_thread(proc.communicate, None, self.timeout)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            await proc.wait()
+            await asyncio.to_thread(proc.communicate)
             raise HsmError(op, None, f"no answer within {self.timeout:g} s") from None
-        except asyncio.CancelledError:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        except BaseException:  # cancelled: the script goes too
+            proc.kill()
             raise
         if proc.returncode != 0:
             message = err.decode(errors="replace").strip().splitlines()
             raise HsmError(op, proc.returncode, message[-1] if message else "no message")
-        return out.decode(errors="replace")
+        return str(out.decode(errors="replace"))
 
     async def put(self, pnfsid: str, path: str, info: Mapping[str, object]) -> str:
         """Copy the file at `path` to tape; the copy's URI."""

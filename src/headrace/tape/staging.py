@@ -4,14 +4,13 @@ than `tape.read_wait`)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from headrace.db.engine import Database
 from headrace.storage.blobstore import StoreUnavailable
 from headrace.storage.namespace import Inode, Namespace
 from headrace.tape import catalog
-from headrace.tape.agent import wake_all
+from headrace.tape.agent import STAGED, wake_all
 
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "SKIPPED")
 
@@ -36,5 +35,5 @@ async def bring_online(db: Database, ns: Namespace, node: Inode, owner: str, *, 
             raise StoreUnavailable(f"Staging {node.path} from tape failed: {error or state.lower()}")
         if time.monotonic() >= deadline:
             raise StoreUnavailable(f"{node.path} is being staged from tape; try again later")
-        await asyncio.sleep(delay)
+        await STAGED.wait(delay)  # a stage settled here, or time to look for one settled elsewhere
         delay = min(delay * 2, 0.25)
