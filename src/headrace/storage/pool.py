@@ -28,6 +28,15 @@ READ_CHUNK = 1024 * 1024
 BLOB_NAME = re.compile(r"[0-9a-f]{32}")
 
 
+def file_checksums(path: str | Path, types: set[str]) -> dict[str, str]:
+    """Checksums of the file at `path`, read from disk (blocking)."""
+    hasher = Hasher(types)
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            hasher.update(chunk)
+    return hasher.values()
+
+
 def new_blob_name() -> str:
     return secrets.token_hex(16)
 
@@ -113,11 +122,7 @@ class Pool:
 
     def compute_checksums(self, blob: str, types: set[str]) -> dict[str, str]:
         """Checksums of a stored blob, read from disk (blocking; for Want-Digest types not computed at upload)."""
-        hasher = Hasher(types)
-        with open(self.blob_path(blob), "rb") as f:
-            while chunk := f.read(READ_CHUNK):
-                hasher.update(chunk)
-        return hasher.values()
+        return file_checksums(self.blob_path(blob), types)
 
     def remove_blob(self, blob: str, size: int | None = None) -> None:
         """Remove a blob counted in `used_bytes`; `size` None means measure it (so a caller that does not

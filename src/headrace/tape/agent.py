@@ -20,10 +20,9 @@ from typing import Any
 
 from headrace.db.engine import Database
 from headrace.metrics import TAPE_BYTES, TAPE_OPS
-from headrace.storage.checksums import Hasher
 from headrace.storage.local_store import LocalStore
 from headrace.storage.namespace import Inode, Namespace, now_ms
-from headrace.storage.pool import Pool
+from headrace.storage.pool import Pool, file_checksums
 from headrace.tape import catalog
 from headrace.tape.config import TapeSettings
 from headrace.tape.hsm import HsmError, HsmScript
@@ -266,7 +265,7 @@ class TapeAgent:
             if upload.size != node.size:
                 raise StageFailed(f"the copy of {node.path} on tape has {upload.size} bytes, not {node.size}")
             if node.checksums:
-                sums = await self._io(_checksums, upload.tmp_path, set(node.checksums))
+                sums = await self._io(file_checksums, upload.tmp_path, set(node.checksums))
                 bad = [t for t, v in sums.items() if node.checksums.get(t) != v]
                 if bad:
                     raise StageFailed(f"the copy of {node.path} on tape fails its {bad[0]} checksum")
@@ -360,11 +359,3 @@ class TapeAgent:
             self._next_expiry = time.monotonic() + 60
             await self.db.write(catalog.expire_pins, self.ns)
         return None
-
-
-def _checksums(path: str, types: set[str]) -> dict[str, str]:
-    hasher = Hasher(types)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            hasher.update(chunk)
-    return hasher.values()

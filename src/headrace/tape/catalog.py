@@ -58,10 +58,10 @@ def _path(conn: Connection, parent_id: int | None, name: str, cache: dict[int, s
 def _nodes(conn: Connection, rows: Sequence[Any]) -> list[Inode]:
     cache: dict[int, str] = {}
     out = [Inode.from_row(r, _path(conn, r.parent_id, r.name, cache)) for r in rows]
-    ids = [n.id for n in out]
-    if ids:
-        for r in conn.execute(select(checksums).where(checksums.c.inode_id.in_(ids))):
-            next(n for n in out if n.id == r.inode_id).checksums[r.type] = r.value
+    by_id = {n.id: n for n in out}
+    if by_id:
+        for r in conn.execute(select(checksums).where(checksums.c.inode_id.in_(list(by_id)))):
+            by_id[r.inode_id].checksums[r.type] = r.value
     return out
 
 

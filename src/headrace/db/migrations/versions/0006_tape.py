@@ -61,9 +61,7 @@ def upgrade() -> None:
     op.create_table(
         "bulk_targets",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
-        sa.Column(
-            "request_id", sa.String(64), sa.ForeignKey("bulk_requests.id", ondelete="CASCADE"), nullable=False
-        ),
+        sa.Column("request_id", sa.String(64), sa.ForeignKey("bulk_requests.id", ondelete="CASCADE"), nullable=False),
         sa.Column("activity", sa.String(16), nullable=False),
         sa.Column("owner", sa.String(64), nullable=False),
         sa.Column("path", sa.Text, nullable=False),
