@@ -2,7 +2,7 @@
 # Installs the third-party programs the tests and benchmarks drive, from Debian's packages:
 # rclone, cadaver and davfs2 (real WebDAV clients), litmus (the WebDAV conformance suite),
 # nginx with its WebDAV modules (the benchmark's peer), redis-server (the broker of bench/functions.py's Celery peer),
-# bubblewrap (the functions' sandbox), jq and shunit2 (SURF's ada client and its integration suite, which this
+# bubblewrap (the functions' sandbox), python3-gfal2 and gfal2-plugin-http (gfal2 through the WLCG Tape REST API), jq and shunit2 (SURF's ada client and its integration suite, which this
 # clones too: tests/interop/test_ada.py).
 # Downloaded .deb files are cached under ~/.cache/headrace/apt so that a fresh clone reuses them.
 set -euo pipefail
@@ -18,9 +18,12 @@ command -v nginx >/dev/null || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_http_dav_ext_module.so ] || need+=(libnginx-mod-http-dav-ext)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v bwrap >/dev/null || need+=(bubblewrap)
-command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v jq >/dev/null || need+=(jq)
 [ -e /usr/share/shunit2/shunit2 ] || need+=(shunit2)
+# gfal2's Python bindings and its HTTP/WebDAV plugin for the system python3 (tests/interop/test_gfal2.py).
+/usr/bin/python3 -c 'import gfal2' 2>/dev/null || need+=(python3-gfal2)
+compgen -G '/usr/lib/x86_64-linux-gnu/gfal2-plugins/libgfal_plugin_http.so*' >/dev/null ||
+  compgen -G '/usr/lib/*/gfal2-plugins/libgfal_plugin_http.so*' >/dev/null || need+=(gfal2-plugin-http)
 
 # SURF's ada (the last commit of the bash client) for tests/interop/test_ada.py, which is skipped without it.
 ada_dir="${XDG_CACHE_HOME:-$HOME/.cache}/headrace/SpiderScripts"
