@@ -1,0 +1,1 @@
+"""Other systems' storage events entering the event log: see base.py."""
