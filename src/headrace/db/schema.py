@@ -97,9 +97,14 @@ events = Table(
     Column("detail", Text, nullable=True),  # compact JSON: checksums, attribute names, transfer facts
     Column("cause", String(64), nullable=True),
     Column("username", String(64), nullable=True),
+    # Events of other storage systems (events/sources): the source's name (NULL: headrace's own namespace) and
+    # the event's identity within it, unique together so that a re-delivered event enters the log once.
+    Column("source", String(64), nullable=True),
+    Column("source_key", Text, nullable=True),
     sqlite_autoincrement=True,
 )
 Index("ix_events_time", events.c.time)
+Index("ux_events_source_key", events.c.source, events.c.source_key, unique=True)
 
 users = Table(
     "users",
@@ -292,3 +297,26 @@ bulk_targets = Table(
 )
 Index("ix_bulk_targets_queue", bulk_targets.c.activity, bulk_targets.c.state)
 Index("ix_bulk_targets_request", bulk_targets.c.request_id, bulk_targets.c.id)
+
+# -- event sources (events/sources): other systems' events delivered into the log ------------------------------
+
+sources = Table(
+    "sources",
+    metadata,
+    Column("name", String(64), primary_key=True),  # base.NAME_PATTERN; events.source names it
+    Column("kind", String(32), nullable=False),  # kinds.KINDS
+    Column("config", Text, nullable=False),  # compact JSON: the kind's configuration (credentials included)
+    Column("readers", Text, nullable=False),  # compact JSON: {"users": [...], "groups": [...]}
+    Column("created", BigInteger, nullable=False),  # µs since epoch
+    Column("updated", BigInteger, nullable=False),  # µs
+    Column("version", Integer, nullable=False),  # bumped on every PUT: the runner restarts the source
+    Column("position", Text, nullable=True),  # where the kind resumes (opaque to all but the kind)
+    Column("state", Text, nullable=True),  # compact JSON: the kind's durable state, by key
+    Column("holder", String(128), nullable=True),  # the controller running it
+    Column("lease_until", BigInteger, nullable=True),  # µs: another controller may take it over after this
+    Column("generation", Integer, nullable=False),  # bumped on every take-over: writes of an older holder fail
+    Column("received", BigInteger, nullable=False),  # events delivered into the log
+    Column("last_event", BigInteger, nullable=True),  # µs: when the last new event was delivered
+    Column("last_error", Text, nullable=True),
+    Column("last_error_time", BigInteger, nullable=True),  # µs
+)

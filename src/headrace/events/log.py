@@ -52,6 +52,8 @@ def _event(row: Any) -> StorageEvent:
         detail=json.loads(m["detail"]) if m["detail"] else None,
         cause=m["cause"],
         username=m["username"],
+        source=m["source"],
+        source_key=m["source_key"],
     )
 
 

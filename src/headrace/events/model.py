@@ -56,3 +56,7 @@ class StorageEvent:
     detail: dict[str, Any] | None = None
     cause: str | None = None
     username: str | None = None
+    #: The event source it came from (events/sources), None for headrace's own namespace; then `path` is the
+    #: remote's path, `inode_id` 0, `parent_id` None, and `detail` holds "url" (where its file is read).
+    source: str | None = None
+    source_key: str | None = None

@@ -150,7 +150,8 @@ _COLUMNS = [c.name for c in inodes.columns]
 # Hot-path statements, built once: constructing them per call costs more than SQLite takes to run them. They
 # run on the driver (`headrace.db.driver`): SQLAlchemy's execution of even a cached statement cost more CPU
 # than the statement itself.
-_EVENT_COLUMNS = [c.name for c in events.columns if c.name != "offset"]
+# Local events leave `source`/`source_key` NULL (events of other systems come from events/sources/sink.py).
+_EVENT_COLUMNS = [c.name for c in events.columns if c.name not in ("offset", "source", "source_key")]
 _INODE_VALUES = [c.name for c in inodes.columns if c.name != "id"]
 _INSERT_EVENT = insert(events).values({c: bindparam(c) for c in _EVENT_COLUMNS})
 _INSERT_INODE = insert(inodes).values({c: bindparam(c) for c in _INODE_VALUES}).returning(inodes.c.id)
