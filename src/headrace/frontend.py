@@ -28,6 +28,7 @@ from headrace.errors import (
 )
 from headrace.events import api as events_api
 from headrace.events.channels import ChannelManager
+from headrace.events.sources import api as sources_api
 from headrace.http_common import (
     addressed_as,
     authority,
@@ -219,6 +220,7 @@ def create_app(
     app.include_router(bulk_api.router(service, app.state.bulk_requests))
     app.include_router(tape_api.router(service, app.state.bulk_requests))
     app.include_router(info_api.router(service))
+    app.include_router(sources_api.router(service))
     if channels is not None:
         app.include_router(events_api.router(service, channels))
     if controller is not None:

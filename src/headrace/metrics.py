@@ -54,3 +54,10 @@ TAPE_OPS = Counter(
 TAPE_BYTES = Counter(
     "headrace_tape_bytes", "Bytes written to tape (store) and read back (restore)", ["op"], registry=REGISTRY
 )
+SOURCE_EVENTS = Counter(
+    "headrace_source_events", "Events of other systems entered into the log, per source", ["source"], registry=REGISTRY
+)
+SOURCE_ERRORS = Counter(
+    "headrace_source_errors", "Runs of a source that ended in an error (then restarted)", ["source"], registry=REGISTRY
+)
+SOURCE_RUNNING = Gauge("headrace_source_running", "Whether this process runs the source", ["source"], registry=REGISTRY)

@@ -69,8 +69,9 @@ TAPE_RECORDS = {"store": "store", "restore": "restore"}
 
 
 def record_kind(event: StorageEvent) -> str | None:
-    """The billing message type an event gives ("transfer", "remove", "store" or "restore"), or None."""
-    if event.is_dir:
+    """The billing message type an event gives ("transfer", "remove", "store" or "restore"), or None. Events
+    of other systems (events/sources) give none: their transfers were not this system's."""
+    if event.is_dir or event.source is not None:
         return None
     if event.kind is EventKind.ATTRIB:
         return TAPE_RECORDS.get(str((event.detail or {}).get("tape")))

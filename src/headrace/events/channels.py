@@ -582,7 +582,10 @@ class ChannelManager:
         await self.log.db.read(read)
 
     def dispatch(self, ev: StorageEvent) -> None:
-        """Queue `ev` for every watch it concerns, as far as each channel may see it (`prepare` first)."""
+        """Queue `ev` for every watch it concerns, as far as each channel may see it (`prepare` first). Events
+        of other systems (events/sources) concern no watch: a watch is on this namespace."""
+        if ev.source is not None:
+            return
         judged: dict[tuple[str, Confinement | None], tuple[bool, bool]] = {}
 
         def seen(w: Watch) -> tuple[bool, bool]:

@@ -107,14 +107,25 @@ def event_data(event: StorageEvent) -> dict[str, Any]:
         data["tape"] = {k: event.detail[k] for k in ("tape", "locality", "uri", "pool") if k in event.detail}
     if event.cause:
         data["cause"] = event.cause
+    if event.source is not None:  # another system's event: where it came from and where its file is read
+        data["source"] = event.source
+        data["url"] = (event.detail or {}).get("url")
+        if not event.pnfsid:
+            del data["pnfsId"]
     return {k: v for k, v in data.items() if v is not None}
+
+
+def event_source(event: StorageEvent, default: str) -> str:
+    """The CloudEvents `source` of an event: `default` for this namespace's, /headrace/sources/NAME for the
+    events of another system that source NAME delivered (events/sources)."""
+    return f"/headrace/sources/{event.source}" if event.source is not None else default
 
 
 def cloudevent(event: StorageEvent, *, source: str = "/headrace/storage") -> CloudEvent:
     return CloudEvent(
         {
             "id": str(event.offset),
-            "source": source,
+            "source": event_source(event, source),
             "type": cloudevent_type(event),
             "subject": event.path,
             "time": datetime.fromtimestamp(event.time / 1e6, UTC),
@@ -131,7 +142,7 @@ def cloudevent_json(event: StorageEvent, *, source: str = "/headrace/storage") -
     return json.dumps(
         {
             "id": str(event.offset),
-            "source": source,
+            "source": event_source(event, source),
             "type": cloudevent_type(event),
             "subject": event.path,
             "time": datetime.fromtimestamp(event.time / 1e6, UTC).isoformat().replace("+00:00", "Z"),

@@ -29,6 +29,7 @@ from starlette.routing import Match
 
 from headrace.auth.access import Principal
 from headrace.errors import Forbidden, HeadraceError, NotFound, Unauthorized
+from headrace.events.sources.store import SourceStore
 from headrace.functions import model, records
 from headrace.functions.entities import (
     ActionFields,
@@ -54,7 +55,7 @@ DEFAULT_LIST = 30
 MAX_LIST = 200
 DEFAULT_BLOCKING_MS = 60_000
 MAX_BLOCKING_MS = 600_000
-FEED_KEYS = ("path", "recursive", "flags", "pattern", "min_size", "tape")
+FEED_KEYS = ("path", "recursive", "flags", "pattern", "min_size", "tape", "source")
 STATES = ("queued", "running", "done", "dead")
 
 
@@ -447,6 +448,21 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
             "feed_params": model.feed_filter(feed_params).to_json(),
         }
 
+    async def may_follow(namespace: str, source: str | None) -> None:
+        """A trigger may follow an event source (events/sources) only if its namespace's user may read it:
+        404 for a source there is not, 403 for one they are not a reader of."""
+        if source is None:
+            return
+        readers = (await db.read(SourceStore(db).readers, {source})).get(source)
+        if readers is None:
+            raise WhiskError(404, f"There is no event source {source!r}.")
+        try:
+            subject = (await service.users.fetch(namespace)).subject
+        except HeadraceError:
+            subject = None
+        if not readers.admit(subject):
+            raise WhiskError(403, f"The namespace {namespace!r} may not read the event source {source!r}.")
+
     async def rules_of(namespace: str, trigger: str) -> list[RuleRow]:
         rows = await db.read(lambda: store.entities("rules", namespace, 0, 0))
         return [r for r in rows if r["trigger"] == trigger]
@@ -475,6 +491,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         body = await _body(request)
         current = await db.read(lambda: store.get("triggers", namespace, name)) if overwrite else None
         values = trigger_values(body, current)
+        await may_follow(namespace, (values.get("feed_params") or {}).get("source"))
         row = await put_entity("triggers", namespace, name, values, overwrite)
         return JSONResponse(records.trigger(row, await rules_of(namespace, name)))
 

@@ -44,6 +44,7 @@ from headrace.auth.users import Subjects
 from headrace.db.schema import fn_activations, state
 from headrace.events.access import Directories, Reader
 from headrace.events.model import StorageEvent
+from headrace.events.sources.store import Readers, SourceStore
 from headrace.functions import engine, feed
 from headrace.functions.dispatch import Dispatcher, activation_row
 from headrace.functions.entities import ActionRow, ActivationFields, ActivationRow, RuleRow
@@ -137,6 +138,9 @@ class Controller(Dispatcher):
         #: Who the triggers' owners are and the directories' permissions, for judging events at delivery.
         self.dirs = Directories()
         self._owners = Subjects(service.users)  # the triggers' owners, judged against events
+        #: The readers of the sources the current batch's events come from (a source deleted: absent).
+        self._source_readers: dict[str, Readers] = {}
+        self._sources = SourceStore(service.db)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -335,6 +339,10 @@ class Controller(Dispatcher):
         ids = self.dirs.needed(batch)
         owners = {t.namespace for t in self.triggers}
         unknown = self._owners.stale(owners)  # new owners, and those looked up too long ago
+        remote = {ev.source for ev in batch if ev.source is not None}
+        # Who may read the sources of the batch's remote events, read for each batch: a reader removed, or
+        # the source deleted, fires nothing from the next batch on.
+        self._source_readers = await self.db.read(self._sources.readers, remote) if remote else {}
 
         def judged_by_permissions() -> bool:
             return bool(ids) and not self._owners.all_admin(owners)
@@ -369,9 +377,11 @@ class Controller(Dispatcher):
         them (None: no event of the batch has a cause)."""
         made: list[ActivationRow] = []
         for ev in batch:
+            readers = self._source_readers.get(ev.source) if ev.source is not None else None
             for trig in self.triggers:
                 reader = Reader(self._owners.get(trig.namespace))
-                flags = feed.deliverable(ev, trig.filter, reader, self.dirs)
+                readable = readers is not None and readers.admit(reader.subject)
+                flags = feed.deliverable(ev, trig.filter, reader, self.dirs, source_readable=readable)
                 if not flags:
                     continue
                 rules = self.rules.get((trig.namespace, trig.name), [])

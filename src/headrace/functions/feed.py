@@ -42,7 +42,10 @@ def views(event: StorageEvent) -> list[tuple[str, str, str | None]]:
 
 
 def matches(event: StorageEvent, f: FeedFilter) -> list[str]:
-    """The flags with which `event` fires a trigger with filter `f` (empty: it does not), permissions aside."""
+    """The flags with which `event` fires a trigger with filter `f` (empty: it does not), permissions aside.
+    A trigger follows one source: headrace's own namespace (`f.source` None) or the source it names."""
+    if event.source != f.source:
+        return []
     if f.tape and not (event.kind is EventKind.ATTRIB and (event.detail or {}).get("tape") in f.tape):
         return []
     out = []
@@ -52,12 +55,19 @@ def matches(event: StorageEvent, f: FeedFilter) -> list[str]:
     return out
 
 
-def deliverable(event: StorageEvent, f: FeedFilter, reader: Reader, dirs: Directories) -> list[tuple[str, bool]]:
+def deliverable(
+    event: StorageEvent, f: FeedFilter, reader: Reader, dirs: Directories, *, source_readable: bool = False
+) -> list[tuple[str, bool]]:
     """The flags with which `event` fires a trigger with filter `f` owned by `reader`, each with whether the
-    reader may also see the rename's other side (for `payload`); `dirs` loaded for the event's batch."""
+    reader may also see the rename's other side (for `payload`); `dirs` loaded for the event's batch. An
+    event of another system (`event.source`) fires only for a reader of its source (`source_readable`, the
+    caller's judgement: an administrator or one the source names); this namespace's permissions do not apply
+    to its paths."""
     flags = matches(event, f)
     if not flags:
         return []
+    if event.source is not None:
+        return [(flag, True) for flag in flags] if source_readable and reader.subject is not None else []
     old, new = sides(reader, dirs, event)
     return [(flag, old and new) for flag in flags if view_seen(flag, old, new)]
 

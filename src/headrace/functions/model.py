@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from typing import Any, TypedDict, cast
 
 from headrace.events.selectors import EVENT_FLAGS, SelectorError, parse_flags
+from headrace.events.sources.base import NAME_PATTERN
+
+#: What names an event source (`PUT /api/v1/sources/{name}`).
+SOURCE_NAME = re.compile(NAME_PATTERN)
 
 #: A JSON object whose keys are the user's: an action's parameters and result, an event's payload, the
 #: arguments an activation runs with. Everything else has a typed shape (here, functions/entities.py,
@@ -238,6 +242,8 @@ class FeedFilter:
     min_size: int = 0
     #: Tape steps that fire it (store, restore, evict, remove: an IN_ATTRIB with that step); empty: any event.
     tape: frozenset[str] = frozenset()
+    #: The event source it follows (events/sources); None: headrace's own namespace.
+    source: str | None = None
 
     def to_json(self) -> JSONObject:
         out: JSONObject = {"path": self.path, "recursive": self.recursive, "flags": sorted(self.flags)}
@@ -247,6 +253,8 @@ class FeedFilter:
             out["min_size"] = self.min_size
         if self.tape:
             out["tape"] = sorted(self.tape)
+        if self.source:
+            out["source"] = self.source
         return out
 
     def matches_name(self, name: str | None, size: int | None) -> bool:
@@ -258,12 +266,19 @@ class FeedFilter:
 def feed_filter(raw: JSONObject) -> FeedFilter:
     unknown = sorted(
         set(raw)
-        - {"path", "recursive", "flags", "pattern", "min_size", "tape", "lifecycleEvent", "triggerName", "authKey"}
-    )
+        - {
+            "path", "recursive", "flags", "pattern", "min_size", "tape", "source",
+            "lifecycleEvent", "triggerName", "authKey",
+        }
+    )  # fmt: skip
     if unknown:
         raise ModelError(
-            f"Unknown storage feed parameter {unknown[0]!r} (known: path, recursive, flags, pattern, min_size, tape)."
+            f"Unknown storage feed parameter {unknown[0]!r} "
+            "(known: path, recursive, flags, pattern, min_size, tape, source)."
         )
+    source = raw.get("source") or None
+    if source is not None and (not isinstance(source, str) or not SOURCE_NAME.fullmatch(source)):
+        raise ModelError(f"The storage feed's source must be a source's name, not {source!r}.")
     path = raw.get("path", "/")
     if not isinstance(path, str) or not path.startswith("/"):
         raise ModelError(f"The storage feed's path must be an absolute path, not {path!r}.")
@@ -306,4 +321,5 @@ def feed_filter(raw: JSONObject) -> FeedFilter:
         pattern=pattern or None,
         min_size=min_size,
         tape=frozenset(tape_raw),
+        source=source,
     )

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import TYPE_CHECKING, Any
 
 from headrace.config import Settings
 from headrace.db.engine import Database
 from headrace.events.retention import Retention
+from headrace.events.sources.runner import SourceRunner
 from headrace.functions.controller import Controller
 from headrace.storage.service import StorageService
 
@@ -75,6 +77,9 @@ class ControllerRole:
         )
         self.retention.holders.append(lambda: self.controller.position)
         self._retention_task: asyncio.Task[None] | None = None
+        #: Other systems' events into the log (events/sources): one holder name per controller, so that a
+        #: restarted one takes its sources' leases back at once.
+        self.sources = SourceRunner(service.db, f"controller@{socket.gethostname()}:{settings.data_dir.resolve()}")
         self._started = False
 
     def announce(self) -> None:
@@ -91,8 +96,10 @@ class ControllerRole:
         await self.controller.start()
         self._started = True
         self._retention_task = asyncio.create_task(self.retention.run_forever())
+        await self.sources.start()
 
     async def stop(self) -> None:
+        await self.sources.stop()
         if self._retention_task is not None:
             self._retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

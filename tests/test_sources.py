@@ -1,0 +1,351 @@
+"""Event sources' core (issue 14): the sources API and who may do what with it, the sink's exactly-once delivery
+and position across a kill -9, storage-feed triggers on a source's events (and not a non-reader's), reading a
+source's files, and the `headrace source` CLI.
+
+Real `headrace up` servers with a kind for tests only (tests/support/fixture_source.py, registered through
+$HEADRACE_SOURCE_KINDS): it follows a JSON-lines file a test appends to and serves files from a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness import Server, add_user, client, query, query_dicts, wait_for
+
+SUPPORT = Path(__file__).parent / "support"
+SRC = "/api/v1/sources"
+NS = "/api/v1/namespaces/_"
+
+
+def fixture_env() -> dict[str, str]:
+    path = os.pathsep.join(p for p in (str(SUPPORT), os.environ.get("PYTHONPATH", "")) if p)
+    return {"HEADRACE_SOURCE_KINDS": "fixture=fixture_source", "PYTHONPATH": path}
+
+
+def new_server(base: Path) -> Server:
+    return Server(data=base / "data", cli_config=base / "cli.json", env_extra=fixture_env())
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = new_server(tmp_path_factory.mktemp("sources")).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def alice(srv: Server) -> tuple[str, str]:
+    name, key, _ = add_user(srv, "srcalice")
+    return name, key
+
+
+@pytest.fixture(scope="module")
+def bob(srv: Server) -> tuple[str, str]:
+    name, key, _ = add_user(srv, "srcbob")
+    return name, key
+
+
+class Remote:
+    """The fixture kind's remote: a directory with events.jsonl and files/."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "files").mkdir(parents=True, exist_ok=True)
+        self.log = root / "events.jsonl"
+        self.log.touch()
+
+    def emit(self, *events: dict[str, Any]) -> None:
+        with self.log.open("a") as f:
+            for ev in events:
+                f.write(json.dumps(ev) + "\n")
+
+    def file(self, path: str, data: bytes) -> None:
+        target = self.root / "files" / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def problem(r: httpx.Response, status: int, detail: str = "") -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json"), r.headers
+    body = r.json()
+    assert body["status"] == str(status) and detail in body["detail"], body
+    return dict(body)
+
+
+def remote_rows(server: Server, name: str) -> list[dict[str, Any]]:
+    return query_dicts(
+        server.data,
+        'SELECT "offset", kind, path, source_key, inode_id, parent_id, name, old_path, detail FROM events '
+        'WHERE source = :s ORDER BY "offset"',
+        s=name,
+    )
+
+
+def received(server: Server, name: str) -> int:
+    rows = query(server.data, "SELECT received FROM sources WHERE name = :n", n=name)
+    return int(rows[0][0]) if rows else -1
+
+
+def test_admin_puts_gets_and_deletes_a_source(srv: Server, tmp_path: Path) -> None:
+    remote = Remote(tmp_path / "r1")
+    with srv.api() as api:
+        body = {"kind": "fixture", "root": str(remote.root), "readers": {"users": ["srcalice"], "groups": [4242]}}
+        r = api.put(f"{SRC}/one", json=body)
+        assert r.status_code == 201, r.text
+        assert r.headers["location"].endswith(f"{SRC}/one")
+        got = r.json()
+        assert got["name"] == "one" and got["kind"] == "fixture" and got["root"] == str(remote.root)
+        assert got["readers"] == {"users": ["srcalice"], "groups": [4242]}
+        assert got["version"] == 1
+        state = wait_for(lambda: (s := api.get(f"{SRC}/one").json()["state"])["running"] and s, "source running")
+        assert state["received"] == 0 and state["lastError"] is None
+        remote.emit({"key": "k1", "kind": "CLOSE_WRITE", "path": "/d/a.h5", "size": 3})
+        wait_for(lambda: api.get(f"{SRC}/one").json()["state"]["received"] == 1, "one event received")
+        state = api.get(f"{SRC}/one").json()["state"]
+        assert state["position"] == "1" and state["lag"] == 0 and state["lastEvent"] > 0
+        assert [s["name"] for s in api.get(SRC).json()] == ["one"]
+
+        r = api.put(f"{SRC}/one", json={**body, "batch": 2})
+        assert r.status_code == 200, r.text
+        assert r.json()["version"] == 2 and r.json()["batch"] == 2
+        assert r.json()["state"]["received"] == 1  # a replaced source keeps its position and counters
+
+        assert api.delete(f"{SRC}/one").status_code == 204
+        problem(api.get(f"{SRC}/one"), 404, "No such source")
+        problem(api.delete(f"{SRC}/one"), 404)
+        # its events stay in the log
+        assert [r["path"] for r in remote_rows(srv, "one")] == ["/d/a.h5"]
+
+
+def test_credentials_are_never_shown(srv: Server, tmp_path: Path) -> None:
+    remote = Remote(tmp_path / "r2")
+    with srv.api() as api:
+        body = {"kind": "fixture", "root": str(remote.root)}
+        # the fixture kind takes no credentials: PUT the masking through a kind-independent look at the output
+        assert api.put(f"{SRC}/secretive", json=body).status_code == 201
+        from headrace.events.sources.api import masked
+
+        shown = masked(
+            {"bearer": "tok", "basic": "u:k", "secret": "s3cr3t", "token_file": "/etc/t", "sasl_password": "pw",
+             "url": "https://user:pw@example.org/api/v1", "path": "/x"}
+        )  # fmt: skip
+        assert shown == {
+            "bearer": "***", "basic": "***", "secret": "***", "token_file": "/etc/t", "sasl_password": "***",
+            "url": "https://user:***@example.org/api/v1", "path": "/x",
+        }  # fmt: skip
+        text = api.get(SRC).text + api.get(f"{SRC}/secretive").text
+        assert "s3cr3t" not in text
+        assert api.delete(f"{SRC}/secretive").status_code == 204
+
+
+def test_non_admin_may_not_manage_and_sees_only_what_they_read(
+    srv: Server, alice: tuple[str, str], bob: tuple[str, str], tmp_path: Path
+) -> None:
+    remote = Remote(tmp_path / "r3")
+    with srv.api() as api:
+        assert api.put(f"{SRC}/for-alice", json={"kind": "fixture", "root": str(remote.root),
+                                                 "readers": {"users": [alice[0]]}}).status_code == 201  # fmt: skip
+        assert api.put(f"{SRC}/for-admins", json={"kind": "fixture", "root": str(remote.root)}).status_code == 201
+    with client(base_url=srv.api_url, auth=alice) as a, client(base_url=srv.api_url, auth=bob) as b:
+        problem(a.put(f"{SRC}/mine", json={"kind": "fixture", "root": "/tmp"}), 403, "administrators")
+        problem(a.delete(f"{SRC}/for-alice"), 403, "administrators")
+        assert [s["name"] for s in a.get(SRC).json()] == ["for-alice"]
+        assert a.get(f"{SRC}/for-alice").status_code == 200
+        problem(a.get(f"{SRC}/for-admins"), 404)
+        assert b.get(SRC).json() == []
+        problem(b.get(f"{SRC}/for-alice"), 404)
+        problem(b.get(f"{SRC}/for-alice/files/x"), 404)
+    with client(base_url=srv.api_url) as anonymous:
+        assert anonymous.get(SRC).status_code == 401
+    with srv.api() as api:
+        for name in ("for-alice", "for-admins"):
+            assert api.delete(f"{SRC}/{name}").status_code == 204
+
+
+def test_bad_requests_are_400_with_a_reason(srv: Server) -> None:
+    with srv.api() as api:
+        problem(api.put(f"{SRC}/x", json={"kind": "nonsense"}), 400, "Unknown source kind 'nonsense'")
+        problem(api.put(f"{SRC}/x", json={"root": "/tmp"}), 400, '"kind"')
+        problem(api.put(f"{SRC}/x", json={"kind": "fixture"}), 400, "needs root")
+        problem(api.put(f"{SRC}/x", json={"kind": "fixture", "root": "/tmp", "colour": 1}), 400, "colour")
+        problem(api.put(f"{SRC}/-x", json={"kind": "fixture", "root": "/tmp"}), 400, "not valid")
+        problem(api.put(f"{SRC}/{'x' * 65}", json={"kind": "fixture", "root": "/tmp"}), 400, "not valid")
+        problem(api.put(f"{SRC}/x", json={"kind": "fixture", "root": "/tmp", "readers": ["a"]}), 400, "readers")
+        r = api.put(f"{SRC}/x", json={"kind": "fixture", "root": "/tmp", "readers": {"groups": ["staff"]}})
+        problem(r, 400, "group ids")
+        problem(api.put(f"{SRC}/x", content=b"[1]", headers={"content-type": "application/json"}), 400, "object")
+        assert api.get(f"{SRC}/x").status_code == 404
+
+
+def test_an_event_delivered_twice_enters_the_log_once(srv: Server, tmp_path: Path) -> None:
+    remote = Remote(tmp_path / "r4")
+    remote.emit(
+        {"key": "a", "path": "/run/a.h5", "size": 1},
+        {"key": "b", "path": "/run/b.h5", "size": 2},
+        {"key": "a", "path": "/run/a.h5", "size": 1},  # the remote said it again
+        {"key": "c", "kind": "MOVE", "path": "/run/c.h5", "old_path": "/run/b.h5"},
+    )
+    with srv.api() as api:
+        body = {"kind": "fixture", "root": str(remote.root), "batch": 3}
+        assert api.put(f"{SRC}/twice", json=body).status_code == 201
+        wait_for(lambda: api.get(f"{SRC}/twice").json()["state"]["position"] == "4", "all four lines read")
+        rows = remote_rows(srv, "twice")
+        assert [(r["source_key"], r["path"]) for r in rows] == [("a", "/run/a.h5"), ("b", "/run/b.h5"),
+                                                                 ("c", "/run/c.h5")]  # fmt: skip
+        move = rows[2]
+        assert move["kind"] == "MOVE" and move["old_path"] == "/run/b.h5" and move["name"] == "c.h5"
+        assert move["inode_id"] == 0 and move["parent_id"] is None
+        assert json.loads(rows[0]["detail"])["url"] == "fixture:///run/a.h5"
+        assert received(srv, "twice") == 3
+        # replayed from the start (as after a lost position): nothing enters twice
+        assert api.put(f"{SRC}/twice", json={**body, "replay": True}).status_code == 200
+        remote.emit({"key": "d", "path": "/run/d.h5"})
+        wait_for(lambda: [r["source_key"] for r in remote_rows(srv, "twice")] == ["a", "b", "c", "d"], "d after replay")
+        assert received(srv, "twice") == 4
+        assert api.delete(f"{SRC}/twice").status_code == 204
+
+
+def test_a_failing_source_shows_its_error_and_a_refused_configuration_is_not_retried(
+    srv: Server, tmp_path: Path
+) -> None:
+    remote = Remote(tmp_path / "r5")
+    with srv.api() as api:
+        assert api.put(f"{SRC}/failing", json={"kind": "fixture", "root": str(remote.root),
+                                               "fail": "the remote is down"}).status_code == 201  # fmt: skip
+        state = wait_for(lambda: api.get(f"{SRC}/failing").json()["state"]["lastError"], "an error recorded")
+        assert state == "RuntimeError: the remote is down"
+        assert api.delete(f"{SRC}/failing").status_code == 204
+
+
+def test_the_position_survives_a_kill(tmp_path: Path) -> None:
+    server = new_server(tmp_path).start()
+    remote = Remote(tmp_path / "r6")
+    try:
+        with server.api() as api:
+            assert api.put(f"{SRC}/durable", json={"kind": "fixture", "root": str(remote.root)}).status_code == 201
+        remote.emit(*({"key": f"k{i}", "path": f"/f/{i}.h5", "size": i} for i in range(300)))
+        wait_for(lambda: received(server, "durable") >= 40, "some events delivered")
+        server.stop(signal.SIGKILL)  # between deliveries, or in one: each commits with its position
+        cut = received(server, "durable")
+        assert cut < 300, "all delivered before the kill: the test proves nothing"
+        remote.emit(*({"key": f"k{i}", "path": f"/f/{i}.h5", "size": i} for i in range(300, 320)))
+        server.start()
+        wait_for(lambda: received(server, "durable") == 320, "every event after the restart", timeout=120)
+        rows = remote_rows(server, "durable")
+        assert [r["source_key"] for r in rows] == [f"k{i}" for i in range(320)]  # none lost, none doubled, in order
+        with server.api() as api:
+            assert api.get(f"{SRC}/durable").json()["state"]["position"] == "320"
+    finally:
+        server.stop()
+
+
+ECHO = """\
+def main(args):
+    return {"path": args.get("path"), "source": args.get("source"), "url": args.get("url"),
+            "mask": args.get("mask"), "size": args.get("size")}
+"""
+
+
+def _activations(api: httpx.Client, name: str) -> list[dict[str, Any]]:
+    r = api.get(f"{NS}/activations", params={"name": name, "docs": "true", "limit": 200})
+    assert r.status_code == 200, r.text
+    return [a for a in r.json() if a.get("state") == "done"]
+
+
+def _deploy(api: httpx.Client, name: str, feed: dict[str, Any], code: str = ECHO, storage: bool = False) -> None:
+    action: dict[str, Any] = {"exec": {"kind": "python:3", "code": code}}
+    if storage:
+        action["annotations"] = [{"key": "storage", "value": True}]
+    r = api.put(f"{NS}/actions/{name}?overwrite=true", json=action)
+    assert r.status_code == 200, r.text
+    r = api.put(f"{NS}/triggers/{name}-t?overwrite=true", json={"feed": feed})
+    assert r.status_code == 200, r.text
+    r = api.put(f"{NS}/rules/{name}-r?overwrite=true", json={"trigger": f"/_/{name}-t", "action": f"/_/{name}"})
+    assert r.status_code == 200, r.text
+
+
+def test_a_trigger_on_a_source_fires_for_its_readers_only(
+    srv: Server, alice: tuple[str, str], bob: tuple[str, str], tmp_path: Path
+) -> None:
+    remote = Remote(tmp_path / "r7")
+    both = {"users": [alice[0], bob[0]]}
+    with srv.api() as api, srv.door() as door:
+        assert api.put(f"{SRC}/beam", json={"kind": "fixture", "root": str(remote.root),
+                                            "readers": both}).status_code == 201  # fmt: skip
+        assert door.request("MKCOL", "/scan").status_code == 201
+        assert api.post("/api/v1/namespace/scan", json={"action": "chmod", "mode": 0o777}).status_code == 200
+    feed = {"path": "/scan", "source": "beam"}
+    with client(base_url=srv.api_url, auth=alice) as a, client(base_url=srv.api_url, auth=bob) as b:
+        _deploy(a, "src-echo", feed)
+        _deploy(b, "src-spy", feed)
+        r = a.get(f"{NS}/triggers/src-echo-t").json()
+        assert {"key": "source", "value": "beam"} in r["parameters"] or "beam" in json.dumps(r), r
+        # bob stops being a reader: his trigger fires for nothing from then on
+        with srv.api() as api:
+            r = api.put(f"{SRC}/beam", json={"kind": "fixture", "root": str(remote.root),
+                                             "readers": {"users": [alice[0]]}})  # fmt: skip
+            assert r.status_code == 200, r.text
+        # a local file at the same path fires neither (they follow the source, not this namespace)
+        with client(base_url=srv.door_url, auth=alice) as door_a:
+            assert door_a.put("/scan/x.h5", content=b"local").status_code == 201
+        remote.emit({"key": "x1", "path": "/scan/x.h5", "size": 9, "url": "https://remote.example/scan/x.h5"})
+        remote.emit({"key": "y1", "path": "/scan/y.h5", "size": 4})
+        done = wait_for(lambda: len(acts := _activations(a, "src-echo")) >= 2 and acts, "alice's activations")
+        results = sorted((x["response"]["result"] for x in done), key=lambda r: r["path"])
+        assert results == [
+            {"path": "/scan/x.h5", "source": "beam", "url": "https://remote.example/scan/x.h5",
+             "mask": ["IN_CLOSE_WRITE"], "size": 9},
+            {"path": "/scan/y.h5", "source": "beam", "url": "fixture:///scan/y.h5", "mask": ["IN_CLOSE_WRITE"],
+             "size": 4},
+        ]  # fmt: skip
+        # a local trigger on /scan fired for the local file, proving the feed read past all of these events
+        _deploy(a, "src-local", {"path": "/scan"})
+        with client(base_url=srv.door_url, auth=alice) as door_a:
+            assert door_a.put("/scan/z.h5", content=b"local").status_code == 201
+        local = wait_for(lambda: _activations(a, "src-local"), "the local trigger's activation")
+        assert [x["response"]["result"]["path"] for x in local] == ["/scan/z.h5"]
+        assert local[0]["response"]["result"]["source"] is None
+        assert len(_activations(a, "src-echo")) == 2
+        assert _activations(b, "src-spy") == []
+        # creating a trigger on a source one may not read, or one there is not
+        r = b.put(f"{NS}/triggers/src-no?overwrite=true", json={"feed": {"path": "/", "source": "beam"}})
+        assert r.status_code == 403 and set(r.json()) == {"error", "code"}, r.text
+        r = b.put(f"{NS}/triggers/src-no?overwrite=true", json={"feed": {"path": "/", "source": "nowhere"}})
+        assert r.status_code == 404 and set(r.json()) == {"error", "code"}, r.text
+    with srv.api() as api:
+        assert api.delete(f"{SRC}/beam").status_code == 204
+
+
+def test_reading_a_sources_files(srv: Server, alice: tuple[str, str], bob: tuple[str, str], tmp_path: Path) -> None:
+    remote = Remote(tmp_path / "r8")
+    remote.file("/d/data.bin", bytes(range(256)) * 4)
+    remote.file("/d/forbidden.bin", b"no")
+    remote.file("/d/broken.bin", b"no")
+    with srv.api() as api:
+        assert api.put(f"{SRC}/store8", json={"kind": "fixture", "root": str(remote.root),
+                                             "readers": {"users": [alice[0]]}}).status_code == 201  # fmt: skip
+        r = api.get(f"{SRC}/store8/files/d/data.bin")
+        assert r.status_code == 200 and r.content == bytes(range(256)) * 4
+        assert r.headers["content-length"] == "1024"
+    with client(base_url=srv.api_url, auth=alice) as a, client(base_url=srv.api_url, auth=bob) as b:
+        r = a.get(f"{SRC}/store8/files/d/data.bin", headers={"Range": "bytes=10-19"})
+        assert r.status_code == 206 and r.content == bytes(range(10, 20))
+        assert r.headers["content-range"] == "bytes 10-19/1024"
+        r = a.get(f"{SRC}/store8/files/d/data.bin", headers={"Range": "bytes=1020-"})
+        assert r.status_code == 206 and r.content == bytes(range(252, 256))
+        problem(a.get(f"{SRC}/store8/files/d/none.bin"), 404, "No such file")
+        problem(a.get(f"{SRC}/store8/files/d/forbidden.bin"), 403, "refused")
+        problem(a.get(f"{SRC}/store8/files/d/broken.bin"), 502, "the remote went away")
+        problem(a.get(f"{SRC}/store8/files/d/data.bin", headers={"Range": "bytes=5000-"}), 416)
+        problem(b.get(f"{SRC}/store8/files/d/data.bin"), 404, "No such source")
+    with srv.api() as api:
+        assert api.delete(f"{SRC}/store8").status_code == 204
