@@ -2,7 +2,8 @@
 # Installs the third-party programs the tests and benchmarks drive, from Debian's packages:
 # rclone, cadaver and davfs2 (real WebDAV clients), litmus (the WebDAV conformance suite),
 # nginx with its WebDAV modules (the benchmark's peer), redis-server (the broker of bench/functions.py's Celery peer),
-# bubblewrap (the functions' sandbox), python3-gfal2 and gfal2-plugin-http (gfal2 through the WLCG Tape REST API), jq and shunit2 (SURF's ada client and its integration suite, which this
+# bubblewrap (the functions' sandbox), python3-gfal2 and gfal2-plugin-http (gfal2 through the WLCG Tape REST API),
+# gfal2-util-scripts (gfal-copy, for HTTP third-party copy), jq and shunit2 (SURF's ada client and its integration suite, which this
 # clones too: tests/interop/test_ada.py).
 # Downloaded .deb files are cached under ~/.cache/headrace/apt so that a fresh clone reuses them.
 set -euo pipefail
@@ -24,6 +25,8 @@ command -v jq >/dev/null || need+=(jq)
 /usr/bin/python3 -c 'import gfal2' 2>/dev/null || need+=(python3-gfal2)
 compgen -G '/usr/lib/x86_64-linux-gnu/gfal2-plugins/libgfal_plugin_http.so*' >/dev/null ||
   compgen -G '/usr/lib/*/gfal2-plugins/libgfal_plugin_http.so*' >/dev/null || need+=(gfal2-plugin-http)
+# gfal-copy (gfal2's command-line tools) for the HTTP third-party-copy tests and benchmark (tests/test_tpc.py, bench/tpc.py).
+command -v gfal-copy >/dev/null || need+=(gfal2-util-scripts)
 
 # SURF's ada (the last commit of the bash client) for tests/interop/test_ada.py, which is skipped without it.
 ada_dir="${XDG_CACHE_HOME:-$HOME/.cache}/headrace/SpiderScripts"

@@ -284,6 +284,30 @@ class ActivationStorage:
         destination = str(self.door.base_url).rstrip("/") + _url_path(dst)
         self._check(self.door.request("MOVE", _url_path(src), headers={"Destination": destination}), 201, 204)
 
+    def copy_from(
+        self, url: str, path: str, headers: Mapping[str, str] | None = None, *, verify_checksum: bool = True
+    ) -> None:
+        """Pull the file at `url` (http or https, e.g. another dCache or headrace door) into `path`, by an HTTP
+        third-party copy the door makes: the bytes go from the remote to the door, never through the
+        function. `headers` go to the remote (e.g. {"Authorization": "Bearer ..."}, sent as
+        TransferHeaderAuthorization); the remote must name the file's checksum unless `verify_checksum` is
+        False. Returns when the file is in place; StorageError with the door's failure line otherwise."""
+        sent = {"Source": url, "Credential": "none"}
+        sent.update({f"TransferHeader{k}": v for k, v in (headers or {}).items()})
+        if not verify_checksum:
+            sent["RequireChecksumVerification"] = "false"
+        with self.door.stream("COPY", _url_path(path), headers=sent) as r:
+            if r.status_code != 202:
+                r.read()
+                self._check(r, 202)
+            for line in r.iter_lines():
+                line = line.strip()
+                if line.startswith("success"):
+                    return
+                if line.startswith("failure"):
+                    raise StorageError(f"COPY {path} from {url}: {line}")
+        raise StorageError(f"COPY {path} from {url}: the door's answer ended before the copy did")
+
     def qos(self, path: str, target: str) -> None:
         """Change the QoS of `path` (disk, tape, disk+tape): e.g. flush a file to tape once it is processed."""
         r = self.api.post(f"/api/v1/namespace{_url_path(path)}", json={"action": "qos", "target": target})

@@ -24,6 +24,7 @@ from headrace.storage.webdav_base import Call
 from headrace.storage.webdav_locks import Locking
 from headrace.storage.webdav_props import Properties
 from headrace.storage.webdav_read import Reading
+from headrace.storage.webdav_tpc import ThirdPartyCopy
 from headrace.storage.webdav_write import Writing
 
 log = logging.getLogger("headrace.door")
@@ -33,7 +34,7 @@ WELL_KNOWN_TAPE = "/.well-known/wlcg-tape-rest-api"
 ALLOW = "OPTIONS, GET, HEAD, PUT, DELETE, MKCOL, COPY, MOVE, PROPFIND, PROPPATCH, LOCK, UNLOCK, POST"
 
 
-class Door(Reading, Writing, Properties, Locking, MacaroonRequests):
+class Door(Reading, Writing, ThirdPartyCopy, Properties, Locking, MacaroonRequests):
     """The door's ASGI application: each method to its handler, every error in dCache's shape."""
 
     def __init__(self, service: StorageService, settings: Settings) -> None:
@@ -44,7 +45,7 @@ class Door(Reading, Writing, Properties, Locking, MacaroonRequests):
             "PUT": self.put,
             "DELETE": self.delete,
             "MKCOL": self.mkcol,
-            "COPY": self.copy,
+            "COPY": self.copy_or_third_party,
             "MOVE": self.move,
             "PROPFIND": self.propfind,
             "PROPPATCH": self.proppatch,
@@ -96,3 +97,10 @@ class Door(Reading, Writing, Properties, Locking, MacaroonRequests):
             counter.inc()
 
         await answer(scope, receive, send, handle, log=log, allow=ALLOW, on_start=count)
+
+    async def copy_or_third_party(self, call: Call) -> Response | None:
+        """A COPY within this door, or an HTTP third-party copy (a Source, or a Destination elsewhere)."""
+        kind = self.third_party(call)
+        if kind is None:
+            return await self.copy(call)
+        return await self.third_party_copy(call, kind)

@@ -1,0 +1,188 @@
+"""Third-party copy's transport: the door's HTTP client to the remote (httpx, streamed both ways).
+
+A pull reads the remote's GET response as if it were an upload's request body (`RemoteBody`, an ASGI
+`receive` over the response), so the bytes take the door's own upload path into a pool (`BlobStore.receive`:
+hashed as they arrive, in tmp/ until complete). A push reads the local blob through the store's own `send`
+(an ASGI response caught in a queue: the same code for the door's pools and pool processes) and streams it
+as the body of a PUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from headrace.http.body import RequestBody
+from headrace.storage.blobstore import BlobStore
+from headrace.storage.tpc import TpcSettings
+from headrace.tls import tls_context
+
+CHUNK = 1024 * 1024
+
+
+class RemoteFailure(Exception):
+    """The remote refused or broke off the copy; str() is the reason for the failure line."""
+
+
+@dataclass
+class Progress:
+    """Bytes moved so far, read by the marker loop while the transfer updates it."""
+
+    transferred: int = 0
+    size: int | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class RemoteBody:
+    """An ASGI `receive` that yields a remote response's body, counting it into `progress`."""
+
+    def __init__(self, response: httpx.Response, progress: Progress) -> None:
+        self._chunks = response.aiter_raw()  # as it arrives: the upload regroups it
+        self._progress = progress
+        self._ended = False
+
+    async def __call__(self) -> dict[str, Any]:
+        if self._ended:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        try:
+            chunk = await anext(self._chunks)
+        except StopAsyncIteration:
+            self._ended = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        except httpx.HTTPError as exc:
+            raise RemoteFailure(f"reading from the remote failed: {describe(exc)}") from exc
+        self._progress.transferred += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+def _reason(r: httpx.Response, method: str) -> str:
+    detail = ""
+    with contextlib.suppress(Exception):
+        body = r.json()
+        if isinstance(body, dict):
+            detail = str(body.get("detail") or body.get("title") or "")
+    if not detail:
+        with contextlib.suppress(Exception):
+            detail = r.text[:200]
+    phrase = r.reason_phrase or ""
+    return f"remote {method} answered {r.status_code} {phrase}" + (f": {detail}" if detail else "")
+
+
+class RemoteClient:
+    """The door's one HTTP client to remote servers (kept-alive connections shared by its copies)."""
+
+    def __init__(self, settings: TpcSettings) -> None:
+        self.settings = settings
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            timeout = httpx.Timeout(
+                connect=self.settings.connect_timeout,
+                read=self.settings.idle_timeout,
+                write=self.settings.idle_timeout,
+                pool=self.settings.connect_timeout,
+            )
+            self._client = httpx.AsyncClient(timeout=timeout, verify=tls_context(), trust_env=False)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def get(
+        self, url: str, headers: dict[str, str], progress: Progress
+    ) -> AsyncIterator[tuple[RequestBody, httpx.Response]]:
+        """GET `url` (redirects followed, as a dCache door sends the client to a pool); its body as an upload's
+        RequestBody. RemoteFailure unless the remote answers 200."""
+        sent = {"Accept-Encoding": "identity", **headers}
+        try:
+            async with self.client.stream("GET", url, headers=sent, follow_redirects=True) as r:
+                if r.status_code != 200:
+                    await r.aread()
+                    raise RemoteFailure(_reason(r, "GET"))
+                length = r.headers.get("content-length")
+                progress.size = int(length) if length and length.isdigit() else None
+                yield RequestBody(RemoteBody(r, progress), progress.size, self.settings.idle_timeout), r
+        except httpx.HTTPError as exc:
+            raise RemoteFailure(f"GET {url} failed: {describe(exc)}") from exc
+
+    async def put(
+        self, url: str, headers: dict[str, str], size: int, chunks: AsyncIterator[bytes], progress: Progress
+    ) -> httpx.Response:
+        """PUT `size` bytes from `chunks` to `url` (no redirect followed: the body cannot be sent twice);
+        the response, RemoteFailure unless 2xx."""
+        progress.size = size
+
+        async def counted() -> AsyncIterator[bytes]:
+            async for chunk in chunks:
+                progress.transferred += len(chunk)
+                yield chunk
+
+        sent = {**headers, "Content-Length": str(size)}
+        try:
+            r = await self.client.request("PUT", url, headers=sent, content=counted())
+        except httpx.HTTPError as exc:
+            raise RemoteFailure(f"PUT {url} failed: {describe(exc)}") from exc
+        if not r.is_success:
+            raise RemoteFailure(_reason(r, "PUT"))
+        return r
+
+    async def head_digest(self, url: str, headers: dict[str, str], want: str) -> str | None:
+        """The remote's `Digest` for `url` (HEAD with Want-Digest), None if it names none."""
+        try:
+            r = await self.client.request("HEAD", url, headers={**headers, "Want-Digest": want}, follow_redirects=True)
+        except httpx.HTTPError as exc:
+            raise RemoteFailure(f"HEAD {url} failed: {describe(exc)}") from exc
+        if not r.is_success:
+            raise RemoteFailure(_reason(r, "HEAD"))
+        digest: str | None = r.headers.get("digest")
+        return digest
+
+    async def delete(self, url: str, headers: dict[str, str]) -> None:
+        """Remove what a push left at the remote (a copy that failed its checksum); best effort."""
+        with contextlib.suppress(httpx.HTTPError):
+            await self.client.request("DELETE", url, headers=headers)
+
+
+async def blob_chunks(store: BlobStore, blob: str, size: int, label: str) -> AsyncIterator[bytes]:
+    """The bytes of a stored blob, read through the store's ASGI `send` (whichever kind of store it is)."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=4)
+    never = asyncio.Event()
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            await queue.put(bytes(message["body"]))
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()  # the "client" (this reader) never hangs up: it cancels
+        return {"type": "http.disconnect"}
+
+    async def run() -> None:
+        try:
+            await store.send({"type": "http", "extensions": {}}, send, receive, blob, 200, {}, 0, size, label=label)
+        finally:
+            await queue.put(None)
+
+    task = asyncio.create_task(run())
+    try:
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+        await task  # its error, if it ended with one
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
