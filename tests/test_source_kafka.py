@@ -1,0 +1,316 @@
+"""The `kafka` event source against a real Apache Kafka broker (the session's, tests/support/kafka_harness.py).
+
+Billing records are made by headrace's own renderer (events/billing.py, what the relay publishes as dCache's
+publisher does) and CloudEvents by the relay's (render.cloudevent_json), so the shapes are real. The source
+runs in this process against `MemorySink`, which keeps the Sink contract (keys delivered once, the position
+stored with each batch) in memory: delivery, restart, group offsets and skipping are the kind's, and what the
+database sink adds is tested with the core's own tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from headrace.events import billing
+from headrace.events.model import EventKind, StorageEvent
+from headrace.events.render import cloudevent_json
+from headrace.events.sources import kinds
+from headrace.events.sources.base import RemoteEvent, SourceConfigError
+from headrace.events.sources.kafka import KafkaSource
+from kafka_harness import QUIET, KafkaBroker
+
+pytestmark = pytest.mark.db_independent("the source runs against an in-memory sink")
+
+
+class MemorySink:
+    """The Sink contract in memory: each key enters once; the position is stored with the batch."""
+
+    def __init__(self) -> None:
+        self.events: list[RemoteEvent] = []
+        self.keys: set[str] = set()
+        self.stored: str | None = None
+        self.states: dict[str, Any] = {}
+        self.offered = 0  # events handed to deliver, re-deliveries included
+        self.fail_after: int | None = None  # deliver raises once this many events are in
+        self.hold_after: int | None = None  # deliver waits (for the cancel) once this many events are in
+        self.holding = False
+
+    async def position(self) -> str | None:
+        return self.stored
+
+    async def deliver(self, events: Sequence[RemoteEvent], position: str | None) -> int:
+        if self.fail_after is not None and len(self.events) >= self.fail_after:
+            self.fail_after = None
+            raise RuntimeError("the database went away")
+        if self.hold_after is not None and len(self.events) >= self.hold_after:
+            self.holding = True
+            try:
+                await asyncio.Event().wait()  # a process stopped between receiving and storing
+            finally:
+                self.hold_after, self.holding = None, False
+        self.offered += len(events)
+        new = [e for e in events if e.key not in self.keys]
+        self.events.extend(new)
+        self.keys.update(e.key for e in new)
+        self.stored = position
+        return len(new)
+
+    async def state(self, key: str) -> Any:
+        return self.states.get(key)
+
+    async def set_state(self, key: str, value: Any) -> None:
+        self.states[key] = value
+
+
+def new_topic(broker: KafkaBroker, partitions: int = 3) -> str:
+    topic = f"src-{uuid.uuid4().hex[:12]}"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "logger": QUIET})
+    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
+    return topic
+
+
+def produce(broker: KafkaBroker, topic: str, values: Sequence[bytes], *, partition: int | None = None) -> None:
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "logger": QUIET, "linger.ms": 1})
+    for value in values:
+        if partition is None:
+            producer.produce(topic, value)
+        else:
+            producer.produce(topic, value, partition=partition)
+    assert producer.flush(30) == 0
+
+
+def event(offset: int, kind: EventKind, path: str, **kw: Any) -> StorageEvent:
+    return StorageEvent(
+        offset=offset,
+        time=1_780_000_000_000_000 + offset,
+        kind=kind,
+        is_dir=kw.pop("is_dir", False),
+        inode_id=offset,
+        pnfsid=f"0000{offset:032X}",
+        path=path,
+        parent_id=1,
+        name=path.rsplit("/", 1)[1],
+        username="alice",
+        **kw,
+    )
+
+
+def billing_values(ev: StorageEvent, **changes: Any) -> list[bytes]:
+    out = []
+    for rec in billing.records(ev, door=billing.Door("door.example.org", 2880)):
+        rec.update(changes)
+        out.append(billing.encode(rec))
+    return out
+
+
+def written(i: int, path: str) -> list[bytes]:
+    return billing_values(event(i + 1, EventKind.CLOSE_WRITE, path, size=i))
+
+
+def run_until(source: KafkaSource, sink: MemorySink, done: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Run the source until `done()` (checked as it delivers), then cancel it; fail after `timeout`."""
+
+    async def go() -> None:
+        task = asyncio.create_task(source.run(sink))
+        try:
+            deadline = time.monotonic() + timeout
+            while not done():
+                if task.done():
+                    task.result()  # raises what ended it
+                    raise AssertionError("the source returned")
+                assert time.monotonic() < deadline, f"not done in {timeout} s: {len(sink.events)} events"
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(go())
+
+
+def committed(broker: KafkaBroker, topic: str, group: str, partitions: int = 3) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "logger": QUIET})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
+        return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+    finally:
+        c.close()
+
+
+def test_billing_records_become_events(kafka: KafkaBroker) -> None:
+    topic = new_topic(kafka)
+    written = event(1, EventKind.CLOSE_WRITE, "/data/run1/f.h5", size=1234, detail={"transferTime": 20})
+    values = [
+        *billing_values(written),
+        *billing_values(event(2, EventKind.CLOSE_NOWRITE, "/data/run1/f.h5", size=1234)),  # a read: passed over
+        *billing_values(event(3, EventKind.CLOSE_WRITE, "/data/failed", size=5), status={"code": 10006, "msg": "x"}),
+        *billing_values(event(4, EventKind.DELETE, "/data/old", size=9)),
+        *billing_values(
+            event(5, EventKind.ATTRIB, "/data/run1/f.h5", size=1234, detail={"tape": "store", "uri": "osm://t/1"})
+        ),
+        *billing_values(event(6, EventKind.ATTRIB, "/data/run1/f.h5", detail={"tape": "restore"})),
+        json.dumps({"msgType": "request", "billingPath": "/data/x", "status": {"code": 0}}).encode(),  # other
+        b"\x00not json",  # undecodable: skipped and counted
+        json.dumps({"msgType": "transfer", "isWrite": "write", "status": {"code": 0}}).encode(),  # no path
+    ]
+    produce(kafka, topic, values, partition=0)
+    source = kinds.build(
+        "dc", "kafka", {"bootstrap": kafka.bootstrap, "topic": topic, "format": "billing", "door": "https://d:2880/"}
+    )
+    assert isinstance(source, KafkaSource)
+    sink = MemorySink()
+    run_until(source, sink, lambda: json.loads(sink.stored or "{}").get("0") == len(values))
+
+    got = [(e.kind, e.path, e.size, e.detail.get("tape")) for e in sink.events]
+    assert got == [
+        (EventKind.CLOSE_WRITE, "/data/run1/f.h5", 1234, None),
+        (EventKind.DELETE, "/data/old", 9, None),
+        (EventKind.ATTRIB, "/data/run1/f.h5", 1234, "store"),
+        (EventKind.ATTRIB, "/data/run1/f.h5", None, "restore"),
+    ]
+    first = sink.events[0]
+    assert first.key == f"{topic}/0/0"
+    assert first.time == written.time // 1000 * 1000  # billing dates have milliseconds
+    assert first.url == "https://d:2880/data/run1/f.h5"
+    assert first.detail["remote"]["msgType"] == "transfer"
+    assert first.detail["pnfsid"] == written.pnfsid
+    assert sink.events[1].url is None  # nothing to read of a removed file
+    assert sink.events[2].detail["uri"] == "osm://t/1"
+    assert [e.key for e in sink.events] == [f"{topic}/0/{i}" for i in (0, 3, 4, 5)]
+    assert sink.states["skipped"] == 2
+    assert f"{topic}/0/8" in sink.states["lastSkipped"]
+    # The group sees the source's progress (committed after the batch; the commit is asynchronous)
+    deadline = time.monotonic() + 30
+    while committed(kafka, topic, "headrace-source-dc") != {0: len(values)}:
+        assert time.monotonic() < deadline, committed(kafka, topic, "headrace-source-dc")
+        time.sleep(0.2)
+
+
+def test_cloudevents_map_back_to_their_kinds(kafka: KafkaBroker) -> None:
+    topic = new_topic(kafka, partitions=1)
+    events = [
+        event(1, EventKind.CREATE, "/up/dir", is_dir=True),
+        event(2, EventKind.CLOSE_WRITE, "/up/dir/a", size=3, detail={"checksums": [{"type": "ADLER32", "value": "1"}]}),
+        event(3, EventKind.MOVE, "/up/dir/b", old_path="/up/dir/a", cookie="c1"),
+        event(4, EventKind.ATTRIB, "/up/dir/b", detail={"tape": "store", "uri": "osm://x"}),
+        event(5, EventKind.DELETE, "/up/dir/b"),
+        event(6, EventKind.OPEN, "/up/dir/c"),
+    ]
+    values = [cloudevent_json(e, source="/remote/storage") for e in events]
+    values.append(json.dumps({"specversion": "1.0", "id": "1", "source": "/x", "type": "com.example.other"}).encode())
+    values.append(b'{"no": "cloudevent"}')
+    produce(kafka, topic, values)
+    source = kinds.build("ce", "kafka", {"bootstrap": kafka.bootstrap, "topic": topic, "format": "cloudevents"})
+    sink = MemorySink()
+    run_until(source, sink, lambda: json.loads(sink.stored or "{}").get("0") == len(values))
+
+    got = [(e.kind, e.path, e.is_dir, e.size, e.old_path) for e in sink.events]
+    assert got == [
+        (EventKind.CREATE, "/up/dir", True, None, None),
+        (EventKind.CLOSE_WRITE, "/up/dir/a", False, 3, None),
+        (EventKind.MOVE, "/up/dir/b", False, None, "/up/dir/a"),
+        (EventKind.ATTRIB, "/up/dir/b", False, None, None),
+        (EventKind.DELETE, "/up/dir/b", False, None, None),
+        (EventKind.OPEN, "/up/dir/c", False, None, None),
+    ]
+    assert sink.events[1].detail["checksums"] == [{"type": "ADLER32", "value": "1"}]
+    assert sink.events[3].detail["tape"] == "store"
+    assert sink.events[3].detail["uri"] == "osm://x"
+    assert sink.events[0].time == events[0].time
+    assert sink.states["skipped"] == 1  # the other producer's type is passed over, not counted
+
+
+def test_restart_resumes_without_loss_or_doubling(kafka: KafkaBroker) -> None:
+    topic = new_topic(kafka)
+    paths = [f"/bulk/f{i:04d}" for i in range(300)]
+    produce(kafka, topic, [v for i, p in enumerate(paths) for v in written(i, p)])
+    config = {"bootstrap": kafka.bootstrap, "topic": topic, "group": "g-" + topic}
+    sink = MemorySink()
+
+    def build() -> KafkaSource:
+        source = kinds.build("r", "kafka", config)
+        assert isinstance(source, KafkaSource)
+        source.feed.BATCH = 10  # many batches: runs stop between them
+        return source
+
+    # A first run stopped part way (cancelled as the runner does)...
+    sink.hold_after = 50
+    run_until(build(), sink, lambda: sink.holding)
+    first = len(sink.events)
+    assert 50 <= first < 300
+    # ...a run that fails on delivery (the database away) after some more...
+    sink.fail_after = first + 20
+    with pytest.raises(RuntimeError, match="went away"):
+        run_until(build(), sink, lambda: False)
+    # ...and more records while it was down; the next run delivers the rest.
+    more = [f"/bulk/g{i:04d}" for i in range(100)]
+    produce(
+        kafka, topic, [v for i, p in enumerate(more) for v in billing_values(event(i + 1, EventKind.CLOSE_WRITE, p))]
+    )
+    run_until(build(), sink, lambda: len(sink.events) >= 400)
+
+    assert sorted(e.path for e in sink.events) == sorted(paths + more)
+    assert sink.offered == 400  # resumed at the stored position: nothing offered twice
+    assert sum(json.loads(sink.stored or "{}").values()) == 400
+    # Order within each partition is the broker's
+    for part in range(3):
+        offsets = [int(e.key.rsplit("/", 1)[1]) for e in sink.events if e.key.split("/")[1] == str(part)]
+        assert offsets == sorted(offsets)
+
+    # A source that lost its stored position (a new sink) starts at the group's committed offsets: nothing again.
+    deadline = time.monotonic() + 30
+    while sum(committed(kafka, topic, "g-" + topic).values()) != 400:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    produce(kafka, topic, billing_values(event(999, EventKind.CLOSE_WRITE, "/bulk/last")))
+    fresh = MemorySink()
+    run_until(build(), fresh, lambda: len(fresh.events) >= 1)
+    assert [e.path for e in fresh.events] == ["/bulk/last"]
+    # Re-delivered records (no position, a new group: from the earliest) enter once: the keys are
+    # topic/partition/offset.
+    config["group"] = "g2-" + topic
+    sink.stored = None
+    run_until(build(), sink, lambda: sum(json.loads(sink.stored or "{}").values()) == 401)
+    assert len(sink.events) == 401
+    assert sink.states.get("lag") in (None, 0)
+
+
+def test_lag_is_reported(kafka: KafkaBroker) -> None:
+    topic = new_topic(kafka, partitions=1)
+    produce(
+        kafka, topic, [v for i in range(20) for v in billing_values(event(i + 1, EventKind.CLOSE_WRITE, f"/l/{i}"))]
+    )
+    source = kinds.build("lag", "kafka", {"bootstrap": kafka.bootstrap, "topic": topic})
+    assert isinstance(source, KafkaSource)
+    source.feed.REFRESH = 0.2
+    sink = MemorySink()
+    run_until(source, sink, lambda: len(sink.events) == 20 and sink.states.get("lag") == 0)
+
+
+def test_configuration_is_checked() -> None:
+    ok = {"bootstrap": "127.0.0.1:9", "topic": "t"}
+    assert kinds.build("x", "kafka", ok).files() is None
+    for bad, message in [
+        ({"topic": "t"}, "'bootstrap' and 'topic'"),
+        ({**ok, "format": "xml"}, "'format'"),
+        ({**ok, "url": "http://x"}, "takes no 'url'"),
+        ({**ok, "door": "ftp://x"}, "http"),
+        ({**ok, "bearer": "t"}, "door"),
+        ({**ok, "door": "https://d", "bearer": "t", "basic": "u:k"}, "exactly one"),
+        ({**ok, "door": "https://d", "basic": "nocolon"}, "user:key"),
+        ({**ok, "topic": 5}, "string"),
+    ]:
+        with pytest.raises(SourceConfigError, match=message):
+            kinds.build("x", "kafka", bad)
+    files = kinds.build("x", "kafka", {**ok, "door": "https://d:2880/", "basic": "u:k"}).files()
+    assert files is not None
