@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from harness import Server, add_user, client, query, query_dicts, wait_for
+from test_cli import ok, one_line_error, run
 
 SUPPORT = Path(__file__).parent / "support"
 SRC = "/api/v1/sources"
@@ -349,3 +350,56 @@ def test_reading_a_sources_files(srv: Server, alice: tuple[str, str], bob: tuple
         problem(b.get(f"{SRC}/store8/files/d/data.bin"), 404, "No such source")
     with srv.api() as api:
         assert api.delete(f"{SRC}/store8").status_code == 204
+
+
+READER = """\
+def main(event, ctx):
+    whole = ctx.storage.read(event["path"], source=event["source"])
+    with ctx.storage.open(event["path"], source=event["source"]) as f:
+        f.seek(4)
+        part = f.read(4)
+    with open(ctx.storage.local_path(event["path"], source=event["source"]), "rb") as f:
+        copied = f.read()
+    return {"whole": whole.decode(), "part": part.decode(), "copied": copied == whole}
+"""
+
+
+def test_a_function_reads_a_remote_file_through_ctx_storage(
+    srv: Server, alice: tuple[str, str], tmp_path: Path
+) -> None:
+    remote = Remote(tmp_path / "r9")
+    remote.file("/in/frame.txt", b"0123456789")
+    with srv.api() as api:
+        assert api.put(f"{SRC}/reads", json={"kind": "fixture", "root": str(remote.root),
+                                             "readers": {"users": [alice[0]]}}).status_code == 201  # fmt: skip
+    with client(base_url=srv.api_url, auth=alice) as a:
+        _deploy(a, "src-reader", {"path": "/in", "source": "reads"}, code=READER, storage=True)
+        remote.emit({"key": "f1", "path": "/in/frame.txt", "size": 10})
+        done = wait_for(lambda: _activations(a, "src-reader"), "the reader's activation")
+        assert done[0]["response"]["result"] == {"whole": "0123456789", "part": "4567", "copied": True}, done[0]
+    with srv.api() as api:
+        assert api.delete(f"{SRC}/reads").status_code == 204
+
+
+def test_the_source_cli(srv: Server, alice: tuple[str, str], tmp_path: Path) -> None:
+    remote = Remote(tmp_path / "r10")
+    out = ok(run(srv, "source", "add", "cli1", "--kind", "fixture", "--root", str(remote.root),
+                 "--reader", alice[0], "--reader-group", "4711"))  # fmt: skip
+    assert out == "source cli1 added (fixture)\n"
+    data = json.loads(ok(run(srv, "source", "add", "cli1", "--kind", "fixture", "--root", str(remote.root),
+                             "-o", "batch=5", "--json")))  # fmt: skip
+    assert data["batch"] == 5 and data["version"] == 2 and data["readers"] == {"users": [], "groups": []}
+    remote.emit({"key": "c1", "path": "/c/1.h5"})
+    wait_for(lambda: json.loads(ok(run(srv, "source", "get", "cli1", "--json")))["state"]["received"] == 1, "one")
+    text = ok(run(srv, "source", "get", "cli1"))
+    assert "kind: fixture" in text and "received: 1 events" in text and "position: 1" in text, text
+    listed = json.loads(ok(run(srv, "source", "list", "--json")))
+    assert "cli1" in [s["name"] for s in listed]
+    assert ok(run(srv, "source", "list")).startswith("cli1")
+    assert "nonsense" in one_line_error(run(srv, "source", "add", "cli2", "--kind", "nonsense"))
+    assert "--bearer" in one_line_error(run(srv, "source", "add", "cli2", "--kind", "fixture", "--bearer", "t",
+                                            "--basic", "u:k"), code=2)  # fmt: skip
+    env = {"HEADRACE_USER": alice[0], "HEADRACE_KEY": alice[1]}
+    assert "administrators" in one_line_error(run(srv, "source", "rm", "cli1", env=env))
+    assert json.loads(ok(run(srv, "source", "rm", "cli1", "--json"))) == {"status": "success", "name": "cli1"}
+    assert "No such source" in one_line_error(run(srv, "source", "get", "cli1"))

@@ -148,6 +148,9 @@ def deploy(
         list[str] | None,
         typer.Option("--on-tape", help="Run when a file reaches or leaves tape: store, restore, evict, remove"),
     ] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Run on the events of this event source (`headrace source`)")
+    ] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="A parameter KEY=VALUE (repeatable)")] = None,
     main: Annotated[str, typer.Option("--main", help="The function to call")] = "main",
     timeout: Annotated[float | None, typer.Option("--timeout", help="Time limit in seconds (default 60)")] = None,
@@ -160,8 +163,10 @@ def deploy(
     as_json: JsonFlag = False,
 ) -> None:
     """Make or update a function: the action NAME and, with --path, a storage-fed trigger and a rule."""
-    if path is None and (on or pattern or recursive or min_size or tape):
-        usage_error("--on, --on-tape, --pattern, --recursive and --min-size need --path (the directory to watch)")
+    if path is None and (on or pattern or recursive or min_size or tape or source):
+        usage_error(
+            "--on, --on-tape, --pattern, --recursive, --min-size and --source need --path (the directory to watch)"
+        )
     limits: dict[str, int] = {}
     if timeout is not None:
         limits["timeout"] = round(timeout * 1000)
@@ -175,8 +180,9 @@ def deploy(
     if path is not None:
         flags = normalize_flags(on) if on else ("IN_ATTRIB",) if tape else ("IN_CLOSE_WRITE",)
         feed = FeedSpec(
-            path=path, recursive=recursive, flags=flags, pattern=pattern, min_size=min_size, tape=tuple(tape or ())
-        )
+            path=path, recursive=recursive, flags=flags, pattern=pattern, min_size=min_size, tape=tuple(tape or ()),
+            source=source,
+        )  # fmt: skip
     spec = FunctionSpec.from_file(
         name, file, main=main, params=parse_params(param), limits=limits, scaling=scaling, feed=feed, storage=storage
     )
@@ -219,6 +225,8 @@ def _feed_text(trigger: dict[str, Any]) -> str:
     parts = [where, *(f"{p['pattern']}" for _ in [0] if p.get("pattern")), ",".join(p.get("flags") or [])]
     if p.get("min_size"):
         parts.append(f">={p['min_size']} B")
+    if p.get("source"):
+        parts.append(f"from {p['source']}")
     return " ".join(parts)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from headrace import __version__
-from headrace.cli import catalogue, demo, events, files, functions, roles, tape, token, transfer
+from headrace.cli import catalogue, demo, events, files, functions, roles, sources, tape, token, transfer
 from headrace.cli.common import HeadraceGroup
 from headrace.cli.pool import pool
 from headrace.cli.up import up
@@ -34,6 +34,7 @@ app.command("demo")(demo.demo)
 functions.register(app)
 roles.register(app)
 tape.register(app)
+sources.register(app)
 
 
 def _version(value: bool) -> None:

@@ -112,6 +112,8 @@ class FeedSpec:
     min_size: int = 0
     #: Tape steps that run it (store, restore, evict, remove); with them, flags default to IN_ATTRIB.
     tape: tuple[str, ...] = ()
+    #: The event source whose events run it (`headrace source`); None: headrace's own namespace.
+    source: str | None = None
 
     def parameters(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "recursive": self.recursive, "flags": list(self.flags)}
@@ -121,6 +123,8 @@ class FeedSpec:
             out["min_size"] = self.min_size
         if self.tape:
             out["tape"] = list(self.tape)
+        if self.source:
+            out["source"] = self.source
         return out
 
     def normalized(self) -> dict[str, Any]:
@@ -473,7 +477,7 @@ FUNCTION_KEYS = {
     "code", "main", "params", "timeout", "memory", "logs", "min_scale", "max_scale", "retries",
     "max_event_age", "idle_seconds", "ordered", "trigger", "storage",
 }  # fmt: skip
-TRIGGER_KEYS = {"path", "recursive", "pattern", "on", "min_size"}
+TRIGGER_KEYS = {"path", "recursive", "pattern", "on", "min_size", "source"}
 _SCALING_KEYS = {
     "min_scale": "minScale", "max_scale": "maxScale", "retries": "retries",
     "max_event_age": "maxEventAge", "idle_seconds": "idleSeconds",
@@ -578,12 +582,16 @@ def spec_from_mapping(name: str, raw: Any, base: Path, where: str) -> FunctionSp
         recursive = trig.get("recursive", False)
         if not isinstance(recursive, bool):
             raise HeadraceClientError(0, f"{where}.trigger.recursive must be true or false")
+        source = trig.get("source")
+        if source is not None and not isinstance(source, str):
+            raise HeadraceClientError(0, f"{where}.trigger.source must be an event source's name")
         feed = FeedSpec(
             path=trig["path"],
             recursive=recursive,
             flags=normalize_flags(on),
             pattern=pattern,
             min_size=_number(f"{where}.trigger.min_size", trig.get("min_size", 0)),
+            source=source or None,
         )
     return FunctionSpec.from_file(
         name,

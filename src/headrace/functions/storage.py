@@ -45,6 +45,11 @@ def _url_path(path: str) -> str:
     return quote(path)
 
 
+def _source_url(source: str, path: str) -> str:
+    """Where the frontend streams a file of event source `source` (`/api/v1/sources/{name}/files/{path}`)."""
+    return f"/api/v1/sources/{quote(source, safe='')}/files{_url_path(path)}"
+
+
 class _SharedTransport(httpx.BaseTransport):
     """One connection pool per socket for every activation a worker process runs: an activation's clients are
     cheap to make (no SSL context of their own, ~40 ms of CPU each otherwise) and reuse kept-alive
@@ -77,12 +82,16 @@ class _RangedFile(io.RawIOBase):
     BLOCK = 128 * 1024  # a small file in one GET; h5py's metadata of a 2.6 MB EuXFEL file in two
     CACHED = 32
 
-    def __init__(self, storage: ActivationStorage, path: str) -> None:
+    def __init__(self, storage: ActivationStorage, path: str, source: str | None = None) -> None:
         super().__init__()
-        self._storage, self._path, self._url = storage, path, _url_path(path)
+        self._storage, self._path = storage, path
+        # a file of an event source comes through the frontend, which reads it with the source's credentials
+        self._client = storage.api if source else storage.door
+        self._url = _source_url(source, path) if source else _url_path(path)
         self._pos = 0
         self._blocks: dict[int, bytes] = {}  # index -> data, oldest first
         self._etag: str | None = None
+        self._first = True
         self._size = 0
         first = self._get(0, self.BLOCK - 1)
         if first is not None:
@@ -92,13 +101,14 @@ class _RangedFile(io.RawIOBase):
         headers = {"Range": f"bytes={start}-{end}"}
         if self._etag is not None:
             headers["If-Match"] = self._etag
-        r = self._storage.door.get(self._url, headers=headers, follow_redirects=True)
-        if r.status_code == 416 and self._etag is None:  # an empty file
+        r = self._client.get(self._url, headers=headers, follow_redirects=True)
+        if r.status_code == 416 and self._first:  # an empty file
             return None
         if r.status_code == 412:
             raise StorageError(f"GET {self._path}: 412 the file was replaced while it was read")
         self._storage._check(r, 200, 206)
-        if self._etag is None:
+        if self._first:
+            self._first = False
             self._etag = r.headers.get("etag")
             total = r.headers.get("content-range", "").rpartition("/")[2]
             self._size = int(total) if r.status_code == 206 and total.isdigit() else len(r.content)
@@ -216,12 +226,20 @@ class ActivationStorage:
         r = self._check(self.api.get(f"/api/v1/namespace{_url_path(path)}", params={"children": "true"}), 200)
         return [c["fileName"] for c in r.json().get("children", [])]
 
-    def local_path(self, path: str) -> str:
+    def _reader(self, path: str, source: str | None) -> tuple[httpx.Client, str]:
+        """Where `path` is read: the door, or for a file of event source `source` the frontend's sources API
+        (the reading reaches the remote with the source's credentials; the function's own token says who it
+        runs for, who must be a reader of the source)."""
+        return (self.api, _source_url(source, path)) if source else (self.door, _url_path(path))
+
+    def local_path(self, path: str, *, source: str | None = None) -> str:
         """A file in the sandbox's private /tmp with the content of `path` (downloaded through the door), for
-        libraries that want a file name; it counts against the action's memory and /tmp limits."""
+        libraries that want a file name; it counts against the action's memory and /tmp limits. With
+        `source`, the file of that event source (the path an event of it named: `args["source"]`)."""
         fd, name = tempfile.mkstemp(prefix="headrace-", suffix="-" + Path(path).name[-64:])
+        http, url = self._reader(path, source)
         try:
-            with os.fdopen(fd, "wb") as f, self.door.stream("GET", _url_path(path), follow_redirects=True) as r:
+            with os.fdopen(fd, "wb") as f, http.stream("GET", url, follow_redirects=True) as r:
                 if r.status_code != 200:
                     r.read()
                     self._check(r, 200)
@@ -233,15 +251,17 @@ class ActivationStorage:
         self._downloads.append(name)
         return name
 
-    def open(self, path: str) -> IO[bytes]:
+    def open(self, path: str, *, source: str | None = None) -> IO[bytes]:
         """A seekable binary file object with the content of `path`, read by ranges as it is read: h5py opening
         a file for its metadata reads some blocks of it, not the whole (2.6 MB through the door cost ~20 ms
         of CPU). Every range names the ETag of the first (If-Match): a file replaced while it is read is a
-        StorageError, never a mix of two versions."""
-        return io.BufferedReader(_RangedFile(self, path))
+        StorageError, never a mix of two versions. With `source`, a file of that event source."""
+        return io.BufferedReader(_RangedFile(self, path, source))
 
-    def read(self, path: str) -> bytes:
-        return self._check(self.door.get(_url_path(path), follow_redirects=True), 200).content
+    def read(self, path: str, *, source: str | None = None) -> bytes:
+        """The content of `path` (with `source`: of that event source's file)."""
+        http, url = self._reader(path, source)
+        return self._check(http.get(url, follow_redirects=True), 200).content
 
     def read_tagged(self, path: str) -> tuple[bytes, str] | None:
         """The content of `path` and its ETag (for `write(..., if_match=etag)`), or None if there is no file."""

@@ -276,7 +276,7 @@ def router(service: StorageService) -> APIRouter:
             if size is not None:
                 headers["Content-Length"] = str(size)
             return StreamingResponse(_guarded(chunks), media_type="application/octet-stream", headers=headers)
-        if size is not None and start >= size and size > 0:
+        if size is not None and start >= size:  # (an empty file too, as the door answers)
             await _close(chunks)
             raise RangeNotSatisfiable(
                 f"The range starts past the file's {size} bytes", {"Content-Range": f"bytes */{size}"}
