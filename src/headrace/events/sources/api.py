@@ -195,7 +195,14 @@ def router(service: StorageService) -> APIRouter:
             built[key] = found
         return found
 
-    @api.put(PREFIX + "/{name}", summary="Create or replace a source (administrators)")
+    @api.put(
+        PREFIX + "/{name}",
+        summary="Create or replace a source (administrators)",
+        responses={
+            200: {"description": "The source was replaced", "content": {"application/json": {}}},
+            201: {"description": "The source was created", "content": {"application/json": {}}},
+        },
+    )
     async def put(name: str, request: Request, principal: Principal = authenticated) -> Any:
         admin(principal)
         check_name(name)
@@ -235,7 +242,12 @@ def router(service: StorageService) -> APIRouter:
     async def one(name: str, principal: Principal = authenticated) -> Any:
         return JSONResponse(shown(await visible(name, principal)))
 
-    @api.delete(PREFIX + "/{name}", status_code=204, summary="Delete a source (its events stay in the log)")
+    @api.delete(
+        PREFIX + "/{name}",
+        status_code=204,
+        response_class=Response,
+        summary="Delete a source (its events stay in the log)",
+    )
     async def remove(name: str, principal: Principal = authenticated) -> Response:
         admin(principal)
         if not await db.write(store.delete, name):
@@ -246,6 +258,10 @@ def router(service: StorageService) -> APIRouter:
         PREFIX + "/{name}/files/{path:path}",
         response_class=Response,
         summary="A file of the source, read from the remote with the source's credentials (Range honoured)",
+        responses={
+            200: {"description": "The whole file", "content": {"application/octet-stream": {}}},
+            206: {"description": "The range asked for", "content": {"application/octet-stream": {}}},
+        },
     )
     async def file(name: str, path: str, request: Request, principal: Principal = authenticated) -> Any:
         row = await visible(name, principal)
