@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from harness import Server, add_user, client, query, query_dicts, wait_for
+from sse_reader import SseReader
 from test_cli import ok, one_line_error, run
 
 SUPPORT = Path(__file__).parent / "support"
@@ -403,3 +404,53 @@ def test_the_source_cli(srv: Server, alice: tuple[str, str], tmp_path: Path) -> 
     assert "administrators" in one_line_error(run(srv, "source", "rm", "cli1", env=env))
     assert json.loads(ok(run(srv, "source", "rm", "cli1", "--json"))) == {"status": "success", "name": "cli1"}
     assert "No such source" in one_line_error(run(srv, "source", "get", "cli1"))
+
+
+def test_sse_watches_never_see_remote_events(srv: Server, tmp_path: Path) -> None:
+    remote = Remote(tmp_path / "r11")
+    with srv.api() as api, srv.door() as door:
+        assert door.request("MKCOL", "/ssesrc").status_code == 201
+        r = api.post("/api/v1/events/channels")
+        assert r.status_code == 201, r.text
+        ch = r.headers["Location"]
+        r = api.post(f"{ch}/subscriptions/inotify", json={"path": "/", "recursive": True})
+        assert r.status_code == 201, r.text
+        reader = SseReader(ch, srv.auth)
+        try:
+            assert api.put(f"{SRC}/sse", json={"kind": "fixture", "root": str(remote.root)}).status_code == 201
+            remote.emit({"key": "s1", "kind": "CLOSE_WRITE", "path": "/ssesrc/remote.h5", "size": 1})
+            wait_for(lambda: received(srv, "sse") == 1, "the remote event in the log")
+            assert door.put("/ssesrc/local.h5", content=b"x").status_code == 201
+            # (names below a recursive watch are relative to its directory)
+            reader.until(
+                lambda f: f["event"] == "inotify" and f["data"]["event"] == {
+                    "name": "ssesrc/local.h5", "mask": ["IN_CLOSE_WRITE"]}
+            )  # fmt: skip
+            assert not any("remote.h5" in line for line in reader.lines), reader.lines
+        finally:
+            reader.close()
+            assert api.delete(f"{SRC}/sse").status_code == 204
+
+
+def test_remote_events_render_with_their_source_and_give_no_billing_record() -> None:
+    from headrace.events import billing
+    from headrace.events.model import EventKind, StorageEvent
+    from headrace.events.render import cloudevent_json, cloudevent_sdk_json, event_data
+
+    ev = StorageEvent(
+        offset=7, time=1_700_000_000_000_000, kind=EventKind.CLOSE_WRITE, is_dir=False, inode_id=0, pnfsid="",
+        path="/bucket/a.h5", parent_id=None, name="a.h5", size=5, detail={"url": "https://s3.example/bucket/a.h5"},
+        source="lab-s3", source_key="k",
+    )  # fmt: skip
+    ce = json.loads(cloudevent_json(ev))
+    assert ce["source"] == "/headrace/sources/lab-s3" and ce["subject"] == "/bucket/a.h5"
+    assert ce["data"]["source"] == "lab-s3" and ce["data"]["url"] == "https://s3.example/bucket/a.h5"
+    assert "pnfsId" not in ce["data"]
+    assert cloudevent_json(ev) == cloudevent_sdk_json(ev)
+    assert billing.record_kind(ev) is None
+    local = StorageEvent(
+        offset=8, time=1_700_000_000_000_000, kind=EventKind.CLOSE_WRITE, is_dir=False, inode_id=3,
+        pnfsid="0000ABC", path="/a.h5", parent_id=1, name="a.h5", size=5,
+    )  # fmt: skip
+    assert json.loads(cloudevent_json(local))["source"] == "/headrace/storage"
+    assert "source" not in event_data(local) and billing.record_kind(local) == "transfer"

@@ -396,6 +396,8 @@ class Controller(Dispatcher):
                     continue
                 for flag, both_sides in flags:
                     args = {**trig.parameters, **feed.payload(ev, flag, both_sides=both_sides)}
+                    # one path's events run in order; another system's path is not this namespace's
+                    order_key = args.get("path") if ev.source is None else f"{ev.source}:{args.get('path')}"
                     for rule in rules:
                         row = self._activation_row(rule["namespace"], rule["action"], args, depth=depth)
                         if row is None:
@@ -408,7 +410,7 @@ class Controller(Dispatcher):
                                 "event_time": ev.time // 1000,
                                 "cause": ev.cause,
                                 "dedup": f"{rule['id']}:{ev.offset}:{flag}",
-                                "order_key": args.get("path"),
+                                "order_key": order_key,
                             }
                         )
                         made.append(row)
