@@ -217,13 +217,29 @@ def test_a_corrupted_local_file_is_not_pushed(pair: Pair) -> None:
 
 
 class _Plain(BaseHTTPRequestHandler):
-    """A remote that serves /slow (holding its body until released) and /nodigest (no Digest header)."""
+    """A remote without checksums: /slow (holds its body until released), /chunked, /redirect (to /chunked),
+    anything else whole."""
 
     release = threading.Event()
-    body = b"x" * 4096
+    protocol_version = "HTTP/1.1"
+    body = bytes(range(256)) * 16
 
     def do_GET(self) -> None:
+        if self.path == "/redirect":  # as a dCache door sends a client to its pool
+            self.send_response(302)
+            self.send_header("Location", "/chunked")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(self.body), 1000):
+                piece = self.body[i : i + 1000]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
         if self.path == "/slow":
@@ -260,6 +276,11 @@ def test_without_a_remote_checksum_verification_fails_unless_waived(pair: Pair, 
     )
     assert _last_line(r) == "success: Created", r.text
     assert http("GET", pair.here.door_url + "/alice/nodigest", auth=pair.alice_here.auth).content == _Plain.body
+    # A chunked body, behind a redirect.
+    waived = {"Source": f"{plain}/redirect", "RequireChecksumVerification": "false"}
+    r = _copy(pair.here, "/alice/chunked", waived, auth=pair.alice_here.auth)
+    assert _last_line(r) == "success: Created", r.text
+    assert http("GET", pair.here.door_url + "/alice/chunked", auth=pair.alice_here.auth).content == _Plain.body
 
 
 # -- refusals -----------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Third-party copy's transport: the door's HTTP client to the remote (httpx, streamed both ways).
+"""Third-party copy's transport: the door's HTTP client to the remote (streamed both ways: a pull's GET
+through `tpc_http`, httpx for the rest).
 
 A pull reads the remote's GET response as if it were an upload's request body (`RemoteBody`, an ASGI
 `receive` over the response), so the bytes take the door's own upload path into a pool (`BlobStore.receive`:
@@ -11,18 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 import httpx
 
 from headrace.http.body import RequestBody
+from headrace.storage import tpc_http
 from headrace.storage.blobstore import BlobStore
 from headrace.storage.tpc import TpcSettings
 from headrace.tls import tls_context
-
-CHUNK = 1024 * 1024
 
 
 class RemoteFailure(Exception):
@@ -41,8 +43,8 @@ class Progress:
 class RemoteBody:
     """An ASGI `receive` that yields a remote response's body, counting it into `progress`."""
 
-    def __init__(self, response: httpx.Response, progress: Progress) -> None:
-        self._chunks = response.aiter_raw()  # as it arrives: the upload regroups it
+    def __init__(self, response: tpc_http.Response, progress: Progress) -> None:
+        self._chunks = response.chunks()
         self._progress = progress
         self._ended = False
 
@@ -54,8 +56,8 @@ class RemoteBody:
         except StopAsyncIteration:
             self._ended = True
             return {"type": "http.request", "body": b"", "more_body": False}
-        except httpx.HTTPError as exc:
-            raise RemoteFailure(f"reading from the remote failed: {describe(exc)}") from exc
+        except tpc_http.HttpFailure as exc:
+            raise RemoteFailure(f"reading from the remote failed: {exc}") from exc
         self._progress.transferred += len(chunk)
         return {"type": "http.request", "body": chunk, "more_body": True}
 
@@ -65,17 +67,16 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
 
 
-def _reason(r: httpx.Response, method: str) -> str:
+def _reason(status: int, text: str, method: str) -> str:
     detail = ""
-    with contextlib.suppress(Exception):
-        body = r.json()
+    with contextlib.suppress(ValueError):
+        body = json.loads(text)
         if isinstance(body, dict):
             detail = str(body.get("detail") or body.get("title") or "")
     if not detail:
-        with contextlib.suppress(Exception):
-            detail = r.text[:200]
-    phrase = r.reason_phrase or ""
-    return f"remote {method} answered {r.status_code} {phrase}" + (f": {detail}" if detail else "")
+        detail = text[:200]
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+    return f"remote {method} answered {status} {phrase}".rstrip() + (f": {detail}" if detail.strip() else "")
 
 
 class RemoteClient:
@@ -104,20 +105,19 @@ class RemoteClient:
     @contextlib.asynccontextmanager
     async def get(
         self, url: str, headers: dict[str, str], progress: Progress
-    ) -> AsyncIterator[tuple[RequestBody, httpx.Response]]:
+    ) -> AsyncIterator[tuple[RequestBody, tpc_http.Response]]:
         """GET `url` (redirects followed, as a dCache door sends the client to a pool); its body as an upload's
         RequestBody. RemoteFailure unless the remote answers 200."""
         sent = {"Accept-Encoding": "identity", **headers}
+        timeouts = {"connect_timeout": self.settings.connect_timeout, "idle_timeout": self.settings.idle_timeout}
         try:
-            async with self.client.stream("GET", url, headers=sent, follow_redirects=True) as r:
-                if r.status_code != 200:
-                    await r.aread()
-                    raise RemoteFailure(_reason(r, "GET"))
-                length = r.headers.get("content-length")
-                progress.size = int(length) if length and length.isdigit() else None
-                yield RequestBody(RemoteBody(r, progress), progress.size, self.settings.idle_timeout), r
-        except httpx.HTTPError as exc:
-            raise RemoteFailure(f"GET {url} failed: {describe(exc)}") from exc
+            async with tpc_http.get(url, sent, **timeouts) as r:
+                if r.status != 200:
+                    raise RemoteFailure(_reason(r.status, await r.text(), "GET"))
+                progress.size = r.length
+                yield RequestBody(RemoteBody(r, progress), r.length, self.settings.idle_timeout), r
+        except tpc_http.HttpFailure as exc:
+            raise RemoteFailure(f"GET {url} failed: {exc}") from exc
 
     async def put(
         self, url: str, headers: dict[str, str], size: int, chunks: AsyncIterator[bytes], progress: Progress
@@ -137,7 +137,7 @@ class RemoteClient:
         except httpx.HTTPError as exc:
             raise RemoteFailure(f"PUT {url} failed: {describe(exc)}") from exc
         if not r.is_success:
-            raise RemoteFailure(_reason(r, "PUT"))
+            raise RemoteFailure(_reason(r.status_code, r.text, "PUT"))
         return r
 
     async def head_digest(self, url: str, headers: dict[str, str], want: str) -> str | None:
@@ -147,7 +147,7 @@ class RemoteClient:
         except httpx.HTTPError as exc:
             raise RemoteFailure(f"HEAD {url} failed: {describe(exc)}") from exc
         if not r.is_success:
-            raise RemoteFailure(_reason(r, "HEAD"))
+            raise RemoteFailure(_reason(r.status_code, "", "HEAD"))
         digest: str | None = r.headers.get("digest")
         return digest
 
