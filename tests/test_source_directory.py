@@ -16,15 +16,17 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from harness import wait_for
+from harness import Server, add_user, client, query, wait_for
 from headrace.events.model import EventKind
 from headrace.events.sources import directory as dirsource
 from headrace.events.sources import directory_tree, kinds
 from headrace.events.sources.base import RemoteEvent, SourceConfigError
 
-pytestmark = pytest.mark.db_independent("the kind against an in-memory sink: no database")
+#: The kind against an in-memory sink needs no database; the end-to-end tests at the end run on both.
+no_db = pytest.mark.db_independent("the kind against an in-memory sink: no database")
 
 CW, MOVE, DELETE, CREATE = EventKind.CLOSE_WRITE, EventKind.MOVE, EventKind.DELETE, EventKind.CREATE
 
@@ -149,6 +151,7 @@ def kinds_of(r: Running, path: str) -> list[EventKind]:
     return [k for k, p, _ in r.events() if p == path]
 
 
+@no_db
 def test_slow_write_is_announced_once_when_complete(tree: Path, mode: str) -> None:
     # scan mode with a long interval: the test asks for each scan, so that the scanner sees the file between
     # every two pieces (a writer slower than the scans, without a race against the clock)
@@ -177,6 +180,7 @@ def test_slow_write_is_announced_once_when_complete(tree: Path, mode: str) -> No
         r.stop()
 
 
+@no_db
 def test_rename_within_the_tree_is_a_move(run: Running, tree: Path) -> None:
     (tree / "a.h5").write_bytes(b"x" * 10)
     run.wait((CW, "/a.h5"))
@@ -193,6 +197,7 @@ def test_rename_within_the_tree_is_a_move(run: Running, tree: Path) -> None:
     run.wait((DELETE, "/sub2/b.h5"))
 
 
+@no_db
 def test_write_to_temporary_name_then_rename_is_one_close_write(run: Running, tree: Path, tmp_path: Path) -> None:
     with open(tree / "c.h5.part", "wb") as f:
         f.write(b"partial")
@@ -209,6 +214,7 @@ def test_write_to_temporary_name_then_rename_is_one_close_write(run: Running, tr
     assert event.size == len(b"partial and the rest")
 
 
+@no_db
 def test_delete(run: Running, tree: Path) -> None:
     (tree / "gone.h5").write_bytes(b"1")
     run.wait((CW, "/gone.h5"))
@@ -226,6 +232,7 @@ def test_delete(run: Running, tree: Path) -> None:
     assert not [p for _, p, _ in run.events() if p.endswith("/g")]
 
 
+@no_db
 def test_new_subdirectories_and_their_files(run: Running, tree: Path, tmp_path: Path) -> None:
     (tree / "r1" / "a" / "b").mkdir(parents=True)
     (tree / "r1" / "a" / "b" / "f1.h5").write_bytes(b"1")
@@ -256,6 +263,7 @@ def test_new_subdirectories_and_their_files(run: Running, tree: Path, tmp_path: 
     assert ev.index((CREATE, "/r1/a/b")) < ev.index((CW, "/r1/a/b/f1.h5"))
 
 
+@no_db
 def test_restart_reconciles_what_changed_meanwhile(tree: Path, mode: str) -> None:
     sink = MemorySink()
     r = Running(make(tree, mode=mode), sink).ready()
@@ -309,6 +317,7 @@ def test_restart_reconciles_what_changed_meanwhile(tree: Path, mode: str) -> Non
     assert int(sink.pos or 0) > 0
 
 
+@no_db
 def test_first_start_announces_nothing_of_what_is_there(tree: Path, mode: str) -> None:
     (tree / "old.h5").write_bytes(b"old")
     r = Running(make(tree, mode=mode), MemorySink()).ready()
@@ -320,6 +329,7 @@ def test_first_start_announces_nothing_of_what_is_there(tree: Path, mode: str) -
         r.stop()
 
 
+@no_db
 def test_pattern_ignore_and_not_recursive(tree: Path, mode: str) -> None:
     r = Running(make(tree, mode=mode, pattern=["*.h5", "marker-*"], recursive=False), MemorySink()).ready()
     try:
@@ -336,6 +346,7 @@ def test_pattern_ignore_and_not_recursive(tree: Path, mode: str) -> None:
         r.stop()
 
 
+@no_db
 def test_auto_mode_by_file_system_type(tmp_path: Path) -> None:
     mounts = tmp_path / "mounts"
     mounts.write_text(
@@ -367,6 +378,7 @@ def test_auto_mode_by_file_system_type(tmp_path: Path) -> None:
         r.stop()
 
 
+@no_db
 def test_root_missing_at_run_time_is_an_error_then_works(tmp_path: Path) -> None:
     root = tmp_path / "later"
     source = make(root, mode="inotify")
@@ -392,6 +404,7 @@ def test_root_missing_at_run_time_is_an_error_then_works(tmp_path: Path) -> None
         r.stop()
 
 
+@no_db
 @pytest.mark.parametrize(
     ("config", "message"),
     [
@@ -413,6 +426,7 @@ def test_bad_config(config: dict[str, Any], message: str) -> None:
         kinds.build("d", "directory", config)
 
 
+@no_db
 def test_good_config() -> None:
     source = kinds.build("d", "directory", {"root": "/data/", "mode": "scan", "interval": 2, "ignore": []})
     assert isinstance(source, dirsource.DirectorySource)
@@ -433,6 +447,7 @@ def read(
     return asyncio.run(go())
 
 
+@no_db
 def test_files_read_below_the_root_only(tmp_path: Path) -> None:
     root = tmp_path / "tree"
     (root / "sub").mkdir(parents=True)
@@ -454,6 +469,7 @@ def test_files_read_below_the_root_only(tmp_path: Path) -> None:
         read(source, "/sub")
 
 
+@no_db
 def test_snapshot_of_100000_files_is_compact() -> None:
     tree: directory_tree.Tree = {}
     inode, mtime = 1_000_000, 1_780_000_000_000_000_000
@@ -471,3 +487,123 @@ def test_snapshot_of_100000_files_is_compact() -> None:
     print(f"snapshot of {len(tree)} entries: {stored} bytes stored, encoded in {took:.3f} s")
     assert directory_tree.decode(value) == tree
     assert stored < 4_000_000
+
+
+# End to end: directory sources on a real `headrace up` (its runner and database sink), a trigger on each
+# running a function that reads the file through ctx.storage; on SQLite and on PostgreSQL.
+
+SRC = "/api/v1/sources"
+NS = "/api/v1/namespaces/_"
+READER = """\
+def main(event, ctx):
+    data = ctx.storage.read(event["path"], source=event["source"])
+    return {"path": event["path"], "mask": event.get("mask"), "size": len(data), "head": data[:6].decode()}
+"""
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("dirsrc")
+    s = Server(data=base / "data", cli_config=base / "cli.json").start()
+    yield s
+    s.stop()
+
+
+def _problem(r: httpx.Response, status: int, detail: str = "") -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["status"] == str(status) and detail in body["detail"], body
+
+
+def _activations(api: httpx.Client, name: str) -> list[dict[str, Any]]:
+    r = api.get(f"{NS}/activations", params={"name": name, "docs": "true", "limit": 200})
+    assert r.status_code == 200, r.text
+    return [a for a in r.json() if a.get("state") == "done"]
+
+
+def _deploy(api: httpx.Client, name: str, source: str) -> None:
+    action = {"exec": {"kind": "python:3", "code": READER}, "annotations": [{"key": "storage", "value": True}]}
+    assert api.put(f"{NS}/actions/{name}?overwrite=true", json=action).status_code == 200
+    feed = {"path": "/", "source": source, "recursive": True}
+    assert api.put(f"{NS}/triggers/{name}-t?overwrite=true", json={"feed": feed}).status_code == 200
+    rule = {"trigger": f"/_/{name}-t", "action": f"/_/{name}"}
+    assert api.put(f"{NS}/rules/{name}-r?overwrite=true", json=rule).status_code == 200
+
+
+def _watching(srv: Server, name: str) -> bool:
+    """The source has taken its first view of the tree (what is written from now on is announced)."""
+    rows = query(srv.data, "SELECT state FROM sources WHERE name = :n", n=name)
+    return bool(rows and rows[0][0] and "snapshot" in json.loads(rows[0][0]))
+
+
+def _logged(srv: Server, name: str) -> list[tuple[str, str, str | None]]:
+    rows = query(srv.data, 'SELECT kind, path, old_path FROM events WHERE source = :s ORDER BY "offset"', s=name)
+    return [(str(k), str(p), o) for k, p, o in rows]
+
+
+@pytest.mark.parametrize("mode", ["inotify", "scan"])
+def test_end_to_end_on_a_real_server(srv: Server, tmp_path: Path, mode: str) -> None:
+    root = tmp_path / "online"
+    root.mkdir()
+    name = f"daq-{mode}"
+    alice_name, alice_key, _ = add_user(srv, f"dir{mode}a")
+    bob_name, bob_key, _ = add_user(srv, f"dir{mode}b")
+    alice, bob = (alice_name, alice_key), (bob_name, bob_key)
+    body = {"kind": "directory", "root": str(root), "mode": mode, "interval": 0.2, "readers": {"users": [alice_name]}}
+    with srv.api() as api, client(base_url=srv.api_url, auth=alice) as a, client(base_url=srv.api_url, auth=bob) as b:
+        _problem(a.put(f"{SRC}/{name}", json=body), 403, "administrators")
+        assert api.put(f"{SRC}/{name}", json=body).status_code == 201
+        _deploy(a, f"dir-{mode}", name)
+        wait_for(lambda: _watching(srv, name), "the source's first view of the tree")
+        # a file written in pieces, one written under a temporary name and renamed, one renamed, one deleted
+        (root / "r0042").mkdir()
+        with open(root / "r0042" / "a.h5", "wb") as f:
+            for i in range(4):
+                f.write(b"AAAAAA" if i == 0 else os.urandom(1000))
+                f.flush()
+        (root / "r0042" / "b.h5.part").write_bytes(b"BBBBBB and more")
+        os.rename(root / "r0042" / "b.h5.part", root / "r0042" / "b.h5")
+        done = wait_for(lambda: len(acts := _activations(a, f"dir-{mode}")) >= 2 and acts, "two activations")
+        results = sorted((x["response"]["result"] for x in done), key=lambda r: r["path"])
+        assert results == [
+            {"path": "/r0042/a.h5", "mask": ["IN_CLOSE_WRITE"], "size": 3006, "head": "AAAAAA"},
+            {"path": "/r0042/b.h5", "mask": ["IN_CLOSE_WRITE"], "size": 15, "head": "BBBBBB"},
+        ]
+        os.rename(root / "r0042" / "b.h5", root / "r0042" / "c.h5")
+        (root / "r0042" / "a.h5").unlink()
+        wait_for(lambda: ("DELETE", "/r0042/a.h5", None) in _logged(srv, name), "the delete in the log")
+        assert _logged(srv, name) == [
+            ("CREATE", "/r0042", None),
+            ("CLOSE_WRITE", "/r0042/a.h5", None),
+            ("CLOSE_WRITE", "/r0042/b.h5", None),
+            ("MOVE", "/r0042/c.h5", "/r0042/b.h5"),
+            ("DELETE", "/r0042/a.h5", None),
+        ]
+        assert len(_activations(a, f"dir-{mode}")) == 2
+        # reading the source's files: its reader may, another user may not, nothing outside the root
+        r = a.get(f"{SRC}/{name}/files/r0042/c.h5", headers={"Range": "bytes=0-5"})
+        assert r.status_code == 206 and r.content == b"BBBBBB"
+        _problem(b.get(f"{SRC}/{name}/files/r0042/c.h5"), 404)
+        (tmp_path / "secret").write_bytes(b"secret")
+        os.symlink(tmp_path / "secret", root / "link")
+        _problem(a.get(f"{SRC}/{name}/files/link"), 403)
+        _problem(a.get(f"{SRC}/{name}/files/r0042/%2E%2E/%2E%2E/secret"), 403)
+        assert api.get(f"{SRC}/{name}").json()["state"]["lastError"] is None
+        assert api.delete(f"{SRC}/{name}").status_code == 204
+
+
+def test_end_to_end_configuration_errors(srv: Server, tmp_path: Path) -> None:
+    with srv.api() as api:
+        _problem(api.put(f"{SRC}/bad", json={"kind": "directory", "root": "relative"}), 400, "absolute")
+        _problem(api.put(f"{SRC}/bad", json={"kind": "directory", "root": "/x", "colour": 1}), 400, "colour")
+        _problem(api.put(f"{SRC}/bad", json={"kind": "directory", "root": "/x", "mode": "poll"}), 400, "'mode'")
+        # a root that is not there yet: the error is shown, and the source runs once it appears
+        root = tmp_path / "mounted-later"
+        body = {"kind": "directory", "root": str(root), "interval": 0.2}
+        assert api.put(f"{SRC}/later", json=body).status_code == 201
+        wait_for(lambda: "does not exist" in (api.get(f"{SRC}/later").json()["state"]["lastError"] or ""), "the error")
+        root.mkdir()
+        wait_for(lambda: _watching(srv, "later"), "the source running once its root is there")
+        (root / "f.h5").write_bytes(b"f")
+        wait_for(lambda: ("CLOSE_WRITE", "/f.h5", None) in _logged(srv, "later"), "the file's event")
+        assert api.delete(f"{SRC}/later").status_code == 204
