@@ -449,8 +449,11 @@ class _Session:
             if flag in ("IN_Q_OVERFLOW",):
                 relist = "the remote's queue overflowed"
                 continue
-            if flag == "IN_IGNORED":
-                await self.closed(str(data.get("subscription")))
+            if flag == "IN_IGNORED":  # the watch closed: after this batch, as SUBSCRIPTION_CLOSED
+                del self.subs[str(data.get("subscription"))]
+                await self.save_channel()
+                if directory == self.cfg.path:
+                    relist = f"the watch on {directory} closed"
                 continue
             name = ev.get("name")
             if not name:
