@@ -128,25 +128,31 @@ def test_admin_puts_gets_and_deletes_a_source(srv: Server, tmp_path: Path) -> No
         assert [r["path"] for r in remote_rows(srv, "one")] == ["/d/a.h5"]
 
 
-def test_credentials_are_never_shown(srv: Server, tmp_path: Path) -> None:
+def test_credentials_are_never_shown(srv: Server, alice: tuple[str, str], tmp_path: Path) -> None:
     remote = Remote(tmp_path / "r2")
     with srv.api() as api:
-        body = {"kind": "fixture", "root": str(remote.root)}
-        # the fixture kind takes no credentials: PUT the masking through a kind-independent look at the output
-        assert api.put(f"{SRC}/secretive", json=body).status_code == 201
-        from headrace.events.sources.api import masked
-
-        shown = masked(
-            {"bearer": "tok", "basic": "u:k", "secret": "s3cr3t", "token_file": "/etc/t", "sasl_password": "pw",
-             "url": "https://user:pw@example.org/api/v1", "path": "/x"}
-        )  # fmt: skip
-        assert shown == {
-            "bearer": "***", "basic": "***", "secret": "***", "token_file": "/etc/t", "sasl_password": "***",
-            "url": "https://user:***@example.org/api/v1", "path": "/x",
-        }  # fmt: skip
-        text = api.get(SRC).text + api.get(f"{SRC}/secretive").text
-        assert "s3cr3t" not in text
+        body = {"kind": "fixture", "root": str(remote.root), "bearer": "tok-s3cr3t", "basic": "u:pw-s3cr3t",
+                "readers": {"users": [alice[0]]}}  # fmt: skip
+        r = api.put(f"{SRC}/secretive", json=body)
+        assert r.status_code == 201 and r.json()["bearer"] == "***" and r.json()["basic"] == "***", r.text
+        shown = api.get(f"{SRC}/secretive").json()
+        with client(base_url=srv.api_url, auth=alice) as a:
+            texts = [r.text, api.get(SRC).text, json.dumps(shown), a.get(SRC).text, a.get(f"{SRC}/secretive").text]
+        assert not [t for t in texts if "s3cr3t" in t], texts
+        # what GET showed, PUT back: "***" keeps the stored credentials
+        assert api.put(f"{SRC}/secretive", json=shown).status_code == 200
+        config = json.loads(query(srv.data, "SELECT config FROM sources WHERE name = 'secretive'")[0][0])
+        assert config["bearer"] == "tok-s3cr3t" and config["basic"] == "u:pw-s3cr3t"
         assert api.delete(f"{SRC}/secretive").status_code == 204
+    from headrace.events.sources.api import masked
+
+    assert masked(
+        {"bearer": "tok", "basic": "u:k", "secret": "s3", "token_file": "/etc/t", "sasl_password": "pw",
+         "url": "https://user:pw@example.org/api/v1", "path": "/x"}
+    ) == {
+        "bearer": "***", "basic": "***", "secret": "***", "token_file": "/etc/t", "sasl_password": "***",
+        "url": "https://user:***@example.org/api/v1", "path": "/x",
+    }  # fmt: skip
 
 
 def test_non_admin_may_not_manage_and_sees_only_what_they_read(

@@ -4,7 +4,8 @@ a remote system would emit them, and serves files from a directory.
 
 Configuration: `root` (a directory holding `events.jsonl` and `files/`), optionally `replay` (true: start from
 the first line whatever the stored position says, as a kind re-delivering after a loss would), `batch` (events
-per delivery, default 1), `fail` (a sentence: every run raises it). Each line: {"key", "kind", "path", and
+per delivery, default 1), `fail` (a sentence: every run raises it), `bearer` and `basic` (taken and unused:
+credentials for the API to keep and hide). Each line: {"key", "kind", "path", and
 optionally "size", "old_path", "is_dir", "detail"}. The position is the number of lines delivered.
 """
 
@@ -92,7 +93,7 @@ def _event(raw: dict[str, Any]) -> RemoteEvent:
 
 
 def build(name: str, config: Mapping[str, Any]) -> FixtureSource:
-    unknown = sorted(set(config) - {"root", "replay", "batch", "fail"})
+    unknown = sorted(set(config) - {"root", "replay", "batch", "fail", "bearer", "basic"})
     if unknown:
         raise SourceConfigError(f"The fixture kind takes no option {unknown[0]!r}")
     root = config.get("root")
