@@ -42,16 +42,19 @@ typecheck: $(STAMP)
 # clone): the suite is CPU-bound, so running the two one after the other takes as long. The SQLite run prints
 # as it goes, the PostgreSQL run when it is done (its summary last);
 # either failing fails the target. `make pytest PYTEST_ARGS=` runs each without xdist.
+# Each run has its own --basetemp: pytest's shared /tmp/pytest-of-$USER keeps only the last three sessions, so
+# other pytest sessions of the same user (another checkout's tests) would delete a running suite's servers' data.
 PYTEST_ARGS ?= -n 2 --dist loadfile
 pytest: test-deps
 	@log=$$(mktemp -t headrace-pytest-postgresql.XXXXXX); \
-	HEADRACE_TEST_DB=postgresql $(BIN)/pytest -p no:cacheprovider $(PYTEST_ARGS) >"$$log" 2>&1 & pg=$$!; \
+	tmp=$$(mktemp -d -t headrace-pytest.XXXXXX); \
+	HEADRACE_TEST_DB=postgresql $(BIN)/pytest -p no:cacheprovider --basetemp="$$tmp/postgresql" $(PYTEST_ARGS) >"$$log" 2>&1 & pg=$$!; \
 	trap 'kill $$pg 2>/dev/null; rm -f "$$log"' INT TERM; \
 	echo "== pytest on SQLite (PostgreSQL in parallel, shown after)"; \
-	HEADRACE_TEST_DB=sqlite $(BIN)/pytest $(PYTEST_ARGS); sqlite=$$?; \
+	HEADRACE_TEST_DB=sqlite $(BIN)/pytest --basetemp="$$tmp/sqlite" $(PYTEST_ARGS); sqlite=$$?; \
 	wait $$pg; postgresql=$$?; \
 	echo "== pytest on PostgreSQL (SQLite run: exit $$sqlite)"; cat "$$log"; rm -f "$$log"; \
-	[ $$sqlite -eq 0 ] && [ $$postgresql -eq 0 ]
+	if [ $$sqlite -eq 0 ] && [ $$postgresql -eq 0 ]; then rm -rf "$$tmp"; else echo "test files kept in $$tmp"; exit 1; fi
 
 test: lint typecheck pytest
 
