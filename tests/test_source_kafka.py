@@ -4,7 +4,8 @@ Billing records are made by headrace's own renderer (events/billing.py, what the
 publisher does) and CloudEvents by the relay's (render.cloudevent_json), so the shapes are real. The source
 runs in this process against `MemorySink`, which keeps the Sink contract (keys delivered once, the position
 stored with each batch) in memory: delivery, restart, group offsets and skipping are the kind's, and what the
-database sink adds is tested with the core's own tests.
+database sink adds is tested with the core's own tests. The last test runs the source in a real server
+(its runner and the database sink) through a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from harness import Server, add_user, http
 from headrace.events import billing
 from headrace.events.model import EventKind, StorageEvent
 from headrace.events.render import cloudevent_json
@@ -28,8 +30,10 @@ from headrace.events.sources import kinds
 from headrace.events.sources.base import RemoteEvent, SourceConfigError
 from headrace.events.sources.kafka import KafkaSource
 from kafka_harness import QUIET, KafkaBroker
+from outbox import rows
 
-pytestmark = pytest.mark.db_independent("the source runs against an in-memory sink")
+#: Tests of the kind alone, against an in-memory sink: the database plays no part.
+in_memory = pytest.mark.db_independent("the source runs against an in-memory sink")
 
 
 class MemorySink:
@@ -89,10 +93,14 @@ def produce(broker: KafkaBroker, topic: str, values: Sequence[bytes], *, partiti
     assert producer.flush(30) == 0
 
 
+#: Events of "now": the log's retention (7 days by default) would remove a remote event dated long ago at once.
+NOW_US = time.time_ns() // 1000
+
+
 def event(offset: int, kind: EventKind, path: str, **kw: Any) -> StorageEvent:
     return StorageEvent(
         offset=offset,
-        time=1_780_000_000_000_000 + offset,
+        time=NOW_US + offset * 1000,
         kind=kind,
         is_dir=kw.pop("is_dir", False),
         inode_id=offset,
@@ -147,6 +155,7 @@ def committed(broker: KafkaBroker, topic: str, group: str, partitions: int = 3) 
         c.close()
 
 
+@in_memory
 def test_billing_records_become_events(kafka: KafkaBroker) -> None:
     topic = new_topic(kafka)
     written = event(1, EventKind.CLOSE_WRITE, "/data/run1/f.h5", size=1234, detail={"transferTime": 20})
@@ -196,6 +205,7 @@ def test_billing_records_become_events(kafka: KafkaBroker) -> None:
         time.sleep(0.2)
 
 
+@in_memory
 def test_cloudevents_map_back_to_their_kinds(kafka: KafkaBroker) -> None:
     topic = new_topic(kafka, partitions=1)
     events = [
@@ -230,6 +240,7 @@ def test_cloudevents_map_back_to_their_kinds(kafka: KafkaBroker) -> None:
     assert sink.states["skipped"] == 1  # the other producer's type is passed over, not counted
 
 
+@in_memory
 def test_restart_resumes_without_loss_or_doubling(kafka: KafkaBroker) -> None:
     topic = new_topic(kafka)
     paths = [f"/bulk/f{i:04d}" for i in range(300)]
@@ -285,6 +296,7 @@ def test_restart_resumes_without_loss_or_doubling(kafka: KafkaBroker) -> None:
     assert sink.states.get("lag") in (None, 0)
 
 
+@in_memory
 def test_lag_is_reported(kafka: KafkaBroker) -> None:
     topic = new_topic(kafka, partitions=1)
     produce(
@@ -297,6 +309,7 @@ def test_lag_is_reported(kafka: KafkaBroker) -> None:
     run_until(source, sink, lambda: len(sink.events) == 20 and sink.states.get("lag") == 0)
 
 
+@in_memory
 def test_configuration_is_checked() -> None:
     ok = {"bootstrap": "127.0.0.1:9", "topic": "t"}
     assert kinds.build("x", "kafka", ok).files() is None
@@ -314,3 +327,57 @@ def test_configuration_is_checked() -> None:
             kinds.build("x", "kafka", bad)
     files = kinds.build("x", "kafka", {**ok, "door": "https://d:2880/", "basic": "u:k"}).files()
     assert files is not None
+
+
+# -- through a real server: the runner and the database sink ---------------------------------------------------------
+
+
+def source_rows(server: Server, name: str) -> list[dict[str, Any]]:
+    return [r for r in rows(server.data) if r.get("source") == name]
+
+
+def wait_rows(server: Server, name: str, count: int, timeout: float = 90.0) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = source_rows(server, name)
+        if len(found) >= count:
+            return found
+        if time.monotonic() > deadline:
+            with server.api() as api:
+                state = api.get(f"/api/v1/sources/{name}").json()
+            raise AssertionError(f"{len(found)} of {count} events; source: {state}\n{server.log()[-3000:]}")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_server_restart_resumes_without_loss_or_doubling(fresh_server: Server, kafka: KafkaBroker) -> None:
+    """A server runs the source (its controller's runner, the database sink); stopped while records keep
+    coming and started again, it has every record's event once."""
+    topic = new_topic(kafka)
+    produce(kafka, topic, [v for i in range(200) for v in written(i, f"/dc/a{i:03d}")])
+    srv = fresh_server.start()
+    user, key, _ = add_user(srv, "kuser-" + uuid.uuid4().hex[:6])
+    config = {"kind": "kafka", "bootstrap": kafka.bootstrap, "topic": topic, "format": "billing"}
+    assert http("PUT", f"{srv.api_url}/api/v1/sources/dc", auth=(user, key), json=config).status_code == 403
+    with srv.api() as api:
+        assert api.put("/api/v1/sources/dc", json=config).status_code == 201
+    wait_rows(srv, "dc", 200)
+    srv.stop()
+    produce(kafka, topic, [v for i in range(150) for v in written(i, f"/dc/b{i:03d}")])
+    srv.start()
+    got = wait_rows(srv, "dc", 350)
+    with srv.api() as api:
+        deadline = time.monotonic() + 30
+        while True:
+            state = api.get("/api/v1/sources/dc").json()["state"]
+            if sum(json.loads(state["position"] or "{}").values()) == 350 and state.get("lag") == 0:
+                break
+            assert time.monotonic() < deadline, state
+            time.sleep(0.2)
+    got = source_rows(srv, "dc")
+    assert len(got) == 350
+    assert sorted(r["path"] for r in got) == sorted(
+        [f"/dc/a{i:03d}" for i in range(200)] + [f"/dc/b{i:03d}" for i in range(150)]
+    )
+    assert {r["kind"] for r in got} == {"CLOSE_WRITE"}
+    assert state["received"] == 350

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ def aws_record(
         "eventVersion": "2.1",
         "eventSource": "aws:s3",
         "awsRegion": "us-west-2",
-        "eventTime": "1970-01-01T00:00:00.000Z",
+        # The documentation's example says 1970; a notification of now, so the log's retention keeps it
+        "eventTime": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "eventName": event_name,
         "userIdentity": {"principalId": "AIDAJDPLRKLG7UEXAMPLE"},
         "requestParameters": {"sourceIPAddress": "127.0.0.1"},
