@@ -21,6 +21,7 @@ from headrace.storage.namespace import Inode
 from headrace.storage.paths import check_name, join, normalize, parent_and_name
 from headrace.storage.service import StorageService
 from headrace.storage.webdav_xml import content_type
+from headrace.tape.catalog import flush_failures_of
 
 PREFIX = "/api/v1/namespace"
 SUCCESS = {"status": "success"}
@@ -163,6 +164,10 @@ def router(service: StorageService) -> APIRouter:
         principal.check("LIST" if children else "READ_METADATA", path)
         node = await db.read(ns.stat, path, principal.subject, xattr=flags["xattr"], label=want_labels)
         head = render(node, name=True, **flags)
+        if (flags["qos"] or flags["locality"]) and not node.is_dir and "tape" in node.qos:
+            failed = (await db.read(flush_failures_of, ns, [node.id])).get(node.id)
+            if failed is not None:  # a flush that failed and will be tried again (headrace's own field)
+                head["flushError"] = failed
         if not (children and node.is_dir):
             return JSONResponse(head)
         ns.check_readable(node, principal.subject)
