@@ -318,6 +318,54 @@ def test_restart_reconciles_what_changed_meanwhile(tree: Path, mode: str) -> Non
 
 
 @no_db
+def test_lost_events_overflow_rewalks_the_tree(tree: Path) -> None:
+    """IN_Q_OVERFLOW (the kernel's queue full: events lost) makes the source walk the tree and compare it with
+    what it has announced. The loss is made here by dropping what inotify reports for a while."""
+    from headrace.events.sources.directory_inotify import InotifyEvent, flags
+
+    r = Running(make(tree, mode="inotify"), MemorySink()).ready()
+    try:
+        (tree / "a.h5").write_bytes(b"a")
+        (tree / "b.h5").write_bytes(b"b")
+        r.wait((CW, "/a.h5"), (CW, "/b.h5"))
+        follower = r.source.follower
+        assert follower is not None
+        real_read = follower.watcher.read
+        dropped: list[Any] = []
+        lose = {"drop": True, "overflow": True}
+
+        def read() -> list[Any]:
+            events = real_read()
+            if lose["drop"]:
+                dropped.extend(events)
+                return []
+            if lose["overflow"]:
+                lose["overflow"] = False
+                return [InotifyEvent(wd=-1, mask=flags.Q_OVERFLOW, cookie=0, name=""), *events]
+            return events
+
+        follower.watcher.read = read  # type: ignore[method-assign]
+        (tree / "new.h5").write_bytes(b"n")
+        os.rename(tree / "b.h5", tree / "c.h5")
+        (tree / "a.h5").unlink()
+        wait_for(lambda: any(e.name == "a.h5" and e.mask & flags.DELETE for e in dropped), "the events to be lost")
+        lose["drop"] = False
+        r.barrier(tree)  # its events come after the overflow
+        r.wait((CW, "/new.h5"), (MOVE, "/c.h5", "/b.h5"), (DELETE, "/a.h5"))
+        r.barrier(tree)
+        ev = [(k, p, o) for k, p, o in r.events() if not p.startswith("/marker")]
+        assert ev == [
+            (CW, "/a.h5", None),
+            (CW, "/b.h5", None),
+            (MOVE, "/c.h5", "/b.h5"),  # the walk's order: moves, deletions, then complete files
+            (DELETE, "/a.h5", None),
+            (CW, "/new.h5", None),
+        ]
+    finally:
+        r.stop()
+
+
+@no_db
 def test_first_start_announces_nothing_of_what_is_there(tree: Path, mode: str) -> None:
     (tree / "old.h5").write_bytes(b"old")
     r = Running(make(tree, mode=mode), MemorySink()).ready()

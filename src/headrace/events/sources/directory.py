@@ -244,6 +244,7 @@ class DirectorySource:
         self.scans = 0
         self.delivered = 0
         self.snapshot_bytes = 0
+        self.follower: _Follow | None = None
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -283,7 +284,8 @@ class DirectorySource:
             raise FileNotFoundError(errno.ENOENT, "The directory source's root does not exist", root)
         mode = self._choose()
         position = await sink.position()
-        book = _Book(self, sink, decode(await sink.state("snapshot")), int(position) if position else 0)
+        counter = int(position) if position and position.isdigit() else 0
+        book = _Book(self, sink, decode(await sink.state("snapshot")), counter)
         watcher = None
         if mode == "inotify":
             try:
@@ -301,7 +303,8 @@ class DirectorySource:
             await self._scan(book)
         else:
             try:
-                await _Follow(self, book, watcher).run()
+                self.follower = _Follow(self, book, watcher)
+                await self.follower.run()
             except OSError as e:
                 if self.config.mode == "auto" and e.errno == errno.ENOSPC:
                     log.warning("source %s: %s; scanning instead", self.name, e)
