@@ -1,5 +1,5 @@
 """Third-party copy's transport: the door's HTTP client to the remote (streamed both ways: a pull's GET
-through `tpc_http`, httpx for the rest).
+and a push's PUT through `tpc_http`, httpx for the small HEAD and DELETE).
 
 A pull reads the remote's GET response as if it were an upload's request body (`RemoteBody`, an ASGI
 `receive` over the response), so the bytes take the door's own upload path into a pool (`BlobStore.receive`:
@@ -121,9 +121,9 @@ class RemoteClient:
 
     async def put(
         self, url: str, headers: dict[str, str], size: int, chunks: AsyncIterator[bytes], progress: Progress
-    ) -> httpx.Response:
-        """PUT `size` bytes from `chunks` to `url` (no redirect followed: the body cannot be sent twice);
-        the response, RemoteFailure unless 2xx."""
+    ) -> dict[str, str]:
+        """PUT `size` bytes from `chunks` to `url` (no redirect followed: the body cannot be sent twice); the
+        response's headers, RemoteFailure unless 2xx."""
         progress.size = size
 
         async def counted() -> AsyncIterator[bytes]:
@@ -131,14 +131,14 @@ class RemoteClient:
                 progress.transferred += len(chunk)
                 yield chunk
 
-        sent = {**headers, "Content-Length": str(size)}
+        timeouts = {"connect_timeout": self.settings.connect_timeout, "idle_timeout": self.settings.idle_timeout}
         try:
-            r = await self.client.request("PUT", url, headers=sent, content=counted())
-        except httpx.HTTPError as exc:
-            raise RemoteFailure(f"PUT {url} failed: {describe(exc)}") from exc
-        if not r.is_success:
-            raise RemoteFailure(_reason(r.status_code, r.text, "PUT"))
-        return r
+            r, text = await tpc_http.put(url, headers, size, counted(), **timeouts)
+        except tpc_http.HttpFailure as exc:
+            raise RemoteFailure(f"PUT {url} failed: {exc}") from exc
+        if not 200 <= r.status < 300:
+            raise RemoteFailure(_reason(r.status, text, "PUT"))
+        return r.headers
 
     async def head_digest(self, url: str, headers: dict[str, str], want: str) -> str | None:
         """The remote's `Digest` for `url` (HEAD with Want-Digest), None if it names none."""

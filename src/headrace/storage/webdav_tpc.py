@@ -259,9 +259,9 @@ class ThirdPartyCopy(DoorBase):
         if digest:
             sent["Digest"] = digest  # the remote verifies it as it receives (dCache and headrace do)
         label = call.principal.external(node.path)
-        r = await self.remote.put(dest, sent, node.size, blob_chunks(store, node.blob, node.size, label), progress)
+        answer = await self.remote.put(dest, sent, node.size, blob_chunks(store, node.blob, node.size, label), progress)
         DOOR_BYTES.labels("out").inc(node.size)
-        theirs = remote_digest(r.headers.get("digest"), wanted)
+        theirs = remote_digest(answer.get("digest"), wanted)
         if not theirs and verify:
             theirs = remote_digest(await self.remote.head_digest(dest, headers, want_value), wanted)
         if theirs:
