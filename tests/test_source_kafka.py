@@ -357,11 +357,26 @@ def test_server_restart_resumes_without_loss_or_doubling(fresh_server: Server, k
     produce(kafka, topic, [v for i in range(200) for v in written(i, f"/dc/a{i:03d}")])
     srv = fresh_server.start()
     user, key, _ = add_user(srv, "kuser-" + uuid.uuid4().hex[:6])
-    config = {"kind": "kafka", "bootstrap": kafka.bootstrap, "topic": topic, "format": "billing"}
+    # Functions read the files through `door` (here the server's own door plays the remote dCache's)
+    with srv.door() as door:
+        assert door.request("MKCOL", "/dc").status_code == 201
+        assert door.put("/dc/a000", content=b"remote bytes\n").status_code == 201
+    config = {
+        "kind": "kafka",
+        "bootstrap": kafka.bootstrap,
+        "topic": topic,
+        "format": "billing",
+        "door": srv.door_url,
+        "basic": ":".join(srv.auth),
+        "readers": {"users": [user]},
+    }
     assert http("PUT", f"{srv.api_url}/api/v1/sources/dc", auth=(user, key), json=config).status_code == 403
     with srv.api() as api:
         assert api.put("/api/v1/sources/dc", json=config).status_code == 201
-    wait_rows(srv, "dc", 200)
+    first = wait_rows(srv, "dc", 200)
+    assert json.loads(first[0]["detail"])["url"] == srv.door_url + first[0]["path"]
+    r = http("GET", f"{srv.api_url}/api/v1/sources/dc/files/dc/a000", auth=(user, key), headers={"Range": "bytes=7-"})
+    assert (r.status_code, r.content) == (206, b"bytes\n")
     srv.stop()
     produce(kafka, topic, [v for i in range(150) for v in written(i, f"/dc/b{i:03d}")])
     srv.start()
