@@ -184,11 +184,16 @@ def test_minio_and_rgw_forms_of_the_secret(server: Server) -> None:
     assert post(server, name, body).json() == {"received": 1}
     body2 = minio_notification("ObjectCreated:Put", "daq", "run1/g.h5", version=None, sequencer="17B")
     assert post(server, name, body2, auth=SECRET).json() == {"received": 1}
-    # Ceph RGW's push endpoint with user:password in its URL: Basic, the password is the secret
-    body3 = {"Records": [aws_record("ObjectCreated:Put", "run1/h.h5", bucket="daq", version=None, sequencer="1")]}
+    # Ceph RGW's push endpoint with user:password in its URL: Basic, the password is the secret. RGW's record:
+    # eventVersion 2.2, an empty versionId on an unversioned bucket, eventId, metadata
+    rgw = aws_record("ObjectCreated:Put", "run1/h.h5", bucket="daq", version="", sequencer="A5BEA263AA549339")
+    rgw.update(eventVersion="2.2", eventSource="ceph:s3", awsRegion="my-store", eventId="1702.1234.x")
+    rgw["s3"]["object"]["metadata"] = [{"key": "x-amz-content-sha256", "value": ""}]
+    body3 = {"Records": [rgw]}
     basic = httpx.BasicAuth("rgw", SECRET)._auth_header
     assert post(server, name, body3, auth=basic).json() == {"received": 1}
     assert [r["path"] for r in source_rows(server, name)] == ["/daq/run1/f.h5", "/daq/run1/g.h5", "/daq/run1/h.h5"]
+    assert source_rows(server, name)[2]["source_key"] == "daq/run1/h.h5/A5BEA263AA549339/ObjectCreated:Put"
 
 
 def test_refusals(server: Server) -> None:
