@@ -357,6 +357,13 @@ def test_reading_a_sources_files(srv: Server, alice: tuple[str, str], bob: tuple
         problem(a.get(f"{SRC}/store8/files/d/broken.bin"), 502, "the remote went away")
         problem(a.get(f"{SRC}/store8/files/d/data.bin", headers={"Range": "bytes=5000-"}), 416)
         problem(b.get(f"{SRC}/store8/files/d/data.bin"), 404, "No such source")
+    # the SDK's client reads them the same way
+    from headrace.client import Client, ClientConfig, HeadraceClientError
+
+    with Client(ClientConfig(door=srv.door_url, api=srv.api_url, username=alice[0], key=alice[1])) as c:
+        assert c.read_bytes("/d/data.bin", source="store8") == bytes(range(256)) * 4
+        with pytest.raises(HeadraceClientError, match="No such file"):
+            c.read_bytes("/d/none.bin", source="store8")
     with srv.api() as api:
         assert api.delete(f"{SRC}/store8").status_code == 204
 

@@ -604,9 +604,13 @@ class Client:
             )
         return UploadResult(remote_path, size, adler, created=response.status_code == 201)
 
-    def read_bytes(self, remote_path: str) -> bytes:
-        """The whole content of a (small) file, in memory."""
+    def read_bytes(self, remote_path: str, *, source: str | None = None) -> bytes:
+        """The whole content of a (small) file, in memory. With `source`, the file of that event source (the
+        path its events name), read through the frontend with the source's credentials (a reader's right)."""
         remote_path = normalize_remote(remote_path)
+        if source is not None:
+            url = f"{self.config.api}/api/v1/sources/{quote(source, safe='')}/files{self._quote(remote_path)}"
+            return self._send("GET", url, path=remote_path).content
         return self._send("GET", self._door_url(remote_path), path=remote_path, follow_redirects=True).content
 
     def download(
