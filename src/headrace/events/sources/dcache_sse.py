@@ -194,6 +194,7 @@ class _Session:
         self.snapshot_dirty = False
         self.snapshot_saved = 0.0
         self.later: list[str] = []  # directories found in a batch, to watch and list after it
+        self.dropped: list[str] = []  # subscriptions of directories that left the tree, to delete after it
         self.door: DoorFiles | None = None
 
     # -- plumbing -------------------------------------------------------------------------------------
@@ -482,6 +483,8 @@ class _Session:
         await self.sink.deliver(events, self.position())
         if self.later:
             await self.list_new()
+        if self.dropped:
+            await self.unsubscribe()
         if time.monotonic() - self.snapshot_saved > SNAPSHOT_EVERY:
             await self.save_snapshot()
         if relist:
@@ -516,7 +519,7 @@ class _Session:
         response = await self.http.get(
             f"{self.cfg.url}/namespace{quote(path)}", params={"checksum": "true"}, headers=self.headers()
         )
-        if response.status_code == 404:
+        if response.status_code in (403, 404):  # gone already, or not ours to read: keyed by the event id
             return None
         raise_for(response, f"stat {path}")
         node: dict[str, Any] = response.json()
@@ -533,7 +536,7 @@ class _Session:
             return self.file(path, stats.get(path), self.sse_key(eid, name), remote)
         if flag in ("IN_CREATE", "IN_MOVED_TO") and is_dir:
             node = stats.get(path)
-            if self.cfg.recursive and not self.recursive_watch:
+            if self.cfg.recursive and (flag == "IN_MOVED_TO" or not self.recursive_watch):
                 return await self.new_directory(path, node, self.sse_key(eid, name), remote)
             return self.directory(path, node, self.sse_key(eid, name), remote)
         if flag == "IN_DELETE":
@@ -590,6 +593,10 @@ class _Session:
                 self.snapshot[new + p[len(old) :]] = self.snapshot.pop(p)
             self.snapshot_dirty = True
         if is_dir and self.cfg.recursive and not self.recursive_watch:
+            # a watch follows its directory across a rename: its events now name the new path
+            for url, d in self.subs.items():
+                if d == old or d.startswith(old + "/"):
+                    self.subs[url] = new + d[len(old) :]
             self.later.append(new)
         return RemoteEvent(
             key=self.sse_key(eid, name), kind=EventKind.MOVE, path=new, old_path=old, is_dir=is_dir,
@@ -604,6 +611,10 @@ class _Session:
             for p in [p for p in self.snapshot if p == path or p.startswith(path + "/")]:
                 del self.snapshot[p]
             self.snapshot_dirty = True
+        if is_dir:  # moved out of the tree (a deleted directory's watch closes by itself): stop following it
+            self.dropped += [u for u, d in self.subs.items() if d == path or d.startswith(path + "/")]
+            for url in self.dropped:
+                self.subs.pop(url, None)
         return RemoteEvent(key=key, kind=EventKind.DELETE, path=path, is_dir=is_dir, detail={"remote": {"id": eid}})
 
     def remember(self, path: str, entry: Entry) -> None:
@@ -636,7 +647,7 @@ class _Session:
         response = await self.http.get(
             f"{self.cfg.url}/namespace{quote(directory)}", params={"children": "true"}, headers=self.headers()
         )
-        if response.status_code == 404 and not root:
+        if response.status_code in (403, 404) and not root:  # gone, or closed to this user: not followed
             return
         raise_for(response, f"listing {directory}")
         for child in response.json().get("children") or []:
@@ -666,6 +677,13 @@ class _Session:
             elif old is None or old[2] or old[:2] != entry[:2]:
                 out.append(self.version(path, entry, relisted))
         return out
+
+    async def unsubscribe(self) -> None:
+        dropped, self.dropped = self.dropped, []
+        await self.save_channel()
+        for url in dropped:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.http.delete(url, headers=self.headers())
 
     async def list_new(self) -> None:
         """Watch and list the directories that appeared in the last batch (a tree watched directory by
