@@ -28,14 +28,30 @@ NODES: dict[str, dict[str, Any]] = {
     "/w/a": {"fileType": "REGULAR", "size": 3, "mtime": 1000, "creationTime": 900, "pnfsId": "P1",
              "checksums": [{"type": "ADLER32", "value": "024d0127"}]},
     "/w/sub": {"fileType": "DIR", "size": 512, "mtime": 2000, "creationTime": 2000},
+    "/w/in": {"fileType": "DIR", "size": 512, "mtime": 3000, "creationTime": 3000},
+    "/w/in/x": {"fileType": "REGULAR", "size": 7, "mtime": 3001, "creationTime": 3001},
 }  # fmt: skip
 
 
+#: What the session asked of the remote besides stats and listings: (method, URL path).
+CALLS: list[tuple[str, str]] = []
+
+
 def remote(request: httpx.Request) -> httpx.Response:
+    if "/events/channels/" in request.url.path:
+        CALLS.append((request.method, request.url.path))
+        if request.method == "POST":  # a subscription: its URL names the directory
+            target = json.loads(request.content)["path"]
+            return httpx.Response(201, headers={"Location": f"{CHANNEL}/subscriptions/inotify/at{target}"})
+        return httpx.Response(204)
     path = request.url.path.removeprefix("/api/v1/namespace")
     node = NODES.get(path)
     if node is None:
         return httpx.Response(404, json={"status": "404", "title": "Not Found", "detail": "No such file"})
+    if request.url.params.get("children") == "true":
+        prefix = path.rstrip("/") + "/"
+        kids = [{**n, "fileName": p[len(prefix) :]} for p, n in NODES.items() if p.startswith(prefix)]
+        return httpx.Response(200, json={**node, "children": [k for k in kids if "/" not in k["fileName"]]})
     return httpx.Response(200, json=node)
 
 
@@ -173,3 +189,38 @@ def test_a_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
     os.utime(token, ns=(1, 1))  # a different mtime whatever the clock's resolution
     assert creds.header() == "Bearer second, longer"
     assert Credentials({"basic": "u:k"}).header() == "Basic dTpr"
+
+
+@pytest.mark.parametrize("recursive_watch", [True, False])
+def test_a_directory_moved_in_is_listed_and_in_a_per_directory_tree_watched(recursive_watch: bool) -> None:
+    CALLS.clear()
+    sink = MemorySink()
+    s = session(sink, recursive_watch=recursive_watch)
+    asyncio.run(s.process([inotify(0, ["IN_MOVED_TO", "IN_ISDIR"], "in", cookie="c9")]))
+    got = [(e.kind.value, e.path, e.key) for e in sink.events]
+    assert got == [("CREATE", "/w/in", "dir:/w/in:3000"), ("CLOSE_WRITE", "/w/in/x", "file:/w/in/x:7:3001")]
+    subscribed = [c for c in CALLS if c[0] == "POST"]
+    assert subscribed == ([] if recursive_watch else [("POST", "/api/v1/events/channels/chan1/subscriptions/inotify")])
+
+
+def test_a_directory_moved_within_a_per_directory_tree_keeps_its_watch_and_one_moved_out_loses_it() -> None:
+    CALLS.clear()
+    sink = MemorySink()
+    s = session(sink, recursive_watch=False)
+    asyncio.run(
+        s.process(
+            [
+                inotify(0, ["IN_MOVED_FROM", "IN_ISDIR"], "sub", cookie="c1"),
+                inotify(1, ["IN_MOVED_TO", "IN_ISDIR"], "sub2", cookie="c1"),
+                inotify(2, ["IN_DELETE"], "f", sub=SUBDIR),  # the watch followed its directory
+            ]
+        )
+    )
+    assert [(e.kind.value, e.path, e.old_path) for e in sink.events] == [
+        ("MOVE", "/w/sub2", "/w/sub"),
+        ("DELETE", "/w/sub2/f", None),
+    ]
+    assert s.subs[SUBDIR] == "/w/sub2"
+    asyncio.run(s.process([inotify(3, ["IN_MOVED_FROM", "IN_ISDIR"], "sub2", cookie="c2")]))  # out of the tree
+    assert (sink.events[-1].kind.value, sink.events[-1].path) == ("DELETE", "/w/sub2")
+    assert SUBDIR not in s.subs and ("DELETE", "/api/v1/events/channels/chan1/subscriptions/inotify/s2") in CALLS
