@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -378,14 +379,15 @@ def test_server_restart_resumes_without_loss_or_doubling(fresh_server: Server, k
     r = http("GET", f"{srv.api_url}/api/v1/sources/dc/files/dc/a000", auth=(user, key), headers={"Range": "bytes=7-"})
     assert (r.status_code, r.content) == (206, b"bytes\n")
     srv.stop()
-    produce(kafka, topic, [v for i in range(150) for v in written(i, f"/dc/b{i:03d}")])
+    produce(kafka, topic, [v for i in range(150) for v in written(i, f"/dc/b{i:03d}")], partition=1)
+    produce(kafka, topic, [b"\xffnot a billing record"], partition=1)
     srv.start()
     got = wait_rows(srv, "dc", 350)
     with srv.api() as api:
         deadline = time.monotonic() + 30
         while True:
             state = api.get("/api/v1/sources/dc").json()["state"]
-            if sum(json.loads(state["position"] or "{}").values()) == 350 and state.get("lag") == 0:
+            if sum(json.loads(state["position"] or "{}").values()) == 351 and state.get("lag") == 0:
                 break
             assert time.monotonic() < deadline, state
             time.sleep(0.2)
@@ -396,3 +398,5 @@ def test_server_restart_resumes_without_loss_or_doubling(fresh_server: Server, k
     )
     assert {r["kind"] for r in got} == {"CLOSE_WRITE"}
     assert state["received"] == 350
+    assert state["skipped"] == 1  # the undecodable record, counted and passed
+    assert re.match(rf"{topic}/1/\d+: not JSON", state["lastSkipped"])

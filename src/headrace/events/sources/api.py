@@ -95,8 +95,9 @@ def shown(row: SourceRow) -> dict[str, Any]:
         "lastError": row.last_error,
         "lastErrorTime": _ms(row.last_error_time),
     }
-    if "lag" in row.state:
-        state["lag"] = row.state["lag"]
+    for key in ("lag", "skipped", "lastSkipped"):  # kinds that report them (kafka: records not decodable)
+        if key in row.state:
+            state[key] = row.state[key]
     return {
         "name": row.name,
         "kind": row.kind,
