@@ -417,6 +417,15 @@ def test_the_source_cli(srv: Server, alice: tuple[str, str], tmp_path: Path) -> 
                                             "--basic", "u:k"), code=2)  # fmt: skip
     env = {"HEADRACE_USER": alice[0], "HEADRACE_KEY": alice[1]}
     assert "administrators" in one_line_error(run(srv, "source", "rm", "cli1", env=env))
+    # a function on the source's events
+    code = tmp_path / "echo.py"
+    code.write_text(ECHO)
+    ok(run(srv, "fn", "deploy", "cli-echo", str(code), "--path", "/c", "--source", "cli1"))
+    with srv.api() as api:
+        feed = api.get(f"{NS}/triggers/cli-echo-trigger").json()["feedParameters"]
+        assert feed["source"] == "cli1" and feed["path"] == "/c", feed
+    assert "from cli1" in ok(run(srv, "fn", "list"))
+    assert "--path" in one_line_error(run(srv, "fn", "deploy", "cli-x", str(code), "--source", "cli1"), code=2)
     assert json.loads(ok(run(srv, "source", "rm", "cli1", "--json"))) == {"status": "success", "name": "cli1"}
     assert "No such source" in one_line_error(run(srv, "source", "get", "cli1"))
 
