@@ -222,16 +222,31 @@ def test_an_event_delivered_twice_enters_the_log_once(srv: Server, tmp_path: Pat
         assert api.delete(f"{SRC}/twice").status_code == 204
 
 
-def test_a_failing_source_shows_its_error_and_a_refused_configuration_is_not_retried(
-    srv: Server, tmp_path: Path
-) -> None:
-    remote = Remote(tmp_path / "r5")
+def test_a_failing_source_is_restarted_and_a_refused_configuration_is_not(srv: Server, tmp_path: Path) -> None:
+    failing, refused = Remote(tmp_path / "r5"), Remote(tmp_path / "r5b")
+
+    def runs(remote: Remote) -> int:
+        log = remote.root / "runs.log"
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
     with srv.api() as api:
-        assert api.put(f"{SRC}/failing", json={"kind": "fixture", "root": str(remote.root),
+        assert api.put(f"{SRC}/failing", json={"kind": "fixture", "root": str(failing.root),
                                                "fail": "the remote is down"}).status_code == 201  # fmt: skip
+        assert api.put(f"{SRC}/refused", json={"kind": "fixture", "root": str(refused.root),
+                                               "refuse": "no such topic"}).status_code == 201  # fmt: skip
         state = wait_for(lambda: api.get(f"{SRC}/failing").json()["state"]["lastError"], "an error recorded")
         assert state == "RuntimeError: the remote is down"
-        assert api.delete(f"{SRC}/failing").status_code == 204
+        wait_for(lambda: runs(failing) >= 2, "the failing source restarted (after 1 s)")
+        error = wait_for(lambda: api.get(f"{SRC}/refused").json()["state"]["lastError"], "the refusal recorded")
+        assert error == "SourceConfigError: no such topic"
+        # by the time the failing one has been restarted twice more (after 2 s, 4 s), the refused one never was
+        wait_for(lambda: runs(failing) >= 4, "the failing source restarted with backoff", timeout=90)
+        assert runs(refused) == 1
+        # until it is changed
+        assert api.put(f"{SRC}/refused", json={"kind": "fixture", "root": str(refused.root)}).status_code == 200
+        wait_for(lambda: runs(refused) == 2, "the changed source started")
+        for name in ("failing", "refused"):
+            assert api.delete(f"{SRC}/{name}").status_code == 204
 
 
 def test_the_position_survives_a_kill(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ a remote system would emit them, and serves files from a directory.
 
 Configuration: `root` (a directory holding `events.jsonl` and `files/`), optionally `replay` (true: start from
 the first line whatever the stored position says, as a kind re-delivering after a loss would), `batch` (events
-per delivery, default 1), `fail` (a sentence: every run raises it), `bearer` and `basic` (taken and unused:
-credentials for the API to keep and hide). Each line: {"key", "kind", "path", and
+per delivery, default 1), `fail` (a sentence: every run raises it), `refuse` (every run raises it as a
+SourceConfigError), `bearer` and `basic` (taken and unused: credentials for the API to keep and hide). Each run
+adds a line to `runs.log` in the root. Each line: {"key", "kind", "path", and
 optionally "size", "old_path", "is_dir", "detail"}. The position is the number of lines delivered.
 """
 
@@ -50,17 +51,24 @@ class FixtureFiles:
 
 
 class FixtureSource:
-    def __init__(self, name: str, root: Path, *, replay: bool, batch: int, fail: str | None) -> None:
+    def __init__(
+        self, name: str, root: Path, *, replay: bool, batch: int, fail: str | None, refuse: str | None
+    ) -> None:
         self.name = name
         self.root = root
         self.replay = replay
         self.batch = batch
         self.fail = fail
+        self.refuse = refuse
 
     def files(self) -> RemoteFiles | None:
         return FixtureFiles(self.root / "files")
 
     async def run(self, sink: Sink) -> None:
+        with (self.root / "runs.log").open("a") as f:
+            f.write("run\n")  # how often the runner started it
+        if self.refuse:
+            raise SourceConfigError(self.refuse)
         if self.fail:
             raise RuntimeError(self.fail)
         stored = await sink.position()
@@ -93,7 +101,7 @@ def _event(raw: dict[str, Any]) -> RemoteEvent:
 
 
 def build(name: str, config: Mapping[str, Any]) -> FixtureSource:
-    unknown = sorted(set(config) - {"root", "replay", "batch", "fail", "bearer", "basic"})
+    unknown = sorted(set(config) - {"root", "replay", "batch", "fail", "refuse", "bearer", "basic"})
     if unknown:
         raise SourceConfigError(f"The fixture kind takes no option {unknown[0]!r}")
     root = config.get("root")
@@ -103,5 +111,6 @@ def build(name: str, config: Mapping[str, Any]) -> FixtureSource:
     if not isinstance(batch, int) or batch < 1:
         raise SourceConfigError("batch must be a positive integer")
     return FixtureSource(
-        name, Path(root), replay=bool(config.get("replay")), batch=batch, fail=config.get("fail") or None
-    )
+        name, Path(root), replay=bool(config.get("replay")), batch=batch, fail=config.get("fail") or None,
+        refuse=config.get("refuse") or None,
+    )  # fmt: skip

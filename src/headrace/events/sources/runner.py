@@ -39,6 +39,7 @@ BACKOFF_FIRST, BACKOFF_MAX = 1.0, 60.0
 @dataclass
 class Running:
     version: int
+    created: int  # a source deleted and made again under its name starts at version 1 again
     generation: int
     task: asyncio.Task[None]
 
@@ -55,8 +56,8 @@ class SourceRunner:
         self.holder = holder[:128]
         self.poll = poll
         self.running: dict[str, Running] = {}
-        #: name -> the version whose configuration the kind refused: not started again until it changes.
-        self.refused: dict[str, int] = {}
+        #: name -> the (version, created) whose configuration the kind refused: not started until it changes.
+        self.refused: dict[str, tuple[int, int]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._renewed = 0.0
         self._wake = asyncio.Event()
@@ -94,7 +95,7 @@ class SourceRunner:
         rows = {r.name: r for r in await self.db.read(self.store.all)}
         for name, run in list(self.running.items()):
             row = rows.get(name)
-            if row is None or row.version != run.version or run.task.done():
+            if row is None or (row.version, row.created) != (run.version, run.created) or run.task.done():
                 await self._stop_one(name, release=row is not None)
         loop = asyncio.get_running_loop()
         if self.running and loop.time() - self._renewed >= RENEW_SECONDS:
@@ -104,11 +105,11 @@ class SourceRunner:
             for name in lost:
                 log.warning("sources: %s is run by another controller now; stopped here", name)
                 await self._stop_one(name, release=False)
-        for name in [n for n in self.refused if n not in rows]:
+        for name in [n for n, (_, created) in self.refused.items() if n not in rows or rows[n].created != created]:
             del self.refused[name]
         now = now_us()
         for row in rows.values():
-            if row.name in self.running or self.refused.get(row.name) == row.version:
+            if row.name in self.running or self.refused.get(row.name) == (row.version, row.created):
                 continue
             if row.holder not in (None, self.holder) and (row.lease_until or 0) > now:
                 continue
@@ -116,7 +117,7 @@ class SourceRunner:
             if generation is None:
                 continue
             task = asyncio.create_task(self._run(row, generation), name=f"source {row.name}")
-            self.running[row.name] = Running(row.version, generation, task)
+            self.running[row.name] = Running(row.version, row.created, generation, task)
             SOURCE_RUNNING.labels(row.name).set(1)
             log.info("sources: running %s (%s), generation %d", row.name, row.kind, generation)
 
@@ -155,7 +156,7 @@ class SourceRunner:
                 return
             except SourceConfigError as exc:
                 log.error("sources: %s cannot run with its configuration: %s", row.name, exc)
-                self.refused[row.name] = row.version
+                self.refused[row.name] = (row.version, row.created)
                 await self._record(row.name, generation, describe(exc))
                 return
             except Exception as exc:
