@@ -311,6 +311,16 @@ def test_lag_is_reported(kafka: KafkaBroker) -> None:
 
 
 @in_memory
+def test_a_missing_topic_is_an_error_after_a_while(kafka: KafkaBroker) -> None:
+    topic = f"missing-{uuid.uuid4().hex[:8]}"
+    source = kinds.build("gone", "kafka", {"bootstrap": kafka.bootstrap, "topic": topic})
+    assert isinstance(source, KafkaSource)
+    source.feed.TOPIC_WAIT = 1.0
+    with pytest.raises(RuntimeError, match=f"Kafka topic '{topic}' at {kafka.bootstrap}: .*(topic|partition)"):
+        run_until(source, MemorySink(), lambda: False, timeout=60)
+
+
+@in_memory
 def test_configuration_is_checked() -> None:
     ok = {"bootstrap": "127.0.0.1:9", "topic": "t"}
     assert kinds.build("x", "kafka", ok).files() is None

@@ -307,6 +307,8 @@ class Feed:
     POLL = 0.5
     #: How often the lag is brought up to date and new partitions looked for (s).
     REFRESH = 5.0
+    #: How long to wait for the topic to exist (s) before failing (the runner starts the source again later).
+    TOPIC_WAIT = 30.0
 
     def __init__(
         self,
@@ -381,27 +383,34 @@ class Feed:
             self._executor.shutdown(wait=False)
 
     async def _wait_for_partitions(self) -> list[int]:
+        """The topic's partitions, once it is there; RuntimeError (shown as the source's last error, and
+        the source started again with a backoff) when it has not been found for TOPIC_WAIT seconds."""
         said = False
+        deadline = time.monotonic() + self.TOPIC_WAIT
         while True:
-            parts = await self._call(self._partitions)
+            parts, reason = await self._call(self._partitions)
             if parts:
                 return parts
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kafka topic {self.topic!r} at {self.bootstrap}: {reason}")
             if not said:
-                log.info("source %s: waiting for topic %r to exist at %s", self.name, self.topic, self.bootstrap)
+                log.info("source %s: waiting for topic %r at %s: %s", self.name, self.topic, self.bootstrap, reason)
                 said = True
             await asyncio.sleep(1.0)
 
-    def _partitions(self) -> list[int]:
+    def _partitions(self) -> tuple[list[int], str]:
+        """The topic's partitions (none: not there, or the brokers unreachable, and why)."""
         assert self._consumer is not None
         try:
             md = self._consumer.list_topics(self.topic, timeout=10)
         except Exception as exc:  # KafkaException: brokers unreachable
-            log.debug("source %s: metadata: %s", self.name, exc)
-            return []
+            return [], f"no answer from the brokers ({exc})"
         found = md.topics.get(self.topic)
-        if found is None or found.error is not None:
-            return []
-        return sorted(found.partitions)
+        if found is None:
+            return [], "no such topic"
+        if found.error is not None:
+            return [], found.error.str()
+        return sorted(found.partitions), ""
 
     def _assign(self, parts: Sequence[int], *, initial: bool) -> None:
         """Assign `parts` at the stored position, else the group's committed offset, else the earliest."""
@@ -448,7 +457,7 @@ class Feed:
                 await self._deliver(sink, msgs, errors_said)
             if time.monotonic() - last_refresh >= self.REFRESH:
                 last_refresh = time.monotonic()
-                parts = await self._call(self._partitions)
+                parts, _ = await self._call(self._partitions)
                 new = [p for p in parts if p not in assigned]
                 if new:
                     log.info("source %s: topic %r has new partitions %s", self.name, self.topic, new)
