@@ -401,3 +401,51 @@ def test_kind_of_an_event() -> None:
     assert isinstance(src, S3Source)
     (ev,) = src.events({"Records": [aws_record("ObjectTagging:Put", "t")]})
     assert ev.kind is EventKind.ATTRIB and ev.size is None
+
+
+# -- end to end: a function triggered by a notification reads the object through ctx.storage -------------------------
+
+READER = """\
+def main(event, ctx):
+    data = ctx.storage.read(event["path"], source=event["source"])
+    return {"path": event["path"], "mask": event.get("mask"), "size": len(data), "head": data[:6].decode()}
+"""
+NS = "/api/v1/namespaces/_"
+
+
+def test_a_function_reads_the_object_it_was_told_of(server: Server, s3: S3Emulator) -> None:
+    s3.client().create_bucket(Bucket="e2e")
+    s3.client().put_object(Bucket="e2e", Key="run 9/frame.h5", Body=b"HDF5..." + bytes(1000))
+    alice, alice_key, _ = add_user(server, "s3fn-" + uuid.uuid4().hex[:6])
+    name = "s3-" + uuid.uuid4().hex[:8]
+    with server.api() as api:
+        body = {
+            "kind": "s3",
+            "secret": SECRET,
+            "endpoint": s3.endpoint,
+            "access_key": "AKIDEXAMPLE",
+            "secret_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            "readers": {"users": [alice]},
+        }
+        assert api.put(f"/api/v1/sources/{name}", json=body).status_code == 201
+    with httpx.Client(base_url=server.api_url, auth=(alice, alice_key), timeout=60) as a:
+        action = {"exec": {"kind": "python:3", "code": READER}, "annotations": [{"key": "storage", "value": True}]}
+        assert a.put(f"{NS}/actions/s3reader?overwrite=true", json=action).status_code == 200
+        feed = {"path": "/", "source": name, "recursive": True}
+        assert a.put(f"{NS}/triggers/s3reader-t?overwrite=true", json={"feed": feed}).status_code == 200
+        rule = {"trigger": "/_/s3reader-t", "action": "/_/s3reader"}
+        assert a.put(f"{NS}/rules/s3reader-r?overwrite=true", json=rule).status_code == 200
+        record = aws_record("ObjectCreated:Put", "run+9/frame.h5", bucket="e2e", size=1007, version=None)
+        assert post(server, name, {"Records": [record]}).json() == {"received": 1}
+        assert post(server, name, {"Records": [record]}).json() == {"received": 0}  # retried: no second run
+        deadline = time.monotonic() + 90
+        while True:
+            r = a.get(f"{NS}/activations", params={"name": "s3reader", "docs": "true", "limit": 50})
+            done = [x for x in r.json() if x.get("state") == "done"]
+            if done:
+                break
+            assert time.monotonic() < deadline, (r.json(), server.log()[-3000:])
+            time.sleep(0.2)
+        assert [x["response"]["result"] for x in done] == [
+            {"path": "/e2e/run 9/frame.h5", "mask": ["IN_CLOSE_WRITE"], "size": 1007, "head": "HDF5.."}
+        ]
