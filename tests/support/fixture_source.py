@@ -4,10 +4,11 @@ a remote system would emit them, and serves files from a directory.
 
 Configuration: `root` (a directory holding `events.jsonl` and `files/`), optionally `replay` (true: start from
 the first line whatever the stored position says, as a kind re-delivering after a loss would), `batch` (events
-per delivery, default 1), `fail` (a sentence: every run raises it), `refuse` (every run raises it as a
-SourceConfigError), `bearer` and `basic` (taken and unused: credentials for the API to keep and hide). Each run
-adds a line to `runs.log` in the root. Each line: {"key", "kind", "path", and
-optionally "size", "old_path", "is_dir", "detail"}. The position is the number of lines delivered.
+per delivery, default 1), `pace` (seconds between deliveries), `fail` (a sentence: every run raises it),
+`refuse` (every run raises it as a SourceConfigError), `bearer` and `basic` (taken and unused: credentials for
+the API to keep and hide). Each run adds a line to `runs.log` in the root. Each line of events.jsonl:
+{"key", "kind", "path", and optionally "size", "old_path", "is_dir", "url", "detail"}. The position is the
+number of lines delivered.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class FixtureFiles:
 
 class FixtureSource:
     def __init__(
-        self, name: str, root: Path, *, replay: bool, batch: int, fail: str | None, refuse: str | None
+        self, name: str, root: Path, *, replay: bool, batch: int, fail: str | None, refuse: str | None, pace: float
     ) -> None:
         self.name = name
         self.root = root
@@ -60,6 +61,7 @@ class FixtureSource:
         self.batch = batch
         self.fail = fail
         self.refuse = refuse
+        self.pace = pace
 
     def files(self) -> RemoteFiles | None:
         return FixtureFiles(self.root / "files")
@@ -83,6 +85,8 @@ class FixtureSource:
                 await sink.deliver(events, str(done + len(take)))
                 done += len(take)
                 await sink.set_state("lag", len(complete) - done)
+                if self.pace:
+                    await asyncio.sleep(self.pace)  # a remote that sends its events one by one
                 continue
             await asyncio.sleep(0.05)
 
@@ -101,7 +105,7 @@ def _event(raw: dict[str, Any]) -> RemoteEvent:
 
 
 def build(name: str, config: Mapping[str, Any]) -> FixtureSource:
-    unknown = sorted(set(config) - {"root", "replay", "batch", "fail", "refuse", "bearer", "basic"})
+    unknown = sorted(set(config) - {"root", "replay", "batch", "fail", "refuse", "pace", "bearer", "basic"})
     if unknown:
         raise SourceConfigError(f"The fixture kind takes no option {unknown[0]!r}")
     root = config.get("root")
@@ -112,5 +116,5 @@ def build(name: str, config: Mapping[str, Any]) -> FixtureSource:
         raise SourceConfigError("batch must be a positive integer")
     return FixtureSource(
         name, Path(root), replay=bool(config.get("replay")), batch=batch, fail=config.get("fail") or None,
-        refuse=config.get("refuse") or None,
+        refuse=config.get("refuse") or None, pace=float(config.get("pace") or 0),
     )  # fmt: skip
