@@ -153,6 +153,8 @@ class Settings:
     #: cluster); empty: http://host:port of this process.
     public_door_url: str = ""
     public_api_url: str = ""
+    #: The trusted JWT issuers file (YAML, auth/issuers.py); empty: bearer JWTs are refused.
+    token_issuers: str = ""
     #: Tape: the HSM and when pools flush, evict and stage (headrace.tape.config).
     tape: TapeSettings = field(default_factory=TapeSettings)
 
@@ -207,6 +209,7 @@ class Settings:
             log_poll=float(os.environ.get("HEADRACE_LOG_POLL") or 0.0),
             public_door_url=os.environ.get("HEADRACE_PUBLIC_DOOR_URL") or "",
             public_api_url=os.environ.get("HEADRACE_PUBLIC_API_URL") or "",
+            token_issuers=os.environ.get("HEADRACE_TOKEN_ISSUERS") or "",
             tape=TapeSettings.from_env(),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}

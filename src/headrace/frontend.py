@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from headrace import __version__
+from headrace.auth.access import Principal
 from headrace.errors import (
     Forbidden,
     HeaderTooLarge,
@@ -228,6 +229,22 @@ def create_app(
 
         functions_api.install(app, service, controller)
 
+    def authentication(principal: Principal) -> dict[str, Any]:
+        """How the caller was authenticated and what its token allows (`headrace whoami`)."""
+        r = principal.restrictions
+        out: dict[str, Any] = {"method": principal.method}
+        if principal.token is not None:
+            out["token"] = principal.token
+        if r is not None:
+            out["restrictions"] = {
+                "paths": r.paths,
+                "root": r.root,
+                "activities": sorted(r.activities) if r.activities is not None else None,
+                "grants": [[{"path": p, "activities": sorted(a)} for p, a in g] for g in r.grants],
+                "before": r.before.isoformat() if r.before is not None else None,
+            }
+        return out
+
     @app.get("/api/v1/user", summary="Who the caller is")
     async def user(request: Request) -> Any:
         scope = request.scope
@@ -247,6 +264,7 @@ def create_app(
             "username": s.username,
             "homeDirectory": home,
             "rootDirectory": principal.root,
+            "authentication": authentication(principal),
         }
 
     @app.get("/healthz", summary="Liveness and readiness")

@@ -16,12 +16,17 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
+from headrace.auth.jwt_bearer import invalid_token, looks_like_jwt
 from headrace.auth.macaroons import MacaroonAuthority, Restrictions
 from headrace.auth.subject import ANONYMOUS, Subject
 from headrace.auth.users import Users
 from headrace.errors import Forbidden, NotFound, TooManyRequests, Unauthorized
 from headrace.storage.paths import from_url_path, is_within, normalize
+
+if TYPE_CHECKING:
+    from headrace.auth.jwt_bearer import JwtVerifier
 
 # What each activity lets a token holder do on ancestors of its allowed paths: just enough to find them.
 _ANCESTOR_OK = {"READ_METADATA", "LIST"}
@@ -31,7 +36,9 @@ _ANCESTOR_OK = {"READ_METADATA", "LIST"}
 class Principal:
     subject: Subject
     restrictions: Restrictions | None = None
-    method: str = "basic"  # basic | macaroon | anonymous
+    method: str = "basic"  # basic | macaroon | jwt | anonymous
+    #: For a JWT: its issuer, subject, kind (capability | identity), scopes, expiry, grants (whoami shows it).
+    token: dict[str, Any] | None = None
 
     @property
     def root(self) -> str:
@@ -74,9 +81,10 @@ class Principal:
         """Whether a listing may show `path` to this principal: a path-limited token sees, in the
         directories above its paths, only the entries that lead to them (as dCache filters them)."""
         r = self.restrictions
-        if r is None or not r.paths:
+        if r is None:
             return True
-        return all(is_within(path, allowed) or is_within(allowed, path) for allowed in r.paths)
+        related = all(is_within(path, allowed) or is_within(allowed, path) for allowed in r.paths)
+        return related and all(any(_related(path, p) for p, _ in grants) for grants in r.grants)
 
     def check_reach(self, path: str) -> None:
         """Raise Forbidden if no activity of the token could ever apply at `path` (neither within its paths
@@ -87,6 +95,9 @@ class Principal:
             return
         for allowed in r.paths:
             if not (is_within(path, allowed) or is_within(allowed, path)):
+                raise Forbidden(f"Permission denied: the token does not allow access to {self.external(path)}")
+        for grants in r.grants:
+            if not any(_related(path, p) for p, _ in grants):
                 raise Forbidden(f"Permission denied: the token does not allow access to {self.external(path)}")
 
     def check(self, activity: str, path: str) -> None:
@@ -104,6 +115,23 @@ class Principal:
             if activity in _ANCESTOR_OK and is_within(allowed, path):
                 continue
             raise Forbidden(f"Permission denied: the token does not allow access to {self.external(path)}")
+        for grants in r.grants:
+            if not any(_grants(activity, path, p, acts) for p, acts in grants):
+                where = {p for p, acts in grants if activity in acts}
+                if not where:
+                    raise Forbidden(f"Permission denied: the token does not allow {activity}")
+                raise Forbidden(f"Permission denied: the token allows {activity} only under {', '.join(sorted(where))}")
+
+
+def _related(path: str, allowed: str) -> bool:
+    return is_within(path, allowed) or is_within(allowed, path)
+
+
+def _grants(activity: str, path: str, allowed: str, activities: frozenset[str]) -> bool:
+    """Whether one (path, activities) grant allows `activity` at `path` (ancestors: just enough to find it)."""
+    if is_within(path, allowed):
+        return activity in activities
+    return activity in _ANCESTOR_OK and is_within(allowed, path)
 
 
 class FailedLogins:
@@ -165,9 +193,12 @@ class Authenticator:
         *,
         anonymous: bool = False,
         failed_logins: FailedLogins | None = None,
+        jwt: JwtVerifier | None = None,
     ) -> None:
         self.users = users
         self.macaroons = macaroons
+        #: Bearer JWTs from the trusted issuers (--token-issuers); None: no issuer is trusted.
+        self.jwt = jwt
         self.anonymous = anonymous
         self.failed_logins = failed_logins or FailedLogins()
 
@@ -182,7 +213,10 @@ class Authenticator:
             if scheme == "basic":
                 return await self._basic(value.strip(), client_ip)
             if scheme == "bearer":
-                return await self._macaroon(value.strip(), client_ip)
+                token = value.strip()
+                if looks_like_jwt(token):
+                    return await self._jwt(token)
+                return await self._macaroon(token, client_ip)
             raise Unauthorized(f"Unsupported authorization scheme: {scheme}")
         if self.anonymous:
             return Principal(ANONYMOUS, None, "anonymous")
@@ -205,6 +239,14 @@ class Authenticator:
             self.failed_logins.failed(client_ip, username)
             raise Unauthorized("Invalid username or key")
         return Principal(user.subject, None, "basic")
+
+    async def _jwt(self, token: str) -> Principal:
+        if self.jwt is None:
+            raise invalid_token("this server trusts no token issuer (see --token-issuers)")
+        from headrace.auth.jwt_bearer import jwt_principal_parts
+
+        user, restrictions, info = await jwt_principal_parts(self.jwt, token)
+        return Principal(user.subject, restrictions, "jwt", info)
 
     async def _macaroon(self, token: str, client_ip: str | None) -> Principal:
         r = self.macaroons.verify(token)

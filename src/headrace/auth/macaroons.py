@@ -2,8 +2,10 @@
 
 Caveats understood: `id:<uid>;<gid,...>;<username>`, `path:<absolute path>` (the token may act only at
 or below it; several must all hold), `root:<path>` (the token sees that directory as '/'),
-`activity:A,B` (intersection when several), `before:<ISO-8601 time>`, `ip:<cidr>[,<cidr>]`, and
-`cause:<activation id>` (the changes the token makes are that activation's).
+`activity:A,B` (intersection when several), `before:<ISO-8601 time>`, `ip:<cidr>[,<cidr>]`,
+`grants:<JSON [[path, [activity, ...]], ...]>` (activities allowed per path, as a WLCG or SciTokens JWT's
+scopes give them: any one grant of the caveat may allow an action, and several such caveats must all allow
+it), and `cause:<activation id>` (the changes the token makes are that activation's).
 
 Anyone holding a macaroon may append caveats to it, never insert or remove one: the caveats the server
 minted are a prefix that only it can have written. So the caveats that say something the server vouches
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import re
 import secrets
@@ -70,8 +73,31 @@ class Restrictions:
     activities: set[str] | None = None  # None: all
     before: datetime | None = None
     networks: list[list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = field(default_factory=list)
+    #: Per-path activities (`grants:` caveats, a capability JWT's scopes): each set must allow an action,
+    #: and a set allows it when one of its (path, activities) grants does.
+    grants: list[list[tuple[str, frozenset[str]]]] = field(default_factory=list)
     #: The narrowing caveats (all but `id:` and `cause:`), in order: what a token minted from this one keeps.
     caveats: list[str] = field(default_factory=list)
+
+
+def grants_caveat(grants: list[tuple[str, frozenset[str]]]) -> str:
+    """The `grants:` caveat for a set of (path, activities) grants."""
+    return "grants:" + json.dumps([[p, sorted(a)] for p, a in grants], separators=(",", ":"))
+
+
+def _parse_grants(value: str) -> list[tuple[str, frozenset[str]]]:
+    raw = json.loads(value)
+    if not isinstance(raw, list):
+        raise ValueError("grants: expected a list")
+    out: list[tuple[str, frozenset[str]]] = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], list)):
+            raise ValueError("grants: expected [path, [activity, ...]] items")
+        acts = frozenset(str(a) for a in item[1])
+        if not acts <= set(ACTIVITIES):
+            raise ValueError("grants: unknown activity")
+        out.append((normalize(item[0]), acts))
+    return out
 
 
 def parse_validity(text: str) -> timedelta:
@@ -110,6 +136,11 @@ def check_caveat(caveat: str) -> str:
             except ValueError as exc:
                 raise BadRequest(f"Bad caveat {caveat!r}: {exc}") from exc
         return caveat
+    if key == "grants":
+        try:
+            return grants_caveat(_parse_grants(value))
+        except ValueError as exc:
+            raise BadRequest(f"Bad caveat {caveat!r}: {exc}") from exc
     if key in SERVER_CAVEATS:
         raise BadRequest(f"Bad caveat {caveat!r}: the server alone sets {key}: caveats")
     raise BadRequest(f"Bad caveat {caveat!r}: unknown caveat type {key!r}")
@@ -142,6 +173,8 @@ def _narrow(r: Restrictions, caveat: str) -> None:
         r.before = t if r.before is None else min(r.before, t)
     elif key == "ip":
         r.networks.append([ipaddress.ip_network(n.strip(), strict=False) for n in value.split(",")])
+    elif key == "grants":
+        r.grants.append(_parse_grants(value))
     else:
         raise ValueError(f"unknown caveat {caveat!r}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from headrace import __version__
-from headrace.cli import catalogue, demo, events, files, functions, roles, sources, tape, token, transfer
+from headrace.cli import catalogue, demo, events, files, functions, roles, sources, tape, token, transfer, whoami
 from headrace.cli.common import HeadraceGroup
 from headrace.cli.pool import pool
 from headrace.cli.up import up
@@ -35,6 +35,7 @@ functions.register(app)
 roles.register(app)
 tape.register(app)
 sources.register(app)
+whoami.register(app)
 
 
 def _version(value: bool) -> None:

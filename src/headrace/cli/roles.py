@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from headrace.cli.common import usage_error
+from headrace.cli.up import TOKEN_ISSUERS, check_token_issuers
 from headrace.config import Settings
 from headrace.extras import require_server
 
@@ -39,8 +40,13 @@ def _settings(**overrides: Any) -> Settings:
         settings.check_activations()
     except ValueError as exc:
         usage_error(str(exc))
+    check_token_issuers(settings)
     require_server(settings.db_url, settings.kafka)
     return settings
+
+
+def _path(value: Path | None) -> str | None:
+    return str(value) if value is not None else None
 
 
 def door(
@@ -51,6 +57,7 @@ def door(
     door_url: str | None = DOOR_URL,
     api_url: str | None = API_URL,
     anonymous: bool | None = typer.Option(None, "--anonymous/--no-anonymous", help="Allow unauthenticated reads"),
+    token_issuers: Path | None = TOKEN_ISSUERS,
 ) -> None:
     """Run a WebDAV door (stateless but for WebDAV locks; as many as you like, on one database)."""
     from headrace.server import main_role
@@ -58,7 +65,7 @@ def door(
     main_role(
         _settings(
             data_dir=data, db_url=db, host=host, door_port=port, public_door_url=door_url,
-            public_api_url=api_url, anonymous=anonymous,
+            public_api_url=api_url, anonymous=anonymous, token_issuers=_path(token_issuers),
         ),
         "door",
     )  # fmt: skip
@@ -76,13 +83,14 @@ def frontend(
     door_url: str | None = DOOR_URL,
     api_url: str | None = API_URL,
     anonymous: bool | None = typer.Option(None, "--anonymous/--no-anonymous", help="Allow unauthenticated reads"),
+    token_issuers: Path | None = TOKEN_ISSUERS,
 ) -> None:
     """Run a frontend: namespace, events and functions APIs (invokes go to the invokers through --kafka)."""
     from headrace.server import main_role
 
     settings = _settings(
         data_dir=data, db_url=db, host=host, api_port=port, kafka=kafka, public_door_url=door_url,
-        public_api_url=api_url, anonymous=anonymous,
+        public_api_url=api_url, anonymous=anonymous, token_issuers=_path(token_issuers),
     )  # fmt: skip
     main_role(settings, "frontend", channels_dir=channels)
 

@@ -7,8 +7,26 @@ from pathlib import Path
 
 import typer
 
+from headrace.cli.common import CliError
 from headrace.config import Settings
 from headrace.extras import require_server
+
+#: `--token-issuers`, on `headrace up` and on the roles that authenticate requests (door, frontend).
+TOKEN_ISSUERS = typer.Option(
+    None,
+    "--token-issuers",
+    help="YAML file of trusted JWT issuers (env HEADRACE_TOKEN_ISSUERS; see docs/authentication.md)",
+)
+
+
+def check_token_issuers(settings: Settings) -> None:
+    """Refuse, as one line, an issuers file that cannot be used: before anything starts."""
+    from headrace.auth.issuers import IssuersError, load_issuers
+
+    try:
+        load_issuers(settings.token_issuers)
+    except IssuersError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def up(
@@ -40,6 +58,7 @@ def up(
     tape_simulator: Path | None = typer.Option(
         None, "--tape-simulator", help="Use the shipped tape simulator, cartridges in DIR (env HEADRACE_TAPE_SIMULATOR)"
     ),
+    token_issuers: Path | None = TOKEN_ISSUERS,
 ) -> None:
     """Run headrace: the WebDAV door and the frontend, on SQLite (or --db PostgreSQL) and a local pool."""
     try:
@@ -54,7 +73,9 @@ def up(
             kafka=kafka,
             kafka_topic=kafka_topic,
             door_redirect=redirect,
+            token_issuers=str(token_issuers) if token_issuers is not None else None,
         )
+        check_token_issuers(settings)
         if hsm is not None or tape_simulator is not None:
             tape = replace(
                 settings.tape,

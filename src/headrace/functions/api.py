@@ -106,7 +106,7 @@ def _error_for(exc: Exception) -> JSONResponse:
     if isinstance(exc, Unauthorized):
         if exc.detail == "Authentication required":
             return whisk_error(401, "The resource requires authentication, which was not supplied with the request.")
-        return whisk_error(401, f"The supplied authentication is invalid: {exc.detail}.")
+        return whisk_error(401, f"The supplied authentication is invalid: {exc.detail}.", exc.headers)
     if isinstance(exc, Forbidden):
         return whisk_error(403, exc.detail)
     if isinstance(exc, NotFound):

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select
 
 from headrace.auth.access import Authenticator, FailedLogins
+from headrace.auth.jwt_bearer import jwt_verifier
 from headrace.auth.macaroons import MacaroonAuthority, load_root_key
 from headrace.auth.users import Users, new_key
 from headrace.config import Settings, private_dir, restrict_mode
@@ -72,6 +73,7 @@ class StorageService:
             self.macaroons,
             anonymous=settings.anonymous,
             failed_logins=FailedLogins(settings.auth_failures, settings.auth_failure_window),
+            jwt=jwt_verifier(settings, self.users),
         )
 
     @classmethod
