@@ -21,6 +21,7 @@ from headrace.events.sources import dcache_sse, kinds
 from headrace.events.sources.base import SourceConfigError
 from headrace.events.sources.remote_http import DoorFiles
 from source_support import MemorySink, Running
+from sse_reader import SseReader
 
 USER = "sseremote"
 
@@ -381,3 +382,42 @@ def test_remote_uploads_run_local_functions_through_restarts(
             assert results[0] == {"path": f"{top}/{name}", "source": "x", "data": word, "size": len(word)}
     finally:
         local.stop()
+
+
+def test_event_loss_is_made_good_by_a_relisting(fresh_server: Server) -> None:
+    # a metronome on the source's own channel pushes what happened while the source was down out of the
+    # 16383 events the channel holds: on resuming, the remote says EVENT_LOSS
+    server = fresh_server
+    server.env_extra.update({"HEADRACE_METRONOME_MAX_HZ": "5000", "HEADRACE_METRONOME_USER_HZ": "5000"})
+    server.start()
+    user = setup_remote(server)
+    top = "/w/loss"
+    sink = MemorySink()
+    with user_door(server, user) as door, client(base_url=server.api_url, auth=user, timeout=60) as api:
+        assert door.request("MKCOL", top).status_code == 201
+        with Running(dcache_sse.build("l", config(server, top, user)), sink):
+            ready(sink)
+            door.put(f"{top}/a", content=b"a")
+            wait_for(lambda: sink.of("CLOSE_WRITE", f"{top}/a"), "an upload")
+        channel = sink.state_now("channel")["url"]
+        door.put(f"{top}/b", content=b"b")
+        door.put(f"{top}/a", content=b"a, again")
+        door.delete(f"{top}/a")
+        door.put(f"{top}/c", content=b"c")
+        reader = SseReader(channel, user)  # read, as a disconnected channel's queue would overflow first
+        r = api.post(f"{channel}/subscriptions/metronome", json={"frequency": 5000, "count": 17000})
+        assert r.status_code == 201, r.text
+        reader.until(lambda f: f["event"] == "SYSTEM" and f["data"]["type"] == "SUBSCRIPTION_CLOSED", 120)
+        reader.close()
+        with Running(dcache_sse.build("l", config(server, top, user)), sink) as run:
+            wait_for(lambda: sink.of("DELETE", f"{top}/a"), "the deletion, from the re-listing")
+            door.put(f"{top}/d", content=b"d")
+            wait_for(lambda: sink.of("CLOSE_WRITE", f"{top}/d"), "an upload after the re-listing")
+            counts = once_each(sink)
+            assert run.error is None
+    assert sink.state_now("channel")["url"] == channel  # the channel itself was not lost
+    for name in ("a", "b", "c", "d"):
+        assert counts[("CLOSE_WRITE", f"{top}/{name}")] == 1, (name, counts)
+    assert counts[("DELETE", f"{top}/a")] == 1
+    relisted = {e.path for e in sink.seen() if e.detail.get("relisted")}
+    assert relisted == {f"{top}/a", f"{top}/b", f"{top}/c"}  # the overwrite of a, written and deleted: lost

@@ -25,6 +25,7 @@ SUBDIR = f"{CHANNEL}/subscriptions/inotify/s2"
 
 #: The remote's namespace: path -> stat JSON.
 NODES: dict[str, dict[str, Any]] = {
+    "/w": {"fileType": "DIR", "size": 512, "mtime": 1, "creationTime": 1},
     "/w/a": {"fileType": "REGULAR", "size": 3, "mtime": 1000, "creationTime": 900, "pnfsId": "P1",
              "checksums": [{"type": "ADLER32", "value": "024d0127"}]},
     "/w/sub": {"fileType": "DIR", "size": 512, "mtime": 2000, "creationTime": 2000},
@@ -129,22 +130,45 @@ def test_events_of_a_subdirectory_are_named_by_its_path_and_self_events_are_skip
 
 
 @pytest.mark.parametrize(
-    ("frame", "raised"),
+    "frame",
     [
-        (system("EVENT_LOSS"), dcache_sse.Relist),
-        (system("CHANNEL_CLOSED"), dcache_sse.ChannelGone),
-        (system("COMPETING_CLIENT"), RuntimeError),
-        (system("SUBSCRIPTION_CLOSED", subscription=SUB), dcache_sse.Relist),
-        (inotify(1, ["IN_Q_OVERFLOW"]), dcache_sse.Relist),
-        (inotify(1, ["IN_IGNORED"]), dcache_sse.Relist),
+        system("EVENT_LOSS"),
+        system("SUBSCRIPTION_CLOSED", subscription=SUB),
+        inotify(1, ["IN_Q_OVERFLOW"]),
+        inotify(1, ["IN_IGNORED"]),
     ],
 )
-def test_losses_deliver_what_came_before_then_ask_for_a_relisting(frame: ServerSentEvent, raised: type) -> None:
+def test_losses_deliver_what_came_before_then_relist_and_go_on(frame: ServerSentEvent) -> None:
+    CALLS.clear()
     sink = MemorySink()
     s = session(sink)
+    s.snapshot = {"/w/a": [3, 1000, False, 900], "/w/old": [1, 1, False, 1]}
+    after = inotify(5, ["IN_DELETE"], "after", sub=SUBDIR)
+    asyncio.run(s.process([inotify(0, ["IN_DELETE"], "before"), frame, after]))
+    got = [(e.kind.value, e.path, bool(e.detail.get("relisted"))) for e in sink.events]
+    relisted = [  # the re-listing's differences from the snapshot: the gone first, then by depth
+        ("DELETE", "/w/old", True),
+        ("CREATE", "/w/in", True),
+        ("CREATE", "/w/sub", True),
+        ("CLOSE_WRITE", "/w/in/x", True),
+    ]
+    before, later = [("DELETE", "/w/before", False)], [("DELETE", "/w/sub/after", False)]
+    # a SYSTEM event is acted on where it stands; a watch's own overflow or end after its batch
+    assert got == (before + relisted + later if frame.event == "SYSTEM" else before + later + relisted)
+    assert sink.pos == "chan1:5"
+    resubscribed = [c for c in CALLS if c[0] == "POST"]
+    assert len(resubscribed) == (1 if "SUBSCRIPTION_CLOSED" in frame.data or "IN_IGNORED" in frame.data else 0)
+
+
+@pytest.mark.parametrize(
+    ("frame", "raised"),
+    [(system("CHANNEL_CLOSED"), dcache_sse.ChannelGone), (system("COMPETING_CLIENT"), RuntimeError)],
+)
+def test_a_lost_channel_or_a_competitor_ends_the_stream(frame: ServerSentEvent, raised: type) -> None:
+    sink = MemorySink()
     with pytest.raises(raised):
-        asyncio.run(s.process([inotify(0, ["IN_DELETE"], "before"), frame]))
-    assert [e.path for e in sink.events] == ["/w/before"] and sink.pos is not None
+        asyncio.run(session(sink).process([inotify(0, ["IN_DELETE"], "before"), frame]))
+    assert [e.path for e in sink.events] == ["/w/before"]
 
 
 def test_a_closed_subdirectory_watch_is_dropped_quietly() -> None:
@@ -224,3 +248,10 @@ def test_a_directory_moved_within_a_per_directory_tree_keeps_its_watch_and_one_m
     asyncio.run(s.process([inotify(3, ["IN_MOVED_FROM", "IN_ISDIR"], "sub2", cookie="c2")]))  # out of the tree
     assert (sink.events[-1].kind.value, sink.events[-1].path) == ("DELETE", "/w/sub2")
     assert SUBDIR not in s.subs and ("DELETE", "/api/v1/events/channels/chan1/subscriptions/inotify/s2") in CALLS
+
+
+def test_events_of_other_subscriptions_in_the_channel_are_skipped() -> None:
+    sink = MemorySink()
+    tick = ServerSentEvent(event="metronome", data=json.dumps({"event": "tick", "subscription": SUB}), id="0")
+    asyncio.run(session(sink).process([tick, inotify(1, ["IN_DELETE"], "x")]))
+    assert [e.path for e in sink.events] == ["/w/x"] and sink.pos == "chan1:1"

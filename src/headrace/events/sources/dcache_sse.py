@@ -30,7 +30,9 @@ Losses. On EVENT_LOSS (the remote no longer holds the events after our last id),
 IN_IGNORED of the watched path, IN_Q_OVERFLOW, CHANNEL_CLOSED, or a 404 for the channel (the remote restarted
 without its channels, as dCache does, or the channel timed out), the source re-makes what is gone (channel,
 subscriptions), then re-lists the watched tree through the remote's namespace API and delivers what differs
-from its snapshot (kept in the sink's state): new or changed files as CLOSE_WRITE, new directories as CREATE,
+from its snapshot (kept in the sink's state; on EVENT_LOSS and closed watches while the stream stays open, so
+that the events the remote still holds after the gap follow the re-listing): new or changed files as
+CLOSE_WRITE, new directories as CREATE,
 missing files and directories as DELETE (contents before their directory), keyed as above, so a re-listing
 never doubles an event the stream delivered or an earlier re-listing did. Then guaranteed, for changes during
 the loss:
@@ -130,10 +132,6 @@ def build(name: str, config: Mapping[str, Any]) -> DcacheSseSource:
 
 class ChannelGone(Exception):
     """The channel is no longer on the remote (404, CHANNEL_CLOSED)."""
-
-
-class Relist(Exception):
-    """Events were lost: re-list the tree against the snapshot."""
 
 
 class _LazyDoor:
@@ -256,10 +254,6 @@ class _Session:
                 except ChannelGone as exc:
                     log.info("source %s: channel %s gone (%s): making a new one", self.source.name, self.channel, exc)
                     self.channel = None
-                    continue
-                except Relist as exc:
-                    log.info("source %s: %s: re-listing %s", self.source.name, exc, self.cfg.path)
-                    relist = True
                     continue
                 except (httpx.TransportError, OSError, RuntimeError) as exc:
                     failures += 1
@@ -402,8 +396,8 @@ class _Session:
                 if kind in ("EVENT_LOSS", "SUBSCRIPTION_CLOSED", "CHANNEL_CLOSED", "COMPETING_CLIENT", "SHUTDOWN"):
                     delivered |= await self.deliver(numbered)
                     numbered = []
-                if kind == "EVENT_LOSS":
-                    raise Relist("events lost")
+                if kind == "EVENT_LOSS":  # re-list now; the stream goes on with the oldest events still held
+                    await self.relist("events lost")
                 if kind == "SUBSCRIPTION_CLOSED":
                     await self.closed(str(data.get("subscription")))
                 elif kind == "CHANNEL_CLOSED":
@@ -430,7 +424,7 @@ class _Session:
         directory = self.subs.pop(subscription, None)
         await self.save_channel()
         if directory == self.cfg.path:
-            raise Relist(f"the watch on {directory} closed")
+            await self.relist(f"the watch on {directory} closed")
 
     async def deliver(self, numbered: list[tuple[int, dict[str, Any]]], *, force: bool = True) -> bool:
         if not numbered:
@@ -441,7 +435,9 @@ class _Session:
         pending_from: dict[str, tuple[int, str, bool]] = {}
         out: list[tuple[int, RemoteEvent | tuple[int, str, bool] | None]] = []
         for eid, data in numbered:
-            ev = data.get("event") or {}
+            ev = data.get("event") if isinstance(data, dict) else None
+            if not isinstance(ev, dict):
+                continue  # not an inotify event (another kind of subscription in the channel)
             mask = ev.get("mask") or []
             directory = self.subs.get(str(data.get("subscription")))
             if not mask or directory is None:
@@ -488,14 +484,16 @@ class _Session:
         if time.monotonic() - self.snapshot_saved > SNAPSHOT_EVERY:
             await self.save_snapshot()
         if relist:
-            raise Relist(relist)
+            await self.relist(relist)
         return True
 
     async def stat_closed(self, numbered: list[tuple[int, dict[str, Any]]]) -> dict[str, dict[str, Any] | None]:
         """The stats of the files the batch's IN_CLOSE_WRITE / IN_MOVED_TO and directories' IN_CREATE name."""
         paths: list[str] = []
         for _, data in numbered:
-            ev = data.get("event") or {}
+            ev = data.get("event") if isinstance(data, dict) else None
+            if not isinstance(ev, dict):
+                continue  # not an inotify event (another kind of subscription in the channel)
             mask = ev.get("mask") or []
             directory = self.subs.get(str(data.get("subscription")))
             if (
@@ -624,8 +622,11 @@ class _Session:
 
     # -- re-listing -----------------------------------------------------------------------------------
 
-    async def relist(self) -> None:
-        """Watch and list the tree; deliver what differs from the snapshot (nothing on a first start)."""
+    async def relist(self, why: str = "") -> None:
+        """Watch and list the tree; deliver what differs from the snapshot (nothing on a first start). Done
+        while the stream stays connected: what the remote sends meanwhile waits in the reader's queue."""
+        if why:
+            log.info("source %s: %s: re-listing %s", self.source.name, why, self.cfg.path)
         listed: dict[str, Entry] = {}
         await self.walk(self.cfg.path, listed, root=True)
         events: list[RemoteEvent] = []
