@@ -3,7 +3,7 @@
 # rclone, cadaver and davfs2 (real WebDAV clients), litmus (the WebDAV conformance suite),
 # nginx with its WebDAV modules (the benchmark's peer), redis-server (the broker of bench/functions.py's Celery peer),
 # bubblewrap (the functions' sandbox), python3-gfal2 and gfal2-plugin-http (gfal2 through the WLCG Tape REST API),
-# gfal2-util-scripts (gfal-copy, for HTTP third-party copy), jq and shunit2 (SURF's ada client and its integration suite, which this
+# gfal2-util-scripts (gfal-copy, for HTTP third-party copy), davix (davix-put/get over TLS), jq and shunit2 (SURF's ada client and its integration suite, which this
 # clones too: tests/interop/test_ada.py).
 # Downloaded .deb files are cached under ~/.cache/headrace/apt so that a fresh clone reuses them.
 set -euo pipefail
@@ -27,6 +27,8 @@ compgen -G '/usr/lib/x86_64-linux-gnu/gfal2-plugins/libgfal_plugin_http.so*' >/d
   compgen -G '/usr/lib/*/gfal2-plugins/libgfal_plugin_http.so*' >/dev/null || need+=(gfal2-plugin-http)
 # gfal-copy (gfal2's command-line tools) for the HTTP third-party-copy tests and benchmark (tests/test_tpc.py, bench/tpc.py).
 command -v gfal-copy >/dev/null || need+=(gfal2-util-scripts)
+# davix's command-line tools (davix-put/davix-get) for the davs:// tests (tests/interop/test_tls.py).
+command -v davix-put >/dev/null || need+=(davix)
 
 # SURF's ada (the last commit of the bash client) for tests/interop/test_ada.py, which is skipped without it.
 ada_dir="${XDG_CACHE_HOME:-$HOME/.cache}/headrace/SpiderScripts"

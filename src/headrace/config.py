@@ -9,7 +9,9 @@ import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from headrace.kafka_security import KafkaSecurity
 from headrace.tape.config import TapeSettings
+from headrace.tls_server import ServerTLS, server_tls
 
 
 def _env_int(name: str, default: int) -> int:
@@ -155,6 +157,13 @@ class Settings:
     public_api_url: str = ""
     #: The trusted JWT issuers file (YAML, auth/issuers.py); empty: bearer JWTs are refused.
     token_issuers: str = ""
+    #: TLS on the door, the frontend (and `headrace pool`): the server certificate (PEM, chain after it) and
+    #: its key; with `tls_client_ca`, clients must show a certificate that CA signed.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    #: Kafka client security (every Kafka client: relay, activation transport, kafka sources).
+    kafka_security: KafkaSecurity = field(default_factory=KafkaSecurity)
     #: Tape: the HSM and when pools flush, evict and stage (headrace.tape.config).
     tape: TapeSettings = field(default_factory=TapeSettings)
 
@@ -210,6 +219,10 @@ class Settings:
             public_door_url=os.environ.get("HEADRACE_PUBLIC_DOOR_URL") or "",
             public_api_url=os.environ.get("HEADRACE_PUBLIC_API_URL") or "",
             token_issuers=os.environ.get("HEADRACE_TOKEN_ISSUERS") or "",
+            tls_cert=os.environ.get("HEADRACE_TLS_CERT") or "",
+            tls_key=os.environ.get("HEADRACE_TLS_KEY") or "",
+            tls_client_ca=os.environ.get("HEADRACE_TLS_CLIENT_CA") or "",
+            kafka_security=KafkaSecurity.from_env(),
             tape=TapeSettings.from_env(),
         )
         clean = {k: v for k, v in overrides.items() if v is not None}
@@ -224,12 +237,21 @@ class Settings:
         return self.pools or (self.data_dir / "pools" / "pool0",)
 
     @property
+    def scheme(self) -> str:
+        """ "https" when this process's servers speak TLS, else "http"."""
+        return "https" if self.tls_cert else "http"
+
+    @property
     def door_url(self) -> str:
-        return self.public_door_url.rstrip("/") or f"http://{self.host}:{self.door_port}"
+        return self.public_door_url.rstrip("/") or f"{self.scheme}://{self.host}:{self.door_port}"
 
     @property
     def api_url(self) -> str:
-        return self.public_api_url.rstrip("/") or f"http://{self.host}:{self.api_port}"
+        return self.public_api_url.rstrip("/") or f"{self.scheme}://{self.host}:{self.api_port}"
+
+    def server_tls(self) -> ServerTLS | None:
+        """The servers' TLS (None: plain HTTP); TLSConfigError (a ValueError) for options that cannot work."""
+        return server_tls(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     def check_activations(self) -> None:
         """Refuse a transport that cannot work (ValueError with the reason)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 from headrace import __version__
@@ -10,6 +12,7 @@ from headrace.cli.common import HeadraceGroup
 from headrace.cli.pool import pool
 from headrace.cli.up import up
 from headrace.cli.users import user_app
+from headrace.tls import use_ca_file
 
 app = typer.Typer(
     cls=HeadraceGroup,
@@ -49,8 +52,13 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print headrace's version and exit."
     ),
+    ca_file: str | None = typer.Option(
+        None, "--ca-file", help="Trust the CAs in this PEM bundle too, for https:// servers (env HEADRACE_CA_FILE)"
+    ),
 ) -> None:
     """headrace: storage whose every change is an event, and functions that run on those events."""
+    if ca_file:
+        use_ca_file(os.path.abspath(ca_file))
 
 
 if __name__ == "__main__":

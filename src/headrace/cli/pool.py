@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from headrace.cli.common import CliError, usage_error
+from headrace.cli.tls_options import TLS_CERT, TLS_CLIENT_CA, TLS_KEY
 from headrace.extras import require_server
 
 
@@ -37,12 +38,16 @@ def pool(
     max_bytes: int | None = typer.Option(
         None, "--max-bytes", help="Refuse uploads past this many bytes (env HEADRACE_POOL_MAX_BYTES; 0 = the disk's)"
     ),
+    tls_cert: Path | None = TLS_CERT,
+    tls_key: Path | None = TLS_KEY,
+    tls_client_ca: Path | None = TLS_CLIENT_CA,
 ) -> None:
     """Run a pool: store and serve file data for the doors, over HTTP, authenticated by pool tokens."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from headrace.errors import HeadraceError
     from headrace.storage.pool_server import PoolOptions, main
+    from headrace.tls_server import server_tls
 
     db_url = db or os.environ.get("HEADRACE_DB") or ""
     if not db_url:
@@ -56,6 +61,18 @@ def pool(
         cap = max_bytes if max_bytes is not None else int(os.environ.get("HEADRACE_POOL_MAX_BYTES") or 0)
     except ValueError:
         usage_error("HEADRACE_POOL_MAX_BYTES must be an integer")
+
+    def tls_file(given: Path | None, env: str) -> str:
+        return str(given.resolve()) if given is not None else os.environ.get(env) or ""
+
+    try:
+        tls = server_tls(
+            tls_file(tls_cert, "HEADRACE_TLS_CERT"),
+            tls_file(tls_key, "HEADRACE_TLS_KEY"),
+            tls_file(tls_client_ca, "HEADRACE_TLS_CLIENT_CA"),
+        )
+    except ValueError as exc:
+        usage_error(str(exc))
     options = PoolOptions(
         data=data,
         db_url=db_url,
@@ -72,6 +89,7 @@ def pool(
         upload_idle_timeout=_env_float("HEADRACE_UPLOAD_IDLE_TIMEOUT", 60.0),
         header_timeout=_env_float("HEADRACE_HEADER_TIMEOUT", 30.0),
         log_level=os.environ.get("HEADRACE_LOG_LEVEL") or "info",
+        tls=tls,
     )
     if options.heartbeat_seconds <= 0:
         usage_error("HEADRACE_POOL_HEARTBEAT must be positive")

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from headrace.cli.common import usage_error
+from headrace.cli.tls_options import TLS_CERT, TLS_CLIENT_CA, TLS_KEY, tls_overrides
 from headrace.cli.up import TOKEN_ISSUERS, check_token_issuers
 from headrace.config import Settings
 from headrace.extras import require_server
@@ -38,6 +39,8 @@ def _settings(**overrides: Any) -> Settings:
     try:
         settings = Settings.from_env(**overrides)
         settings.check_activations()
+        settings.server_tls()
+        settings.kafka_security.check()
     except ValueError as exc:
         usage_error(str(exc))
     check_token_issuers(settings)
@@ -58,6 +61,9 @@ def door(
     api_url: str | None = API_URL,
     anonymous: bool | None = typer.Option(None, "--anonymous/--no-anonymous", help="Allow unauthenticated reads"),
     token_issuers: Path | None = TOKEN_ISSUERS,
+    tls_cert: Path | None = TLS_CERT,
+    tls_key: Path | None = TLS_KEY,
+    tls_client_ca: Path | None = TLS_CLIENT_CA,
 ) -> None:
     """Run a WebDAV door (stateless but for WebDAV locks; as many as you like, on one database)."""
     from headrace.server import main_role
@@ -66,6 +72,7 @@ def door(
         _settings(
             data_dir=data, db_url=db, host=host, door_port=port, public_door_url=door_url,
             public_api_url=api_url, anonymous=anonymous, token_issuers=_path(token_issuers),
+            **tls_overrides(tls_cert, tls_key, tls_client_ca),
         ),
         "door",
     )  # fmt: skip
@@ -84,6 +91,9 @@ def frontend(
     api_url: str | None = API_URL,
     anonymous: bool | None = typer.Option(None, "--anonymous/--no-anonymous", help="Allow unauthenticated reads"),
     token_issuers: Path | None = TOKEN_ISSUERS,
+    tls_cert: Path | None = TLS_CERT,
+    tls_key: Path | None = TLS_KEY,
+    tls_client_ca: Path | None = TLS_CLIENT_CA,
 ) -> None:
     """Run a frontend: namespace, events and functions APIs (invokes go to the invokers through --kafka)."""
     from headrace.server import main_role
@@ -91,6 +101,7 @@ def frontend(
     settings = _settings(
         data_dir=data, db_url=db, host=host, api_port=port, kafka=kafka, public_door_url=door_url,
         public_api_url=api_url, anonymous=anonymous, token_issuers=_path(token_issuers),
+            **tls_overrides(tls_cert, tls_key, tls_client_ca),
     )  # fmt: skip
     main_role(settings, "frontend", channels_dir=channels)
 

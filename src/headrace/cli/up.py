@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from headrace.cli.common import CliError
+from headrace.cli.tls_options import TLS_CERT, TLS_CLIENT_CA, TLS_KEY, tls_overrides, with_self_signed
 from headrace.config import Settings
 from headrace.extras import require_server
 
@@ -59,6 +60,14 @@ def up(
         None, "--tape-simulator", help="Use the shipped tape simulator, cartridges in DIR (env HEADRACE_TAPE_SIMULATOR)"
     ),
     token_issuers: Path | None = TOKEN_ISSUERS,
+    tls_cert: Path | None = TLS_CERT,
+    tls_key: Path | None = TLS_KEY,
+    tls_client_ca: Path | None = TLS_CLIENT_CA,
+    tls_self_signed: bool = typer.Option(
+        False,
+        "--tls-self-signed",
+        help="Serve HTTPS with a CA and certificate made under DATA/tls (and reused); prints the CA to trust",
+    ),
 ) -> None:
     """Run headrace: the WebDAV door and the frontend, on SQLite (or --db PostgreSQL) and a local pool."""
     try:
@@ -74,7 +83,12 @@ def up(
             kafka_topic=kafka_topic,
             door_redirect=redirect,
             token_issuers=str(token_issuers) if token_issuers is not None else None,
+            **tls_overrides(tls_cert, tls_key, tls_client_ca),
         )
+        if tls_self_signed:
+            settings = with_self_signed(settings)
+        settings.server_tls()  # a missing file or a key of another certificate is refused here
+        settings.kafka_security.check()
         check_token_issuers(settings)
         if hsm is not None or tape_simulator is not None:
             tape = replace(

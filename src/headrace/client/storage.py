@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import httpx
 
-from headrace.tls import tls_context
+from headrace.tls import CAFileError, tls_context
 
 __all__ = [
     "Client",
@@ -118,6 +118,8 @@ class ClientConfig:
     key: str | None = None
     token: str | None = None
     source: Path | None = None
+    #: A CA bundle to trust besides the system's (HEADRACE_CA_FILE, the config's "ca_file").
+    ca_file: str | None = None
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> ClientConfig:
@@ -152,6 +154,7 @@ class ClientConfig:
             key=pick("HEADRACE_KEY", "key", None),
             token=pick("HEADRACE_TOKEN", "token", None),
             source=file,
+            ca_file=pick("HEADRACE_CA_FILE", "ca_file", None),
         )
 
 
@@ -266,9 +269,13 @@ class Client:
             headers["Authorization"] = f"Bearer {config.token}"
         elif config.username and config.key is not None:
             auth = httpx.BasicAuth(config.username, config.key)
+        try:
+            verify = tls_context(config.ca_file)
+        except CAFileError as exc:
+            raise HeadraceClientError(0, str(exc)) from exc
         self._http = httpx.Client(
             auth=auth,
-            verify=tls_context(),
+            verify=verify,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=10.0),
             transport=transport,
@@ -342,6 +349,8 @@ class Client:
         if isinstance(exc, httpx.ConnectError):
             reason = str(exc).split("] ")[-1] or "connection failed"
             hint = " — start one with `headrace up`" if "refused" in reason.lower() else ""
+            if "certificate" in reason.lower():
+                hint = " — trust its CA with --ca-file FILE or HEADRACE_CA_FILE"
             if self.config.source is not None and not self.config.source.exists():
                 hint += f" (no CLI config at {self.config.source}; `headrace up` writes it)"
             return HeadraceConnectionError(f"the server at {server} is not reachable ({reason}){hint}", url=server)

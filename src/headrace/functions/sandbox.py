@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from headrace.functions.zygote import GID_ENV, UID_ENV
+from headrace.tls import CA_PEM_ENV, extra_ca_pem
 
 log = logging.getLogger("headrace.functions")
 
@@ -658,6 +659,9 @@ class Sandbox:
                 env[k] = v
         for var in THREAD_VARS:  # workers are forked, and forked thread pools deadlock
             env[var] = os.environ.get(var) or "1"
+        ca = extra_ca_pem()  # the CAs of a door/frontend with a private certificate, as text: no file to show
+        if ca:
+            env[CA_PEM_ENV] = ca
         return env
 
     def _binds(self, namespace: str) -> list[str]:

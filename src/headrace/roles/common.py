@@ -40,8 +40,10 @@ class QuietServer(uvicorn.Server):
 
 
 def uvicorn_config(app: object, settings: Settings, port: int, http: str = "httptools") -> uvicorn.Config:
-    """h11 comes with a header read timeout and a JSON 431 (http_common.guarded_h11); httptools without."""
+    """With the settings' TLS (HTTP/1.1 over TLS: uvicorn has no HTTP/2). h11 comes with a header read timeout
+    and a JSON 431 (http_common.guarded_h11); httptools without."""
     protocol = guarded_h11(settings.header_timeout, settings.max_header_bytes) if http == "h11" else http
+    tls = settings.server_tls()
     return uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=settings.host,
@@ -54,6 +56,7 @@ def uvicorn_config(app: object, settings: Settings, port: int, http: str = "http
         proxy_headers=False,
         timeout_keep_alive=30,
         timeout_graceful_shutdown=10,
+        **(tls.uvicorn() if tls is not None else {}),
     )
 
 
@@ -62,7 +65,14 @@ class GranianDoor:
     storage benchmark holds against nginx."""
 
     def __init__(self, app: object, settings: Settings) -> None:
-        self.server = granian_server(app, settings.host, settings.door_port, header_timeout=settings.header_timeout)
+        tls = settings.server_tls()
+        self.server = granian_server(
+            app,
+            settings.host,
+            settings.door_port,
+            header_timeout=settings.header_timeout,
+            tls=tls.granian() if tls is not None else None,
+        )
 
     async def serve(self) -> None:
         await self.server.serve()

@@ -62,6 +62,7 @@ from headrace.storage.namespace import Namespace
 from headrace.storage.pool import BLOB_NAME, Pool
 from headrace.storage.pool_client import PoolDirectory
 from headrace.storage.pool_registry import heartbeat, mark_offline, pool_secret, register
+from headrace.tls_server import ServerTLS
 
 log = logging.getLogger("headrace.pool")
 
@@ -84,7 +85,7 @@ class PoolOptions:
     host: str = "127.0.0.1"
     port: int = 2881
     name: str = ""
-    #: The URL doors and redirected clients use; empty: http://HOST:PORT.
+    #: The URL doors and redirected clients use; empty: http://HOST:PORT (https:// with TLS).
     url: str = ""
     max_bytes: int = 0
     fsync: bool = True
@@ -97,10 +98,13 @@ class PoolOptions:
     #: Close a connection whose request head has not arrived in this many seconds.
     header_timeout: float = 30.0
     log_level: str = "info"
+    #: TLS: `headrace.tls_server.ServerTLS` (None: plain HTTP).
+    tls: ServerTLS | None = None
 
     @property
     def public_url(self) -> str:
-        return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
+        scheme = "https" if self.tls is not None else "http"
+        return (self.url or f"{scheme}://{self.host}:{self.port}").rstrip("/")
 
     @property
     def lifetime(self) -> float:
@@ -391,7 +395,8 @@ async def run(options: PoolOptions) -> None:
     print(f"headrace: pool {name} at {options.public_url}  (data {options.data.resolve()})", flush=True)
     if partial or orphans:
         print(f"headrace: recovered: removed {partial} partial uploads, {orphans} orphaned blobs", flush=True)
-    http = granian_server(server, options.host, options.port, header_timeout=options.header_timeout)
+    tls = options.tls.granian() if options.tls is not None else None
+    http = granian_server(server, options.host, options.port, header_timeout=options.header_timeout, tls=tls)
     beats = asyncio.create_task(server.beat_forever())
     tape = tape_agent(db, server, pool)
     if tape is not None:

@@ -153,6 +153,8 @@ class StorageService:
         except (OSError, ValueError):
             current = {}
         current.update({"door": self.settings.door_url, "api": self.settings.api_url, "username": "admin", "key": key})
+        if self.settings.tls_cert and os.environ.get("HEADRACE_CA_FILE"):  # the CA a --tls-self-signed server made
+            current["ca_file"] = os.environ["HEADRACE_CA_FILE"]
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per process: roles may start at once
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
