@@ -19,7 +19,7 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import ARRAY, Connection, Text, any_, bindparam, insert, select, update
 
 from headrace.db.engine import Database
 from headrace.db.schema import events, sources
@@ -62,9 +62,19 @@ def event_row(source: str, ev: RemoteEvent, received: int) -> dict[str, Any]:
     }
 
 
+#: PostgreSQL: the keys as one array parameter (`= ANY(:keys)`): a statement of 500 bound parameters costs
+#: psycopg more to prepare than the database takes to answer it.
+_KNOWN_PG = select(events.c.source_key).where(
+    events.c.source == bindparam("source"), events.c.source_key == any_(bindparam("keys", type_=ARRAY(Text)))
+)
+
+
 def known_keys(conn: Connection, source: str, keys: list[str]) -> set[str]:
     """Those of `keys` the log already holds for `source`."""
     found: set[str] = set()
+    if conn.dialect.name == "postgresql":
+        found.update(r.source_key for r in conn.execute(_KNOWN_PG, {"source": source, "keys": keys}))
+        return found
     for i in range(0, len(keys), _KEYS_PER_QUERY):
         chunk = keys[i : i + _KEYS_PER_QUERY]
         q = select(events.c.source_key).where(events.c.source == source, events.c.source_key.in_(chunk))
