@@ -24,6 +24,8 @@ from headrace.events.model import EventKind
 from headrace.events.sources import directory as dirsource
 from headrace.events.sources import directory_tree, kinds
 from headrace.events.sources.base import RemoteEvent, SourceConfigError
+from test_cli import ok, one_line_error
+from test_cli import run as cli
 
 #: The kind against an in-memory sink needs no database; the end-to-end tests at the end run on both.
 no_db = pytest.mark.db_independent("the kind against an in-memory sink: no database")
@@ -366,6 +368,24 @@ def test_lost_events_overflow_rewalks_the_tree(tree: Path) -> None:
 
 
 @no_db
+def test_inotify_each_close_that_changed_the_file(tree: Path) -> None:
+    r = Running(make(tree, mode="inotify"), MemorySink()).ready()
+    try:
+        with open(tree / "log.h5", "wb") as f:
+            f.write(b"first")
+        r.wait((CW, "/log.h5"))
+        with open(tree / "log.h5", "ab") as f:
+            f.write(b" second")
+        wait_for(lambda: kinds_of(r, "/log.h5") == [CW, CW], "the second close")
+        os.close(os.open(tree / "log.h5", os.O_WRONLY))  # opened for writing, closed unchanged: no new event
+        r.barrier(tree)
+        assert kinds_of(r, "/log.h5") == [CW, CW]
+        assert [e.size for e in r.sink.events if e.path == "/log.h5"] == [5, 12]
+    finally:
+        r.stop()
+
+
+@no_db
 def test_first_start_announces_nothing_of_what_is_there(tree: Path, mode: str) -> None:
     (tree / "old.h5").write_bytes(b"old")
     r = Running(make(tree, mode=mode), MemorySink()).ready()
@@ -655,3 +675,19 @@ def test_end_to_end_configuration_errors(srv: Server, tmp_path: Path) -> None:
         (root / "f.h5").write_bytes(b"f")
         wait_for(lambda: ("CLOSE_WRITE", "/f.h5", None) in _logged(srv, "later"), "the file's event")
         assert api.delete(f"{SRC}/later").status_code == 204
+
+
+def test_the_cli_adds_a_directory_source(srv: Server, tmp_path: Path) -> None:
+    root = tmp_path / "cli-tree"
+    root.mkdir()
+    args = ("source", "add", "dircli", "--kind", "directory", "--root", str(root), "--mode", "scan")
+    out = ok(cli(srv, *args, "--interval", "0.2", "-o", 'pattern=["*.h5"]', "--json"))
+    data = json.loads(out)
+    assert (data["root"], data["mode"], data["interval"], data["pattern"]) == (str(root), "scan", 0.2, ["*.h5"])
+    assert "colour" in one_line_error(cli(srv, *args, "-o", "colour=1"))
+    assert "--mode" in one_line_error(cli(srv, *args[:-1], "poll"), code=2)
+    wait_for(lambda: _watching(srv, "dircli"), "the source's first view")
+    (root / "x.h5").write_bytes(b"x")
+    (root / "x.txt").write_bytes(b"x")
+    wait_for(lambda: _logged(srv, "dircli") == [("CLOSE_WRITE", "/x.h5", None)], "the .h5 file's event")
+    ok(cli(srv, "source", "rm", "dircli"))
