@@ -111,9 +111,11 @@ def test_provider_token_is_accepted_by_door_frontend_and_functions_api(env: Env)
         assert auth["token"]["issuer"] == env.provider.issuer
         grants = {g["path"]: g["activities"] for g in auth["token"]["grants"]}
         assert "UPLOAD" in grants["/wl/data"] and "DOWNLOAD" in grants["/wl"]
-        # the functions API takes the same token (its namespace is the token's user's)
+        # the functions API authenticates the same token, but functions run with all of their owner's rights:
+        # a token limited to paths or activities may not use it (as a limited macaroon may not)
         r = api.get("/api/v1/namespaces/_/actions")
-        assert r.status_code == 200, r.text
+        assert r.status_code == 403 and set(r.json()) == {"error", "code"}, r.text
+        assert "capability token" in r.json()["error"]
     # a token whose audience is the server's own URL is accepted too
     with env.door(env.provider.token("door-aud", "storage.read:/")) as door:
         assert door.get("/wl/data/existing").status_code == 200
@@ -167,6 +169,13 @@ def test_wlcg_scopes_confine_paths_and_activities(env: Env) -> None:
         assert refusal(api.post("/api/v1/namespace/wl/data", json={"action": "mkdir", "name": "d"}), 403)
         children = api.get("/api/v1/namespace/wl", params={"children": "true"}).json()["children"]
         assert [c["fileName"] for c in children] == ["data"]  # /wl/other is not shown
+        # events: a channel of this token may watch what its scopes reach, nothing beside it
+        ch = api.post("/api/v1/events/channels")
+        assert ch.status_code == 201, ch.text
+        sub = f"{ch.headers['Location']}/subscriptions/inotify"
+        assert api.post(sub, json={"path": "/wl/data"}, follow_redirects=False).status_code == 201
+        assert refusal(api.post(sub, json={"path": "/wl/other"}), 403)
+        assert refusal(api.post(sub, json={"path": "/wl", "recursive": True}), 403)
     creator = env.provider.token("wlcg", "storage.create:/data/up")
     with env.door(creator) as door:
         assert door.request("MKCOL", "/wl/data/up").status_code == 201
@@ -216,6 +225,10 @@ def test_identity_token_gets_the_mapped_users_own_rights(env: Env) -> None:
         assert door.put("/home/bob/intruder", content=b"x").status_code == 403
         assert door.put("/wl/data/intruder", content=b"x").status_code == 403
     with env.api(token) as api:
+        # the functions API takes an identity token: alice's own namespace, not another's
+        assert api.put("/api/v1/namespaces/_/triggers/jwt-t", json={}).status_code == 200
+        assert [t["name"] for t in api.get("/api/v1/namespaces/alice/triggers").json()] == ["jwt-t"]
+        assert api.get("/api/v1/namespaces/bob/triggers").status_code == 403
         me = api.get("/api/v1/user").json()
         assert me["username"] == "alice" and me["authentication"]["token"]["kind"] == "identity"
         assert "restrictions" not in me["authentication"]

@@ -52,6 +52,8 @@ class Confinement:
     root: str = "/"
     paths: tuple[str, ...] = ()
     activities: frozenset[str] | None = None
+    #: A capability JWT's grants (`grants:` caveats): per set, the paths any one of which admits a path.
+    grants: tuple[tuple[str, ...], ...] = ()
 
     @classmethod
     def of(cls, r: Restrictions | None) -> Confinement | None:
@@ -62,6 +64,7 @@ class Confinement:
             r.root,
             tuple(sorted(set(p for p in r.paths if p != "/"))),
             frozenset(r.activities) if r.activities is not None else None,
+            tuple(tuple(sorted({p for p, acts in g if acts & SEE_ACTIVITIES})) for g in r.grants),
         )
         return None if c == cls() else c
 
@@ -69,6 +72,8 @@ class Confinement:
         out: dict[str, Any] = {"root": self.root, "paths": list(self.paths)}
         if self.activities is not None:
             out["activities"] = sorted(self.activities)
+        if self.grants:
+            out["grants"] = [list(g) for g in self.grants]
         return out
 
     @classmethod
@@ -76,7 +81,8 @@ class Confinement:
         if not raw:
             return None
         acts = raw.get("activities")
-        return cls(str(raw["root"]), tuple(raw.get("paths", ())), frozenset(acts) if acts is not None else None)
+        grants = tuple(tuple(g) for g in raw.get("grants", ()))
+        return cls(str(raw["root"]), tuple(raw.get("paths", ())), frozenset(acts) if acts is not None else None, grants)
 
     def allows(self, path: str) -> bool:
         """Whether an event about the namespace path `path` may be shown to the bearer."""
@@ -84,7 +90,9 @@ class Confinement:
             return False
         if not is_within(path, self.root):
             return False
-        return all(is_within(path, p) or is_within(p, path) for p in self.paths)
+        if not all(is_within(path, p) or is_within(p, path) for p in self.paths):
+            return False
+        return all(any(is_within(path, p) or is_within(p, path) for p in g) for g in self.grants)
 
 
 def may_use(confinement: Confinement | None, requester: Confinement | None) -> bool:

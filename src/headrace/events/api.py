@@ -334,6 +334,8 @@ def _check_confined(conf: Confinement | None, internal: str, path: str) -> None:
         raise Forbidden("Permission denied: the token allows neither LIST nor READ_METADATA")
     if not is_within(internal, conf.root) or not all(is_within(internal, allowed) for allowed in conf.paths):
         raise Forbidden(f"Permission denied: the token does not allow watching {path}")
+    if not all(any(is_within(internal, allowed) for allowed in g) for g in conf.grants):
+        raise Forbidden(f"Permission denied: the token does not allow watching {path}")
 
 
 async def _target(

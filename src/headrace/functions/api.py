@@ -151,10 +151,14 @@ def namespace_of(p: Principal, ns: str) -> str:
     if p.method == "anonymous":
         raise Unauthorized("Authentication required")
     r = p.restrictions
-    if r is not None and (r.activities is not None or r.root != "/" or any(path != "/" for path in r.paths)):
-        # functions run with all of their owner's rights: a token limited to paths or activities may not
-        # deploy or run them
-        raise WhiskError(403, "A macaroon limited to paths or activities may not use the functions API.")
+    limited = r is not None and (
+        r.activities is not None or r.root != "/" or any(path != "/" for path in r.paths) or bool(r.grants)
+    )
+    if limited:
+        # functions run with all of their owner's rights: a token limited to paths or activities (a macaroon's
+        # caveats, a capability JWT's scopes) may not deploy or run them
+        what = "A capability token" if p.method == "jwt" else "A macaroon"
+        raise WhiskError(403, f"{what} limited to paths or activities may not use the functions API.")
     own = p.subject.username
     if ns in ("_", own):
         return own

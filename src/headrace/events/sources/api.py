@@ -270,7 +270,7 @@ def router(service: StorageService) -> APIRouter:
         if r is not None:
             if r.activities is not None and "DOWNLOAD" not in r.activities:
                 raise Forbidden("This credential may not download files")
-            if (r.root != "/" or any(p != "/" for p in r.paths)) and r.cause is None:
+            if (r.root != "/" or any(p != "/" for p in r.paths) or r.grants) and r.cause is None:
                 raise Forbidden("A credential confined to paths of this namespace may not read other sources' files")
         files = source_of(row).files()
         if files is None:
