@@ -179,6 +179,8 @@ async def put(
     a 507) is read for its answer."""
     reader, writer, target, netloc = await _connect(url, connect_timeout)
     try:
+        # Wait for the socket only past a few chunks queued, not after each (asyncio's default is 64 KiB).
+        writer.transport.set_write_buffer_limits(high=4 * READ, low=2 * READ)
         writer.write(_head("PUT", target, netloc, {**headers, "Content-Length": str(size)}))
         sent = 0
         failed: ConnectionError | None = None
