@@ -88,6 +88,8 @@ SNAPSHOT_EVERY = 5.0  # s: how often the snapshot is saved while events change i
 STATS = 16  # concurrent stats of closed files
 BACKOFF_MAX = 5.0
 GIVE_UP = 30  # consecutive failed connections before the error is raised to the runner (which restarts)
+KEEPALIVE = 30  # s between the keep-alives a headrace remote is asked for
+SILENCE = 120.0  # s without a byte after which the stream is read again from a new connection
 
 #: A snapshot entry: [size, mtime (ms), is_dir, creationTime (ms)].
 Entry = list[Any]
@@ -194,6 +196,7 @@ class _Session:
         self.later: list[str] = []  # directories found in a batch, to watch and list after it
         self.dropped: list[str] = []  # subscriptions of directories that left the tree, to delete after it
         self.door: DoorFiles | None = None
+        self.connected = False  # the last stream was opened (a drop after that is no failure to connect)
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -242,6 +245,7 @@ class _Session:
         relist = self.channel is None or self.snapshot is None
         try:
             while True:
+                self.connected = False
                 try:
                     if self.channel is None:
                         await self.new_channel()
@@ -256,7 +260,8 @@ class _Session:
                     self.channel = None
                     continue
                 except (httpx.TransportError, OSError, RuntimeError) as exc:
-                    failures += 1
+                    failures = 1 if self.connected else failures + 1
+                    backoff = 0.1 if self.connected else backoff
                     if failures >= GIVE_UP or (isinstance(exc, PermissionError) and failures >= 3):
                         raise
                     log.info("source %s: %s; retrying in %.1f s", self.source.name, exc, backoff)
@@ -322,15 +327,21 @@ class _Session:
         """Read the channel until the remote ends the stream (True) or something is wrong (raises)."""
         assert self.channel is not None
         headers = self.headers(**{"Last-Event-ID": str(self.last_id)})
-        timeout = httpx.Timeout(30, read=None)
+        # headrace's frontend sends a keep-alive comment every KEEPALIVE s when asked (dCache ignores the
+        # parameter): a connection silent for longer than SILENCE is taken for dead and made again
+        timeout = httpx.Timeout(30, read=SILENCE)
+        params = {"keepalive": str(KEEPALIVE)}
         queue: asyncio.Queue[ServerSentEvent | BaseException | None] = asyncio.Queue()
-        async with aconnect_sse(self.http, "GET", self.channel, headers=headers, timeout=timeout) as source:
+        async with aconnect_sse(
+            self.http, "GET", self.channel, headers=headers, params=params, timeout=timeout
+        ) as source:
             response = source.response
             if not response.is_success:
                 await response.aread()
                 if response.status_code == 404:
                     raise ChannelGone(detail_of(response))
                 raise_for(response, "GET the channel")
+            self.connected = True
 
             async def read() -> None:
                 try:
