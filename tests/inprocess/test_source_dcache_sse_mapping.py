@@ -14,7 +14,7 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent
 
-from headrace.events.sources import dcache_sse
+from headrace.events.sources import base, dcache_sse
 from headrace.events.sources.remote_http import Credentials, DoorFiles
 from source_support import MemorySink
 
@@ -255,3 +255,25 @@ def test_events_of_other_subscriptions_in_the_channel_are_skipped() -> None:
     tick = ServerSentEvent(event="metronome", data=json.dumps({"event": "tick", "subscription": SUB}), id="0")
     asyncio.run(session(sink).process([tick, inotify(1, ["IN_DELETE"], "x")]))
     assert [e.path for e in sink.events] == ["/w/x"] and sink.pos == "chan1:1"
+
+
+def test_a_fenced_sink_stops_the_source_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    def mock(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events/channels"):
+            return httpx.Response(201, headers={"Location": CHANNEL})
+        if request.url.path.endswith("/doors"):
+            return httpx.Response(200, json=[])
+        if request.url.path.endswith("/selector"):
+            return httpx.Response(200, json={"properties": {"path": {}, "recursive": {}}})
+        return remote(request)
+
+    monkeypatch.setattr(dcache_sse, "client", lambda: httpx.AsyncClient(transport=httpx.MockTransport(mock)))
+
+    class Fenced(MemorySink):
+        async def deliver(self, events: Any, position: str | None) -> int:
+            raise base.Fenced("taken over")
+
+    source = dcache_sse.build("s", {"url": API, "path": "/w", "recursive": True, "basic": "u:k"})
+    with pytest.raises(base.Fenced):
+        asyncio.run(asyncio.wait_for(source.run(Fenced()), 30))
+    assert source.files() is None  # the remote advertised no door

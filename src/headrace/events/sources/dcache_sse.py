@@ -65,7 +65,7 @@ import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from headrace.events.model import EventKind
-from headrace.events.sources.base import RemoteEvent, RemoteFiles, Sink, SourceConfigError
+from headrace.events.sources.base import Fenced, RemoteEvent, RemoteFiles, Sink, SourceConfigError
 from headrace.events.sources.remote_http import (
     CREDENTIAL_KEYS,
     Credentials,
@@ -250,11 +250,13 @@ class _Session:
                     if self.channel is None:
                         await self.new_channel()
                         relist = True
-                    if relist:
+                    if relist or self.cfg.path not in self.subs.values():  # (the watched path was gone)
                         await self.relist()
                         relist = False
                     if await self.stream():  # the remote ended the stream (a shutdown): reconnect
                         failures, backoff = 0, 0.1
+                except Fenced:
+                    raise  # another process holds the source now
                 except ChannelGone as exc:
                     log.info("source %s: channel %s gone (%s): making a new one", self.source.name, self.channel, exc)
                     self.channel = None
