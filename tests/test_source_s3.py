@@ -29,6 +29,8 @@ from headrace.events.sources import kinds
 from headrace.events.sources.base import SourceConfigError
 from headrace.events.sources.s3 import S3Files, S3Source
 from outbox import rows
+from test_cli import ok, one_line_error
+from test_cli import run as cli
 
 SECRET = "n0t1f1cat10n-" + secrets.token_hex(8)
 
@@ -449,3 +451,20 @@ def test_a_function_reads_the_object_it_was_told_of(server: Server, s3: S3Emulat
         assert [x["response"]["result"] for x in done] == [
             {"path": "/e2e/run 9/frame.h5", "mask": ["IN_CLOSE_WRITE"], "size": 1007, "head": "HDF5.."}
         ]
+
+
+def test_the_cli_adds_an_s3_source(server: Server) -> None:
+    name = "s3cli-" + uuid.uuid4().hex[:6]
+    args = ("source", "add", name, "--kind", "s3", "--secret", SECRET)
+    data = json.loads(ok(cli(server, *args, "-o", "endpoint=http://127.0.0.1:9", "-o", "region=eu-1", "--json")))
+    assert (data["kind"], data["secret"], data["endpoint"], data["region"]) == (
+        "s3",
+        "***",
+        "http://127.0.0.1:9",
+        "eu-1",
+    )
+    assert "'secret' is required" in one_line_error(cli(server, "source", "add", name + "x", "--kind", "s3"))
+    assert "http" in one_line_error(cli(server, *args, "-o", "endpoint=s3://bucket"))
+    assert post(server, name, {"Records": [aws_record("ObjectCreated:Put", "cli")]}).json() == {"received": 1}
+    ok(cli(server, "source", "rm", name))
+    problem(post(server, name, {"Records": [aws_record("ObjectCreated:Put", "cli")]}), 404)
