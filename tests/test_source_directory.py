@@ -9,6 +9,7 @@ import asyncio
 import copy
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -691,3 +692,49 @@ def test_the_cli_adds_a_directory_source(srv: Server, tmp_path: Path) -> None:
     (root / "x.txt").write_bytes(b"x")
     wait_for(lambda: _logged(srv, "dircli") == [("CLOSE_WRITE", "/x.h5", None)], "the .h5 file's event")
     ok(cli(srv, "source", "rm", "dircli"))
+
+
+def test_end_to_end_a_killed_server_reconciles_on_restart(tmp_path: Path) -> None:
+    """headrace killed while a directory source delivers, the tree changed while it is down: on restart every
+    file is announced once, and what changed meanwhile (renames, deletions, new files) once."""
+    server = Server(data=tmp_path / "data", cli_config=tmp_path / "cli.json").start()
+    root = tmp_path / "online"
+    root.mkdir()
+    try:
+        with server.api() as api:
+            body = {"kind": "directory", "root": str(root), "mode": "inotify", "interval": 0.2}
+            assert api.put(f"{SRC}/kept", json=body).status_code == 201
+        wait_for(lambda: _watching(server, "kept"), "the source's first view")
+        for i in range(600):
+            (root / f"f{i:03d}.h5").write_bytes(b"x" * i)
+        wait_for(lambda: len(_logged(server, "kept")) >= 50, "some files announced")
+        server.stop(signal.SIGKILL)  # in a delivery or between two: each commits with its position
+        announced = sorted(p for k, p, _ in _logged(server, "kept") if k == "CLOSE_WRITE")
+        print(f"killed with {len(announced)} of 600 files announced")
+        # while nothing watches: files written, announced ones renamed and deleted
+        for i in range(600, 800):
+            (root / f"f{i:03d}.h5").write_bytes(b"y" * i)
+        renamed, deleted = announced[:10], announced[10:20]
+        for p in renamed:
+            os.rename(root / p[1:], root / f"moved-{p[1:]}")
+        for p in deleted:
+            (root / p[1:]).unlink()
+        server.start()
+        expected = (
+            {("CLOSE_WRITE", f"/f{i:03d}.h5", None) for i in range(800)}
+            | {("MOVE", f"/moved-{p[1:]}", p) for p in renamed}
+            | {("DELETE", p, None) for p in deleted}
+        )
+        # a file never announced and renamed while down is new under its new name
+        expected = {
+            ("CLOSE_WRITE", f"/moved-{p[1:]}", None) if p in renamed and k == "CLOSE_WRITE" and p not in announced
+            else (k, p, o)
+            for k, p, o in expected
+        }  # fmt: skip
+        wait_for(lambda: set(_logged(server, "kept")) >= expected, "every change announced", timeout=120)
+        logged = _logged(server, "kept")
+        assert len(logged) == len(set(logged)) == len(expected), sorted(set(logged) - expected)
+        with server.api() as api:
+            assert api.get(f"{SRC}/kept").json()["state"]["received"] == len(expected)
+    finally:
+        server.stop()
