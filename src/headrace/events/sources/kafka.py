@@ -37,6 +37,7 @@ from headrace.events.model import EventKind
 from headrace.events.render import CLOUDEVENT_TYPES, TAPE_TYPES
 from headrace.events.sources.base import RemoteEvent, RemoteFiles, Sink, SourceConfigError
 from headrace.events.sources.remote_http import CREDENTIAL_KEYS, Credentials, DoorFiles
+from headrace.kafka_security import client_config
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, TopicPartition
@@ -352,6 +353,7 @@ class Feed:
             "reconnect.backoff.max.ms": 5000,
             "log.connection.close": False,
             "logger": _LibrdkafkaLog(),
+            **client_config(),  # HEADRACE_KAFKA_SECURITY_PROTOCOL, SASL_*, CA_FILE (headrace.kafka_security)
         }
         config.update(self.extra_config)
         return Consumer(config)
