@@ -56,7 +56,8 @@ class Site:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("tls")
     ca = TestCA.make(base / "ca")
-    srv = TLSServer(data=base / "data", cli_config=base / "cli.json", ca=ca).start()
+    srv = TLSServer(data=base / "data", cli_config=base / "cli.json", ca=ca)
+    srv.start()
     try:
         user, key, uid = add_user(srv, "tlsuser")
         with srv.door() as door:
@@ -293,7 +294,7 @@ class _SelfSigned(TLSServer):
         self.env_extra.pop("HEADRACE_CA_FILE", None)
 
     @property
-    def ssl_context(self) -> ssl.SSLContext:  # type: ignore[override]
+    def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.data / "tls" / "ca.pem"))
 
     def _ready(self) -> bool:

@@ -36,6 +36,7 @@ from headrace.events import billing
 from headrace.events.log import EventLog
 from headrace.events.model import StorageEvent
 from headrace.events.render import cloudevent_json
+from headrace.kafka_security import client_config, is_auth_failure
 from headrace.metrics import KAFKA_RELAY_LAG, KAFKA_RELAY_OFFSET
 
 log = logging.getLogger("headrace.kafka")
@@ -59,6 +60,8 @@ DEFAULT_TOPIC = "headrace-events"
 CLOUDEVENTS_HEADERS: list[tuple[str, str | bytes | None]] = [("content-type", b"application/cloudevents+json")]
 #: librdkafka's transport errors: Kafka is unreachable (logged once per outage, not per retry).
 _DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE}
+#: The brokers refused the credentials (SASL) or the TLS handshake failed: no retry helps until they change.
+_REFUSED = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL}
 
 
 def state_name(topic: str) -> str:
@@ -122,6 +125,10 @@ class KafkaRelay:
         self.door = door or billing.Door(host=service.settings.host, port=service.settings.door_port)
         self.cells = cells
         self.extra_config = dict(config or {})
+        #: SASL/TLS settings (HEADRACE_KAFKA_SECURITY_PROTOCOL, ...; headrace.kafka_security).
+        self.security = service.settings.kafka_security
+        #: The brokers' last refusal of the credentials or certificate (None: none since the last delivery).
+        self.auth_error: str | None = None
         self.state_name = state_name(topic)
         #: Newest offset whose messages (and every earlier event's) Kafka has acknowledged; stored.
         self.position = 0
@@ -274,6 +281,7 @@ class KafkaRelay:
             "log.connection.close": False,  # the broker closing an idle connection is no outage
             "error_cb": self._on_error,
             "logger": _LibrdkafkaLog(),
+            **client_config(self.security),
         }
         config.update(self.extra_config)
         return Producer(config)
@@ -349,6 +357,16 @@ class KafkaRelay:
         if err.fatal():
             self._fatal = err
             log.error("kafka producer: fatal error %s; restarting the producer", err.str())
+        elif err.code() in _REFUSED or is_auth_failure(err.str()):
+            if self.auth_error != err.str():
+                log.error(
+                    "kafka at %s refused the relay: %s (check HEADRACE_KAFKA_SASL_* and HEADRACE_KAFKA_CA_FILE); "
+                    "events wait in the outbox from offset %d",
+                    self.bootstrap,
+                    err.str(),
+                    self.position + 1,
+                )
+            self.auth_error = err.str()
         elif err.code() in _DOWN:
             if self._down_since is None:
                 self._down_since = time.monotonic()
@@ -373,6 +391,7 @@ class KafkaRelay:
             self.position = b.last
             advanced = True
             self._failures = 0
+            self.auth_error = None
         if advanced and self._down_since is not None:
             log.warning(
                 "kafka at %s reachable again after %.1f s; relaying from offset %d",

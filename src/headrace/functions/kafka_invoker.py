@@ -68,6 +68,7 @@ from headrace.functions.kafka_transport import ActivationPublisher, KafkaConfig,
 from headrace.functions.records import FINAL_STATES
 from headrace.functions.runner import Host, Runner, capacity
 from headrace.functions.store import FunctionStore, now_ms
+from headrace.kafka_security import client_config
 
 log = logging.getLogger("headrace.invoker")
 
@@ -237,6 +238,7 @@ class KafkaInvoker:
             "log.connection.close": False,
             "error_cb": self._on_error,
             "logger": LibrdkafkaLog(),
+            **client_config(),
         }
 
     async def start(self) -> None:

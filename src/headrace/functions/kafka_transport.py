@@ -44,6 +44,7 @@ from headrace.functions.entities import ActionRow, ActivationRow
 from headrace.functions.messages import Actions
 from headrace.functions.records import FINAL_STATES
 from headrace.functions.store import FunctionStore
+from headrace.kafka_security import client_config
 
 log = logging.getLogger("headrace.kafka")
 
@@ -66,7 +67,7 @@ def ensure_topics(
     bootstrap: str, activation_topic: str, results_topic: str, partitions: int, timeout: float = 30.0
 ) -> int:
     """Create the two topics if missing; the activation topic's partition count (as it is, if it existed)."""
-    config: KafkaConfig = {"bootstrap.servers": bootstrap, "logger": LibrdkafkaLog()}
+    config: KafkaConfig = {"bootstrap.servers": bootstrap, "logger": LibrdkafkaLog(), **client_config()}
     admin = AdminClient(config)
     deadline = time.monotonic() + timeout
     wanted = {activation_topic: partitions, results_topic: 1}
@@ -109,6 +110,7 @@ def producer_config(bootstrap: str, client_id: str) -> KafkaConfig:
         "reconnect.backoff.max.ms": 2000,
         "log.connection.close": False,
         "logger": LibrdkafkaLog(),
+        **client_config(),
     }
 
 
@@ -326,6 +328,7 @@ class ResultWaiters:
                 "enable.auto.offset.store": False,
                 "fetch.wait.max.ms": 50,
                 "logger": LibrdkafkaLog(),
+                **client_config(),
             }
         )
         self._thread = threading.Thread(target=self._consume, name="activation-results", daemon=True)
