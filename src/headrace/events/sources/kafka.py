@@ -259,13 +259,25 @@ def cloudevent_events(obj: dict[str, Any], key: str, door: DoorFiles | None = No
     ]
 
 
-def decoder(fmt: str, door: DoorFiles | None) -> Decoder:
-    convert = billing_events if fmt == "billing" else cloudevent_events
+def decoder(fmt: str, door: DoorFiles | None, name: str) -> Decoder:
+    """The decoder of `fmt`. CloudEvents that this source delivered itself (CloudEvents `source`
+    /headrace/sources/NAME, as headrace's relay names them) are passed over: a headrace whose relay publishes to
+    the topic its own source reads would otherwise take its events back again and again."""
+    if fmt == "billing":
 
-    def decode(value: bytes | None, key: str) -> Sequence[RemoteEvent]:
-        return convert(_json_object(value), key, door)
+        def billing(value: bytes | None, key: str) -> Sequence[RemoteEvent]:
+            return billing_events(_json_object(value), key, door)
 
-    return decode
+        return billing
+    own = f"/headrace/sources/{name}"
+
+    def cloudevents(value: bytes | None, key: str) -> Sequence[RemoteEvent]:
+        obj = _json_object(value)
+        if obj.get("source") == own:
+            return []
+        return cloudevent_events(obj, key, door)
+
+    return cloudevents
 
 
 # -- the consuming loop -------------------------------------------------------------------------------------------
@@ -575,5 +587,5 @@ def build(name: str, config: Mapping[str, Any]) -> KafkaSource:
     if fmt not in FORMATS:
         raise SourceConfigError(f"Source {name!r}: 'format' is one of {', '.join(FORMATS)}, not {fmt!r}.")
     files = door_files(name, config)
-    feed = Feed(name, bootstrap=bootstrap, topic=topic, group=group, decode=decoder(fmt, files))
+    feed = Feed(name, bootstrap=bootstrap, topic=topic, group=group, decode=decoder(fmt, files, name))
     return KafkaSource(name, feed, files)
