@@ -206,7 +206,7 @@ class Authenticator:
         """The principal behind a request's credentials; raises Unauthorized (401) when they do not hold,
         TooManyRequests (429) when this client or user has failed too often of late."""
         if authz:
-            return await self._macaroon(authz, client_ip)
+            return await (self._jwt(authz) if looks_like_jwt(authz) else self._macaroon(authz, client_ip))
         if authorization:
             scheme, _, value = authorization.partition(" ")
             scheme = scheme.lower()

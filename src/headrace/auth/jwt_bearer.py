@@ -197,6 +197,8 @@ class JwtVerifier:
         self._http = http
         self._keys: dict[str, IssuerKeys] = {}
         self._mapped: dict[str, tuple[str, float]] = {}
+        #: Tokens verified before (the token itself -> what it says, the kid that signed it).
+        self._verified: dict[str, tuple[VerifiedToken, str]] = {}
 
     def _client(self) -> httpx.AsyncClient:
         if self._http is None:
@@ -204,6 +206,24 @@ class JwtVerifier:
         return self._http
 
     async def verify(self, token: str) -> VerifiedToken:
+        """The token's issuer entry and claims if it holds; 401 (`invalid_token`) with the reason if not. A token
+        verified before is taken from memory (PyJWT's decoding costs ~1 ms) while it has not expired and the
+        key that signed it is still among its issuer's keys."""
+        held = self._verified.get(token)
+        if held is not None:
+            verified, kid = held
+            exp = verified.claims.get("exp")
+            keys = self._keys.get(verified.issuer.issuer)
+            if isinstance(exp, (int, float)) and time.time() < exp + LEEWAY and keys is not None and kid in keys.keys:
+                return verified
+            self._verified.pop(token, None)
+        verified, kid = await self._verify(token)
+        if len(self._verified) >= 10_000:
+            self._verified.clear()
+        self._verified[token] = (verified, kid)
+        return verified
+
+    async def _verify(self, token: str) -> tuple[VerifiedToken, str]:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -249,7 +269,7 @@ class JwtVerifier:
             raise invalid_token(f"the {exc.claim} claim is missing") from exc
         except jwt.PyJWTError as exc:
             raise invalid_token(str(exc)) from exc
-        return VerifiedToken(issuer, claims)
+        return VerifiedToken(issuer, claims), key.key_id or ""
 
     # -- identity ----------------------------------------------------------------------------------------
 
