@@ -374,6 +374,14 @@ def test_reading_a_sources_files(srv: Server, alice: tuple[str, str], bob: tuple
         problem(a.get(f"{SRC}/store8/files/d/broken.bin"), 502, "the remote went away")
         problem(a.get(f"{SRC}/store8/files/d/data.bin", headers={"Range": "bytes=5000-"}), 416)
         problem(b.get(f"{SRC}/store8/files/d/data.bin"), 404, "No such source")
+    # a token of a reader narrows: without DOWNLOAD, or confined to paths of this namespace, it reads nothing
+    from test_auth_attacks import mint
+
+    for caveats, status in ((["activity:DOWNLOAD"], 200), (["activity:LIST"], 403), (["path:/home"], 403)):
+        token = mint(srv, alice, caveats=caveats)
+        with client(base_url=srv.api_url, headers={"Authorization": f"Bearer {token}"}) as t:
+            r = t.get(f"{SRC}/store8/files/d/data.bin")
+            assert r.status_code == status, (caveats, r.text)
     # the SDK's client reads them the same way
     from headrace.client import Client, ClientConfig, HeadraceClientError
 
