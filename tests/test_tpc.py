@@ -505,3 +505,53 @@ def test_a_function_pulls_a_file_with_copy_from(pair: Pair) -> None:
     assert http("GET", pair.here.door_url + "/fn/pulled", auth=pair.here.auth).content == data
     # The pulled file's events name the activation that asked for it.
     assert ("CLOSE_WRITE", record["activationId"]) in _events(pair.here, "/fn/pulled")
+
+
+# -- the parts, without servers -------------------------------------------------------------------------------
+
+
+def test_wire_format_and_header_mapping() -> None:
+    from headrace.errors import BadRequest
+    from headrace.storage import tpc
+
+    marker = tpc.perf_marker(1234, 1700000000.7).decode()
+    assert [line.strip() for line in marker.splitlines()] == [
+        "Perf Marker",
+        "Timestamp: 1700000000",
+        "Stripe Index: 0",
+        "Stripe Bytes Transferred: 1234",
+        "Total Stripe Count: 1",
+        "End",
+    ]
+    assert tpc.failure_line("remote GET answered 404\nNot Found") == b"failure: remote GET answered 404 Not Found\n"
+    mapped = tpc.transfer_headers(
+        [("TransferHeaderAuthorization", "Bearer t"), ("Authorization", "mine"), ("transferheaderx-a", "1")]
+    )
+    assert mapped == {"Authorization": "Bearer t", "x-a": "1"}
+    for bad in ("TransferHeader", "TransferHeaderHost", "TransferHeaderTransfer-Encoding"):
+        with pytest.raises(BadRequest):
+            tpc.transfer_headers([(bad, "x")])
+    assert tpc.compare({"ADLER32": "0000002a"}, {"ADLER32": "0000002a"}) is None
+    assert "mismatch" in (tpc.compare({"ADLER32": "0000002a"}, {"ADLER32": "0000002b"}) or "")
+    assert tpc.remote_digest("adler32=0000002A", ["ADLER32"]) == {"ADLER32": "0000002a"}
+
+
+def test_blob_chunks_reads_any_store() -> None:
+    """The push path for blobs held by a pool process: the store's own ASGI send, caught chunk by chunk."""
+    import asyncio
+
+    from headrace.storage.memory_store import MemoryStore
+    from headrace.storage.tpc_transfer import blob_chunks
+
+    async def run() -> bytes:
+        store = MemoryStore("mem")
+        data = secrets.token_bytes(3 * 1024 * 1024 + 1)
+        stored = await store.write(data)
+        got = b"".join([c async for c in blob_chunks(store, stored.blob, stored.size, "f")])
+        assert got == data
+        with pytest.raises(Exception, match=r"(?i)missing|not found|no such"):
+            async for _ in blob_chunks(store, "0" * 32, 10, "gone"):
+                pass
+        return got
+
+    assert asyncio.run(run())

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import select
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -21,6 +25,8 @@ import httptools
 from headrace.tls import tls_context
 
 READ = 1024 * 1024
+#: Bytes per sendfile(2) call of a push.
+SENDFILE_STEP = 8 * READ
 MAX_REDIRECTS = 8
 #: Headers a redirect to another origin must not carry on.
 CREDENTIALS = {"authorization", "cookie", "proxy-authorization"}
@@ -165,45 +171,113 @@ async def _once(url: str, headers: dict[str, str], connect_timeout: float, idle_
     return await _response(url, reader, writer, idle_timeout)
 
 
+def _sendfile(sock: int, path: str, size: int, idle_timeout: float, stop: threading.Event, sent: list[int]) -> None:
+    """Send the file at `path` on the non-blocking socket `sock` with sendfile(2), waiting for room with
+    poll(2) (a thread's loop: the event loop does not write to the socket meanwhile); `sent[0]` counts."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        while sent[0] < size and not stop.is_set():
+            try:
+                n = os.sendfile(sock, fd, sent[0], min(size - sent[0], SENDFILE_STEP))
+            except BlockingIOError:
+                waited = time.monotonic()
+                while not poller.poll(500):
+                    if stop.is_set():
+                        return
+                    if time.monotonic() - waited > idle_timeout:
+                        raise TimeoutError() from None
+                continue
+            if n == 0:
+                raise HttpFailure(f"the local file ended after {sent[0]} of {size} bytes")
+            sent[0] += n
+    finally:
+        os.close(fd)
+
+
+async def _send_body(
+    writer: asyncio.StreamWriter, body: AsyncIterator[bytes] | str, size: int, idle_timeout: float, sent: list[int]
+) -> None:
+    """The request body: chunks written as they come, or a file sent with sendfile(2) on a plain connection."""
+    sock = writer.get_extra_info("socket")
+    if isinstance(body, str) and writer.get_extra_info("sslcontext") is None and sock is not None:
+        writer.transport.set_write_buffer_limits(high=0)  # drain() now waits until the head is on the wire
+        async with asyncio.timeout(idle_timeout):
+            await writer.drain()
+        stop = threading.Event()
+        thread = asyncio.get_running_loop().run_in_executor(
+            None, _sendfile, sock.fileno(), body, size, idle_timeout, stop, sent
+        )
+        try:
+            await asyncio.shield(thread)
+        except asyncio.CancelledError:
+            stop.set()  # the thread must be done with the socket before it may be closed
+            with contextlib.suppress(BaseException):
+                await thread
+            raise
+        return
+    if isinstance(body, str):
+        body = _file_chunks(body, size)
+    # Wait for the socket only past a few chunks queued, not after each (asyncio's default is 64 KiB).
+    writer.transport.set_write_buffer_limits(high=4 * READ, low=2 * READ)
+    async for chunk in body:
+        writer.write(chunk)
+        sent[0] += len(chunk)
+        async with asyncio.timeout(idle_timeout):
+            await writer.drain()
+
+
+async def _file_chunks(path: str, size: int) -> AsyncIterator[bytes]:
+    loop = asyncio.get_running_loop()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pos = 0
+        while pos < size:
+            data = await loop.run_in_executor(None, os.pread, fd, min(READ, size - pos), pos)
+            if not data:
+                return
+            pos += len(data)
+            yield data
+    finally:
+        os.close(fd)
+
+
 async def put(
     url: str,
     headers: dict[str, str],
     size: int,
-    chunks: AsyncIterator[bytes],
+    body: AsyncIterator[bytes] | str,
     *,
     connect_timeout: float,
     idle_timeout: float,
+    sent: list[int] | None = None,
 ) -> tuple[Response, str]:
-    """PUT `size` bytes from `chunks` to `url` (no redirect followed: the body cannot be sent twice); the
-    response (closed) and the start of its body. A remote that answers before the body is complete (a 401,
-    a 507) is read for its answer."""
+    """PUT `size` bytes to `url`: from the chunks of `body`, or the file at the path `body` (sendfile(2) on a
+    plain connection: the bytes never enter Python). No redirect is followed (the body cannot be sent twice).
+    The response (closed) and the start of its body; `sent[0]` counts the bytes sent as they go. A remote
+    that answers before the body is complete (a 401, a 507) is read for its answer."""
+    count = sent if sent is not None else [0]
     reader, writer, target, netloc = await _connect(url, connect_timeout)
     try:
-        # Wait for the socket only past a few chunks queued, not after each (asyncio's default is 64 KiB).
-        writer.transport.set_write_buffer_limits(high=4 * READ, low=2 * READ)
         writer.write(_head("PUT", target, netloc, {**headers, "Content-Length": str(size)}))
-        sent = 0
         failed: ConnectionError | None = None
         try:
-            async for chunk in chunks:
-                writer.write(chunk)
-                sent += len(chunk)
-                async with asyncio.timeout(idle_timeout):
-                    await writer.drain()
+            await _send_body(writer, body, size, idle_timeout, count)
         except TimeoutError as exc:
-            raise HttpFailure(f"{netloc} took no data for {idle_timeout:g} s (after {sent} bytes)") from exc
+            raise HttpFailure(f"{netloc} took no data for {idle_timeout:g} s (after {count[0]} bytes)") from exc
         except ConnectionError as exc:
             failed = exc  # the remote may have answered, and stopped reading
-        if failed is None and sent != size:
-            raise HttpFailure(f"the local file gave {sent} bytes, not {size}")
+        if failed is None and count[0] != size:
+            raise HttpFailure(f"the local file gave {count[0]} bytes, not {size}")
         try:
             response = await _response(url, reader, writer, idle_timeout)
         except HttpFailure as exc:
             if failed is not None:
-                raise HttpFailure(f"sending to {netloc} failed after {sent} bytes: {failed}") from failed
+                raise HttpFailure(f"sending to {netloc} failed after {count[0]} bytes: {failed}") from failed
             raise exc
         if failed is not None and response.status < 300:
-            raise HttpFailure(f"sending to {netloc} failed after {sent} bytes: {failed}") from failed
+            raise HttpFailure(f"sending to {netloc} failed after {count[0]} bytes: {failed}") from failed
         return response, await response.text()
     finally:
         writer.close()

@@ -120,22 +120,27 @@ class RemoteClient:
             raise RemoteFailure(f"GET {url} failed: {exc}") from exc
 
     async def put(
-        self, url: str, headers: dict[str, str], size: int, chunks: AsyncIterator[bytes], progress: Progress
+        self, url: str, headers: dict[str, str], size: int, body: AsyncIterator[bytes] | str, progress: Progress
     ) -> dict[str, str]:
-        """PUT `size` bytes from `chunks` to `url` (no redirect followed: the body cannot be sent twice); the
+        """PUT `size` bytes to `url` from the chunks of `body` or the local file at the path `body`; the
         response's headers, RemoteFailure unless 2xx."""
         progress.size = size
+        sent = [0]
 
-        async def counted() -> AsyncIterator[bytes]:
-            async for chunk in chunks:
-                progress.transferred += len(chunk)
-                yield chunk
+        async def count() -> None:  # the bytes sent, for the markers, while the PUT runs
+            while True:
+                progress.transferred = sent[0]
+                await asyncio.sleep(0.2)
 
+        counter = asyncio.create_task(count())
         timeouts = {"connect_timeout": self.settings.connect_timeout, "idle_timeout": self.settings.idle_timeout}
         try:
-            r, text = await tpc_http.put(url, headers, size, counted(), **timeouts)
+            r, text = await tpc_http.put(url, headers, size, body, sent=sent, **timeouts)
         except tpc_http.HttpFailure as exc:
             raise RemoteFailure(f"PUT {url} failed: {exc}") from exc
+        finally:
+            counter.cancel()
+            progress.transferred = sent[0]
         if not 200 <= r.status < 300:
             raise RemoteFailure(_reason(r.status, text, "PUT"))
         return r.headers

@@ -30,6 +30,7 @@ from headrace.auth.subject import Subject, W, X
 from headrace.errors import BadGateway, BadRequest, Conflict, HeadraceError, PreconditionFailed, TooManyRequests
 from headrace.metrics import DOOR_BYTES
 from headrace.storage.checksums import format_digest
+from headrace.storage.local_store import LocalStore
 from headrace.storage.namespace import Inode, Namespace
 from headrace.storage.tpc import (
     MEDIA_TYPE,
@@ -259,7 +260,18 @@ class ThirdPartyCopy(DoorBase):
         if digest:
             sent["Digest"] = digest  # the remote verifies it as it receives (dCache and headrace do)
         label = call.principal.external(node.path)
-        answer = await self.remote.put(dest, sent, node.size, blob_chunks(store, node.blob, node.size, label), progress)
+        # A blob of this process's own pool goes by sendfile(2); a pool process's through the store's reads.
+        body = store.pool.blob_path_str(node.blob) if isinstance(store, LocalStore) else None
+        chunks = body or blob_chunks(store, node.blob, node.size, label)
+        if isinstance(store, LocalStore):  # being read: a tape agent does not evict it meanwhile
+            store.reading[node.blob] = store.reading.get(node.blob, 0) + 1
+        try:
+            answer = await self.remote.put(dest, sent, node.size, chunks, progress)
+        finally:
+            if isinstance(store, LocalStore):
+                left = store.reading.pop(node.blob, 1) - 1
+                if left:
+                    store.reading[node.blob] = left
         DOOR_BYTES.labels("out").inc(node.size)
         theirs = remote_digest(answer.get("digest"), wanted)
         if not theirs and verify:
