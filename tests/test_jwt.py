@@ -327,3 +327,40 @@ def _env() -> dict[str, Any]:
 
 def _b(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def test_scopes_to_grants() -> None:
+    from headrace.auth.issuers import Issuer
+    from headrace.auth.jwt_bearer import capability_grants
+
+    base = Issuer("https://i.example", base_path="/exp/xfel")
+    grants = capability_grants(base, ["openid", "storage.read:/", "storage.stage:/p1", "storage.create:/../etc"])
+    assert grants is not None
+    assert [(p, sorted(a)) for p, a in grants] == [
+        ("/exp/xfel", ["DOWNLOAD", "LIST", "READ_METADATA"]),
+        ("/exp/xfel/p1", ["LIST", "READ_METADATA", "STAGE"]),
+    ]  # a scope climbing out of the base path grants nothing; it still makes this a capability token
+    assert capability_grants(base, ["openid", "profile", "read", "write"]) is None  # bare read/write: identity
+    sci = Issuer("https://i.example", kind="scitokens")
+    assert capability_grants(sci, ["storage.read:/"]) is None  # another profile's scope is not a capability here
+    assert capability_grants(sci, ["write:/a"]) == [("/a", frozenset(
+        {"UPLOAD", "MANAGE", "DELETE", "UPDATE_METADATA", "LIST", "READ_METADATA"}
+    ))]  # fmt: skip
+    assert capability_grants(Issuer("https://i.example", kind="oidc"), ["storage.read:/"]) is None
+    only_bad = capability_grants(base, ["storage.modify:relative"])
+    assert only_bad == []  # a capability token granting nothing: everything is refused, never the user's full rights
+
+
+def test_whoami_route_for_keys_and_macaroons(env: Env) -> None:
+    with env.server.api() as api:
+        assert api.get("/api/v1/user").json()["authentication"] == {"method": "basic"}
+    with env.server.door() as door:
+        r = door.post(
+            "/wl/data",
+            json={"caveats": ["activity:DOWNLOAD"], "validity": "PT5M"},
+            headers={"Content-Type": "application/macaroon-request"},
+        )
+    me = http("GET", f"{env.server.api_url}/api/v1/user", headers=_b(r.json()["macaroon"])).json()
+    assert me["authentication"]["method"] == "macaroon"
+    assert me["authentication"]["restrictions"]["paths"] == ["/wl/data"]
+    assert me["authentication"]["restrictions"]["activities"] == ["DOWNLOAD"]
