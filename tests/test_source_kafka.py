@@ -17,6 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -299,6 +300,51 @@ def test_restart_resumes_without_loss_or_doubling(kafka: KafkaBroker) -> None:
     run_until(build(), sink, lambda: sum(json.loads(sink.stored or "{}").values()) == 401)
     assert len(sink.events) == 401
     assert sink.states.get("lag") in (None, 0)
+
+
+@in_memory
+@pytest.mark.slow
+def test_the_broker_going_away_and_back(tmp_path: Path) -> None:
+    """A broker of its own, killed while the source runs and started again: the source rides it out (no
+    error, no restart) and goes on from where it was, nothing lost or doubled."""
+    broker = KafkaBroker(tmp_path / "kafka").start()
+    try:
+        topic = new_topic(broker)
+        produce(broker, topic, [v for i in range(50) for v in written(i, f"/k/a{i}")])
+        source = kinds.build("flaky", "kafka", {"bootstrap": broker.bootstrap, "topic": topic})
+        sink = MemorySink()
+
+        async def go() -> None:
+            task = asyncio.create_task(source.run(sink))
+            try:
+                await until(lambda: len(sink.events) == 50, task)
+                await asyncio.to_thread(broker.kill)
+                await asyncio.sleep(1)  # the consumer finds the broker gone
+                await asyncio.to_thread(broker.start)
+                await asyncio.to_thread(produce, broker, topic, [v for i in range(50) for v in written(i, f"/k/b{i}")])
+                await until(lambda: len(sink.events) == 100, task)
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+        asyncio.run(go())
+        assert sorted(e.path for e in sink.events) == sorted(
+            [f"/k/a{i}" for i in range(50)] + [f"/k/b{i}" for i in range(50)]
+        )
+        assert sink.offered == 100
+    finally:
+        broker.stop()
+
+
+async def until(done: Callable[[], bool], task: asyncio.Task[None], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if task.done():
+            task.result()
+            raise AssertionError("the source returned")
+        assert time.monotonic() < deadline, "not done in time"
+        await asyncio.sleep(0.05)
 
 
 @in_memory
