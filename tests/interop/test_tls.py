@@ -3,7 +3,8 @@ download over TLS as a non-admin user, trusting the test CA each its own way (cu
 gfal2's X509_CERT_DIR, davix --capath); a client without the CA fails with its certificate error; the door
 speaks HTTP/2 by ALPN; what the server announces (doors, the CLI config, activation storage URLs) is https,
 the CLI and functions in their sandbox reach it over TLS; `--tls-client-ca` refuses a client without a
-certificate; `--tls-self-signed` makes its CA once and reuses it.
+certificate; `--tls-self-signed` makes its CA once and reuses it. The third-party clients' tests are marked
+interop (SQLite run only, as all interop tests); the rest run on both databases.
 
 davix 0.8 (Debian's) never answers a Basic challenge (--userlogin/--userpass: cern-fts/davix#81), so davix
 and gfal2 carry the user's macaroon as a bearer token (gfal2 from BEARER_TOKEN, davix as a header).
@@ -28,8 +29,6 @@ from harness import add_user, headrace_command
 from tls_harness import TestCA, TLSServer
 
 from .tools import require, run
-
-pytestmark = pytest.mark.interop
 
 MB = 1024 * 1024
 GFAL_PYTHON = "/usr/bin/python3"
@@ -94,6 +93,7 @@ def test_announced_urls_are_https(site: Site) -> None:
         httpx.get(site.srv.door_url + site.home, auth=(site.user, site.key))
 
 
+@pytest.mark.interop
 def test_curl_over_tls_and_http2(site: Site, tmp_path: Path) -> None:
     require("curl")
     src, data = _payload(tmp_path, "curl.bin")
@@ -118,6 +118,7 @@ def test_curl_over_tls_and_http2(site: Site, tmp_path: Path) -> None:
     assert bad.returncode == 60 and "certificate" in bad.stderr.lower()
 
 
+@pytest.mark.interop
 def test_rclone_over_tls(site: Site, tmp_path: Path) -> None:
     require("rclone")
     src, data = _payload(tmp_path, "rc.bin")
@@ -140,6 +141,7 @@ def test_rclone_over_tls(site: Site, tmp_path: Path) -> None:
     assert bad.returncode != 0 and "x509: certificate signed by unknown authority" in bad.stderr
 
 
+@pytest.mark.interop
 def test_gfal_copy_davs(site: Site, tmp_path: Path) -> None:
     gfal_copy = require("gfal-copy")
     if subprocess.run([GFAL_PYTHON, "-c", "import gfal2, gfal2_util"], capture_output=True).returncode != 0:
@@ -158,6 +160,7 @@ def test_gfal_copy_davs(site: Site, tmp_path: Path) -> None:
     assert bad.returncode != 0 and "certificate verification failed" in bad.stderr.lower(), bad.stderr
 
 
+@pytest.mark.interop
 def test_davix_davs(site: Site, tmp_path: Path) -> None:
     require("davix-put")
     src, data = _payload(tmp_path, "davix.bin")

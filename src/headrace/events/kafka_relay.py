@@ -358,7 +358,7 @@ class KafkaRelay:
             self._fatal = err
             log.error("kafka producer: fatal error %s; restarting the producer", err.str())
         elif err.code() in _REFUSED or is_auth_failure(err.str()):
-            if self.auth_error != err.str():
+            if self.auth_error is None:  # once per outage: librdkafka retries (and says so) every few 100 ms
                 log.error(
                     "kafka at %s refused the relay: %s (check HEADRACE_KAFKA_SASL_* and HEADRACE_KAFKA_CA_FILE); "
                     "events wait in the outbox from offset %d",
