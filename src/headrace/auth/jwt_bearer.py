@@ -94,7 +94,7 @@ class IssuerKeys:
         self.http = http
         self.refetch_interval = refetch_interval
         self.keys: dict[str, PyJWK] = {}
-        self.fetched = 0.0
+        self.fetched = -1e9  # never: time.monotonic() may be small on a machine just booted
         self.attempted = -1e9
         self._lock = asyncio.Lock()
 
