@@ -577,14 +577,98 @@ class HeadraceServer(Server):
         return {"env": shown, "webdav_root": self.root}
 
 
+class HeadraceTLSServer(HeadraceServer):
+    """`headrace up --tls-cert --tls-key`: the door on granian with TLS (a certificate from a CA made here with
+    `cryptography`, through headrace.tls_server), for the large-file rows beside plain HTTP."""
+
+    name = "headrace-tls"
+
+    def __init__(self, workdir: Path, extra_env: dict[str, str], root: str) -> None:
+        super().__init__(workdir, extra_env, root)
+        self.label = self.name
+        self.dir = workdir / self.label
+        self.data = self.dir / "data"
+        self.log_path = self.dir / "server.log"
+        self.cacert = self.dir / "tls" / "ca.pem"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        from headrace.tls_server import issue, make_ca
+
+        tls = self.dir / "tls"
+        ca, ca_key = make_ca(tls, "bench CA")
+        issue(ca, ca_key, tls / "server.pem", tls / "server-key.pem", ["localhost", HOST])
+        argv, env = super().command()
+        argv += ["--tls-cert", str(tls / "server.pem"), "--tls-key", str(tls / "server-key.pem")]
+        return argv, env
+
+    def url(self, path: str) -> str:
+        return f"https://{HOST}:{self.port}{self.path(path)}"
+
+    def request(self, port: int, method: str, path: str) -> int:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(self.cacert))
+        conn = http.client.HTTPSConnection(HOST, port, timeout=10, context=ctx)
+        try:
+            conn.request(method, path, headers={"Authorization": AUTH_HEADER})
+            resp = conn.getresponse()
+            resp.read()
+            return resp.status
+        finally:
+            conn.close()
+
+    def is_ready(self) -> bool:
+        if self.request(self.api_port, "GET", "/healthz") != 200:
+            return False
+        self.request(self.port, "OPTIONS", self.path("/"))
+        return True
+
+
+def bench_tls(server: HeadraceTLSServer, plan: Plan, src: Path) -> dict[str, Any]:
+    """The large-file PUT and GET rows through the door over TLS (HTTP/1.1, as curl is told for every server)."""
+    result: dict[str, Any] = {"version": server.version(), "settings": server.describe()}
+    os.sync()
+    print(f"[{server.label}] starting on port {server.port}", flush=True)
+    try:
+        server.start()
+        if server.request(server.port, "MKCOL", server.path("/big")) not in (201, 405):
+            raise BenchError("MKCOL /big over TLS failed")
+        put_big = big_runs(server, "PUT", plan, src)
+        get_big = big_runs(server, "GET", plan, src)
+        result.update(
+            {
+                "put_big_MBps": statistics.median(r["MBps"] for r in put_big),
+                "put_big_MBps_best": max(r["MBps"] for r in put_big),
+                "get_big_MBps": statistics.median(r["MBps"] for r in get_big),
+                "get_big_MBps_best": max(r["MBps"] for r in get_big),
+                "put_big_runs": put_big,
+                "get_big_runs": get_big,
+            }
+        )
+    finally:
+        server.stop()
+    return result
+
+
+def tls_ratios(servers: dict[str, Any]) -> dict[str, float | None]:
+    """headrace's door over TLS as a share of the same door over plain HTTP, for the large-file rows."""
+    plain, tls = servers.get("headrace", {}), servers.get("headrace-tls", {})
+    out: dict[str, float | None] = {}
+    for key in ("put_big_MBps", "get_big_MBps"):
+        a, b = tls.get(key), plain.get(key)
+        out[key] = round(a / b, 3) if isinstance(a, float | int) and isinstance(b, float | int) and b else None
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Large file: curl
 
 
-def curl_transfer(method: str, url: str, src: Path | None, expect_bytes: int) -> float:
-    """PUT `src` to `url` (or GET `url` to /dev/null) with curl; returns curl's own total time in s."""
+def curl_transfer(method: str, url: str, src: Path | None, expect_bytes: int, cacert: Path | None = None) -> float:
+    """PUT `src` to `url` (or GET `url` to /dev/null) with curl; returns curl's own total time in s. An https
+    `url` is verified against `cacert`; curl speaks HTTP/1.1 to every server, TLS or not."""
     cmd = [
-        "curl",
+        *(["--cacert", str(cacert)] if cacert is not None else []),
         "--silent",
         "--show-error",
         "--http1.1",
@@ -601,7 +685,7 @@ def curl_transfer(method: str, url: str, src: Path | None, expect_bytes: int) ->
         assert src is not None
         # No "Expect: 100-continue": curl would otherwise wait up to 1 s for servers that skip it.
         cmd += ["--header", "Expect:", "--upload-file", str(src)]
-    proc = subprocess.run([*cmd, url], capture_output=True, text=True, check=False)
+    proc = subprocess.run(["curl", *cmd, url], capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BenchError(f"curl {method} {url} failed ({proc.returncode}): {proc.stderr.strip()}")
     code_s, time_s, up_s, down_s = proc.stdout.split()
@@ -1043,7 +1127,8 @@ def big_runs(server: Server, method: str, plan: Plan, src: Path) -> list[dict[st
             os.sync()  # each upload starts with no dirty pages left from the previous one
         url = server.url(f"/big/big{run}" if method == "PUT" else "/big/big0")
         with RssSampler(server.pid) as rss, CpuWatch(server.pid) as cpu:
-            seconds = curl_transfer(method, url, src if method == "PUT" else None, plan.big_bytes)
+            cacert = getattr(server, "cacert", None)
+            seconds = curl_transfer(method, url, src if method == "PUT" else None, plan.big_bytes, cacert)
         runs.append(
             {
                 "MBps": mbps(plan.big_bytes, seconds),
@@ -1300,6 +1385,31 @@ MD_BEGIN = "<!-- storage-bench:begin (written by bench/storage.py) -->"
 MD_END = "<!-- storage-bench:end -->"
 
 
+def tls_markdown(report: dict[str, Any], plan: Plan) -> list[str]:
+    """The large-file rows of headrace's door over TLS beside plain HTTP (none when not measured)."""
+    tls = report.get("tls") or {}
+    got, plain = tls.get("headrace-tls") or {}, report["servers"].get("headrace", {})
+    if not got:
+        return []
+    if "error" in got:
+        return ["## TLS", "", f"headrace-tls failed: {got['error']}", ""]
+    r = tls.get("ratios", {})
+    return [
+        "## TLS",
+        "",
+        "The door (granian) with `--tls-cert/--tls-key` (ECDSA P-256 certificate, TLS 1.3), curl over HTTP/1.1 "
+        "verifying it against the CA, beside the same door over plain HTTP:",
+        "",
+        "| metric | headrace (http) | headrace-tls (https) | https/http |",
+        "|---|---:|---:|---:|",
+        f"| PUT {plan.big_label} (MB/s) | {fmt(plain.get('put_big_MBps'))} | {fmt(got['put_big_MBps'])} | "
+        f"{fmt(r.get('put_big_MBps'), 2)} |",
+        f"| GET {plan.big_label} (MB/s) | {fmt(plain.get('get_big_MBps'))} | {fmt(got['get_big_MBps'])} | "
+        f"{fmt(r.get('get_big_MBps'), 2)} |",
+        "",
+    ]
+
+
 def render_markdown(report: dict[str, Any], plan: Plan) -> str:
     servers: dict[str, Any] = report["servers"]
     names = [n for n in SERVER_NAMES if n in servers]
@@ -1363,6 +1473,7 @@ def render_markdown(report: dict[str, Any], plan: Plan) -> str:
         f"one keep-alive connection each, driven by the `{gen['used']}` generator. Peak RSS is the server "
         "process plus its children, sampled every 50 ms; lower is better.",
         "",
+        *tls_markdown(report, plan),
         "## Goals",
         "",
         "| goal | metric | ratio | status |",
@@ -1465,6 +1576,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--headrace-root", default="/", help="WebDAV root path on the headrace door")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, configs)")
     parser.add_argument(
+        "--no-tls", action="store_true", help="skip the headrace door's large-file rows over TLS (headrace-tls)"
+    )
+    parser.add_argument(
         "--render", type=Path, metavar="JSON", help="only re-render the markdown (--md) from an earlier JSON"
     )
     parser.add_argument(
@@ -1558,8 +1672,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if server.log_path.exists():
                     print(f"[{name}] last lines of {server.log_path}:\n{tail(server.log_path)}", file=sys.stderr)
                 servers[name] = {"version": server.version(), "error": str(exc), "log_tail": tail(server.log_path)}
+        if "headrace" in args.servers and not args.no_tls:
+            tls_server = HeadraceTLSServer(tmp, extra_env, args.headrace_root)
+            try:
+                tls_result = bench_tls(tls_server, plan, src)
+            except (BenchError, OSError, subprocess.SubprocessError) as exc:
+                print(f"[headrace-tls] FAILED: {exc}", file=sys.stderr, flush=True)
+                tls_result = {"error": str(exc), "log_tail": tail(tls_server.log_path)}
 
     ratios = compute_ratios(servers, plan)
+    tls_report: dict[str, Any] | None = None
+    if "headrace" in args.servers and not args.no_tls:
+        tls_report = {"headrace-tls": tls_result, "ratios": tls_ratios({**servers, "headrace-tls": tls_result})}
+        r = tls_report["ratios"]
+        print(f"TLS/plain on the door: PUT {fmt(r['put_big_MBps'], 2)}, GET {fmt(r['get_big_MBps'], 2)}", flush=True)
     report: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "plan": asdict(plan),
@@ -1570,6 +1696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "servers": servers,
         "ratios": ratios,
         "goals": compute_goals(servers, ratios, disk),
+        "tls": tls_report,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

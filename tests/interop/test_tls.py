@@ -25,7 +25,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from harness import add_user, headrace_command
+from harness import add_user, headrace_command, query
+from pool_harness import PoolProcess, pool_db_url
 from tls_harness import TestCA, TLSServer
 
 from .tools import require, run
@@ -304,3 +305,36 @@ class _SelfSigned(TLSServer):
         if not (self.data / "tls" / "ca.pem").exists():
             return False
         return super()._ready()
+
+
+def test_pool_process_over_tls(tmp_path: Path) -> None:
+    """`headrace pool` with HEADRACE_TLS_CERT/KEY registers an https URL; the door (trusting the CA through
+    HEADRACE_CA_FILE) stores and reads files on it."""
+    ca = TestCA.make(tmp_path / "ca")
+    srv = TLSServer(data=tmp_path / "data", cli_config=tmp_path / "cli.json", ca=ca)
+    srv.start()
+    pool = PoolProcess(
+        tmp_path / "tls-pool", pool_db_url(srv), "tls-pool",
+        env_extra={"HEADRACE_TLS_CERT": str(ca.cert), "HEADRACE_TLS_KEY": str(ca.key)},
+    )  # fmt: skip
+    try:
+        pool.log_path = tmp_path / "pool.log"
+        pool.spawn(pool.args(), pool.env())
+        https = f"https://127.0.0.1:{pool.port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{https}/healthz", verify=ca.context(), timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        pool.wait_until(healthy, 60)
+        assert query(srv.data, "SELECT url FROM pools WHERE name = 'tls-pool'") == [(https,)]
+        data = secrets.token_bytes(2 * MB + 5)
+        with srv.door() as door:
+            assert door.put("/on-tls-pool.bin", content=data).status_code == 201
+            assert door.get("/on-tls-pool.bin").content == data
+        assert pool.blobs(), "the file's blob is on the TLS pool"
+    finally:
+        pool.stop()
+        srv.stop()
