@@ -3,7 +3,7 @@
 # rclone, cadaver and davfs2 (real WebDAV clients), litmus (the WebDAV conformance suite),
 # nginx with its WebDAV modules (the benchmark's peer), redis-server (the broker of bench/functions.py's Celery peer),
 # bubblewrap (the functions' sandbox), python3-gfal2 and gfal2-plugin-http (gfal2 through the WLCG Tape REST API),
-# gfal2-util-scripts (gfal-copy, for HTTP third-party copy), davix (davix-put/get over TLS), jq and shunit2 (SURF's ada client and its integration suite, which this
+# gfal2-util-scripts (gfal-copy, for HTTP third-party copy), chromium and chromium-driver (the console's browser tests), davix (davix-put/get over TLS), jq and shunit2 (SURF's ada client and its integration suite, which this
 # clones too: tests/interop/test_ada.py).
 # Downloaded .deb files are cached under ~/.cache/headrace/apt so that a fresh clone reuses them.
 set -euo pipefail
@@ -29,6 +29,9 @@ compgen -G '/usr/lib/x86_64-linux-gnu/gfal2-plugins/libgfal_plugin_http.so*' >/d
 command -v gfal-copy >/dev/null || need+=(gfal2-util-scripts)
 # davix's command-line tools (davix-put/davix-get) for the davs:// tests (tests/interop/test_tls.py).
 command -v davix-put >/dev/null || need+=(davix)
+# Debian's headless Chromium and its WebDriver for the web console's browser tests (tests/test_console.py, Selenium).
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 
 # SURF's ada (the last commit of the bash client) for tests/interop/test_ada.py, which is skipped without it.
 ada_dir="${XDG_CACHE_HOME:-$HOME/.cache}/headrace/SpiderScripts"

@@ -228,6 +228,9 @@ def create_app(
         from headrace.functions import api as functions_api
 
         functions_api.install(app, service, controller)
+    from headrace import console
+
+    console.install(app, service, controller)
 
     def authentication(principal: Principal) -> dict[str, Any]:
         """How the caller was authenticated and what its token allows (`headrace whoami`)."""

@@ -18,6 +18,7 @@ from headrace.config import Settings
 from headrace.errors import HeaderTooLarge, MethodNotAllowed
 from headrace.http_common import acknowledge_lifespan, answer, client_ip, header, header_bytes, query_param
 from headrace.metrics import DOOR_REQUESTS
+from headrace.storage.cors import Cors
 from headrace.storage.macaroon_request import MacaroonRequests
 from headrace.storage.service import StorageService
 from headrace.storage.webdav_base import Call
@@ -54,6 +55,7 @@ class Door(Reading, Writing, ThirdPartyCopy, Properties, Locking, MacaroonReques
             "POST": self.post,
         }
         self._counters: dict[tuple[str, int], Any] = {}
+        self.cors = Cors(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -62,6 +64,14 @@ class Door(Reading, Writing, ThirdPartyCopy, Properties, Locking, MacaroonReques
         if scope["type"] != "http":
             return
         method = scope["method"]
+        origin = header(scope, b"origin")
+        if origin is not None and self.cors.allows(origin):  # the web console's page (storage/cors.py)
+            if method == "OPTIONS" and header(scope, b"access-control-request-method") is not None:
+                await Response(status_code=204, headers={"Allow": ALLOW})(
+                    scope, receive, self.cors.preflighting(send, origin, ALLOW)
+                )
+                return
+            send = self.cors.sending(send, origin)
 
         async def handle(tracking_send: Send) -> Response | None:
             if header_bytes(scope) > self.settings.max_header_bytes:
