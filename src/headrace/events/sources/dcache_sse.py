@@ -8,7 +8,10 @@ How it listens. The source makes a channel on the remote (its URL kept in the si
 reuses it; its disconnected lifetime raised to the remote's maximum, a day on dCache), subscribes `inotify` to
 `path` for the events it maps, and reads the channel's SSE stream (httpx-sse), resuming after a disconnect or a
 restart with `Last-Event-ID` = the id stored with the last delivered batch (the position, "<channel id>:<event
-id>", so that an id of an older channel is never taken for one of a new channel). With `recursive`, a remote
+id>", so that an id of an older channel is never taken for one of a new channel). A new channel is read
+with `Last-Event-ID: -1`: headrace replays what the channel queued since it was made; dCache, which holds no
+id -1, says EVENT_LOSS, so the source re-lists once more (without the header dCache would replay nothing and
+say nothing of the events between the subscription and the connection). With `recursive`, a remote
 that offers a recursive watch (headrace: the inotify selector's schema has `recursive`) gets one; on one that
 does not (dCache), every directory is subscribed as it is found: in the listing, and as IN_CREATE|IN_ISDIR or
 IN_MOVED_TO|IN_ISDIR reveal it (then it is listed too, so files written into it before its subscription are
