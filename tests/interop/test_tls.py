@@ -87,6 +87,9 @@ def test_announced_urls_are_https(site: Site) -> None:
     with site.srv.api(auth=(site.user, site.key)) as api:
         doors = api.get("/api/v1/doors").json()
     assert doors[0]["protocol"] == "https" and doors[0]["port"] == site.srv.door_port
+    with site.srv.door(auth=(site.user, site.key)) as door:
+        discovery = door.get("/.well-known/wlcg-tape-rest-api").json()
+    assert discovery["endpoints"][0]["uri"].startswith(site.srv.api_url + "/")
     config = json.loads(site.srv.cli_config.read_text())
     assert config["door"] == site.srv.door_url and config["api"] == site.srv.api_url
     # a client that does not trust the CA is refused by its own TLS check
@@ -175,6 +178,21 @@ def test_davix_davs(site: Site, tmp_path: Path) -> None:
     other = TestCA.make(tmp_path / "other", "another CA")
     bad = run(["davix-get", "--capath", str(other.ca_dir), *bearer, davs, str(tmp_path / "x")], check=False)
     assert bad.returncode != 0 and "certificate verification failed" in bad.stderr.lower(), bad.stderr
+
+
+@pytest.mark.interop
+@pytest.mark.xfail(
+    strict=True,
+    reason="davix 0.8 never answers a Basic challenge with --userlogin/--userpass, over TLS or not (cern-fts/davix#81)",
+)
+def test_davix_basic_over_tls(site: Site) -> None:
+    require("davix-ls")
+    out = run(
+        ["davix-ls", "--capath", str(site.ca.ca_dir), "--userlogin", site.user, "--userpass", site.key,
+         f"davs://127.0.0.1:{site.srv.door_port}{site.home}/"],
+        check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
 
 
 def test_cli_with_ca_file(site: Site, tmp_path: Path) -> None:
