@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from harness import Server, http, settle, wait_for
+from cluster_harness import Cluster, api, deploy, own_topics
+from harness import Server, client, http, settle, wait_for
 from headrace.kafka_security import KafkaSecurity, KafkaSecurityError, client_config
 from kafka_harness import QUIET, read_topic
 from kafka_secure_harness import SCRAM_PASSWORD, SCRAM_USER, SecureKafkaBroker, secure_env
@@ -160,3 +161,45 @@ def test_wrong_password_is_a_clear_error(secure_kafka: SecureKafkaBroker, tmp_pa
         assert settle(lambda: len(read_topic(secure_kafka.bootstrap, topic)), "the topic", quiet=1.0) == 0
     finally:
         srv.stop()
+
+
+ECHO = """
+def main(args):
+    return {"echo": args.get("say"), "ok": True}
+"""
+
+
+def test_activation_transport_over_sasl_ssl_scram(secure_kafka: SecureKafkaBroker, tmp_path: Path, db_url: str) -> None:
+    """A controller, a frontend and an invoker, every Kafka client of theirs (topic admin, the activation
+    publisher, the invoker's consumer group, the result waiters) on the SASL_SSL listener: a blocking invoke
+    through the frontend runs on the invoker and its result comes back; a non-admin user's too."""
+    env = own_topics(**secure_env(secure_kafka))
+    cl = Cluster(tmp_path / "cluster", db_url, secure_kafka.secure_bootstrap, env_extra=env)
+    try:
+        cl.controller()
+        _, frontend, invoker = Cluster.start_all(
+            cl.door(start=False), cl.frontend(start=False), cl.invoker("--workers", "1", start=False)
+        )
+        wait_for(lambda: invoker.health()["assigned"], "the invoker assigned partitions")
+        deploy(frontend, "echo", ECHO)
+        with api(frontend) as c:
+            r = c.post("/api/v1/namespaces/_/actions/echo?blocking=true&result=true", json={"say": "scram"})
+        assert r.status_code == 200, r.text + cl.logs()
+        assert r.json() == {"echo": "scram", "ok": True}
+        # a non-admin user, in their own namespace
+        made = subprocess.run(
+            [sys.executable, "-m", "headrace.cli.main", "user", "add", "kafkauser", "--data", str(cl.data), "--json"],
+            capture_output=True, text=True, check=True, env={**cl.env("user-add"), "HEADRACE_DB": db_url},
+        )  # fmt: skip
+        key = json.loads(made.stdout)["key"]
+        body = {"exec": {"kind": "python:3", "code": ECHO}}
+        with client(base_url=frontend.url, auth=("kafkauser", key), timeout=60) as c:
+            assert c.put("/api/v1/namespaces/_/actions/mine", json=body).status_code == 200
+            r = c.post("/api/v1/namespaces/_/actions/mine?blocking=true&result=true", json={"say": "user"})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"echo": "user", "ok": True}
+            assert c.post("/api/v1/namespaces/_/actions/echo?blocking=true", json={}).status_code == 404
+        assert invoker.health()["finished"] >= 2
+        assert "refused" not in cl.logs().lower()
+    finally:
+        cl.stop()
