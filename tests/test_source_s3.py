@@ -97,8 +97,10 @@ def minio_notification(event_name: str, bucket: str, key: str, **kw: Any) -> dic
 # -- helpers ------------------------------------------------------------------------------------------------------
 
 
-def post(server: Server, name: str, body: Any, *, auth: str | None = "Bearer " + SECRET) -> httpx.Response:
-    headers = {"Content-Type": "application/json"}
+def post(
+    server: Server, name: str, body: Any, *, auth: str | None = "Bearer " + SECRET, media: str = "application/json"
+) -> httpx.Response:
+    headers = {"Content-Type": media}
     if auth is not None:
         headers["Authorization"] = auth
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -177,6 +179,19 @@ def test_aws_notifications_enter_the_log_once(server: Server) -> None:
         state = api.get(f"/api/v1/sources/{name}").json()
     assert state["secret"] == "***"
     assert state["state"]["received"] == 6
+
+
+def test_a_notification_posted_as_text_plain_is_taken(server: Server) -> None:
+    """AWS SNS posts its JSON as text/plain: the notification route takes it (only that route: elsewhere a POST
+    body must still say it is JSON)."""
+    name = make_source(server, {})
+    body = {"Records": [aws_record("ObjectCreated:Put", "sns/plain.h5")]}
+    assert post(server, name, body, media="text/plain; charset=UTF-8").json() == {"received": 1}
+    assert [r["path"] for r in source_rows(server, name)] == ["/amzn-s3-demo-bucket/sns/plain.h5"]
+    assert post(server, name, body, media="text/plain", auth="Bearer wrong").status_code == 401
+    with server.api() as api:
+        r = api.post("/api/v1/namespace/", content=b"{}", headers={"Content-Type": "text/plain"})
+        problem(r, 415)
 
 
 def test_minio_and_rgw_forms_of_the_secret(server: Server) -> None:

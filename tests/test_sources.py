@@ -505,6 +505,24 @@ def test_remote_events_render_with_their_source_and_give_no_billing_record() -> 
     assert "source" not in event_data(local) and billing.record_kind(local) == "transfer"
 
 
+def test_a_remote_event_is_logged_at_its_arrival_with_the_remotes_time_beside() -> None:
+    """The log's time is when the event arrived (retention and time lookups need the log in time order): an
+    S3 record dated 1970 must not be trimmed at the next retention pass. The remote's own time rides along."""
+    from headrace.events.model import EventKind, StorageEvent
+    from headrace.events.render import event_data
+    from headrace.events.sources.base import RemoteEvent
+    from headrace.events.sources.sink import event_row
+
+    received = 1_800_000_000_000_000
+    row = event_row("lab-s3", RemoteEvent(key="k", kind=EventKind.CLOSE_WRITE, path="/b/a", time=0), received)
+    assert row["time"] == received and json.loads(row["detail"])["remoteTime"] == 0
+    ev = StorageEvent(
+        offset=1, time=received, kind=EventKind.CLOSE_WRITE, is_dir=False, inode_id=0, pnfsid="", path="/b/a",
+        parent_id=None, name="a", detail=json.loads(row["detail"]), source="lab-s3", source_key="k",
+    )  # fmt: skip
+    assert event_data(ev)["remoteTime"] == "1970-01-01T00:00:00.000Z"
+
+
 def test_one_controller_at_a_time_runs_a_source_and_a_stale_one_is_fenced(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ The storage-events SSE API (`/api/v1/events`) is mounted when a channel manager 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -76,6 +77,19 @@ def is_json(content_type: str | None) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+#: Where a remote pushes notifications (events/sources/api.py): AWS SNS posts its JSON as text/plain. They are
+#: authenticated by the source's secret in a header, which a browser's cross-site request cannot set.
+_NOTIFICATION = re.compile(r"^/api/v1/sources/[^/]+/[^/]+$")
+
+
+def _json_or_notification(scope: Scope) -> bool:
+    content_type = header(scope, b"content-type")
+    if is_json(content_type):
+        return True
+    media = (content_type or "").split(";")[0].strip().lower()
+    return scope["method"] == "POST" and media == "text/plain" and bool(_NOTIFICATION.match(scope["path"]))
+
+
 class RequestGuard:
     """What every frontend request must satisfy before a route sees it, each refusal a JSON 4xx in the shape
     of the API it was sent to: headers within `max_header_bytes` (431); a state-changing request
@@ -100,7 +114,7 @@ class RequestGuard:
             return Forbidden(f"Requests from pages of another origin ({origin}) may not change anything here")
         length = content_length(scope)
         has_body = bool(length) or header(scope, b"transfer-encoding") is not None
-        if method in _CHANGING and has_body and not is_json(header(scope, b"content-type")):
+        if method in _CHANGING and has_body and not _json_or_notification(scope):
             return UnsupportedMediaType(f"A {method} body must be JSON (Content-Type: application/json)")
         limit = body_limit(method, scope["path"])
         if length is not None and length > limit:

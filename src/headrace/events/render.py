@@ -110,6 +110,8 @@ def event_data(event: StorageEvent) -> dict[str, Any]:
     if event.source is not None:  # another system's event: where it came from and where its file is read
         data["source"] = event.source
         data["url"] = (event.detail or {}).get("url")
+        if event.detail and "remoteTime" in event.detail:  # when the remote says it happened
+            data["remoteTime"] = _iso(int(event.detail["remoteTime"]))
         if not event.pnfsid:
             del data["pnfsId"]
     return {k: v for k, v in data.items() if v is not None}

@@ -38,10 +38,12 @@ def event_row(source: str, ev: RemoteEvent, received: int) -> dict[str, Any]:
     detail: dict[str, Any] = dict(ev.detail)
     if ev.url is not None:
         detail["url"] = ev.url
+    if ev.time is not None:  # the log's own time is when it arrived: retention and time lookups need it in order
+        detail["remoteTime"] = ev.time
     pnfsid = detail.get("pnfsid") or detail.get("pnfsId") or ""
     path = ev.path if ev.path.startswith("/") else "/" + ev.path
     return {
-        "time": min(ev.time, received) if ev.time is not None else received,
+        "time": received,
         "kind": ev.kind.value,
         "is_dir": ev.is_dir,
         "inode_id": 0,
