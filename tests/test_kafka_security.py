@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,3 +204,40 @@ def test_activation_transport_over_sasl_ssl_scram(secure_kafka: SecureKafkaBroke
         assert "refused" not in cl.logs().lower()
     finally:
         cl.stop()
+
+
+@pytest.mark.db_independent("the source runs against an in-memory sink")
+def test_kafka_source_reads_over_sasl_ssl_scram(
+    secure_kafka: SecureKafkaBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `kafka` event source's consumer takes the process's HEADRACE_KAFKA_* settings: it reads a topic
+    through the SASL_SSL listener (a PLAINTEXT client there would fail its handshake)."""
+    from confluent_kafka import Producer
+
+    from headrace.events.model import EventKind, StorageEvent
+    from headrace.events.render import cloudevent_json
+    from headrace.events.sources import kinds
+    from test_source_kafka import MemorySink, run_until
+
+    topic = _topic(secure_kafka)
+    now = time.time_ns() // 1000
+    values = [
+        cloudevent_json(
+            StorageEvent(
+                offset=i, time=now + i, kind=EventKind.CLOSE_WRITE, is_dir=False, inode_id=i,
+                pnfsid=f"0000{i:032X}", path=f"/sec/f{i}", parent_id=1, name=f"f{i}", username="alice", size=i,
+            ),
+            source="/remote/storage",
+        )
+        for i in range(1, 6)
+    ]  # fmt: skip
+    producer = Producer({"bootstrap.servers": secure_kafka.bootstrap, "logger": QUIET})
+    for v in values:
+        producer.produce(topic, v)
+    assert producer.flush(30) == 0
+    for k, v in secure_env(secure_kafka).items():
+        monkeypatch.setenv(k, v)
+    config = {"bootstrap": secure_kafka.secure_bootstrap, "topic": topic, "format": "cloudevents"}
+    sink = MemorySink()
+    run_until(kinds.build("sec", "kafka", config), sink, lambda: len(sink.events) == len(values))
+    assert [e.path for e in sink.events] == [f"/sec/f{i}" for i in range(1, 6)]
