@@ -29,7 +29,7 @@ from starlette.responses import Response
 from headrace.auth.subject import Subject, W, X
 from headrace.errors import BadGateway, BadRequest, Conflict, HeadraceError, PreconditionFailed, TooManyRequests
 from headrace.metrics import DOOR_BYTES
-from headrace.storage.checksums import format_digest
+from headrace.storage.checksums import WIRE_NAMES, format_digest
 from headrace.storage.local_store import LocalStore
 from headrace.storage.namespace import Inode, Namespace
 from headrace.storage.tpc import (
@@ -255,10 +255,15 @@ class ThirdPartyCopy(DoorBase):
         missing = [t for t in wanted[:1] if t not in sums]
         if missing:
             sums.update(await store.checksums(node.blob, set(missing)))
-        sent = {**headers, "Want-Digest": want_value}
-        digest = format_digest(sums, wanted) or format_digest(sums, list(sums))
-        if digest:
-            sent["Digest"] = digest  # the remote verifies it as it receives (dCache and headrace do)
+        # One checksum type, sent and asked for: a remote computes each type it is asked for as it receives
+        # (MD5 and SHA-256 of a large file cost it seconds), and one agreeing type is the verification.
+        kind = next((t for t in wanted if t in sums), None) or next(iter(sums), None)
+        sent = dict(headers)
+        if kind is not None:
+            sent["Want-Digest"] = WIRE_NAMES[kind]
+            sent["Digest"] = format_digest(sums, [kind]) or ""  # verified as it arrives (dCache and headrace do)
+        else:
+            sent["Want-Digest"] = want_value
         label = call.principal.external(node.path)
         # A blob of this process's own pool goes by sendfile(2); a pool process's through the store's reads.
         body = store.pool.blob_path_str(node.blob) if isinstance(store, LocalStore) else None
@@ -275,7 +280,7 @@ class ThirdPartyCopy(DoorBase):
         DOOR_BYTES.labels("out").inc(node.size)
         theirs = remote_digest(answer.get("digest"), wanted)
         if not theirs and verify:
-            theirs = remote_digest(await self.remote.head_digest(dest, headers, want_value), wanted)
+            theirs = remote_digest(await self.remote.head_digest(dest, headers, sent["Want-Digest"]), wanted)
         if theirs:
             for t in theirs:
                 if t not in sums:
