@@ -176,6 +176,21 @@ fn_rules = Table(
     UniqueConstraint("namespace", "name", name="uq_fn_rules_name"),
 )
 
+fn_packages = Table(
+    "fn_packages",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("namespace", String(64), nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("parameters", Text, nullable=False),
+    Column("annotations", Text, nullable=False),
+    Column("binding", Text, nullable=True),  # {"namespace", "name"} of the package a binding is bound to
+    Column("publish", Boolean, nullable=False),  # shared: other namespaces may read it and run its actions
+    Column("updated", BigInteger, nullable=False),
+    UniqueConstraint("namespace", "name", name="uq_fn_packages_name"),
+)
+
 fn_activations = Table(
     "fn_activations",
     metadata,
@@ -211,6 +226,7 @@ fn_activations = Table(
 )
 Index("ix_fn_activations_queue", fn_activations.c.state, fn_activations.c.not_before)
 Index("ix_fn_activations_list", fn_activations.c.namespace, fn_activations.c.created)
+Index("ix_fn_activations_subject", fn_activations.c.subject, fn_activations.c.created)
 
 # -- pools running as processes of their own (`headrace pool`), found by doors here ---------------------------
 
@@ -319,4 +335,33 @@ sources = Table(
     Column("last_event", BigInteger, nullable=True),  # µs: when the last new event was delivered
     Column("last_error", Text, nullable=True),
     Column("last_error_time", BigInteger, nullable=True),  # µs
+)
+
+# -- the /whisk.system/alarms feeds (functions/alarms.py): each alarm's next due tick, and every tick fired ------
+
+fn_alarms = Table(
+    "fn_alarms",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("namespace", String(64), nullable=False),  # the trigger's namespace (its owner)
+    Column("trigger", String(256), nullable=False),
+    Column("feed", String(16), nullable=False),  # alarm | interval | once
+    Column("config", Text, nullable=False),  # compact JSON: payload, cron, timezone, minutes, date, startDate, ...
+    Column("status", String(16), nullable=False),  # active | paused | done
+    Column("next_due", BigInteger, nullable=True),  # ms since epoch; NULL when nothing is due any more
+    Column("fired", Integer, nullable=False),
+    Column("created", BigInteger, nullable=False),  # ms
+    Column("changed", BigInteger, nullable=False),  # ms: the status's last change
+    UniqueConstraint("namespace", "trigger", name="uq_fn_alarms_trigger"),
+)
+Index("ix_fn_alarms_due", fn_alarms.c.status, fn_alarms.c.next_due)
+
+#: One row per tick fired: (alarm, due time) is the tick's identity, so no tick fires twice.
+fn_alarm_ticks = Table(
+    "fn_alarm_ticks",
+    metadata,
+    Column("alarm_id", BigInteger, primary_key=True),
+    Column("due", BigInteger, primary_key=True),  # ms
+    Column("fired", BigInteger, nullable=False),  # ms: when it was fired
+    Column("activation_id", String(64), nullable=True),  # the trigger's activation (NULL: no active rule)
 )

@@ -67,8 +67,34 @@ class RuleRow(RuleFields):
     updated: int
 
 
+class Binding(TypedDict):
+    """The package a binding is bound to."""
+
+    namespace: str
+    name: str
+
+
+class PackageFields(TypedDict):
+    """A package (or, with `binding`, a binding of another package): its parameters are defaults of its
+    actions' (an action's own override them, a binding's override the bound package's); `publish` shares it
+    with every namespace, read only."""
+
+    parameters: list[KeyValue]
+    annotations: list[KeyValue]
+    binding: Binding | None
+    publish: bool
+
+
+class PackageRow(PackageFields):
+    id: int
+    namespace: str
+    name: str
+    version: int
+    updated: int
+
+
 #: A row of any entity table (store.get's answer for a kind not known before run time).
-EntityRow = ActionRow | TriggerRow | RuleRow
+EntityRow = ActionRow | TriggerRow | RuleRow | PackageRow
 
 
 class ActivationFields(TypedDict, total=False):

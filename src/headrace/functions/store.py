@@ -21,23 +21,27 @@ from sqlalchemy.sql.elements import BindParameter
 from headrace.db import driver
 from headrace.db.batch import Batcher
 from headrace.db.engine import Database
-from headrace.db.schema import fn_actions, fn_activations, fn_rules, fn_triggers
+from headrace.db.schema import fn_actions, fn_activations, fn_packages, fn_rules, fn_triggers
 from headrace.functions.entities import (
     ActionFields,
     ActionRow,
     ActivationFields,
     ActivationRow,
     EntityRow,
+    PackageFields,
+    PackageRow,
     RuleFields,
     RuleRow,
     TriggerFields,
     TriggerRow,
 )
 
-TABLES: dict[str, Table] = {"actions": fn_actions, "triggers": fn_triggers, "rules": fn_rules}
-Kind = Literal["actions", "triggers", "rules"]
+TABLES: dict[str, Table] = {
+    "actions": fn_actions, "triggers": fn_triggers, "rules": fn_rules, "packages": fn_packages
+}  # fmt: skip
+Kind = Literal["actions", "triggers", "rules", "packages"]
 JSON_COLUMNS = {
-    "exec", "parameters", "annotations", "limits", "scaling", "feed_params", "result", "logs", "args",
+    "exec", "parameters", "annotations", "limits", "scaling", "feed_params", "result", "logs", "args", "binding",
 }  # fmt: skip
 
 
@@ -144,6 +148,8 @@ class FunctionStore:
     @overload
     def get(self, kind: Literal["rules"], namespace: str, name: str) -> RuleRow | None: ...
     @overload
+    def get(self, kind: Literal["packages"], namespace: str, name: str) -> PackageRow | None: ...
+    @overload
     def get(self, kind: Kind, namespace: str, name: str) -> EntityRow | None: ...
     def get(self, kind: Kind, namespace: str, name: str) -> EntityRow | None:
         t = TABLES[kind]
@@ -160,6 +166,10 @@ class FunctionStore:
     ) -> list[TriggerRow]: ...
     @overload
     def entities(self, kind: Literal["rules"], namespace: str, limit: int = 30, skip: int = 0) -> list[RuleRow]: ...
+    @overload
+    def entities(
+        self, kind: Literal["packages"], namespace: str, limit: int = 30, skip: int = 0
+    ) -> list[PackageRow]: ...
     def entities(self, kind: Kind, namespace: str, limit: int = 30, skip: int = 0) -> list[Any]:
         t = TABLES[kind]
         q = select(t).where(t.c.namespace == namespace).order_by(t.c.updated.desc(), t.c.name)
@@ -168,12 +178,36 @@ class FunctionStore:
         with self.db.reader.connect() as conn:
             return [_row(r) for r in conn.execute(q.offset(skip))]
 
+    def count(self, kind: Kind, namespace: str) -> int:
+        """How many entities of a kind the namespace has (OpenWhisk's `?count=true`)."""
+        t = TABLES[kind]
+        with self.db.reader.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(t).where(t.c.namespace == namespace)).scalar_one())
+
+    def in_package(self, namespace: str, package: str) -> list[ActionRow]:
+        """The actions inside a package (named "package/action")."""
+        t = fn_actions
+        q = select(t).where(t.c.namespace == namespace, t.c.name.startswith(package + "/", autoescape=True))
+        with self.db.reader.connect() as conn:
+            return [_row(r) for r in conn.execute(q.order_by(t.c.name))]
+
+    def shared_packages(self, limit: int = 0) -> list[PackageRow]:
+        """Every published package (any namespace)."""
+        t = fn_packages
+        q = select(t).where(t.c.publish.is_(True)).order_by(t.c.namespace, t.c.name)
+        if limit:
+            q = q.limit(limit)
+        with self.db.reader.connect() as conn:
+            return [_row(r) for r in conn.execute(q)]
+
     @overload
     def all(self, kind: Literal["actions"]) -> list[ActionRow]: ...
     @overload
     def all(self, kind: Literal["triggers"]) -> list[TriggerRow]: ...
     @overload
     def all(self, kind: Literal["rules"]) -> list[RuleRow]: ...
+    @overload
+    def all(self, kind: Literal["packages"]) -> list[PackageRow]: ...
     def all(self, kind: Kind) -> list[Any]:
         with self.db.reader.connect() as conn:
             return [_row(r) for r in conn.execute(select(TABLES[kind]))]
@@ -190,6 +224,10 @@ class FunctionStore:
     def put(
         self, kind: Literal["rules"], namespace: str, name: str, values: RuleFields, *, overwrite: bool
     ) -> RuleRow: ...
+    @overload
+    def put(
+        self, kind: Literal["packages"], namespace: str, name: str, values: PackageFields, *, overwrite: bool
+    ) -> PackageRow: ...
     def put(self, kind: Kind, namespace: str, name: str, values: Mapping[str, Any], *, overwrite: bool) -> Any:
         """Create, or (with overwrite) replace; the version goes up by one on each replace."""
         t = TABLES[kind]
@@ -215,6 +253,8 @@ class FunctionStore:
     def remove(self, kind: Literal["triggers"], namespace: str, name: str) -> TriggerRow | None: ...
     @overload
     def remove(self, kind: Literal["rules"], namespace: str, name: str) -> RuleRow | None: ...
+    @overload
+    def remove(self, kind: Literal["packages"], namespace: str, name: str) -> PackageRow | None: ...
     @overload
     def remove(self, kind: Kind, namespace: str, name: str) -> EntityRow | None: ...
     def remove(self, kind: Kind, namespace: str, name: str) -> EntityRow | None:
