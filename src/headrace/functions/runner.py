@@ -129,6 +129,10 @@ def record_of(action: ActionRow, row: ActivationRow, outcome: Outcome) -> Activa
         annotations.append({"key": "initTime", "value": round(outcome.init_ms)})
     if row.get("event_offset") is not None:
         annotations.append({"key": "eventOffset", "value": row["event_offset"]})
+        # the file and flag of the storage event that made it (the console links the activation to its file)
+        args = row.get("args") or {}
+        if isinstance(args.get("path"), str):
+            annotations.append({"key": "event", "value": {"path": args["path"], "mask": args.get("mask")}})
     if row.get("trigger"):
         annotations.append({"key": "causedBy", "value": "trigger"})
     if outcome.sandbox is not None:

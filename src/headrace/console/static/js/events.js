@@ -39,12 +39,12 @@ export function mount(box) {
   const params = new URLSearchParams(location.hash.split("?")[1] || "");
   const pathInput = h("input", { id: "events-path", value: params.get("path") || "/", "aria-label": "Path to watch" });
   const recursive = h("input", { type: "checkbox", id: "events-recursive", checked: true });
-  const pauseBtn = h("button", { id: "events-pause", disabled: true, "aria-pressed": "false" }, "Pause");
+  const pauseBtn = h("button", { type: "button", id: "events-pause", disabled: true, "aria-pressed": "false" }, "Pause");
   const status = h("span", { class: "status", id: "events-status", role: "status" }, "not watching");
   const flagBoxes = FLAGS.map((f) => h("label", { class: "check" }, h("input", { type: "checkbox", value: f, checked: SHOWN.has(f), onchange: render }), f.replace("IN_", "")));
   const tbody = h("tbody", { id: "events-body" });
   const events = [];
-  let paused = false, held = 0, abort = null, channel = null;
+  let paused = false, held = 0, abort = null, channel = null, generation = 0;
 
   function wanted() {
     return new Set(flagBoxes.map((l) => l.querySelector("input")).filter((i) => i.checked).map((i) => i.value));
@@ -92,6 +92,7 @@ export function mount(box) {
 
   async function watch(e) {
     e && e.preventDefault();
+    const mine = ++generation; // a newer watch, or leaving the view, makes this one give up
     await stop();
     const watchPath = pathInput.value.trim() || "/";
     status.textContent = "connecting…";
@@ -103,6 +104,7 @@ export function mount(box) {
       return loc;
     });
     if (!made) return (status.textContent = "not watching");
+    if (mine !== generation) return call(made, { method: "DELETE" }).catch(() => {});
     channel = made;
     abort = new AbortController();
     pauseBtn.disabled = false;
@@ -157,6 +159,7 @@ export function mount(box) {
   );
   watch();
   return () => {
+    generation += 1;
     stop();
   };
 }

@@ -269,7 +269,17 @@ async function activations(body) {
 async function activation(body, id) {
   const a = await guard(() => call(whisk(`activations/${id}`)));
   if (!a) return;
-  const cause = h("dd", { id: "activation-cause" }, a.cause || "—");
+  // What caused it: the storage event (its file, linked), and the activation whose write made that event.
+  const ann = unkv(a.annotations);
+  const ev = ann.event;
+  const cause = h(
+    "dd",
+    { id: "activation-cause" },
+    ev && ev.path ? h("a", { href: fileLink(ev.path), id: "cause-file" }, `${(ev.mask || []).join(",")} ${ev.path}`) : null,
+    ann.eventOffset !== undefined ? h("span", { class: "muted" }, ` (event ${ann.eventOffset})`) : null,
+    a.cause ? h("span", {}, " written by activation ", h("a", { href: `#/functions/activations/${a.cause}` }, a.cause.slice(0, 12))) : null,
+    !ev && !a.cause ? (ann.causedBy || "invoked") : null,
+  );
   clear(
     body,
     h(
@@ -298,12 +308,6 @@ async function activation(body, id) {
       h("a", { href: "#/functions/activations" }, "← All activations"),
     ),
   );
-  if (a.cause) {
-    // A trigger's activation has the event as its result: the file it names links to the files view.
-    const c = await call(whisk(`activations/${a.cause}/result`)).catch(() => null);
-    const ev = c && c.result;
-    if (ev && ev.path) clear(cause, h("a", { href: fileLink(ev.path), id: "cause-file" }, `${(ev.mask || []).join(",")} ${ev.path}`), h("span", { class: "muted mono" }, ` (trigger activation ${a.cause.slice(0, 12)})`));
-  }
 }
 
 async function deadletters(body) {
