@@ -5,7 +5,9 @@ by every CLI command, every activation's storage client and every test helper fo
 when it only ever speaks plain HTTP. The context is built on first use and shared; it honours SSL_CERT_FILE and
 SSL_CERT_DIR as httpx does, and trusts in addition the CA bundle HEADRACE_CA_FILE names (the CLI's `--ca-file`,
 the client config's `ca_file`) and the PEM certificates in HEADRACE_CA_PEM (how a function in its sandbox, which
-sees none of the server's files, is given the CA of a server with a private certificate).
+sees none of the server's files, is given the CA of a server with a private certificate). HEADRACE_CLIENT_CERT
+(and HEADRACE_CLIENT_KEY, unless the key is in the same PEM file) is the certificate shown to servers that
+require one (`--tls-client-ca`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import httpx
 #: The environment variables naming the extra CA bundle (a file) and holding extra CA certificates (PEM text).
 CA_FILE_ENV = "HEADRACE_CA_FILE"
 CA_PEM_ENV = "HEADRACE_CA_PEM"
+CLIENT_CERT_ENV = "HEADRACE_CLIENT_CERT"
+CLIENT_KEY_ENV = "HEADRACE_CLIENT_KEY"
 
 
 class CAFileError(ValueError):
@@ -29,12 +33,18 @@ def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
     """This process's TLS context for HTTPS servers (verifying them against the CA bundle, plus `ca_file`, or
     HEADRACE_CA_FILE when None, plus HEADRACE_CA_PEM). One context per CA file, built once."""
     chosen = os.environ.get(CA_FILE_ENV, "") if ca_file is None else ca_file
-    return _context(chosen, os.environ.get(CA_PEM_ENV, ""))
+    env = os.environ.get
+    return _context(chosen, env(CA_PEM_ENV, ""), env(CLIENT_CERT_ENV, ""), env(CLIENT_KEY_ENV, ""))
 
 
 @functools.cache
-def _context(ca_file: str, ca_pem: str) -> ssl.SSLContext:
+def _context(ca_file: str, ca_pem: str, client_cert: str = "", client_key: str = "") -> ssl.SSLContext:
     ctx = httpx.create_ssl_context()
+    if client_cert:
+        try:
+            ctx.load_cert_chain(client_cert, client_key or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise CAFileError(f"client certificate {client_cert}: {getattr(exc, 'strerror', None) or exc}") from exc
     if ca_file:
         try:
             ctx.load_verify_locations(cafile=ca_file)

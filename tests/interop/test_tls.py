@@ -267,6 +267,15 @@ def test_client_certificate_required(tmp_path: Path) -> None:
              "-u", "admin:test-admin-key", url]
         )  # fmt: skip
         assert with_cert.stdout == "x"
+        cli = {
+            **os.environ, "HEADRACE_CONFIG": str(tmp_path / "none.json"), "HEADRACE_DOOR_URL": srv.door_url,
+            "HEADRACE_API_URL": srv.api_url, "HEADRACE_USER": "admin", "HEADRACE_KEY": "test-admin-key",
+            "HEADRACE_CA_FILE": str(ca.ca),
+        }  # fmt: skip
+        refused = run(headrace_command(["ls", "/"]), env=cli, check=False)
+        assert refused.returncode != 0 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        shown = {**cli, "HEADRACE_CLIENT_CERT": str(ca.client_cert), "HEADRACE_CLIENT_KEY": str(ca.client_key)}
+        assert "mtls.txt" in run(headrace_command(["ls", "/"]), env=shown).stdout
         with pytest.raises(httpx.HTTPError):  # the frontend too
             httpx.get(f"{srv.api_url}/healthz", verify=ca.context())
         assert httpx.get(f"{srv.api_url}/healthz", verify=ca.context(client_cert=True)).status_code == 200
