@@ -140,6 +140,8 @@ def run(size_mib: int, runs: int) -> dict[str, Any]:
     a = sb.HeadraceServer(workdir / "a", {}, "/")
     b = sb.HeadraceServer(workdir / "b", {}, "/")
     size = size_mib * MiB
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    load = os.getloadavg()
     try:
         a.start()
         b.start()
@@ -182,11 +184,12 @@ def run(size_mib: int, runs: int) -> dict[str, Any]:
             for name, ts in times.items()
         }
         return {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "date": started,
             "host": os.uname().nodename,
             "version": a.version(),
             "machine": sb.machine_info(),
-            "load_before": os.getloadavg(),
+            "load_before": load,
+            "load_after": os.getloadavg(),
             "size_bytes": size,
             "runs": runs,
             "results": results,
@@ -208,9 +211,10 @@ def markdown(r: dict[str, Any]) -> str:
 ## HTTP third-party copy (bench/tpc.py)
 
 A {r["size_bytes"] / MiB:.0f} MiB file between two local `headrace up` doors (SQLite, fsync on), {r["runs"]}
-runs per way interleaved, median; {m["nproc"]} CPUs ({m["cpu_model"]}), load average {r["load_before"][0]:.1f}
-when the run started; {r["date"]}, {r["version"]}. Ratio: the client stream's time over the way's (above 1 is
-faster); client CPU: what curl or gfal-copy used (a TPC request leaves the client idle).
+runs per way interleaved, median; {m["nproc"]} CPUs ({m["cpu_model"]}) shared with other work: load average
+{r["load_before"][0]:.1f} when the run started, {r["load_after"][0]:.1f} when it ended; {r["date"]}, {r["version"]}.
+Ratio: the client stream's time over the way's (above 1 is faster); client CPU: what curl or gfal-copy used
+(a TPC request leaves the client idle). Per-run times in bench/results/tpc.json.
 
 | way | MB/s | seconds | vs client stream | client CPU s |
 |---|---:|---:|---:|---:|
