@@ -433,11 +433,15 @@ def test_a_shared_link_opens_in_a_fresh_browser(signed_in: WebDriver, server: Se
             f"{top}/result.csv",
         )
         assert body == [200, "a,b\n1,2\n"]
-        # the token reaches nothing else: the folder's listing and the other file are refused, with the API's words
-        go(fresh, f"#/files{top}")
-        until(lambda: error_text(fresh) != "", "the refusal shown")
-        assert "other.csv" not in fresh.find_element(By.ID, "main").text
         shot(fresh, "shared-link")
+        # the token reaches nothing else: the folder lists only the shared file (as dCache's path caveats do),
+        # and the other file is refused, in the API's words
+        go(fresh, f"#/files{top}")
+        shown(fresh, "#files-table tr[data-name='result.csv']", "the shared file in its folder")
+        assert find(fresh, "#files-table tr[data-name='other.csv']") is None
+        go(fresh, f"#/files{top}/other.csv")
+        until(lambda: "does not allow" in error_text(fresh), "the refusal of the other file")
+        assert "other.csv" not in fresh.find_element(By.ID, "main").text.replace(f"{top}/other.csv", "")
     finally:
         fresh.quit()
 
