@@ -22,10 +22,10 @@ export function mount(box, rest) {
     const parts = path.split("/").filter(Boolean);
     const out = [h("a", { href: link("/") }, "/")];
     let acc = "";
-    for (const p of parts) {
+    parts.forEach((p, i) => {
       acc += "/" + p;
-      out.push(h("a", { href: link(acc) }, p), "/");
-    }
+      out.push(h("a", { href: link(acc) }, p), i < parts.length - 1 ? "/" : "");
+    });
     return h("nav", { class: "crumbs", "aria-label": "Path" }, out);
   };
 
@@ -83,6 +83,8 @@ export function mount(box, rest) {
   }
 
   function showFile(doc) {
+    // a file: its facts and a download, no folder tools
+    for (const el of box.querySelectorAll(".tools")) el.remove();
     clear(
       list,
       h(
