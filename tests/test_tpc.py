@@ -355,6 +355,8 @@ def test_bad_requests_are_json_errors(pair: Pair) -> None:
         {"Source": "ftp://example.org/file"},
         {"Source": "file:///etc/passwd"},
         {"Source": "gsiftp://example.org/file"},
+        {"Source": "http://[::1"},
+        {"Destination": "http://[::1"},
         {"Source": f"{pair.there.door_url}/alice/x", "Credential": "gridsite"},
         {"Source": f"{pair.there.door_url}/alice/x", "RequireChecksumVerification": "maybe"},
         {"Source": f"{pair.there.door_url}/alice/x", "TransferHeaderContent-Length": "5"},

@@ -32,6 +32,7 @@ from headrace.metrics import DOOR_BYTES
 from headrace.storage.checksums import WIRE_NAMES, format_digest
 from headrace.storage.local_store import LocalStore
 from headrace.storage.namespace import Inode, Namespace
+from headrace.storage.paths import from_destination
 from headrace.storage.tpc import (
     MEDIA_TYPE,
     TpcSettings,
@@ -91,6 +92,7 @@ class ThirdPartyCopy(DoorBase):
         dest = call.header("destination")
         if not dest:
             return None
+        from_destination(dest)  # a malformed URL is a 400 wherever it points, as for a local COPY
         try:
             self._check_same_server(call, dest)  # type: ignore[attr-defined]  # Writing's
         except BadGateway:
