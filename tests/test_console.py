@@ -504,6 +504,10 @@ def test_scaling_view_charts_the_callers_actions(signed_in: WebDriver, server: S
     assert r.status_code == 200
     go(drv, "#/scaling")
     shown(drv, "#scaling-table")
+
+    def samples() -> int:
+        return int(find(drv, "#view-scaling").get_attribute("data-samples") or 0)
+
     for _ in range(20):
         http("POST", f"{server.api_url}/api/v1/namespaces/_/actions/{name}", auth=server.auth, json={})
     until(lambda: find(drv, f"#scaling-body tr[data-name='{name}']"), "the action in the scaling table", 60)
@@ -512,6 +516,13 @@ def test_scaling_view_charts_the_callers_actions(signed_in: WebDriver, server: S
         "activations per second above zero",
         90,
     )
+    # a second burst a few samples later, so the charts draw lines
+    seen = samples()
+    until(lambda: samples() >= seen + 2, "two more samples")
+    for _ in range(20):
+        http("POST", f"{server.api_url}/api/v1/namespaces/_/actions/{name}", auth=server.auth, json={})
+    seen = samples()
+    until(lambda: samples() >= seen + 2, "two more samples")
     label = find(drv, "#chart-rate").get_attribute("aria-label")
     assert name in label
     shot(drv, "scaling")

@@ -54,6 +54,14 @@ function draw(canvas, series, names, title) {
       started = true;
     });
     g.stroke();
+    // the newest value as a dot: visible from the first sample on
+    const last = values.length ? values[values.length - 1] : null;
+    if (last !== null) {
+      g.fillStyle = COLORS[k % COLORS.length];
+      g.beginPath();
+      g.arc(w - pad.r, pad.t + (hgt - pad.t - pad.b) * (1 - last / max), 3, 0, 2 * Math.PI);
+      g.fill();
+    }
   });
   canvas.setAttribute("aria-label", `${title}: ${names.map((n) => `${n} ${(series.get(n) || []).at(-1) ?? 0}`).join(", ") || "no actions"}`);
 }
@@ -71,6 +79,7 @@ export function mount(box) {
     const s = await guard(() => call("/api/v1/scaling"));
     if (!s) return;
     samples += 1;
+    box.dataset.samples = String(samples);
     for (const a of s.actions) names.add(a.name);
     const byName = new Map(s.actions.map((a) => [a.name, a]));
     for (const [m] of METRICS) {
