@@ -240,7 +240,9 @@ def create_app(
         app.include_router(events_api.router(service, channels))
     if controller is not None:
         from headrace.functions import api as functions_api
+        from headrace.functions import feed_api
 
+        feed_api.install(app, service, controller)  # before the functions API: /whisk.system's feed actions
         functions_api.install(app, service, controller)
     from headrace import console
 

@@ -15,7 +15,9 @@ from headrace.config import Settings
 from headrace.db.engine import Database
 from headrace.events.retention import Retention
 from headrace.events.sources.runner import SourceRunner
+from headrace.functions.alarms import AlarmScheduler
 from headrace.functions.controller import Controller
+from headrace.functions.feeds import alarm_firer
 from headrace.storage.service import StorageService
 
 if TYPE_CHECKING:
@@ -80,6 +82,8 @@ class ControllerRole:
         #: Other systems' events into the log (events/sources): one holder name per controller, so that a
         #: restarted one takes its sources' leases back at once.
         self.sources = SourceRunner(service.db, f"controller@{socket.gethostname()}:{settings.data_dir.resolve()}")
+        #: /whisk.system/alarms feeds: each due tick fired once (functions/alarms.py).
+        self.alarms = AlarmScheduler(service.db, alarm_firer(service.db, self.controller))
         self._started = False
 
     def announce(self) -> None:
@@ -97,8 +101,10 @@ class ControllerRole:
         self._started = True
         self._retention_task = asyncio.create_task(self.retention.run_forever())
         await self.sources.start()
+        await self.alarms.start()
 
     async def stop(self) -> None:
+        await self.alarms.stop()
         await self.sources.stop()
         if self._retention_task is not None:
             self._retention_task.cancel()
