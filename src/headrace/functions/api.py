@@ -30,17 +30,21 @@ from starlette.routing import Match
 from headrace.auth.access import Principal
 from headrace.errors import Forbidden, HeadraceError, NotFound, Unauthorized
 from headrace.events.sources.store import SourceStore
-from headrace.functions import model, records
+from headrace.functions import model, names, packages, records, web
 from headrace.functions.entities import (
     ActionFields,
     ActionRow,
     ActivationRow,
+    Binding,
     EntityRow,
+    PackageFields,
+    PackageRow,
     RuleFields,
     RuleRow,
     TriggerFields,
     TriggerRow,
 )
+from headrace.functions.errors import FORBIDDEN, WhiskError
 from headrace.functions.model import MAX_PARAMETERS_BYTES, STORAGE_FEED, JSONObject, ModelError
 from headrace.functions.store import Exists, FunctionStore, Kind
 from headrace.functions.throttle import Throttle, concurrency_refusal
@@ -51,6 +55,7 @@ log = logging.getLogger("headrace.functions")
 
 PREFIX = "/api/v1/namespaces"
 NOT_FOUND = "The requested resource does not exist."
+__all__ = ["FORBIDDEN", "NOT_FOUND", "PREFIX", "WhiskError", "install", "namespace_of", "whisk_error"]
 DEFAULT_LIST = 30
 MAX_LIST = 200
 DEFAULT_BLOCKING_MS = 60_000
@@ -71,22 +76,12 @@ class Functions(Protocol):
     def invocations_in_flight(self, namespace: str) -> int: ...
 
     async def invoke(
-        self, namespace: str, action: str, params: JSONObject, *, cause: str | None = None
+        self, namespace: str, action: str, params: JSONObject, *, cause: str | None = None, subject: str | None = None
     ) -> tuple[str, asyncio.Future[ActivationRow]]: ...
 
     async def fire(self, namespace: str, trigger: TriggerRow, payload: JSONObject) -> str | None: ...
 
     async def redrive(self, namespace: str, ids: list[str] | None) -> int: ...
-
-
-class WhiskError(Exception):
-    """An answer in OpenWhisk's error shape: `status` and the sentence in `error`."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 def whisk_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -148,6 +143,22 @@ class _OpenWhiskRoute(APIRoute):
 def namespace_of(p: Principal, ns: str) -> str:
     """The namespace a path names: `_` is the caller's own; any other user's is refused (403), and so is a
     macaroon that is limited to some paths or activities."""
+    own = caller_of(p)
+    if ns in ("_", own):
+        return own
+    model.check_name(ns, "namespace")
+    raise WhiskError(403, f"The supplied authentication is not authorized to access '{ns}'.")
+
+
+def target_of(p: Principal, ns: str) -> tuple[str, str]:
+    """(the caller's namespace, the namespace the path names) for routes that may read another namespace's
+    shared packages."""
+    own = caller_of(p)
+    return own, own if ns in ("_", own) else model.check_name(ns, "namespace")
+
+
+def caller_of(p: Principal) -> str:
+    """The caller's own namespace; 401 without credentials, 403 for a token limited to paths or activities."""
     if p.method == "anonymous":
         raise Unauthorized("Authentication required")
     r = p.restrictions
@@ -159,11 +170,7 @@ def namespace_of(p: Principal, ns: str) -> str:
         # caveats, a capability JWT's scopes) may not deploy or run them
         what = "A capability token" if p.method == "jwt" else "A macaroon"
         raise WhiskError(403, f"{what} limited to paths or activities may not use the functions API.")
-    own = p.subject.username
-    if ns in ("_", own):
-        return own
-    model.check_name(ns, "namespace")
-    raise WhiskError(403, f"The supplied authentication is not authorized to access '{ns}'.")
+    return p.subject.username
 
 
 async def _body(request: Request, *, max_bytes: int | None = None) -> JSONObject:
@@ -199,18 +206,35 @@ def _states(raw: str | None) -> tuple[str, ...] | None:
     return states
 
 
-def _reference(raw: Any, namespace: str, what: str) -> str:
-    """An entity's name in the caller's namespace from "name", "/ns/name" or "ns/name" (ns may be "_")."""
-    if not isinstance(raw, str) or not raw.strip("/"):
-        raise WhiskError(400, f'The {what} must be named: "name" or "/namespace/name".')
-    parts = raw.strip("/").split("/")
-    if len(parts) == 1 and not raw.startswith("/"):
-        return model.check_name(parts[0], f"{what} name")
-    if len(parts) != 2:
-        raise WhiskError(400, f"The {what} {raw!r} is not valid: headrace has no packages; use /namespace/name.")
-    if parts[0] not in ("_", namespace):
-        raise WhiskError(403, f"The supplied authentication is not authorized to access '{parts[0]}'.")
-    return model.check_name(parts[1], f"{what} name")
+def _shown(doc: Any) -> Any:
+    """An entity's document as OpenWhisk shows one inside a package: namespace "ns/pkg", name "name"."""
+    pkg, _, short = str(doc["name"]).rpartition("/")
+    if pkg:
+        doc["namespace"], doc["name"] = f"{doc['namespace']}/{pkg}", short
+    return doc
+
+
+def _package(row: PackageRow, actions: list[ActionRow] | None = None, params: JSONObject | None = None) -> JSONObject:
+    """A package (or binding) as OpenWhisk shows it; `actions` for a GET."""
+    doc: JSONObject = {
+        "namespace": row["namespace"],
+        "name": row["name"],
+        "version": f"0.0.{row['version']}",
+        "publish": bool(row["publish"]),
+        "binding": dict(row["binding"]) if row["binding"] else {},
+        "annotations": list(row["annotations"]),
+        "updated": row["updated"],
+    }
+    if actions is None:
+        return doc
+    doc["parameters"] = (
+        [{"key": k, "value": v} for k, v in params.items()] if params is not None else list(row["parameters"])
+    )
+    doc["actions"] = [
+        {"name": a["name"].rpartition("/")[2], "version": f"0.0.{a['version']}", "annotations": a["annotations"]}
+        for a in actions
+    ]
+    return doc
 
 
 def install(app: FastAPI, service: StorageService, controller: Functions) -> None:
@@ -250,6 +274,10 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
     async def put_entity(
         kind: Literal["rules"], namespace: str, name: str, values: RuleFields, overwrite: bool
     ) -> RuleRow: ...
+    @overload
+    async def put_entity(
+        kind: Literal["packages"], namespace: str, name: str, values: PackageFields, overwrite: bool
+    ) -> PackageRow: ...
     async def put_entity(kind: Kind, namespace: str, name: str, values: Any, overwrite: bool) -> Any:
         try:
             row = await db.write(store.put, kind, namespace, name, values, overwrite=overwrite)
@@ -264,6 +292,8 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
     async def delete_entity(kind: Literal["triggers"], namespace: str, name: str) -> TriggerRow: ...
     @overload
     async def delete_entity(kind: Literal["rules"], namespace: str, name: str) -> RuleRow: ...
+    @overload
+    async def delete_entity(kind: Literal["packages"], namespace: str, name: str) -> PackageRow: ...
     async def delete_entity(kind: Kind, namespace: str, name: str) -> EntityRow:
         row = await db.write(lambda: store.remove(kind, namespace, name))
         if row is None:
@@ -273,7 +303,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
 
     async def activation_or_404(namespace: str, activation_id: str) -> ActivationRow:
         row = await db.read(store.activation, activation_id)
-        if row is None or row["namespace"] != namespace:
+        if row is None or (row.get("subject") or row["namespace"]) != namespace:
             raise WhiskError(404, NOT_FOUND)
         return row
 
@@ -294,35 +324,126 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         )
         return JSONResponse(out)
 
-    @api.get(PREFIX + "/{ns}/packages", summary="Packages (headrace has none)")
-    async def packages(ns: str, p: Principal = authenticated) -> Response:
-        namespace_of(p, ns)
-        return JSONResponse([])
+    # -- packages -----------------------------------------------------------------------------------------
+
+    def count_or(kind: Kind, namespace: str, count: bool) -> Any:
+        """None, or OpenWhisk's `?count=true` answer: {"<collection>": N}."""
+        return db.read(lambda: {kind: store.count(kind, namespace)}) if count else None
+
+    @api.get(PREFIX + "/{ns}/packages", summary="List packages (another namespace's: its shared ones)")
+    async def list_packages(
+        ns: str, limit: int = DEFAULT_LIST, skip: int = 0, count: bool = False, p: Principal = authenticated
+    ) -> Response:
+        own, namespace = target_of(p, ns)
+        n, s = _paging(limit, skip)
+        if namespace == own:
+            if count:
+                return JSONResponse(await count_or("packages", namespace, True))
+            rows = await db.read(lambda: store.entities("packages", namespace, n, s))
+        else:
+            shared = [r for r in await db.read(store.shared_packages) if r["namespace"] == namespace]
+            if count:
+                return JSONResponse({"packages": len(shared)})
+            rows = shared[s : s + n]
+        return JSONResponse([_package(r) for r in rows])
+
+    @api.get(PREFIX + "/{ns}/packages/{name}", summary="Get a package (a binding with its package's actions)")
+    async def get_package(ns: str, name: str, p: Principal = authenticated) -> Response:
+        own, namespace = target_of(p, ns)
+        found = await packages.package(db, store, own, namespace, name)
+        shown = found.binding or found.package
+        inside = await db.read(store.in_package, found.package["namespace"], found.package["name"])
+        return JSONResponse(_package(shown, inside, found.parameters))
+
+    @api.put(PREFIX + "/{ns}/packages/{name}", summary="Create or (with ?overwrite=true) update a package or binding")
+    async def put_package(
+        ns: str, name: str, request: Request, overwrite: bool = False, p: Principal = authenticated
+    ) -> Response:
+        namespace = namespace_of(p, ns)
+        model.check_name(name, "package name")
+        if name in packages.RESERVED:
+            raise WhiskError(400, f"Package name '{name}' is reserved.")
+        body = await _body(request)
+        current = await db.read(lambda: store.get("packages", namespace, name)) if overwrite else None
+        binding: Binding | None = current["binding"] if current else None
+        raw = body.get("binding")
+        if raw:  # {} is "no binding", as OpenWhisk shows a package
+            if current is not None and not current["binding"]:
+                raise WhiskError(409, "Resource is a package and cannot be converted into a binding.")
+            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+                raise ModelError('A binding is {"namespace": ..., "name": ...}: the package it binds.')
+            bound_ns = raw.get("namespace") or "_"
+            bound_ns = namespace if bound_ns == "_" else model.check_name(str(bound_ns), "namespace")
+            bound = await db.read(lambda: store.get("packages", bound_ns, raw["name"]))
+            if bound is None:
+                raise WhiskError(400, "Binding references a package that does not exist.")
+            if bound_ns != namespace and not bound["publish"]:
+                raise WhiskError(403, FORBIDDEN)
+            if bound["binding"]:
+                raise WhiskError(400, "Cannot bind to another package binding.")
+            binding = {"namespace": bound_ns, "name": bound["name"]}
+        annotations = model.key_values(body["annotations"], "annotations") if "annotations" in body else None
+        if annotations is None:
+            annotations = list(current["annotations"]) if current else []
+        annotations = [a for a in annotations if a["key"] != "binding"]
+        if binding:
+            annotations.append({"key": "binding", "value": dict(binding)})
+        publish = body.get("publish", current["publish"] if current else False)
+        if not isinstance(publish, bool):
+            raise ModelError("publish must be true or false.")
+        values: PackageFields = {
+            "parameters": model.key_values(body["parameters"], "parameters")
+            if "parameters" in body
+            else (list(current["parameters"]) if current else []),
+            "annotations": annotations,
+            "binding": binding,
+            "publish": publish,
+        }
+        row = await put_entity("packages", namespace, name, values, overwrite)
+        return JSONResponse(_package(row, [], None) | {"parameters": row["parameters"]})
+
+    @api.delete(PREFIX + "/{ns}/packages/{name}", summary="Delete a package (409 while it holds actions)")
+    async def delete_package(ns: str, name: str, p: Principal = authenticated) -> Response:
+        namespace = namespace_of(p, ns)
+        inside = await db.read(store.in_package, namespace, name)
+        if inside:
+            n = len(inside)
+            raise WhiskError(
+                409,
+                f"Package not empty (contains {n} {'entity' if n == 1 else 'entities'}). "
+                "Set force param or delete package contents.",
+            )
+        return JSONResponse(_package(await delete_entity("packages", namespace, name)))
 
     # -- actions ------------------------------------------------------------------------------------------
 
-    async def sequence_components(namespace: str, name: str, components: list[str]) -> list[str]:
+    async def sequence_components(caller: str, own: names.EntityName, components: list[str]) -> list[str]:
         out = []
         for c in components:
-            component = _reference(c, namespace, "sequence component")
-            if component == name:
-                raise WhiskError(400, "A sequence may not refer to itself.")
-            found = await db.read(store.get, "actions", namespace, component)
-            if found is None:
-                raise WhiskError(400, f"Sequence component does not exist: /{namespace}/{component}.")
-            if found["exec"].get("kind") == "sequence":
+            resolved = await packages.action(db, store, caller, names.parse(c, caller, "sequence component"))
+            component = resolved.name
+            if component == own:
+                raise WhiskError(400, "Sequence may not refer to itself.")
+            if resolved.action["exec"].get("kind") == "sequence":
                 raise WhiskError(
-                    400, f"Sequence component /{namespace}/{component} is a sequence: headrace does not nest them."
+                    400, f"Sequence component {component.qualified} is a sequence: headrace does not nest them."
                 )
-            out.append(f"/{namespace}/{component}")
+            out.append(component.qualified)
         return out
 
-    async def action_values(namespace: str, name: str, body: JSONObject, current: ActionRow | None) -> ActionFields:
+    async def action_values(
+        namespace: str, name: names.EntityName, body: JSONObject, current: ActionRow | None
+    ) -> ActionFields:
         """The stored form of an action PUT's body; on an update, what the body leaves out stays."""
         if "exec" in body or current is None:
             ex = model.check_exec(body.get("exec"))
             if ex["kind"] == "sequence":
-                ex["components"] = await sequence_components(namespace, name, ex["components"])
+                try:
+                    ex["components"] = await sequence_components(namespace, name, ex["components"])
+                except WhiskError as exc:
+                    if exc.status == 404:
+                        raise WhiskError(400, "Sequence component does not exist.") from None
+                    raise
         else:
             ex = current["exec"]
 
@@ -339,33 +460,132 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
             "scaling": model.scaling(body.get("scaling"), current["scaling"] if current else None),
         }
 
-    @api.get(PREFIX + "/{ns}/actions", summary="List actions")
-    async def list_actions(ns: str, limit: int = DEFAULT_LIST, skip: int = 0, p: Principal = authenticated) -> Response:
+    @api.get(PREFIX + "/{ns}/actions", summary="List actions (those in packages too)")
+    async def list_actions(
+        ns: str, limit: int = DEFAULT_LIST, skip: int = 0, count: bool = False, p: Principal = authenticated
+    ) -> Response:
         namespace = namespace_of(p, ns)
         n, s = _paging(limit, skip)
+        if count:
+            return JSONResponse(await count_or("actions", namespace, True))
         rows = await db.read(lambda: store.entities("actions", namespace, n, s))
-        return JSONResponse([records.action_summary(r) for r in rows])
+        return JSONResponse([_shown(records.action_summary(r)) for r in rows])
+
+    @api.get(PREFIX + "/{ns}/actions/{pkg}/", summary="List a package's actions")
+    async def list_package_actions(ns: str, pkg: str, p: Principal = authenticated) -> Response:
+        own, namespace = target_of(p, ns)
+        found = await packages.package(db, store, own, namespace, pkg)
+        rows = await db.read(store.in_package, found.package["namespace"], found.package["name"])
+        return JSONResponse([_shown(records.action_summary(r)) for r in rows])
+
+    async def read_action(p: Principal, ns: str, pkg: str | None, name: str, code: bool) -> Response:
+        own, namespace = target_of(p, ns)
+        resolved = await packages.action(db, store, own, names.EntityName(namespace, pkg, name))
+        row: ActionRow = {
+            **resolved.action,
+            "parameters": [{"key": k, "value": v} for k, v in resolved.parameters.items()],
+        }
+        # read only for others: their code stays theirs
+        return JSONResponse(_shown(records.action(row, code=code and resolved.name.namespace == own)))
+
+    async def write_action(
+        p: Principal, ns: str, pkg: str | None, name: str, request: Request, overwrite: bool
+    ) -> Response:
+        namespace = namespace_of(p, ns)
+        entity = names.EntityName(namespace, pkg, model.check_name(name, "action name"))
+        if pkg is not None:
+            holder = await db.read(lambda: store.get("packages", namespace, pkg))
+            if holder is None:
+                raise WhiskError(404, NOT_FOUND)
+            if holder["binding"]:
+                raise WhiskError(400, "Operation not permitted on package binding.")
+        body = await _body(request)
+        current = await db.read(lambda: store.get("actions", namespace, entity.path)) if overwrite else None
+        values = await action_values(namespace, entity, body, current)
+        return JSONResponse(
+            _shown(records.action(await put_entity("actions", namespace, entity.path, values, overwrite)))
+        )
+
+    async def remove_action(p: Principal, ns: str, pkg: str | None, name: str) -> Response:
+        namespace = namespace_of(p, ns)
+        path = names.EntityName(namespace, pkg, name).path
+        return JSONResponse(_shown(records.action(await delete_entity("actions", namespace, path))))
 
     @api.get(PREFIX + "/{ns}/actions/{name}", summary="Get an action (?code=false leaves out its code)")
     async def get_action(ns: str, name: str, code: bool = True, p: Principal = authenticated) -> Response:
-        namespace = namespace_of(p, ns)
-        return JSONResponse(records.action(await get_or_404("actions", namespace, name), code=code))
+        return await read_action(p, ns, None, name, code)
+
+    @api.get(PREFIX + "/{ns}/actions/{pkg}/{name}", summary="Get an action in a package")
+    async def get_package_action(
+        ns: str, pkg: str, name: str, code: bool = True, p: Principal = authenticated
+    ) -> Response:
+        return await read_action(p, ns, pkg, name, code)
 
     @api.put(PREFIX + "/{ns}/actions/{name}", summary="Create or (with ?overwrite=true) update an action")
     async def put_action(
         ns: str, name: str, request: Request, overwrite: bool = False, p: Principal = authenticated
     ) -> Response:
-        namespace = namespace_of(p, ns)
-        model.check_name(name, "action name")
-        body = await _body(request)
-        current = await db.read(lambda: store.get("actions", namespace, name)) if overwrite else None
-        values = await action_values(namespace, name, body, current)
-        return JSONResponse(records.action(await put_entity("actions", namespace, name, values, overwrite)))
+        return await write_action(p, ns, None, name, request, overwrite)
+
+    @api.put(PREFIX + "/{ns}/actions/{pkg}/{name}", summary="Create or update an action in a package")
+    async def put_package_action(
+        ns: str, pkg: str, name: str, request: Request, overwrite: bool = False, p: Principal = authenticated
+    ) -> Response:
+        return await write_action(p, ns, pkg, name, request, overwrite)
 
     @api.delete(PREFIX + "/{ns}/actions/{name}", summary="Delete an action")
     async def delete_action(ns: str, name: str, p: Principal = authenticated) -> Response:
-        namespace = namespace_of(p, ns)
-        return JSONResponse(records.action(await delete_entity("actions", namespace, name)))
+        return await remove_action(p, ns, None, name)
+
+    @api.delete(PREFIX + "/{ns}/actions/{pkg}/{name}", summary="Delete an action in a package")
+    async def delete_package_action(ns: str, pkg: str, name: str, p: Principal = authenticated) -> Response:
+        return await remove_action(p, ns, pkg, name)
+
+    async def run(
+        caller: str,
+        resolved: packages.ResolvedAction,
+        params: JSONObject,
+        *,
+        subject: str | None = None,
+        timeout_ms: int | None = None,
+    ) -> tuple[str, ActivationRow | None]:
+        """Invoke a resolved action, throttled per namespace (the caller's), with its effective parameters
+        under the request's: the one way the API and web actions run an action. The record, or None when
+        `timeout_ms` is None (not waited for) or passed first."""
+        refusal = concurrency_refusal(controller.invocations_in_flight(caller), settings.fn_concurrent_invocations)
+        refusal = refusal or invokes.admit(caller)
+        if refusal:
+            raise WhiskError(429, refusal)
+        home = resolved.name
+        try:
+            activation_id, future = await controller.invoke(
+                home.namespace, home.path, {**resolved.parameters, **params}, subject=subject or caller
+            )
+        except LookupError:
+            raise WhiskError(404, NOT_FOUND) from None
+        if timeout_ms is None:
+            return activation_id, None
+        done, _ = await asyncio.wait({future}, timeout=timeout_ms / 1000)
+        return activation_id, (future.result() if done else None)
+
+    async def invoke_action(
+        p: Principal, ns: str, pkg: str | None, name: str, request: Request, blocking: bool, result: bool, timeout: int
+    ) -> Response:
+        own, namespace = target_of(p, ns)
+        if not 0 < timeout <= MAX_BLOCKING_MS:
+            raise WhiskError(400, f"The timeout must be between 1 and {MAX_BLOCKING_MS} milliseconds, not {timeout}.")
+        params = await _body(request, max_bytes=MAX_PARAMETERS_BYTES)
+        resolved = await packages.action(db, store, own, names.EntityName(namespace, pkg, name))
+        activation_id, row = await run(own, resolved, params, timeout_ms=timeout if blocking else None)
+        headers = {"X-Openwhisk-Activation-Id": activation_id}
+        if row is None:
+            return JSONResponse({"activationId": activation_id}, status_code=202, headers=headers)
+        record = records.activation(row)
+        code = record["response"].get("statusCode", 3)
+        status = 200 if code == 0 else 502 if code in (1, 2) else 500
+        return JSONResponse(record["response"]["result"] if result else record, status_code=status, headers=headers)
+
+    web.install(app, service, controller, run)
 
     @api.post(
         PREFIX + "/{ns}/actions/{name}",
@@ -381,28 +601,20 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         timeout: int = DEFAULT_BLOCKING_MS,
         p: Principal = authenticated,
     ) -> Response:
-        namespace = namespace_of(p, ns)
-        if not 0 < timeout <= MAX_BLOCKING_MS:
-            raise WhiskError(400, f"The timeout must be between 1 and {MAX_BLOCKING_MS} milliseconds, not {timeout}.")
-        params = await _body(request, max_bytes=MAX_PARAMETERS_BYTES)
-        refusal = concurrency_refusal(controller.invocations_in_flight(namespace), settings.fn_concurrent_invocations)
-        refusal = refusal or invokes.admit(namespace)
-        if refusal:
-            raise WhiskError(429, refusal)
-        try:
-            activation_id, future = await controller.invoke(namespace, name, params)
-        except LookupError:
-            raise WhiskError(404, NOT_FOUND) from None
-        headers = {"X-Openwhisk-Activation-Id": activation_id}
-        if not blocking:
-            return JSONResponse({"activationId": activation_id}, status_code=202, headers=headers)
-        done, _ = await asyncio.wait({future}, timeout=timeout / 1000)
-        if not done:
-            return JSONResponse({"activationId": activation_id}, status_code=202, headers=headers)
-        record = records.activation(future.result())
-        code = record["response"].get("statusCode", 3)
-        status = 200 if code == 0 else 502 if code in (1, 2) else 500
-        return JSONResponse(record["response"]["result"] if result else record, status_code=status, headers=headers)
+        return await invoke_action(p, ns, None, name, request, blocking, result, timeout)
+
+    @api.post(PREFIX + "/{ns}/actions/{pkg}/{name}", summary="Invoke an action in a package (a shared one too)")
+    async def invoke_package_action(
+        ns: str,
+        pkg: str,
+        name: str,
+        request: Request,
+        blocking: bool = False,
+        result: bool = False,
+        timeout: int = DEFAULT_BLOCKING_MS,
+        p: Principal = authenticated,
+    ) -> Response:
+        return await invoke_action(p, ns, pkg, name, request, blocking, result, timeout)
 
     # -- triggers -----------------------------------------------------------------------------------------
 
@@ -473,10 +685,12 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
 
     @api.get(PREFIX + "/{ns}/triggers", summary="List triggers")
     async def list_triggers(
-        ns: str, limit: int = DEFAULT_LIST, skip: int = 0, p: Principal = authenticated
+        ns: str, limit: int = DEFAULT_LIST, skip: int = 0, count: bool = False, p: Principal = authenticated
     ) -> Response:
         namespace = namespace_of(p, ns)
         n, s = _paging(limit, skip)
+        if count:
+            return JSONResponse(await count_or("triggers", namespace, True))
         rows = await db.read(lambda: store.entities("triggers", namespace, n, s))
         return JSONResponse([records.trigger(r) for r in rows])
 
@@ -524,9 +738,13 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
     # -- rules --------------------------------------------------------------------------------------------
 
     @api.get(PREFIX + "/{ns}/rules", summary="List rules")
-    async def list_rules(ns: str, limit: int = DEFAULT_LIST, skip: int = 0, p: Principal = authenticated) -> Response:
+    async def list_rules(
+        ns: str, limit: int = DEFAULT_LIST, skip: int = 0, count: bool = False, p: Principal = authenticated
+    ) -> Response:
         namespace = namespace_of(p, ns)
         n, s = _paging(limit, skip)
+        if count:
+            return JSONResponse(await count_or("rules", namespace, True))
         rows = await db.read(lambda: store.entities("rules", namespace, n, s))
         return JSONResponse([records.rule(r) for r in rows])
 
@@ -543,13 +761,28 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         model.check_name(name, "rule name")
         body = await _body(request)
         current = await db.read(lambda: store.get("rules", namespace, name)) if overwrite else None
-        trigger = _reference(body.get("trigger", current and current["trigger"]), namespace, "trigger")
-        action = _reference(body.get("action", current and current["action"]), namespace, "action")
+        given_trigger = names.parse(body.get("trigger", current and current["trigger"]), namespace, "trigger")
+        if given_trigger.namespace != namespace:
+            raise WhiskError(
+                403, f"The supplied authentication is not authorized to access '{given_trigger.namespace}'."
+            )
+        if given_trigger.package is not None:
+            raise WhiskError(400, "A trigger is not inside a package: name it /namespace/trigger.")
+        trigger = given_trigger.name
+        # the action as stored: "name" or "pkg/name" here, "/ns/pkg/name" in another namespace's shared package
+        home = (
+            await packages.action(
+                db,
+                store,
+                namespace,
+                names.parse(body.get("action", current and current["action"]), namespace, "action"),
+            )
+        ).name
+        action = home.path if home.namespace == namespace else home.qualified
         status = body.get("status", current["status"] if current else "active")
         if status not in ("active", "inactive"):
             raise ModelError(f'A rule\'s status is "active" or "inactive", not {status!r}.')
         await get_or_404("triggers", namespace, trigger)
-        await get_or_404("actions", namespace, action)
         values: RuleFields = {"trigger": trigger, "action": action, "status": status}
         return JSONResponse(records.rule(await put_entity("rules", namespace, name, values, overwrite)))
 
@@ -583,14 +816,24 @@ def install(app: FastAPI, service: StorageService, controller: Functions) -> Non
         upto: int | None = None,
         docs: bool = False,
         state: str | None = None,
+        count: bool = False,
         p: Principal = authenticated,
     ) -> Response:
         namespace = namespace_of(p, ns)
         n, s = _paging(limit, skip)
-        short = name.strip("/").rsplit("/", 1)[-1] if name else None
+        if count and docs:
+            raise WhiskError(400, "The parameter 'docs' is not permitted with 'count'.")
+        short = names.parse(name, namespace).path if name else None
+        if count:
+            every = await db.read(
+                store.activations, namespace, name=short, limit=0, skip=s, since=since, upto=upto,
+                states=_states(state), by_subject=True,
+            )  # fmt: skip
+            return JSONResponse({"activations": len(every)})
         rows = await db.read(
-            store.activations, namespace, name=short, limit=n, skip=s, since=since, upto=upto, states=_states(state)
-        )
+            store.activations, namespace, name=short, limit=n, skip=s, since=since, upto=upto,
+            states=_states(state), by_subject=True,
+        )  # fmt: skip
         render = records.activation if docs else records.activation_summary
         return JSONResponse([render(r) for r in rows])
 

@@ -45,7 +45,7 @@ from headrace.db.schema import fn_activations, state
 from headrace.events.access import Directories, Reader
 from headrace.events.model import StorageEvent
 from headrace.events.sources.store import Readers, SourceStore
-from headrace.functions import engine, feed
+from headrace.functions import engine, feed, names, packages
 from headrace.functions.dispatch import Dispatcher, activation_row
 from headrace.functions.entities import ActionRow, ActivationFields, ActivationRow, RuleRow
 from headrace.functions.invoker import ActionPool
@@ -203,15 +203,19 @@ class Controller(Dispatcher):
 
     async def reload(self) -> None:
         """Re-read actions, triggers and rules (the API calls this after every change)."""
-        stamp, actions, triggers, rules = await self.db.read(
+        stamp, actions, triggers, rules, pkgs = await self.db.read(
             lambda: (
                 self.store.stamp() if self.follow_entities else None,
                 self.store.all("actions"),
                 self.store.all("triggers"),
                 self.store.all("rules"),
+                self.store.all("packages"),
             )
         )
         self._entity_stamp = stamp
+        # an action in a package runs with the package's parameters under its own
+        in_packages = packages.by_key(pkgs)
+        actions = [packages.inherit(a, in_packages) for a in actions]
         self.actions = {(a["namespace"], a["name"]): a for a in actions}
         fed: list[FeedTrigger] = []
         for t in triggers:
@@ -424,7 +428,13 @@ class Controller(Dispatcher):
         return (int(found.depth) + 1) if found else 1
 
     def _activation_row(self, namespace: str, action: str, args: JSONObject, *, depth: int = 0) -> ActivationRow | None:
-        return activation_row(self.actions.get((namespace, action)), namespace, action, args, depth=depth)
+        home = names.parse(action, namespace)  # a rule's action may be in another namespace's shared package
+        row = activation_row(
+            self.actions.get((home.namespace, home.path)), home.namespace, home.path, args, depth=depth
+        )
+        if row is not None:
+            row["subject"] = namespace
+        return row
 
     # -- the API's invocations, fires and redrives (dispatch.Dispatcher): entities from memory ---------------
 

@@ -20,6 +20,7 @@ from typing import NotRequired, TypedDict
 from sqlalchemy.engine import Connection
 
 from headrace.db.engine import Database
+from headrace.functions import names, packages
 from headrace.functions.entities import ActionRow, ActivationRow, RuleRow, Scaling, TriggerRow
 from headrace.functions.model import JSONObject, as_dict
 from headrace.functions.store import FunctionStore, new_activation_id, now_ms
@@ -78,11 +79,12 @@ def fire_plan(
     rows = []
     logs = []
     for rule in rules:
-        row = activation_row(actions.get((namespace, rule["action"])), namespace, rule["action"], args)
+        home = names.parse(rule["action"], namespace)
+        row = activation_row(actions.get((home.namespace, home.path)), home.namespace, home.path, args)
         if row is None:
             logs.append(_rule_log(rule, None, 3, f"action {rule['action']} not found"))
             continue
-        row.update({"rule": rule["name"], "trigger": trigger["name"], "cause": trigger_id})
+        row.update({"rule": rule["name"], "trigger": trigger["name"], "cause": trigger_id, "subject": namespace})
         rows.append(row)
         logs.append(_rule_log(rule, row["activation_id"], 0, None))
     stamp = now_ms()
@@ -143,7 +145,13 @@ class Dispatcher:
         """Raise if this back end runs no activations."""
 
     async def action(self, namespace: str, name: str) -> ActionRow | None:
-        return await self.db.read(self.store.get, "actions", namespace, name)
+        """The action with its package's parameters under its own."""
+        found = await self.db.read(lambda: self.store.get("actions", namespace, name))
+        pkg = name.rpartition("/")[0]
+        if found is None or not pkg:
+            return found
+        holder = await self.db.read(lambda: self.store.get("packages", namespace, pkg))
+        return packages.inherit(found, {(namespace, pkg): holder} if holder else {})
 
     async def active_rules(self, namespace: str, trigger: str) -> list[RuleRow]:
         return await self.db.read(self.store.active_rules, namespace, trigger)
@@ -170,7 +178,7 @@ class Dispatcher:
     # -- the API's calls --------------------------------------------------------------------------------------
 
     async def invoke(
-        self, namespace: str, action: str, params: JSONObject, *, cause: str | None = None
+        self, namespace: str, action: str, params: JSONObject, *, cause: str | None = None, subject: str | None = None
     ) -> tuple[str, asyncio.Future[ActivationRow]]:
         """Queue one activation of `action` (no retries, as OpenWhisk); its id and a future of its record."""
         self.refuse()
@@ -178,8 +186,9 @@ class Dispatcher:
         if a is None:
             raise LookupError(action)
         row = invocation_row(a, namespace, action, params, cause)
+        row["subject"] = subject or namespace  # who invoked it: whose list shows it
         aid = str(row["activation_id"])
-        fut = self.waiter(aid, namespace)
+        fut = self.waiter(aid, row["subject"])
         try:
             await self.db.group.run(self.store.enqueue_in, row)
         except BaseException:
@@ -196,9 +205,10 @@ class Dispatcher:
             return None
         actions: Actions = {}
         for rule in rules:
-            found = await self.action(namespace, rule["action"])
+            home = names.parse(rule["action"], namespace)
+            found = await self.action(home.namespace, home.path)
             if found is not None:
-                actions[(namespace, rule["action"])] = found
+                actions[(home.namespace, home.path)] = found
         record, rows = fire_plan(namespace, trigger, payload, rules, actions)
 
         def write(conn: Connection) -> None:

@@ -32,6 +32,7 @@ from prometheus_client import Gauge
 from headrace.auth.macaroons import MacaroonAuthority
 from headrace.auth.users import Users
 from headrace.db.engine import Database
+from headrace.functions import names
 from headrace.functions.entities import ActionRow, ActivationFields, ActivationRow, Scaling
 from headrace.functions.invoker import ActionPool, ActionSpec, Outcome
 from headrace.functions.model import KeyValue, as_dict
@@ -222,8 +223,8 @@ class Runner:
         ids: list[str] = []
         result: dict[str, Any] = args
         for name in seq["exec"]["components"]:
-            ns, _, short = name.strip("/").rpartition("/")
-            component = await self.lookup(ns or seq["namespace"], short)
+            home = names.parse(name, seq["namespace"])  # "/ns/name" or "/ns/pkg/name"
+            component = await self.lookup(home.namespace, home.path)
             if component is None or component["exec"].get("kind") == "sequence":
                 error = f"Sequence component {name} does not exist or is itself a sequence."
                 return Outcome(2, {"error": error}, ids, start, now_ms())

@@ -534,9 +534,12 @@ class FunctionStore:
         since: int | None = None,
         upto: int | None = None,
         states: tuple[str, ...] | None = None,
+        by_subject: bool = False,
     ) -> list[ActivationRow]:
+        """The namespace's activations (`by_subject`: those it made, in its own namespace or in a shared
+        package's owner's, as the API lists them)."""
         t = fn_activations
-        q = select(t).where(t.c.namespace == namespace)
+        q = select(t).where((t.c.subject if by_subject else t.c.namespace) == namespace)
         if name:
             q = q.where(t.c.name == name)
         if since is not None:
