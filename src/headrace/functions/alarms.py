@@ -350,10 +350,11 @@ class AlarmStore:
         if conn.execute(select(t.c.id).where(t.c.namespace == namespace, t.c.trigger == trigger)).first():
             raise Raced(trigger)
         stamp = now_ms()
+        due = first_due(feed, config, stamp) if feed in FEEDS else None  # a paused storage feed: never due
         conn.execute(
             insert(t).values(
                 namespace=namespace, trigger=trigger, feed=feed, config=json.dumps(config, separators=(",", ":")),
-                status="active", next_due=first_due(feed, config, stamp), fired=0, created=stamp, changed=stamp,
+                status="active", next_due=due, fired=0, created=stamp, changed=stamp,
             )
         )  # fmt: skip
 

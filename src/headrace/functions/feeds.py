@@ -172,7 +172,9 @@ class Feeds:
         active = trigger is not None and trigger.get("feed") == STORAGE_FEED and trigger.get("feed_params") is not None
         if event == "CREATE":
             assert trigger is not None
-            if active or paused is not None:
+            # `wsk trigger create --feed` puts the trigger with the feed's annotation first (a filter on "/"
+            # by the annotation path): CREATE gives it its parameters
+            if paused is not None:
                 raise FeedError(f"The trigger /{owner}/{name} has a feed already.", 409)
             f = self._filter(params)
             await self._may_follow(owner, f.get("source"))

@@ -15,6 +15,7 @@ from headrace.config import Settings
 from headrace.db.engine import Database
 from headrace.events.retention import Retention
 from headrace.events.sources.runner import SourceRunner
+from headrace.functions import catalog
 from headrace.functions.alarms import AlarmScheduler
 from headrace.functions.controller import Controller
 from headrace.functions.feeds import alarm_firer
@@ -97,6 +98,7 @@ class ControllerRole:
             self.relay.start()
         if self.publisher is not None:
             await self.publisher.start()
+        await catalog.install(self.service.db)  # /whisk.system, before the controller reads the entities
         await self.controller.start()
         self._started = True
         self._retention_task = asyncio.create_task(self.retention.run_forever())
