@@ -115,7 +115,9 @@ def test_shared_and_private_packages_across_users(api: httpx.Client, bob: httpx.
     err(bob.put(f"{other}/actions/shared/echo", params={"overwrite": "true"}, json=action()), 403)
     err(bob.delete(f"{other}/actions/shared/echo"), 403)
     # a binding of the shared package in bob's namespace; of the private one refused
-    r = bob.put(f"{NS}/packages/mine", json={"binding": {"namespace": "admin", "name": "shared"}, "parameters": kv(q=1)})
+    r = bob.put(
+        f"{NS}/packages/mine", json={"binding": {"namespace": "admin", "name": "shared"}, "parameters": kv(q=1)}
+    )
     assert r.status_code == 200, r.text
     r = bob.post(f"{NS}/actions/mine/echo", params={"blocking": "true", "result": "true"})
     assert r.json() == {"p": "shared", "q": 1}
@@ -125,7 +127,9 @@ def test_shared_and_private_packages_across_users(api: httpx.Client, bob: httpx.
 def test_fully_qualified_names_in_sequence_and_rule(api: httpx.Client, bob: httpx.Client) -> None:
     api.put(f"{NS}/packages/fq", json={"publish": True})
     api.put(f"{NS}/actions/fq/add", json=action("def main(args):\n    return {'n': args.get('n', 0) + 1}\n"))
-    r = bob.put(f"{NS}/actions/seq", json={"exec": {"kind": "sequence", "components": ["/admin/fq/add", "/admin/fq/add"]}})
+    r = bob.put(
+        f"{NS}/actions/seq", json={"exec": {"kind": "sequence", "components": ["/admin/fq/add", "/admin/fq/add"]}}
+    )
     assert r.status_code == 200, r.text
     r = bob.post(f"{NS}/actions/seq", params={"blocking": "true", "result": "true"}, json={"n": 1})
     assert r.json() == {"n": 3}, r.text

@@ -61,6 +61,7 @@ MAX_JSON_BODY = 2 * 1024 * 1024
 #: OpenWhisk's API prefix: refusals under it come in OpenWhisk's error shape, elsewhere in dCache's.
 WHISK_PREFIX = "/api/v1/namespaces"
 _CHANGING = frozenset({"POST", "PUT", "PATCH"})
+WEB_PREFIX = "/api/v1/web/"
 
 
 def body_limit(method: str, path: str) -> int:
@@ -109,12 +110,15 @@ class RequestGuard:
             return HeaderTooLarge(f"Request headers exceed {self.max_header_bytes} bytes")
         method = scope["method"]
         origin = header(scope, b"origin")
+        web = scope["path"].startswith(WEB_PREFIX)  # web actions: public URLs, any body, any origin (CORS)
+        if web:
+            origin = None
         if method in _CHANGING | {"DELETE"} and origin is not None and not self._same_origin(scope, origin):
             # A browser names the page's origin on every cross-origin POST, bodiless no-cors ones included.
             return Forbidden(f"Requests from pages of another origin ({origin}) may not change anything here")
         length = content_length(scope)
         has_body = bool(length) or header(scope, b"transfer-encoding") is not None
-        if method in _CHANGING and has_body and not _json_or_notification(scope):
+        if method in _CHANGING and has_body and not web and not _json_or_notification(scope):
             return UnsupportedMediaType(f"A {method} body must be JSON (Content-Type: application/json)")
         limit = body_limit(method, scope["path"])
         if length is not None and length > limit:
@@ -133,7 +137,7 @@ class RequestGuard:
         # The connection closes after a refusal: the rest of a refused body is not read.
         headers = {"Connection": "close"}
         path = scope["path"]
-        if path == WHISK_PREFIX or path.startswith(WHISK_PREFIX + "/"):
+        if path == WHISK_PREFIX or path.startswith((WHISK_PREFIX + "/", WEB_PREFIX)):
             from headrace.functions.api import whisk_error
 
             await whisk_error(exc.status, exc.detail, headers)(scope, receive, send)

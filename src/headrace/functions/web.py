@@ -229,7 +229,8 @@ def install(app: FastAPI, service: StorageService, controller: Any, run: Run) ->
         caller = None
         if need is not None and need is not False:
             if need is True:
-                caller = await principal(request)
+                # a browser sends its cached credentials with a page's cross-site request: not as consent
+                caller = None if "origin" in request.headers else await principal(request)
                 allowed = caller is not None and caller.method != "anonymous"
             else:
                 allowed = request.headers.get("x-require-whisk-auth") == str(need)
