@@ -84,7 +84,7 @@ async def action(db: Database, store: FunctionStore, caller: str, name: EntityNa
     and not in a package shared with everyone."""
     if name.package is None:
         if name.namespace != caller:
-            raise WhiskError(403, FORBIDDEN)
+            raise WhiskError(403, f"The supplied authentication is not authorized to access '{name.namespace}'.")
         row = await db.read(lambda: store.get("actions", name.namespace, name.name))
         if row is None:
             raise WhiskError(404, NOT_FOUND)
