@@ -5,6 +5,7 @@ through the lifecycle; a second user may not touch another's trigger's feed."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -126,3 +127,45 @@ def test_storage_changes_feed(server: Server) -> None:
     assert lifecycle(c, "DELETE", "/_/up", None).status_code == 200
     assert lifecycle(c, "READ", "/_/up", None).status_code == 404
     assert c.get("/api/v1/namespaces/_/triggers/up").status_code == 200
+
+
+def test_system_actions_for_every_user(server: Server) -> None:
+    """/whisk.system is listed, readable and runnable by a non-admin user, and written by nobody: invoke
+    /whisk.system/utils/sort, a sequence of /whisk.system/utils/echo, a rule pointing at it."""
+    name, key, _ = add_user(server, "sysuser")
+    c = client(base_url=server.api_url, auth=(name, key), timeout=60)
+    listed = c.get("/api/v1/namespaces/whisk.system/packages")
+    assert listed.status_code == 200, listed.text
+    assert {"utils", "alarms", "storage"} <= {p["name"] for p in listed.json()}
+    r = c.post(
+        "/api/v1/namespaces/whisk.system/actions/utils/sort",
+        params={"blocking": "true", "result": "true"},
+        json={"lines": ["c", "a", "b"]},
+    )
+    assert (r.status_code, r.json()) == (200, {"lines": ["a", "b", "c"], "length": 3}), r.text
+    seq = {"exec": {"kind": "sequence", "components": ["/whisk.system/utils/echo", "/whisk.system/utils/echo"]}}
+    assert c.put("/api/v1/namespaces/_/actions/twice", json=seq).status_code == 200
+    r = c.post("/api/v1/namespaces/_/actions/twice", params={"blocking": "true", "result": "true"}, json={"x": 1})
+    assert (r.status_code, r.json()) == (200, {"x": 1}), r.text
+    assert c.put("/api/v1/namespaces/_/triggers/t", json={}).status_code == 200
+    rule = {"trigger": "/_/t", "action": "/whisk.system/utils/echo"}
+    assert c.put("/api/v1/namespaces/_/rules/r", json=rule).status_code == 200
+    fired = c.post("/api/v1/namespaces/_/triggers/t", json={"hello": "world"})
+    assert fired.status_code == 202, fired.text
+    trigger_id = fired.json()["activationId"]
+
+    def echoed() -> dict[str, Any] | None:
+        rec = c.get(f"/api/v1/namespaces/_/activations/{trigger_id}").json()
+        lines = [json.loads(line) for line in rec.get("logs", [])]
+        aid = lines[0].get("activationId") if lines else None
+        if not aid:
+            return None
+        got = c.get(f"/api/v1/namespaces/_/activations/{aid}")
+        return got.json() if got.status_code == 200 and got.json().get("end") else None
+
+    assert wait_for(echoed, "the rule's activation")["response"]["result"] == {"hello": "world"}
+    # written by nobody
+    for who in (c, server.api()):
+        r = who.put("/api/v1/namespaces/whisk.system/actions/utils/echo?overwrite=true", json={"exec": {"code": "x"}})
+        assert r.status_code == 403 and r.json()["code"]
+        assert who.delete("/api/v1/namespaces/whisk.system/packages/utils").status_code == 403
