@@ -149,3 +149,52 @@ def test_lifecycle_and_refusals(fresh_server: Server) -> None:
     assert feed(c, "alarm", "READ", "/_/cronned", key).status_code == 404
     assert feed(c, "alarm", "CREATE", "/_/cronned", key, cron="0 0 1 1 *", lifecycleEvent="NOPE").status_code == 400
     assert json.loads(c.post(f"{FEEDS}/nope", json={}).text)["code"]
+
+
+def test_two_schedulers_fire_each_tick_once(db_url: str, monkeypatch: Any) -> None:
+    """Two controllers' schedulers (each with its own engines) on one database: every due tick is fired by
+    exactly one of them (the compare-and-set on next_due and the tick's key)."""
+    import asyncio
+
+    from headrace.db.engine import Database
+    from headrace.functions.alarms import AlarmRow, AlarmScheduler, AlarmStore, now_ms
+
+    monkeypatch.setenv("HEADRACE_ALARM_MINUTE_SECONDS", "0.05")
+    monkeypatch.setenv("HEADRACE_ALARM_CATCHUP", "1000")
+    first = Database(db_url, durable=False)
+    first.migrate()
+    second = Database(db_url, durable=False)
+    fired: list[tuple[str, int]] = []
+
+    def firer(who: str, db: Database) -> Any:
+        async def fire(alarm: AlarmRow, due: int, nxt: int | None) -> str | None:
+            await db.group.run(AlarmStore.tick_in, alarm, due, nxt, None)
+            fired.append((who, due))
+            return None
+
+        return fire
+
+    async def go() -> None:
+        config = {"payload": {}, "minutes": 1, "startDate": now_ms() - 10_000}
+        await first.group.run(AlarmStore.create_in, "ns", "t", "interval", config)
+        a = AlarmScheduler(first, firer("a", first), poll=0.01)
+        b = AlarmScheduler(second, firer("b", second), poll=0.01)
+        await a.start()
+        await b.start()
+        deadline = now_ms() + 30_000
+        while len(fired) < 40 and now_ms() < deadline:
+            await asyncio.sleep(0.05)
+        await a.stop()
+        await b.stop()
+
+    try:
+        asyncio.run(go())
+        alarm = AlarmStore(first).get("ns", "t")
+        assert alarm is not None
+        dues = [d for d, _ in AlarmStore(first).ticks(alarm["id"])]
+        assert len(fired) >= 40
+        assert sorted(d for _, d in fired) == dues  # every tick fired once, by one of them
+        assert all(b - a == 50 for a, b in itertools.pairwise(dues))
+    finally:
+        first.close()
+        second.close()
