@@ -4,6 +4,7 @@ and OpenWhisk's error shape."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -161,3 +162,29 @@ def test_count_skip_limit(api: httpx.Client, bob: httpx.Client) -> None:
     assert bob.get(f"{NS}/activations", params={"count": "true"}).json()["activations"] >= 1
     assert "docs" in err(bob.get(f"{NS}/activations", params={"count": "true", "docs": "true"}), 400)
     assert "0 to 200" in err(bob.get(f"{NS}/actions", params={"limit": 201}), 400)
+
+
+def test_cli_packages_triggers_rules(server: Server, api: httpx.Client) -> None:
+    from test_cli import ok, one_line_error, run
+
+    pkg = json.loads(ok(run(server, "fn", "package", "create", "clipkg", "-p", "a=1", "--shared", "--json")))
+    assert pkg["publish"] is True
+    assert "exists" in one_line_error(run(server, "fn", "package", "create", "clipkg"))
+    assert api.put(f"{NS}/actions/clipkg/echo", json=action()).status_code == 200
+    ok(run(server, "fn", "package", "bind", "clipkg", "clibound", "-p", "b=2"))
+    got = json.loads(ok(run(server, "fn", "package", "get", "clibound", "--json")))
+    assert got["binding"] == {"namespace": "admin", "name": "clipkg"} and got["actions"][0]["name"] == "echo"
+    assert "/admin/clipkg" in ok(run(server, "fn", "package", "list"))
+    ok(run(server, "fn", "package", "update", "clipkg", "--private"))
+    ok(run(server, "fn", "trigger", "create", "clitrig"))
+    ok(run(server, "fn", "rule", "create", "clirule", "clitrig", "clibound/echo"))
+    ok(run(server, "fn", "rule", "disable", "clirule"))
+    assert "no active rule" in ok(run(server, "fn", "trigger", "fire", "clitrig"))
+    ok(run(server, "fn", "rule", "enable", "clirule"))
+    assert "activation" in ok(run(server, "fn", "trigger", "fire", "clitrig", "-p", "x=1"))
+    assert "clirule" in ok(run(server, "fn", "rule", "list"))
+    assert "clitrig" in ok(run(server, "fn", "trigger", "list"))
+    ok(run(server, "fn", "rule", "delete", "clirule"))
+    ok(run(server, "fn", "trigger", "delete", "clitrig"))
+    ok(run(server, "fn", "package", "delete", "clibound"))
+    assert "not empty" in one_line_error(run(server, "fn", "package", "delete", "clipkg"))

@@ -57,6 +57,8 @@ def functions() -> Iterator[Functions]:
 
 def register(app: typer.Typer) -> None:
     """Add these commands to the `headrace` command."""
+    from headrace.cli import whisk  # noqa: F401  (fn package|trigger|rule: they add themselves to fn_app)
+
     app.add_typer(fn_app, name="fn")
     app.add_typer(activations_app, name="activations")
     app.add_typer(deadletters_app, name="deadletters")
