@@ -347,8 +347,11 @@ class AlarmStore:
     def create_in(conn: Connection, namespace: str, trigger: str, feed: str, config: AlarmConfig) -> None:
         """A new alarm feed for the trigger; Raced if it has one."""
         t = fn_alarms
-        if conn.execute(select(t.c.id).where(t.c.namespace == namespace, t.c.trigger == trigger)).first():
+        found = conn.execute(select(t.c.status).where(t.c.namespace == namespace, t.c.trigger == trigger)).first()
+        if found is not None and found.status != "done":
             raise Raced(trigger)
+        if found is not None:  # a feed that has fired its last tick (or whose trigger went) makes way
+            conn.execute(t.delete().where(t.c.namespace == namespace, t.c.trigger == trigger))
         stamp = now_ms()
         due = first_due(feed, config, stamp) if feed in FEEDS else None  # a paused storage feed: never due
         conn.execute(

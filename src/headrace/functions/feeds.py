@@ -296,7 +296,8 @@ def alarm_firer(db: Database, backend: FiringBackend) -> Callable[[AlarmRow, int
         trigger = await db.read(lambda: store.get("triggers", ns, name))
         rules = await backend.active_rules(ns, name) if trigger is not None else []
         if trigger is None or not rules:  # OpenWhisk's fire without a rule: nothing recorded but the tick
-            await db.group.run(AlarmStore.tick_in, alarm, due, nxt, None)
+            # (a trigger deleted without its feed's DELETE: the alarm is done)
+            await db.group.run(AlarmStore.tick_in, alarm, due, nxt if trigger is not None else None, None)
             return None
         actions: dict[tuple[str, str], ActionRow] = {}
         for rule in rules:
