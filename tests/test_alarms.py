@@ -104,6 +104,13 @@ def test_interval_and_once_through_a_restart(fresh_server: Server) -> None:
 
     wait_for(echoed, "the rules' activations")
     assert feed(c, "once", "READ", "/_/once", key).json()["response"]["result"]["status"]["active"] is False
+    # deleteAfterFire rules: the trigger and its rules go once it has fired
+    at = datetime.fromtimestamp(time.time() + 1, UTC).isoformat()
+    r = feed(c, "once", "UPDATE", "/_/once", key, date=at, deleteAfterFire="rules")
+    assert r.status_code == 200, r.text
+    wait_for(lambda: c.get("/api/v1/namespaces/_/triggers/once").status_code == 404 or None, "the trigger deleted")
+    assert c.get("/api/v1/namespaces/_/rules/r-once").status_code == 404
+    assert c.get("/api/v1/namespaces/_/rules/r-tick").status_code == 200
 
 
 def test_lifecycle_and_refusals(fresh_server: Server) -> None:

@@ -291,6 +291,24 @@ def alarm_firer(db: Database, backend: FiringBackend) -> Callable[[AlarmRow, int
 
     store = backend.store
 
+    async def _delete_after_fire(db: Database, backend: FiringBackend, alarm: AlarmRow) -> None:
+        """A `once` alarm's deleteAfterFire: "true" deletes the trigger, "rules" its rules too (the
+        alarms provider's), after the trigger has fired."""
+        mode = alarm["config"].get("deleteAfterFire", "false")
+        if alarm["feed"] != "once" or mode == "false":
+            return
+        ns, name = alarm["namespace"], alarm["trigger"]
+
+        def delete() -> None:
+            if mode == "rules":
+                for rule in store.entities("rules", ns, 0, 0):
+                    if rule["trigger"] == name:
+                        store.remove("rules", ns, rule["name"])
+            store.remove("triggers", ns, name)
+
+        await db.write(delete)
+        await backend.reload()
+
     async def fire(alarm: AlarmRow, due: int, nxt: int | None) -> str | None:
         ns, name = alarm["namespace"], alarm["trigger"]
         trigger = await db.read(lambda: store.get("triggers", ns, name))
@@ -319,6 +337,7 @@ def alarm_firer(db: Database, backend: FiringBackend) -> Callable[[AlarmRow, int
 
         await db.group.run(write)
         await backend.send(rows, actions)
+        await _delete_after_fire(db, backend, alarm)
         return aid
 
     return fire
