@@ -49,6 +49,12 @@ class MemorySink:
         with self.lock:
             self.states[key] = json.dumps(value)
 
+    async def mark(self) -> int:
+        return len(self.events)
+
+    async def since(self, mark: int) -> list[RemoteEvent]:
+        return list(self.events[mark:])
+
     def state_now(self, key: str) -> Any:
         with self.lock:
             value = self.states.get(key)

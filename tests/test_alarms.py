@@ -174,9 +174,14 @@ def test_two_schedulers_fire_each_tick_once(db_url: str, monkeypatch: Any) -> No
     fired: list[tuple[str, int]] = []
 
     def firer(who: str, db: Database) -> Any:
-        async def fire(alarm: AlarmRow, due: int, nxt: int | None) -> str | None:
-            await db.group.run(AlarmStore.tick_in, alarm, due, nxt, None)
+        def tick(conn: Any, alarm: AlarmRow, due: int, nxt: int | None) -> None:
+            AlarmStore.tick_in(conn, alarm, due, nxt, None)
+            # noted in the tick's own transaction: `stop` may cancel the awaiting caller after the write
+            # was taken, and the tick still commits (the scheduler's fire is one transaction, as here)
             fired.append((who, due))
+
+        async def fire(alarm: AlarmRow, due: int, nxt: int | None) -> str | None:
+            await db.group.run(tick, alarm, due, nxt)
             return None
 
         return fire

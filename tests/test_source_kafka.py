@@ -77,6 +77,12 @@ class MemorySink:
     async def set_state(self, key: str, value: Any) -> None:
         self.states[key] = value
 
+    async def mark(self) -> int:
+        return len(self.events)
+
+    async def since(self, mark: int) -> list[RemoteEvent]:
+        return list(self.events[mark:])
+
 
 def new_topic(broker: KafkaBroker, partitions: int = 3) -> str:
     topic = f"src-{uuid.uuid4().hex[:12]}"

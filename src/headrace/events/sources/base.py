@@ -73,6 +73,17 @@ class Sink(Protocol):
 
     async def set_state(self, key: str, value: Any) -> None: ...
 
+    async def mark(self) -> int:
+        """Where the log stands: an offset at or after this source's last event there, and before any it
+        delivers later (0: an empty log). A kind that saves its view less often than it delivers stores the
+        mark with the view and, at start, replays `since(mark)` onto it: the log, not a view saved some time
+        before a crash, says what was announced."""
+        ...
+
+    async def since(self, mark: int) -> list[RemoteEvent]:
+        """This source's events in the log after `mark`, in order."""
+        ...
+
 
 class Fenced(RuntimeError):
     """This process no longer holds the source (another controller took it over)."""

@@ -38,10 +38,12 @@ State: the position is a counter raised by each delivery; the snapshot of what h
 size, mtime_ns, inode, and the directories) is kept with `sink.set_state("snapshot", ...)`, grouped by
 directory and zlib-compressed (100,000 files: see the test's figure), saved after each delivery, or, when
 encoding it takes longer than 50 ms (large trees), at most every max(5 s, 20 x that time) and at the next
-quiet moment after; a snapshot older than the last delivery only makes the next start re-find changes the
-log already holds (same keys). At the first start the tree as it is becomes the snapshot, announcing nothing.
-On every later start, the tree is walked (watches added as it goes) and compared with the snapshot: what
-changed while headrace was not watching is announced, then inotify is followed (or the scans go on).
+quiet moment after. The snapshot holds the log's `mark` (base.Sink) when it was taken, and a start replays
+the events delivered after it onto it: a file announced after the last save, then renamed or deleted while
+headrace was down, is known, and its MOVE or DELETE is announced. At the first start the tree as it is
+becomes the snapshot, announcing nothing. On every later start, the tree is walked (watches added as it
+goes) and compared with the snapshot: what changed while headrace was not watching is announced, then
+inotify is followed (or the scans go on).
 IN_Q_OVERFLOW (events lost) does the same walk and comparison.
 """
 
@@ -75,6 +77,7 @@ from headrace.events.sources.directory_tree import (
     is_dir,
     join,
     rename_prefix,
+    replay,
     under,
     walk,
 )
@@ -222,7 +225,8 @@ class _Book:
         if self.known is None or not (self.dirty or force) or (not force and time.monotonic() < self.next_save):
             return
         started = time.monotonic()
-        value = await asyncio.to_thread(encode, dict(self.known), self.position)
+        mark = await self.sink.mark()  # nothing delivers meanwhile: this task is the only one that does
+        value = await asyncio.to_thread(encode, dict(self.known), self.position, mark)
         await self.sink.set_state("snapshot", value)
         took = time.monotonic() - started
         self.dirty = False
@@ -285,7 +289,11 @@ class DirectorySource:
         mode = self._choose()
         position = await sink.position()
         counter = int(position) if position and position.isdigit() else 0
-        book = _Book(self, sink, decode(await sink.state("snapshot")), counter)
+        snapshot = await sink.state("snapshot")
+        known = decode(snapshot)
+        if known is not None and isinstance(snapshot.get("mark"), int):
+            replay(known, await sink.since(snapshot["mark"]))
+        book = _Book(self, sink, known, counter)
         watcher = None
         if mode == "inotify":
             try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from headrace.events.model import EventKind
+from headrace.events.sources.base import RemoteEvent
 
 Entry = tuple[int, int, int]  # size (-1: a directory), mtime_ns (0 for a directory), inode
 Tree = dict[str, Entry]
@@ -209,13 +210,34 @@ def diff(known: Tree, now: Tree, complete: Callable[[str, Entry], bool]) -> tupl
 # files is a few MB of JSON text at most (measured in tests/test_source_directory.py).
 
 
-def encode(tree: Tree, position: int) -> dict[str, Any]:
+def encode(tree: Tree, position: int, mark: int = 0) -> dict[str, Any]:
     grouped: dict[str, dict[str, list[int]]] = {}
     for path, (size, mtime, inode) in tree.items():
         parent, _, name = path.rpartition("/")
         grouped.setdefault(parent, {})[name] = [size, mtime, inode] if size >= 0 else [inode]
     raw = json.dumps(grouped, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
-    return {"v": 1, "position": position, "files": len(tree), "z": base64.b64encode(zlib.compress(raw, 6)).decode()}
+    z = base64.b64encode(zlib.compress(raw, 6)).decode()
+    return {"v": 1, "position": position, "mark": mark, "files": len(tree), "z": z}
+
+
+def replay(tree: Tree, delivered: Iterable[RemoteEvent]) -> None:
+    """Bring `tree` (a stored snapshot) up to what the log holds: apply the events delivered after it was
+    taken, as the source made them (`DirectorySource.event`)."""
+    for ev in delivered:
+        inode = int(ev.detail.get("inode", 0))
+        if ev.kind is EventKind.CLOSE_WRITE:
+            tree[ev.path] = (ev.size or 0, int(ev.detail.get("mtime_ns", 0)), inode)
+        elif ev.kind is EventKind.CREATE:
+            tree[ev.path] = (-1, 0, inode)
+        elif ev.kind is EventKind.DELETE:
+            drop_prefix(tree, ev.path)
+        elif ev.kind is EventKind.MOVE and ev.old_path is not None:
+            if ev.is_dir:
+                drop_prefix(tree, ev.path)
+                rename_prefix(tree, ev.old_path, ev.path)
+            else:
+                tree.pop(ev.old_path, None)
+                tree[ev.path] = (ev.size or 0, int(ev.detail.get("mtime_ns", 0)), inode)
 
 
 def decode(value: Any) -> Tree | None:

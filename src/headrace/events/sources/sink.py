@@ -19,10 +19,11 @@ import posixpath
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, Connection, Text, any_, bindparam, insert, select, update
+from sqlalchemy import ARRAY, Connection, Text, any_, bindparam, func, insert, select, update
 
 from headrace.db.engine import Database
 from headrace.db.schema import events, sources
+from headrace.events.model import EventKind
 from headrace.events.sources.base import Fenced, RemoteEvent
 from headrace.events.sources.store import SourceStore, now_us
 from headrace.metrics import SOURCE_EVENTS
@@ -62,6 +63,24 @@ def event_row(source: str, ev: RemoteEvent, received: int) -> dict[str, Any]:
         "source": source,
         "source_key": ev.key,
     }
+
+
+def row_event(row: Any) -> RemoteEvent:
+    """The `RemoteEvent` an outbox row of a source was made of (`event_row`'s inverse)."""
+    detail: dict[str, Any] = json.loads(row.detail) if row.detail else {}
+    url = detail.pop("url", None)
+    remote_time = detail.pop("remoteTime", None)
+    return RemoteEvent(
+        key=row.source_key,
+        kind=EventKind(row.kind),
+        path=row.path,
+        is_dir=bool(row.is_dir),
+        size=row.size,
+        old_path=row.old_path,
+        time=remote_time,
+        url=url,
+        detail=detail,
+    )
 
 
 #: PostgreSQL: the keys as one array parameter (`= ANY(:keys)`): a statement of 500 bound parameters costs
@@ -168,3 +187,20 @@ class DatabaseSink:
                 conn.execute(update(sources).where(sources.c.name == self.name).values(state=text))
 
         await self.db.write(write)
+
+    async def mark(self) -> int:
+        def read() -> int:
+            with self.db.reader.connect() as conn:
+                # the whole log's last offset (its primary key: no scan of this source's events): every
+                # event this source delivered is at or below it, every one it delivers later above it
+                return int(conn.execute(select(func.max(events.c.offset))).scalar() or 0)
+
+        return await self.db.read(read)
+
+    async def since(self, mark: int) -> list[RemoteEvent]:
+        def read() -> list[RemoteEvent]:
+            with self.db.reader.connect() as conn:
+                q = select(events).where(events.c.source == self.name, events.c.offset > mark).order_by(events.c.offset)
+                return [row_event(r) for r in conn.execute(q)]
+
+        return await self.db.read(read)
