@@ -167,6 +167,13 @@ def put_files(server: sb.HeadraceServer, directory: str, n: int, size: int) -> l
     return paths
 
 
+def sim(argv: list[str]) -> None:
+    """Run the simulator; a failure raises with what it printed (its exit code alone says little)."""
+    done = subprocess.run(argv, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(argv[2:4])} exited {done.returncode}: {done.stderr.strip()}")
+
+
 def peer_puts(setting: Setting, base: Path, n: int, size: int, concurrency: int = 2) -> float:
     """Seconds the simulator alone takes to store n files of `size`, `concurrency` at a time."""
     src = base / "src"
@@ -176,9 +183,7 @@ def peer_puts(setting: Setting, base: Path, n: int, size: int, concurrency: int 
     t0 = time.monotonic()
 
     def one(i: int) -> None:
-        subprocess.run(
-            [*SIM, "put", f"PEER{i:05d}", str(f), *setting.sim_options(base)], check=True, capture_output=True
-        )
+        sim([*SIM, "put", f"PEER{i:05d}", str(f), *setting.sim_options(base)])
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, range(n)))
@@ -201,11 +206,7 @@ def peer_gets(setting: Setting, base: Path, uris: list[str], concurrency: int = 
 
     def one(i: int) -> None:
         t = time.monotonic()
-        subprocess.run(
-            [*SIM, "get", f"PEER{i:05d}", str(out / f"r{i}"), f"-uri={uris[i]}", *setting.sim_options(base)],
-            check=True,
-            capture_output=True,
-        )
+        sim([*SIM, "get", f"PEER{i:05d}", str(out / f"r{i}"), f"-uri={uris[i]}", *setting.sim_options(base)])
         each.append(time.monotonic() - t)
         (out / f"r{i}").unlink()
 

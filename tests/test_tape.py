@@ -325,3 +325,43 @@ def test_process_on_close_then_send_to_tape_from_the_function(tape: Server, tmp_
         )
         assert json.loads(door.get("/daq/run.h5.json").content) == {"bytes": 4000}
         assert locality(api, "/daq/run.h5.json") == "ONLINE"  # written on disk, stays there
+
+
+@pytest.mark.db_independent("the simulator alone: no database")
+def test_the_simulator_takes_many_puts_at_once(tmp_path: Path) -> None:
+    """Many puts at once into one library (the bench's peer runs so): each gets a copy of its own and exits 0.
+    A copy's temporary name renamed away between the cartridge's listing and its stat (measuring how full the
+    cartridge is) used to fail a put with exit 42; this run does not reliably hit that window."""
+    import sys
+
+    base = tmp_path / "hsm"
+    files = []
+    for i in range(32):
+        f = tmp_path / f"f{i}"
+        f.write_bytes(os.urandom(2 * 1024 * 1024))
+        files.append(f)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "headrace.tape.simulator",
+                "put",
+                f"0000{i:04d}",
+                str(f),
+                f"-hsmBase={base}",
+                "-drives=4",
+                "-mount=0",
+                "-position=0",
+                "-rate=0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, f in enumerate(files)
+    ]
+    outcomes = [(p.wait(60), *p.communicate()) for p in procs]
+    assert [rc for rc, _, _ in outcomes] == [0] * len(files), [err for _, _, err in outcomes if err]
+    uris = {out.strip() for _, out, _ in outcomes}
+    assert len(uris) == len(files) and all("bfid=" in u for u in uris)

@@ -156,7 +156,7 @@ class Library:
             current = self.base / "current"
             name = current.read_text().strip() if current.exists() else ""
             if name:
-                used = sum(p.stat().st_size for p in (self.base / "cartridges" / name).iterdir())
+                used = _used(self.base / "cartridges" / name)
                 if used + size > self.capacity and used > 0:
                     name = ""
             if not name:
@@ -200,6 +200,16 @@ class Library:
         self.fault("remove")
         self.locate(uri).unlink(missing_ok=True)
         self.log(f"remove {uri}")
+
+
+def _used(cartridge: Path) -> int:
+    """The bytes on `cartridge`: its copies and the ones being written (a copy's temporary name may be gone,
+    renamed by a concurrent put, between the listing and its stat)."""
+    used = 0
+    for p in cartridge.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            used += p.stat().st_size
+    return used
 
 
 def main(argv: list[str]) -> int:
