@@ -88,6 +88,31 @@ def raise_for(response: httpx.Response, what: str) -> None:
     raise RuntimeError(message)
 
 
+def range_header(start: int, end: int | None) -> dict[str, str]:
+    """The `Range` header asking for bytes [start, end) of a file (end None: to its end; an empty range asks for
+    the byte at `start`), or none when that is the whole file."""
+    if not start and end is None:
+        return {}
+    return {"Range": f"bytes={start}-" + ("" if end is None else str(max(end - 1, start)))}
+
+
+def ranged_size(response: httpx.Response) -> int | None:
+    """The whole file's size from the response to a (possibly ranged) GET: the total of its Content-Range, else
+    the Content-Length of a 200 (the whole file); None when the response says neither."""
+    content_range = response.headers.get("content-range", "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    if response.status_code == 200 and response.headers.get("content-length", "").isdigit():
+        return int(response.headers["content-length"])
+    return None
+
+
+async def empty_body() -> AsyncIterator[bytes]:
+    """The body of a ranged GET answered 416 (nothing at or past the range's start)."""
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
 def door_url(door: str, path: str) -> str:
     """The URL of the remote `path` under the WebDAV base `door`."""
     return door.rstrip("/") + quote(path, safe="/")
@@ -132,9 +157,7 @@ class DoorFiles:
         return door_url(self.base, path)
 
     async def open(self, path: str, start: int = 0, end: int | None = None) -> tuple[int | None, AsyncIterator[bytes]]:
-        headers = self.credentials.headers()
-        if start or end is not None:
-            headers["Range"] = f"bytes={start}-" + ("" if end is None else str(max(end - 1, start)))
+        headers = {**self.credentials.headers(), **range_header(start, end)}
         http = httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(30, read=300), follow_redirects=True)
         try:
             request = http.build_request("GET", self.url(path), headers=headers)
@@ -142,19 +165,14 @@ class DoorFiles:
             if response.status_code == 416:  # nothing at or past `start`
                 await response.aclose()
                 await http.aclose()
-                return None, _empty()
+                return None, empty_body()
             if not response.is_success:
                 await response.aread()
                 raise_for(response, f"GET {path}")
         except BaseException:
             await http.aclose()
             raise
-        size: int | None = None
-        content_range = response.headers.get("content-range", "")
-        if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
-            size = int(content_range.rsplit("/", 1)[1])
-        elif response.status_code == 200 and response.headers.get("content-length", "").isdigit():
-            size = int(response.headers["content-length"])
+        size = ranged_size(response)
         skip = start if response.status_code == 200 else 0  # a door that ignored the Range
         limit = None if end is None else end - start
 
@@ -177,8 +195,3 @@ class DoorFiles:
                 await http.aclose()
 
         return size, body()
-
-
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator

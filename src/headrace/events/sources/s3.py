@@ -44,6 +44,7 @@ from headrace.events.sources.kafka import (
     reject_unknown,
     text_option,
 )
+from headrace.events.sources.remote_http import empty_body, range_header, ranged_size
 from headrace.tls import tls_context
 
 KEYS = {"secret", "endpoint", "access_key", "secret_key", "region", "bootstrap", "topic", "group"}
@@ -194,17 +195,14 @@ class S3Files:
 
     async def open(self, path: str, start: int = 0, end: int | None = None) -> tuple[int | None, AsyncIterator[bytes]]:
         url = self.url(path)
-        headers: dict[str, str] = {}
-        if start or end is not None:
-            headers["Range"] = f"bytes={start}-" + ("" if end is None else str(max(end - 1, start)))
-        headers = self.signed("GET", url, headers)
+        headers = self.signed("GET", url, range_header(start, end))
         http = httpx.AsyncClient(verify=tls_context(), timeout=httpx.Timeout(30, read=300))
         try:
             response = await http.send(http.build_request("GET", url, headers=headers), stream=True)
             if response.status_code == 416:
                 await response.aclose()
                 await http.aclose()
-                return None, _empty()
+                return None, empty_body()
             if not response.is_success:
                 error = (await response.aread())[:2000].decode(errors="replace")
                 message = f"GET {path}: {response.status_code} {_s3_error(error)}"
@@ -216,12 +214,7 @@ class S3Files:
         except BaseException:
             await http.aclose()
             raise
-        size: int | None = None
-        content_range = response.headers.get("content-range", "")
-        if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
-            size = int(content_range.rsplit("/", 1)[1])
-        elif response.status_code == 200 and response.headers.get("content-length", "").isdigit():
-            size = int(response.headers["content-length"])
+        size = ranged_size(response)
 
         async def body() -> AsyncIterator[bytes]:
             try:
@@ -239,11 +232,6 @@ def _s3_error(body: str) -> str:
     if "<Code>" in body and "</Code>" in body:
         return body.split("<Code>", 1)[1].split("</Code>", 1)[0]
     return body[:200]
-
-
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator
 
 
 # -- the kind -------------------------------------------------------------------------------------------------------
