@@ -335,23 +335,7 @@ class FnServer(sb.HeadraceServer):
         if not self.data.exists():
             self.data.mkdir()
             self.offline(self._deploy)
-        argv, env = self.command()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir
-            )
-        deadline = time.monotonic() + self.ready_timeout_s
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                raise sb.BenchError(f"headrace exited with status {code} before it became ready")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                if self.is_ready():
-                    return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise sb.BenchError(f"headrace not ready after {self.ready_timeout_s:.0f} s")
-            time.sleep(0.1)
+        self.launch("ab")
 
     @property
     def db_path(self) -> Path:

@@ -33,13 +33,10 @@ of bench/RESULTS.md (between the `sources-bench` markers).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import http.client
 import json
 import os
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -268,23 +265,7 @@ class Headrace(sb.HeadraceServer):
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(exist_ok=True)
-        argv, env = self.command()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir
-            )
-        deadline = time.monotonic() + self.ready_timeout_s
-        while True:
-            code = self.proc.poll()
-            if code is not None:
-                raise sb.BenchError(f"headrace exited with status {code} before it became ready")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                if self.is_ready():
-                    return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise sb.BenchError(f"headrace not ready after {self.ready_timeout_s:.0f} s")
-            time.sleep(0.1)
+        self.launch("ab")
 
 
 def run(plan: Plan, tmp: Path) -> dict[str, Any]:

@@ -367,8 +367,13 @@ class Server(ABC):
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.data.mkdir()
+        self.launch("wb")
+
+    def launch(self, log_mode: str) -> None:
+        """Run command() with its output to log_path (opened with `log_mode`: "ab" keeps the earlier runs' lines)
+        and return once is_ready(); BenchError when it exits first or is not ready in ready_timeout_s (stopped)."""
         argv, env = self.command()
-        with self.log_path.open("wb") as log:
+        with self.log_path.open(log_mode) as log:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir
             )
