@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import pytest
@@ -218,13 +219,19 @@ def test_a_corrupted_local_file_is_not_pushed(pair: Pair) -> None:
 
 class _Plain(BaseHTTPRequestHandler):
     """A remote without checksums: /slow (holds its body until released), /chunked, /redirect (to /chunked),
-    anything else whole."""
+    /elsewhere?to=URL (to URL), anything else whole."""
 
     release = threading.Event()
     protocol_version = "HTTP/1.1"
     body = bytes(range(256)) * 16
 
     def do_GET(self) -> None:
+        if self.path.startswith("/elsewhere?to="):  # a redirect to wherever the test says
+            self.send_response(302)
+            self.send_header("Location", unquote(self.path.split("=", 1)[1]))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path == "/redirect":  # as a dCache door sends a client to its pool
             self.send_response(302)
             self.send_header("Location", "/chunked")
@@ -284,6 +291,39 @@ def test_without_a_remote_checksum_verification_fails_unless_waived(pair: Pair, 
 
 
 # -- refusals -----------------------------------------------------------------------------------------------
+
+
+def test_the_transfer_policy_keeps_copies_from_denied_addresses(pair: Pair, plain: str, tmp_path: Path) -> None:
+    """A door with HEADRACE_TPC_DENY=127.0.0.2/32, a non-admin user: a copy naming a denied address is a 403
+    before any byte moves (pull and push), a remote that redirects there fails the copy and nothing is stored;
+    the default policy denies link-local addresses (a cloud's metadata service)."""
+    env = {"HEADRACE_TPC_DENY": "127.0.0.2/32", "HEADRACE_TPC_MARKER_INTERVAL": MARKER_INTERVAL}
+    guarded = Server(data=tmp_path / "guarded", cli_config=tmp_path / "guarded.json", env_extra=env).start()
+    try:
+        carol = User(*add_user(guarded, "carol"))
+        _mkdir_owned(guarded, "/", "carol", carol.uid, 0o755)
+        denied = f"http://127.0.0.2:{urlsplit(plain).port}"
+        r = _copy(guarded, "/carol/pulled", {"Source": f"{denied}/chunked"}, auth=carol.auth)
+        assert r.status_code == 403, r.text
+        assert "127.0.0.2" in r.json()["detail"] and "HEADRACE_TPC_DENY" in r.json()["detail"], r.json()
+        _put(guarded, carol, "/carol/src", b"to push")
+        r = _copy(guarded, "/carol/src", {"Destination": f"{denied}/x"}, auth=carol.auth)
+        assert r.status_code == 403 and "127.0.0.2" in r.json()["detail"], r.text
+        source = f"{plain}/elsewhere?to={quote(denied + '/chunked', safe='')}"
+        headers = {"Source": source, "RequireChecksumVerification": "false"}
+        r = _copy(guarded, "/carol/redirected", headers, auth=carol.auth)
+        assert r.status_code == 202 and _last_line(r).startswith("failure"), r.text
+        assert "may not reach" in r.text, r.text
+        assert http("GET", guarded.door_url + "/carol/redirected", auth=carol.auth).status_code == 404
+        # a name is judged by what it resolves to
+        r = _copy(guarded, "/carol/pulled", {"Source": "http://127.0.0.2.nip.invalid/x"}, auth=carol.auth)
+        assert r.status_code == 202 and _last_line(r).startswith("failure"), r.text  # does not resolve: fails later
+    finally:
+        guarded.stop()
+    r = _copy(
+        pair.here, "/alice/meta", {"Source": "http://169.254.169.254/latest/meta-data/"}, auth=pair.alice_here.auth
+    )
+    assert r.status_code == 403 and "169.254.169.254" in r.json()["detail"], r.text
 
 
 def _macaroon(srv: Server, user: User, path: str, activities: str) -> str:
@@ -557,3 +597,27 @@ def test_blob_chunks_reads_any_store() -> None:
         return got
 
     assert asyncio.run(run())
+
+
+def test_transfer_policy_rules() -> None:
+    import asyncio
+
+    from headrace.storage.tpc_policy import TransferPolicy, TransferRefused
+
+    default = TransferPolicy.from_env({})
+    for address in ("169.254.169.254", "::ffff:169.254.169.254", "fe80::1%eth0", "0.0.0.0", "::", "224.0.0.1"):
+        assert not default.permits(address), address
+    for address in ("127.0.0.1", "10.1.2.3", "2001:db8::1", "131.169.1.1"):
+        assert default.permits(address), address
+    private = TransferPolicy.from_env({"HEADRACE_TPC_DENY": "127.0.0.0/8, ::1, 10.0.0.0/8"})
+    assert not private.permits("127.0.0.1") and not private.permits("::1") and not private.permits("::ffff:10.0.0.1")
+    assert private.permits("169.254.169.254")  # a list given replaces the default
+    only = TransferPolicy.from_env({"HEADRACE_TPC_ALLOW": "131.169.0.0/16", "HEADRACE_TPC_DENY": "131.169.9.0/24"})
+    assert only.permits("131.169.1.1") and not only.permits("131.169.9.1") and not only.permits("127.0.0.1")
+    with pytest.raises(TransferRefused, match=r"localhost resolves to .*127\.0\.0\.1.*HEADRACE_TPC_DENY"):
+        asyncio.run(private.addresses("localhost", 80))
+    with pytest.raises(TransferRefused, match="HEADRACE_TPC_ALLOW"):
+        asyncio.run(only.addresses("127.0.0.1", 80))
+    assert asyncio.run(default.addresses("[::1]", 80)) == ["::1"]
+    with pytest.raises(ValueError, match="HEADRACE_TPC_DENY: 'nonsense' is not a network"):
+        TransferPolicy.from_env({"HEADRACE_TPC_DENY": "10.0.0.0/8,nonsense"})

@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from headrace.errors import BadRequest
 from headrace.storage.checksums import SUPPORTED, WIRE_NAMES, parse_digest, parse_want_digest
+from headrace.storage.tpc_policy import TransferPolicy
 
 MEDIA_TYPE = "text/perf-marker-stream"
 TRANSFER_HEADER = "transferheader"
@@ -42,6 +43,8 @@ class TpcSettings:
     marker_interval: float = 5.0  # seconds between performance markers
     connect_timeout: float = 30.0
     idle_timeout: float = 120.0  # seconds without data from (or to) the remote before the copy fails
+    #: Which addresses copies may reach (HEADRACE_TPC_DENY / HEADRACE_TPC_ALLOW, see tpc_policy).
+    policy: TransferPolicy = field(default_factory=lambda: TransferPolicy.from_env({}))
 
     @classmethod
     def from_env(cls) -> TpcSettings:
@@ -63,6 +66,7 @@ class TpcSettings:
             marker_interval=number("HEADRACE_TPC_MARKER_INTERVAL", cls.marker_interval),
             connect_timeout=number("HEADRACE_TPC_CONNECT_TIMEOUT", cls.connect_timeout),
             idle_timeout=number("HEADRACE_TPC_IDLE_TIMEOUT", cls.idle_timeout),
+            policy=TransferPolicy.from_env(),
         )
 
 

@@ -22,6 +22,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httptools
 
+from headrace.storage.tpc_policy import TransferPolicy, TransferRefused
 from headrace.tls import tls_context
 
 READ = 1024 * 1024
@@ -115,17 +116,30 @@ class _Parsed:
         self.complete = True
 
 
-async def _connect(url: str, connect_timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str, str]:
-    """A connection to `url`'s host; also the request target and the Host header."""
+async def _connect(
+    url: str, connect_timeout: float, policy: TransferPolicy | None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str, str]:
+    """A connection to `url`'s host (to an address `policy` permits: the one checked is the one connected to);
+    also the request target and the Host header."""
     parts = urlsplit(url)
     secure = parts.scheme.lower() == "https"
     host = parts.hostname or ""
     port = parts.port or (443 if secure else 80)
     try:
         async with asyncio.timeout(connect_timeout):
-            reader, writer = await asyncio.open_connection(
-                host, port, ssl=tls_context() if secure else None, server_hostname=host if secure else None, limit=READ
-            )
+            targets = [host] if policy is None else await policy.addresses(host, port)
+            for i, address in enumerate(targets):
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        address, port, ssl=tls_context() if secure else None,
+                        server_hostname=host if secure else None, limit=READ,
+                    )  # fmt: skip
+                    break
+                except OSError:
+                    if i == len(targets) - 1:
+                        raise
+    except TransferRefused as exc:
+        raise HttpFailure(str(exc)) from exc
     except (OSError, TimeoutError) as exc:
         raise HttpFailure(f"cannot connect to {host}:{port}: {exc or type(exc).__name__}") from exc
     netloc = host if ":" not in host else f"[{host}]"
@@ -165,8 +179,10 @@ async def _response(
     )
 
 
-async def _once(url: str, headers: dict[str, str], connect_timeout: float, idle_timeout: float) -> Response:
-    reader, writer, target, netloc = await _connect(url, connect_timeout)
+async def _once(
+    url: str, headers: dict[str, str], connect_timeout: float, idle_timeout: float, policy: TransferPolicy | None
+) -> Response:
+    reader, writer, target, netloc = await _connect(url, connect_timeout, policy)
     writer.write(_head("GET", target, netloc, headers))
     return await _response(url, reader, writer, idle_timeout)
 
@@ -252,13 +268,14 @@ async def put(
     connect_timeout: float,
     idle_timeout: float,
     sent: list[int] | None = None,
+    policy: TransferPolicy | None = None,
 ) -> tuple[Response, str]:
     """PUT `size` bytes to `url`: from the chunks of `body`, or the file at the path `body` (sendfile(2) on a
     plain connection: the bytes never enter Python). No redirect is followed (the body cannot be sent twice).
     The response (closed) and the start of its body; `sent[0]` counts the bytes sent as they go. A remote
     that answers before the body is complete (a 401, a 507) is read for its answer."""
     count = sent if sent is not None else [0]
-    reader, writer, target, netloc = await _connect(url, connect_timeout)
+    reader, writer, target, netloc = await _connect(url, connect_timeout, policy)
     try:
         writer.write(_head("PUT", target, netloc, {**headers, "Content-Length": str(size)}))
         failed: ConnectionError | None = None
@@ -285,13 +302,19 @@ async def put(
 
 @contextlib.asynccontextmanager
 async def get(
-    url: str, headers: dict[str, str], *, connect_timeout: float, idle_timeout: float
+    url: str,
+    headers: dict[str, str],
+    *,
+    connect_timeout: float,
+    idle_timeout: float,
+    policy: TransferPolicy | None = None,
 ) -> AsyncIterator[Response]:
-    """GET `url`, following redirects; the final response, its body still to read (closed on exit)."""
+    """GET `url`, following redirects (each to an address `policy` permits); the final response, its body still
+    to read (closed on exit)."""
     sent = dict(headers)
     origin = urlsplit(url)[:2]
     for _ in range(MAX_REDIRECTS + 1):
-        response = await _once(url, sent, connect_timeout, idle_timeout)
+        response = await _once(url, sent, connect_timeout, idle_timeout, policy)
         location = response.headers.get("location")
         if response.status in (301, 302, 303, 307, 308) and location:
             response.close()

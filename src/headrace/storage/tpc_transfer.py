@@ -24,6 +24,7 @@ from headrace.http.body import RequestBody
 from headrace.storage import tpc_http
 from headrace.storage.blobstore import BlobStore
 from headrace.storage.tpc import TpcSettings
+from headrace.storage.tpc_policy import TransferRefused
 from headrace.tls import tls_context
 
 
@@ -95,8 +96,17 @@ class RemoteClient:
                 write=self.settings.idle_timeout,
                 pool=self.settings.connect_timeout,
             )
-            self._client = httpx.AsyncClient(timeout=timeout, verify=tls_context(), trust_env=False)
+            self._client = httpx.AsyncClient(
+                timeout=timeout, verify=tls_context(), trust_env=False, event_hooks={"request": [self._permitted]}
+            )
         return self._client
+
+    async def _permitted(self, request: httpx.Request) -> None:
+        """Each request of the client (a redirect's too) goes only where the transfer policy permits."""
+        try:
+            await self.settings.policy.check_url(str(request.url))
+        except TransferRefused as exc:
+            raise RemoteFailure(f"{request.method} {request.url}: {exc}") from exc
 
     async def close(self) -> None:
         if self._client is not None:
@@ -111,7 +121,7 @@ class RemoteClient:
         sent = {"Accept-Encoding": "identity", **headers}
         timeouts = {"connect_timeout": self.settings.connect_timeout, "idle_timeout": self.settings.idle_timeout}
         try:
-            async with tpc_http.get(url, sent, **timeouts) as r:
+            async with tpc_http.get(url, sent, policy=self.settings.policy, **timeouts) as r:
                 if r.status != 200:
                     raise RemoteFailure(_reason(r.status, await r.text(), "GET"))
                 progress.size = r.length
@@ -135,7 +145,7 @@ class RemoteClient:
         counter = asyncio.create_task(count())
         timeouts = {"connect_timeout": self.settings.connect_timeout, "idle_timeout": self.settings.idle_timeout}
         try:
-            r, text = await tpc_http.put(url, headers, size, body, sent=sent, **timeouts)
+            r, text = await tpc_http.put(url, headers, size, body, sent=sent, policy=self.settings.policy, **timeouts)
         except tpc_http.HttpFailure as exc:
             raise RemoteFailure(f"PUT {url} failed: {exc}") from exc
         finally:
@@ -158,7 +168,7 @@ class RemoteClient:
 
     async def delete(self, url: str, headers: dict[str, str]) -> None:
         """Remove what a push left at the remote (a copy that failed its checksum); best effort."""
-        with contextlib.suppress(httpx.HTTPError):
+        with contextlib.suppress(httpx.HTTPError, RemoteFailure):
             await self.client.request("DELETE", url, headers=headers)
 
 

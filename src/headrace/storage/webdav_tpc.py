@@ -4,6 +4,7 @@ into the request's path, `COPY` with a `Destination:` on another server pushes t
 Everything that can be refused before any byte moves is refused with an ordinary HTTP error (400 for a
 source or destination that is not http(s), an unsupported `Credential:`; 401/403 exactly as a PUT (pull)
 or GET (push) of the path by this user, macaroon caveats included: UPLOAD for a pull, DOWNLOAD for a push;
+403 for a remote whose addresses the transfer policy does not permit (tpc_policy: HEADRACE_TPC_DENY/ALLOW);
 409/412/423 as a PUT; 429 past the user's concurrent copies, 503 past the door's). Then the answer is 202
 with performance markers while the copy runs and a last `success: Created` or `failure: <reason>` line.
 
@@ -27,7 +28,15 @@ from sqlalchemy import Connection
 from starlette.responses import Response
 
 from headrace.auth.subject import Subject, W, X
-from headrace.errors import BadGateway, BadRequest, Conflict, HeadraceError, PreconditionFailed, TooManyRequests
+from headrace.errors import (
+    BadGateway,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    HeadraceError,
+    PreconditionFailed,
+    TooManyRequests,
+)
 from headrace.metrics import DOOR_BYTES
 from headrace.storage.checksums import WIRE_NAMES, format_digest
 from headrace.storage.local_store import LocalStore
@@ -47,6 +56,7 @@ from headrace.storage.tpc import (
     transfer_headers,
     want_digest,
 )
+from headrace.storage.tpc_policy import TransferRefused
 from headrace.storage.tpc_transfer import Progress, RemoteClient, RemoteFailure, blob_chunks
 from headrace.storage.webdav_base import Call, DoorBase
 
@@ -138,6 +148,7 @@ class ThirdPartyCopy(DoorBase):
                 raise BadRequest("A third-party pull names a Source, not a Destination too")
             source = remote_url(call.header("source") or "", "Source")
             call.principal.check("UPLOAD", call.path)
+            await self._reachable(source, "Source")
             if call.path == "/":
                 raise Conflict("Cannot copy onto the root directory")
             ow = (call.header("overwrite") or "T").strip().upper()
@@ -153,6 +164,7 @@ class ThirdPartyCopy(DoorBase):
         else:
             dest = remote_url(call.header("destination") or "", "Destination")
             call.principal.check("DOWNLOAD", call.path)
+            await self._reachable(dest, "Destination")
             node = await self.db.read_short(self.ns.stat_in, call.path, call.subject)
             if node.is_dir:
                 raise Conflict(f"Is a directory: {call.principal.external(node.path)}; a third-party copy is of files")
@@ -166,6 +178,13 @@ class ThirdPartyCopy(DoorBase):
         async with self._slot(call.subject.username):
             await self._markers(call, job, progress)
         return None
+
+    async def _reachable(self, url: str, header: str) -> None:
+        """403 when the transfer policy permits none of the remote's addresses (tpc_policy)."""
+        try:
+            await self.tpc.policy.check_url(url)
+        except TransferRefused as exc:
+            raise Forbidden(f"{header}: {exc}") from exc
 
     async def _markers(self, call: Call, job: Callable[[], Coroutine[Any, Any, None]], progress: Progress) -> None:
         """202 and the marker stream while `job` runs; its last line. A client that hangs up cancels the copy."""
