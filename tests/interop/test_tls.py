@@ -365,3 +365,26 @@ def test_pool_process_over_tls(tmp_path: Path) -> None:
     finally:
         pool.stop()
         srv.stop()
+
+
+def test_third_party_copy_over_https(site: Site, tmp_path: Path) -> None:
+    """HTTP-TPC over https: the door pulls from an https Source (verifying its certificate against the CA
+    it trusts, sending TransferHeaderAuthorization) and pushes to an https Destination; checksums verified."""
+    _, data = _payload(tmp_path, "tpc-src", 2 * MB + 5)
+    with site.srv.door(auth=(site.user, site.key)) as door:
+        assert door.put(f"{site.home}/tpc-src", content=data).status_code == 201
+        bearer = {"TransferHeaderAuthorization": f"Bearer {site.token}"}
+        pull = {"Source": f"{site.srv.door_url}{site.home}/tpc-src", **bearer}
+        r = door.request("COPY", f"{site.home}/tpc-pulled", headers=pull, timeout=120)
+        assert r.status_code == 202, r.text
+        assert r.text.strip().splitlines()[-1].startswith("success"), r.text
+        # the door's own URL would make a local COPY: "localhost" names it as another server (the certificate
+        # holds both names), and may resolve to ::1 first, where nothing listens: the next address is tried
+        elsewhere = site.srv.door_url.replace("127.0.0.1", "localhost")
+        assert elsewhere != site.srv.door_url
+        push = {"Destination": f"{elsewhere}{site.home}/tpc-pushed", **bearer}
+        r = door.request("COPY", f"{site.home}/tpc-src", headers=push, timeout=120)
+        assert r.status_code == 202, r.text
+        assert r.text.strip().splitlines()[-1].startswith("success"), r.text
+    assert site.get(f"{site.home}/tpc-pulled").content == data
+    assert site.get(f"{site.home}/tpc-pushed").content == data
