@@ -143,6 +143,15 @@ def test_system_actions_for_every_user(server: Server) -> None:
         json={"lines": ["c", "a", "b"]},
     )
     assert (r.status_code, r.json()) == (200, {"lines": ["a", "b", "c"], "length": 3}), r.text
+    # the caller's activation, as OpenWhisk records it: in the caller's namespace, the action in `path`
+    r = c.post("/api/v1/namespaces/whisk.system/actions/utils/sort", params={"blocking": "true"}, json={})
+    assert r.status_code == 200, r.text
+    record = r.json()
+    assert (record["namespace"], record["subject"]) == (name, name)
+    assert {"key": "path", "value": "whisk.system/utils/sort"} in record["annotations"]
+    assert c.get(f"/api/v1/namespaces/_/activations/{record['activationId']}").json()["namespace"] == name
+    listed = c.get("/api/v1/namespaces/_/activations").json()
+    assert len(listed) == 2 and {a["namespace"] for a in listed} == {name}
     seq = {"exec": {"kind": "sequence", "components": ["/whisk.system/utils/echo", "/whisk.system/utils/echo"]}}
     assert c.put("/api/v1/namespaces/_/actions/twice", json=seq).status_code == 200
     r = c.post("/api/v1/namespaces/_/actions/twice", params={"blocking": "true", "result": "true"}, json={"x": 1})

@@ -399,9 +399,14 @@ def activations_get(
         print_json(record)
         return
     response = record.get("response") or {}
+    # the action in its owner's namespace (a shared one's is not the record's, the caller's); a trigger's has none
+    path = next(
+        (a["value"] for a in record.get("annotations") or [] if a.get("key") == "path"),
+        f"{record['namespace']}/{record['name']}",
+    )
     rows = [
         ("Activation", record["activationId"]),
-        ("Name", f"{record['namespace']}/{record['name']} (version {record.get('version')})"),
+        ("Name", f"{path} (version {record.get('version')})"),
         ("State", f"{record.get('state')} (attempt {record.get('attempt', 1)})"),
         ("Status", str(response.get("status"))),
         ("Start", when(record.get("start"))),

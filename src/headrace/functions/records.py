@@ -200,9 +200,12 @@ def _event_offset(row: ActivationRow) -> _EventOffset:
 
 
 def _identity(row: ActivationRow) -> _ActivationIdentity:
+    """The record's `namespace` is the one it is kept in, the caller's (its subject), as OpenWhisk: an
+    invocation of a shared action (another namespace's, /whisk.system's) is the caller's activation; the
+    `path` annotation names the action in its owner's namespace."""
     start, end, duration = _times(row)
     return {
-        "namespace": row["namespace"],
+        "namespace": str(row.get("subject") or row["namespace"]),
         "name": row["name"],
         "version": str(row.get("version") or "0.0.1"),
         "subject": str(row.get("subject") or row["namespace"]),
