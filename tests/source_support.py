@@ -5,6 +5,7 @@ sync tests drive real servers around it and wait for what it delivers."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import threading
 from collections.abc import Sequence
@@ -14,7 +15,13 @@ from headrace.events.sources.base import RemoteEvent, Sink, Source
 
 
 class MemorySink:
-    """base.Sink in memory: what a database sink would hold, kept across source restarts by the test."""
+    """base.Sink in memory: what a database sink would hold, kept across source restarts by the test. Keys already
+    held are skipped, as the database sink's unique index does; a state is stored and handed back as a copy (a
+    JSON value), as the database keeps it. The source may run on another thread than the test's: `lock` guards
+    what deliver and set_state change.
+
+    `fail_after`/`hold_after` (a number of events held) make the next deliver past it raise once (a database gone
+    away) or wait until cancelled (a process stopped between receiving and storing: `holding` meanwhile)."""
 
     def __init__(self) -> None:
         self.events: list[RemoteEvent] = []
@@ -22,16 +29,32 @@ class MemorySink:
         self.pos: str | None = None
         self.states: dict[str, Any] = {}
         self.batches = 0
+        self.offered = 0  # events handed to deliver, re-deliveries included
+        self.redelivered = 0  # of those, the ones whose key was already held
+        self.fail_after: int | None = None
+        self.hold_after: int | None = None
+        self.holding = False
         self.lock = threading.Lock()
 
     async def position(self) -> str | None:
         return self.pos
 
     async def deliver(self, events: Sequence[RemoteEvent], position: str | None) -> int:
+        if self.fail_after is not None and len(self.events) >= self.fail_after:
+            self.fail_after = None
+            raise RuntimeError("the database went away")
+        if self.hold_after is not None and len(self.events) >= self.hold_after:
+            self.holding = True
+            try:
+                await asyncio.Event().wait()
+            finally:
+                self.hold_after, self.holding = None, False
         new = 0
         with self.lock:
+            self.offered += len(events)
             for ev in events:
                 if ev.key in self.keys:
+                    self.redelivered += 1
                     continue
                 self.keys.add(ev.key)
                 self.events.append(ev)
@@ -41,13 +64,11 @@ class MemorySink:
         return new
 
     async def state(self, key: str) -> Any:
-        with self.lock:
-            value = self.states.get(key)
-        return None if value is None else json.loads(value)
+        return self.state_now(key)
 
     async def set_state(self, key: str, value: Any) -> None:
         with self.lock:
-            self.states[key] = json.dumps(value)
+            self.states[key] = json.loads(json.dumps(value))
 
     async def mark(self) -> int:
         return len(self.events)
@@ -57,8 +78,7 @@ class MemorySink:
 
     def state_now(self, key: str) -> Any:
         with self.lock:
-            value = self.states.get(key)
-        return None if value is None else json.loads(value)
+            return copy.deepcopy(self.states.get(key))
 
     def seen(self) -> list[RemoteEvent]:
         with self.lock:

@@ -217,7 +217,8 @@ def test_kafka_source_reads_over_sasl_ssl_scram(
     from headrace.events.model import EventKind, StorageEvent
     from headrace.events.render import cloudevent_json
     from headrace.events.sources import kinds
-    from test_source_kafka import MemorySink, run_until
+    from source_support import MemorySink
+    from test_source_kafka import run_until
 
     topic = _topic(secure_kafka)
     now = time.time_ns() // 1000

@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,8 @@ from harness import Server, add_user, client, query, wait_for
 from headrace.events.model import EventKind
 from headrace.events.sources import directory as dirsource
 from headrace.events.sources import directory_tree, kinds
-from headrace.events.sources.base import RemoteEvent, SourceConfigError
+from headrace.events.sources.base import SourceConfigError
+from source_support import MemorySink
 from test_cli import ok, one_line_error
 from test_cli import run as cli
 
@@ -35,44 +36,6 @@ CW, MOVE, DELETE, CREATE = EventKind.CLOSE_WRITE, EventKind.MOVE, EventKind.DELE
 
 
 Read = tuple[int | None, bytes]
-
-
-class MemorySink:
-    """base.Sink in memory: keys already held are skipped, as the database sink's unique index does."""
-
-    def __init__(self) -> None:
-        self.events: list[RemoteEvent] = []
-        self.keys: set[str] = set()
-        self.pos: str | None = None
-        self.states: dict[str, Any] = {}
-        self.redelivered = 0
-
-    async def position(self) -> str | None:
-        return self.pos
-
-    async def deliver(self, events: Sequence[RemoteEvent], position: str | None) -> int:
-        new = 0
-        for e in events:
-            if e.key in self.keys:
-                self.redelivered += 1
-                continue
-            self.keys.add(e.key)
-            self.events.append(e)
-            new += 1
-        self.pos = position
-        return new
-
-    async def state(self, key: str) -> Any:
-        return copy.deepcopy(self.states.get(key))
-
-    async def set_state(self, key: str, value: Any) -> None:
-        self.states[key] = json.loads(json.dumps(value))
-
-    async def mark(self) -> int:
-        return len(self.events)
-
-    async def since(self, mark: int) -> list[RemoteEvent]:
-        return list(self.events[mark:])
 
 
 class Running:

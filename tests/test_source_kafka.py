@@ -29,59 +29,14 @@ from headrace.events import billing
 from headrace.events.model import EventKind, StorageEvent
 from headrace.events.render import cloudevent_json
 from headrace.events.sources import kinds
-from headrace.events.sources.base import RemoteEvent, SourceConfigError
+from headrace.events.sources.base import SourceConfigError
 from headrace.events.sources.kafka import KafkaSource
 from kafka_harness import QUIET, KafkaBroker
 from outbox import rows
+from source_support import MemorySink
 
 #: Tests of the kind alone, against an in-memory sink: the database plays no part.
 in_memory = pytest.mark.db_independent("the source runs against an in-memory sink")
-
-
-class MemorySink:
-    """The Sink contract in memory: each key enters once; the position is stored with the batch."""
-
-    def __init__(self) -> None:
-        self.events: list[RemoteEvent] = []
-        self.keys: set[str] = set()
-        self.stored: str | None = None
-        self.states: dict[str, Any] = {}
-        self.offered = 0  # events handed to deliver, re-deliveries included
-        self.fail_after: int | None = None  # deliver raises once this many events are in
-        self.hold_after: int | None = None  # deliver waits (for the cancel) once this many events are in
-        self.holding = False
-
-    async def position(self) -> str | None:
-        return self.stored
-
-    async def deliver(self, events: Sequence[RemoteEvent], position: str | None) -> int:
-        if self.fail_after is not None and len(self.events) >= self.fail_after:
-            self.fail_after = None
-            raise RuntimeError("the database went away")
-        if self.hold_after is not None and len(self.events) >= self.hold_after:
-            self.holding = True
-            try:
-                await asyncio.Event().wait()  # a process stopped between receiving and storing
-            finally:
-                self.hold_after, self.holding = None, False
-        self.offered += len(events)
-        new = [e for e in events if e.key not in self.keys]
-        self.events.extend(new)
-        self.keys.update(e.key for e in new)
-        self.stored = position
-        return len(new)
-
-    async def state(self, key: str) -> Any:
-        return self.states.get(key)
-
-    async def set_state(self, key: str, value: Any) -> None:
-        self.states[key] = value
-
-    async def mark(self) -> int:
-        return len(self.events)
-
-    async def since(self, mark: int) -> list[RemoteEvent]:
-        return list(self.events[mark:])
 
 
 def new_topic(broker: KafkaBroker, partitions: int = 3) -> str:
@@ -186,7 +141,7 @@ def test_billing_records_become_events(kafka: KafkaBroker) -> None:
     )
     assert isinstance(source, KafkaSource)
     sink = MemorySink()
-    run_until(source, sink, lambda: json.loads(sink.stored or "{}").get("0") == len(values))
+    run_until(source, sink, lambda: json.loads(sink.pos or "{}").get("0") == len(values))
 
     got = [(e.kind, e.path, e.size, e.detail.get("tape")) for e in sink.events]
     assert got == [
@@ -234,7 +189,7 @@ def test_cloudevents_map_back_to_their_kinds(kafka: KafkaBroker) -> None:
     produce(kafka, topic, values)
     source = kinds.build("ce", "kafka", {"bootstrap": kafka.bootstrap, "topic": topic, "format": "cloudevents"})
     sink = MemorySink()
-    run_until(source, sink, lambda: json.loads(sink.stored or "{}").get("0") == len(values))
+    run_until(source, sink, lambda: json.loads(sink.pos or "{}").get("0") == len(values))
 
     got = [(e.kind, e.path, e.is_dir, e.size, e.old_path) for e in sink.events]
     assert got == [
@@ -284,7 +239,7 @@ def test_restart_resumes_without_loss_or_doubling(kafka: KafkaBroker) -> None:
 
     assert sorted(e.path for e in sink.events) == sorted(paths + more)
     assert sink.offered == 400  # resumed at the stored position: nothing offered twice
-    assert sum(json.loads(sink.stored or "{}").values()) == 400
+    assert sum(json.loads(sink.pos or "{}").values()) == 400
     # Order within each partition is the broker's
     for part in range(3):
         offsets = [int(e.key.rsplit("/", 1)[1]) for e in sink.events if e.key.split("/")[1] == str(part)]
@@ -302,8 +257,8 @@ def test_restart_resumes_without_loss_or_doubling(kafka: KafkaBroker) -> None:
     # Re-delivered records (no position, a new group: from the earliest) enter once: the keys are
     # topic/partition/offset.
     config["group"] = "g2-" + topic
-    sink.stored = None
-    run_until(build(), sink, lambda: sum(json.loads(sink.stored or "{}").values()) == 401)
+    sink.pos = None
+    run_until(build(), sink, lambda: sum(json.loads(sink.pos or "{}").values()) == 401)
     assert len(sink.events) == 401
     assert sink.states.get("lag") in (None, 0)
 
