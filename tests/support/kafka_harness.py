@@ -97,12 +97,36 @@ class KafkaBroker(ManagedProcess):
         ]
 
     def _configure(self) -> Path:
+        """server.properties (`_settings()`) and the data directory formatted (`_format_args()` added to the
+        StorageTool's format), the first time; the same file after."""
         props = self.workdir / "server.properties"
         if props.exists():
             return props
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "log4j2.properties").write_text(LOG4J2)
-        settings = {
+        settings = self._settings()
+        props.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        fmt = subprocess.run(
+            # `=`: a base64url id may begin with "-", which the tool would take for an option (1 start in 32)
+            self._java(
+                "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(props), *self._format_args()
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if fmt.returncode != 0:
+            raise RuntimeError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
+        return props
+
+    def _format_args(self) -> list[str]:
+        """What the StorageTool's format is given besides the cluster id and the properties."""
+        return []
+
+    def _settings(self) -> dict[str, str]:
+        """The broker's server.properties, written once into the work directory (which exists by then)."""
+        return {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
@@ -131,18 +155,6 @@ class KafkaBroker(ManagedProcess):
             "num.io.threads": "2",
             "log.retention.check.interval.ms": "600000",
         }
-        props.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        fmt = subprocess.run(
-            # `=`: a base64url id may begin with "-", which the tool would take for an option (1 start in 32)
-            self._java("kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(props)),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if fmt.returncode != 0:
-            raise RuntimeError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
-        return props
 
     def start(self, timeout: float = 180.0) -> KafkaBroker:
         """Start the broker (formatting its storage the first time); return once it answers metadata."""

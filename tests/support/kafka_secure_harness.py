@@ -5,15 +5,12 @@ reading topics back. Only the modules that need it start one: the session's plai
 
 from __future__ import annotations
 
-import base64
-import subprocess
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import free_port
 from headrace.tls_server import issue, make_ca
-from kafka_harness import LOG4J2, KafkaBroker
+from kafka_harness import KafkaBroker
 
 SCRAM_USER = "relay"
 SCRAM_PASSWORD = "relay-secret-5f1c"
@@ -40,25 +37,17 @@ class SecureKafkaBroker(KafkaBroker):
         keystore.write_bytes(key.read_bytes() + cert.read_bytes())
         return keystore
 
-    def _configure(self) -> Path:
-        props = self.workdir / "server.properties"
-        if props.exists():
-            return props
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "log4j2.properties").write_text(LOG4J2)
+    def _settings(self) -> dict[str, str]:
+        """The plain broker's, with the SECURE listener (SASL_SSL, SCRAM-SHA-512, the PEM keystore made here)."""
         keystore = self._certificates()
         secure = "listener.name.secure."
-        settings = {
-            "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+        return {
+            **super()._settings(),
             "listeners": (
                 f"PLAINTEXT://127.0.0.1:{self.port},SECURE://127.0.0.1:{self.secure_port},"
                 f"CONTROLLER://127.0.0.1:{self.controller_port}"
             ),
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port},SECURE://127.0.0.1:{self.secure_port}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SECURE:SASL_SSL,CONTROLLER:PLAINTEXT",
             f"{secure}sasl.enabled.mechanisms": "SCRAM-SHA-512",
             f"{secure}scram-sha-512.sasl.jaas.config": (
@@ -66,35 +55,10 @@ class SecureKafkaBroker(KafkaBroker):
             ),
             f"{secure}ssl.keystore.type": "PEM",
             f"{secure}ssl.keystore.location": str(keystore),
-            "log.dirs": str(self.data),
-            "num.partitions": str(self.partitions),
-            "auto.create.topics.enable": "true",
-            "offsets.topic.replication.factor": "1",
-            "offsets.topic.num.partitions": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "transaction.state.log.num.partitions": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
-            "share.coordinator.state.topic.num.partitions": "1",
-            "group.initial.rebalance.delay.ms": "0",
-            "num.network.threads": "2",
-            "num.io.threads": "2",
         }
-        props.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
-        cluster = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        fmt = subprocess.run(
-            self._java(
-                "kafka.tools.StorageTool", "format", f"--cluster-id={cluster}", "-c", str(props),
-                "--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]",
-            ),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )  # fmt: skip
-        if fmt.returncode != 0:
-            raise RuntimeError(f"kafka storage format failed:\n{fmt.stdout}{fmt.stderr}")
-        return props
+
+    def _format_args(self) -> list[str]:
+        return ["--add-scram", f"SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"]
 
 
 def secure_env(broker: SecureKafkaBroker, password: str = SCRAM_PASSWORD) -> dict[str, str]:
