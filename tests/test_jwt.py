@@ -51,6 +51,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     provider.add_client("other-aud", "https://elsewhere.example.org")
     provider.add_client("expired", WLCG_ANY, lifetime=-300)
     provider.add_client("app", WLCG_ANY)
+    provider.add_client("wlcg-v2", WLCG_ANY, **{"wlcg.ver": "2.0"})
     provider.add_user("alice-at-idp", "pw-a", preferred_username="alice")
     provider.add_user("newcomer", "pw-n", preferred_username="New.Comer@uni.example")
     provider.add_user("nobody", "pw-x")  # no preferred_username
@@ -127,6 +128,7 @@ def test_precise_401s(env: Env) -> None:
         "expired": env.provider.token("expired", "storage.read:/"),
         "wrong audience": env.provider.token("other-aud", "storage.read:/"),
         "unknown issuer": env.stranger.token("wlcg", "storage.read:/"),
+        "wlcg.ver": env.provider.token("wlcg-v2", "storage.read:/"),
     }
     good = env.provider.token("wlcg", "storage.read:/")
     head, payload, sig = good.split(".")
@@ -298,6 +300,8 @@ def test_whoami_cli_shows_the_token(env: Env, tmp_path: Path) -> None:
         ("- issuer: https://a.example\n  kind: saml\n", "kind must be one of wlcg, scitokens, oidc"),
         ("- issuer: https://a.example\n  audience: x\n", "unknown field 'audience'"),
         ("- {issuer: https://a.example\n", "not YAML"),
+        ("- issuer: https://a.example\n  console: {scopes: openid}\n", "console: `client_id` is missing"),
+        ("- issuer: https://a.example\n  console: {client_id: c, secret: s}\n", "console: unknown field 'secret'"),
     ],
 )
 def test_bad_issuers_file_is_one_line(tmp_path: Path, content: str, expected: str) -> None:

@@ -58,6 +58,8 @@ LEEWAY = 30
 KEYS_MAX_AGE = 3600.0
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 
+#: The WLCG common JWT profile versions understood (a token's `wlcg.ver`, when it has one).
+WLCG_VERSIONS = ("1.0",)
 # WLCG common JWT profile (v1.0) storage scopes and SciTokens' as dCache maps them to activities.
 _META = {"LIST", "READ_METADATA"}
 SCOPE_ACTIVITIES: dict[str, frozenset[str]] = {
@@ -269,6 +271,12 @@ class JwtVerifier:
             raise invalid_token(f"the {exc.claim} claim is missing") from exc
         except jwt.PyJWTError as exc:
             raise invalid_token(str(exc)) from exc
+        version = claims.get("wlcg.ver")
+        if version is not None and str(version) not in WLCG_VERSIONS:
+            known = ", ".join(WLCG_VERSIONS)
+            raise invalid_token(
+                f"the token's WLCG profile version wlcg.ver={version!r} is not one this server knows ({known})"
+            )
         return VerifiedToken(issuer, claims), key.key_id or ""
 
     # -- identity ----------------------------------------------------------------------------------------
