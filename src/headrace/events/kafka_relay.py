@@ -38,6 +38,7 @@ from headrace.events.model import StorageEvent
 from headrace.events.render import cloudevent_json
 from headrace.kafka_security import client_config, is_auth_failure
 from headrace.metrics import KAFKA_RELAY_LAG, KAFKA_RELAY_OFFSET
+from headrace.tasks import stop_task
 
 log = logging.getLogger("headrace.kafka")
 
@@ -169,9 +170,7 @@ class KafkaRelay:
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout + 5)
         except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
         except Exception:  # the server's own shutdown must go on
             log.exception("kafka relay: error while stopping; it resumes from offset %d", self._stored + 1)
 

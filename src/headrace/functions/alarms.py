@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection
 from headrace.db.engine import Database
 from headrace.db.schema import fn_alarm_ticks, fn_alarms
 from headrace.functions.model import JSONObject
+from headrace.tasks import stop_task
 
 log = logging.getLogger("headrace.alarms")
 
@@ -416,11 +417,8 @@ class AlarmScheduler:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

@@ -18,7 +18,6 @@ Blocking client calls run on threads of their own; results reach the event loop 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -45,6 +44,7 @@ from headrace.functions.messages import Actions
 from headrace.functions.records import FINAL_STATES
 from headrace.functions.store import FunctionStore
 from headrace.kafka_security import client_config
+from headrace.tasks import stop_task
 
 log = logging.getLogger("headrace.kafka")
 
@@ -174,10 +174,7 @@ class ActivationPublisher:
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 2.0)
         self._producer = None
-        if self._marker is not None:
-            self._marker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._marker
+        await stop_task(self._marker)
         try:
             await self._mark()
         except Exception:  # left unmarked: the controller's sweep sends them again (a harmless copy)
@@ -338,10 +335,7 @@ class ResultWaiters:
 
     async def close(self) -> None:
         self._stopping.set()
-        if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+        await stop_task(self._poller)
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 5.0)
 

@@ -7,7 +7,6 @@ feed position (never making a second activation for an event and rule, but doing
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +19,7 @@ from headrace.functions.alarms import AlarmScheduler
 from headrace.functions.controller import Controller
 from headrace.functions.feeds import alarm_firer
 from headrace.storage.service import StorageService
+from headrace.tasks import stop_task
 
 if TYPE_CHECKING:
     from headrace.events.kafka_relay import KafkaRelay
@@ -108,10 +108,7 @@ class ControllerRole:
     async def stop(self) -> None:
         await self.alarms.stop()
         await self.sources.stop()
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention_task
+        await stop_task(self._retention_task)
         if self._started:
             await self.controller.stop()
         if self.relay is not None:

@@ -62,6 +62,7 @@ from headrace.storage.namespace import Namespace
 from headrace.storage.pool import BLOB_NAME, Pool
 from headrace.storage.pool_client import PoolDirectory
 from headrace.storage.pool_registry import heartbeat, mark_offline, pool_secret, register
+from headrace.tasks import stop_task
 from headrace.tls_server import ServerTLS
 
 log = logging.getLogger("headrace.pool")
@@ -409,9 +410,7 @@ async def run(options: PoolOptions) -> None:
     finally:
         if tape is not None:
             await tape.stop()
-        beats.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beats
+        await stop_task(beats)
         with contextlib.suppress(Exception):
             mark_offline(db, name)
         await server.close()

@@ -43,6 +43,7 @@ from headrace.db.schema import bulk_requests, bulk_targets, inodes, pins
 from headrace.errors import BadRequest, Forbidden, HeadraceError, NotFound, TooManyRequests
 from headrace.storage.namespace import Blob, Inode, Namespace, now_ms
 from headrace.storage.paths import normalize
+from headrace.tasks import stop_task
 
 log = logging.getLogger("headrace.tape.requests")
 
@@ -761,11 +762,8 @@ class Runner:
         self._task = asyncio.create_task(self._loop(), name="bulk-runner")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

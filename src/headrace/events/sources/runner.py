@@ -28,6 +28,7 @@ from headrace.events.sources.base import Fenced, SourceConfigError
 from headrace.events.sources.sink import DatabaseSink
 from headrace.events.sources.store import SourceRow, SourceStore, now_us
 from headrace.metrics import SOURCE_ERRORS, SOURCE_RUNNING
+from headrace.tasks import stop_task
 
 log = logging.getLogger("headrace.sources")
 
@@ -70,11 +71,8 @@ class SourceRunner:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-            self._loop_task = None
+        await stop_task(self._loop_task)
+        self._loop_task = None
         for name in list(self.running):
             await self._stop_one(name, release=True)
 
