@@ -332,3 +332,31 @@ async def test_autoscaler_keeps_min_scale_warm_and_scales_to_zero(
 async def _pool_size(c: Controller, name: str, n: int) -> bool:
     sizes = [p.size for k, p in c.pools.items() if k.startswith(f"admin/{name}@")]
     return bool(sizes) and sizes[0] == n
+
+
+async def test_reloads_side_by_side_leave_every_written_action(
+    world: tuple[StorageService, Callable[[], Awaitable[Controller]]],
+) -> None:
+    """API writes reload side by side (each after its own commit): whatever order their reads finish in,
+    what stays is no older than the last write, so an action just created is never 404 on its invoke."""
+    from headrace.functions.store import FunctionStore
+
+    svc, start = world
+    c = await start()
+    store = FunctionStore(svc.db)
+    action = {
+        "exec": {"kind": "python:3", "code": "def main(args):\n    return args\n", "main": "main", "binary": False},
+        "parameters": [],
+        "annotations": [],
+        "limits": limits({}),
+        "scaling": scaling({}),
+    }
+
+    async def create(name: str) -> None:
+        await svc.db.write(store.put, "actions", "admin", name, action, overwrite=False)
+        await c.reload()
+
+    for round_ in range(20):
+        names = [f"side-{round_}-{i}" for i in range(16)]
+        await asyncio.gather(*(create(n) for n in names))
+        assert [n for n in names if ("admin", n) not in c.actions] == []

@@ -112,6 +112,8 @@ class Controller(Dispatcher):
         self.sweep_seconds = sweep_seconds
         self.follow_entities = follow_entities
         self._entity_stamp: tuple[Any, ...] | None = None
+        #: One reload at a time: concurrent ones could apply out of order, an older snapshot last
+        self._reload_lock = asyncio.Lock()
         self.actions: dict[tuple[str, str], ActionRow] = {}
         self.triggers: list[FeedTrigger] = []
         self.rules: dict[tuple[str, str], list[RuleRow]] = {}
@@ -202,7 +204,14 @@ class Controller(Dispatcher):
             await self.reload()
 
     async def reload(self) -> None:
-        """Re-read actions, triggers and rules (the API calls this after every change)."""
+        """Re-read actions, triggers and rules (the API calls this after every change). One at a time: two
+        API writes reloading side by side could read in one order and apply in the other, an action just
+        created then missing (404 on its invoke) until the next change. In turn, each reload reads after
+        the writes that came before it and applies after the reloads that came before it."""
+        async with self._reload_lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
         stamp, actions, triggers, rules, pkgs = await self.db.read(
             lambda: (
                 self.store.stamp() if self.follow_entities else None,
