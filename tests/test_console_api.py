@@ -1,10 +1,14 @@
 """What the web console needs of the servers, without a browser: the door's CORS for the console's origin
-(storage/cors.py) and the read-only scaling route (console/scaling.py), each with a second, non-admin user."""
+(storage/cors.py) and the read-only scaling route (console/scaling.py), each with a second, non-admin user;
+what the OIDC sign-in offers (console/login.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
+from headrace.auth.issuers import parse_issuers
+from headrace.console.login import Discovery, offers
 from support.harness import Server, add_user, http, wait_for
 
 CODE = "def main(args):\n    return {'ok': True}\n"
@@ -115,3 +119,23 @@ def test_console_assets_are_served(server: Server) -> None:
     js = http("GET", f"{server.api_url}/console/js/app.js")
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
     assert http("GET", f"{server.api_url}/console/js/nothing.js").status_code == 404
+
+
+def test_console_login_offers_each_console_client_and_says_when_discovery_fails() -> None:
+    """`GET /api/v1/console/login`'s entries (console/login.py): one per issuer with a `console:` client, and an
+    issuer whose discovery document cannot be fetched reported in words rather than offered half-configured."""
+    issuers = parse_issuers(
+        "- issuer: http://127.0.0.1:9/realms/down\n"  # nothing listens on the discard port
+        "  console: {client_id: headrace-console, scopes: [openid, profile]}\n"
+        "- issuer: https://no-console.example\n"
+        "- issuer: https://short.example\n"
+        "  console: short-id\n"
+    )
+    assert issuers[2].console is not None and issuers[2].console.client_id == "short-id"
+    assert issuers[2].console.scopes == "openid" and issuers[2].console.name == "short.example"
+    got = asyncio.run(offers(issuers[:2], Discovery()))
+    assert len(got) == 1
+    entry = got[0]
+    assert entry["clientId"] == "headrace-console" and entry["scopes"] == "openid profile"
+    assert entry["name"] == "127.0.0.1" and "authorizationEndpoint" not in entry
+    assert "http://127.0.0.1:9/realms/down/.well-known/openid-configuration" in entry["error"]

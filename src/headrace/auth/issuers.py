@@ -13,6 +13,10 @@ file, the entry and the field.
   create_users: true                             # unmapped identities get a user on first use ...
   default_group: 2000                            # ... with this primary gid
   user: svc-transfer                             # capability tokens act as this user (else: mapped as above)
+  console:                                       # the web console offers "Sign in with ..." (docs/console.md)
+    client_id: headrace-console                  # required: a public client (no secret), authorization code + PKCE
+    scopes: openid profile                       # default: openid
+    name: Helmholtz AAI                          # the button's label (default: the issuer's host)
 ```
 """
 
@@ -32,12 +36,27 @@ from headrace.storage.paths import normalize
 #: The audience every WLCG-profile token may carry to be accepted anywhere.
 WLCG_ANY = "https://wlcg.cern.ch/jwt/v1/any"
 KINDS = ("wlcg", "scitokens", "oidc")
-FIELDS = {"issuer", "audiences", "base_path", "kind", "claim", "users", "create_users", "default_group", "user"}
+FIELDS = {
+    "issuer", "audiences", "base_path", "kind", "claim", "users", "create_users", "default_group", "user", "console",
+}  # fmt: skip
+CONSOLE_FIELDS = {"client_id", "scopes", "name"}
+#: OAuth 2.0 scope tokens (RFC 6749 section 3.3): printable ASCII but space, double quote and backslash.
+_SCOPE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 _USERNAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}")
 
 
 class IssuersError(ValueError):
     """The issuers file cannot be used; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class ConsoleClient:
+    """The web console's OAuth client at an issuer: public (no secret), authorization code flow with PKCE."""
+
+    client_id: str
+    scopes: str = "openid"
+    #: The sign-in button's label: "Sign in with NAME".
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,8 @@ class Issuer:
     default_group: int | None = None
     #: The user capability tokens of this issuer act as (a facility's service identity).
     user: str | None = None
+    #: The console's client at this issuer, when the console offers signing in with it.
+    console: ConsoleClient | None = None
 
     def accepted_audiences(self, own_urls: tuple[str, ...]) -> tuple[str, ...]:
         return self.audiences if self.audiences is not None else (WLCG_ANY, *own_urls)
@@ -65,6 +86,31 @@ def _url(value: Any, where: str) -> str:
     if parts.scheme not in ("https", "http") or not parts.netloc:
         raise IssuersError(f"{where}: issuer {value!r} is not an http(s) URL")
     return value
+
+
+def _console(raw: Any, issuer: str, where: str) -> ConsoleClient:
+    where = f"{where}: console"
+    if isinstance(raw, str):
+        raw = {"client_id": raw}
+    if not isinstance(raw, dict):
+        raise IssuersError(f"{where}: expected a mapping with at least `client_id: ID`")
+    unknown = sorted(set(map(str, raw)) - CONSOLE_FIELDS)
+    if unknown:
+        raise IssuersError(f"{where}: unknown field {unknown[0]!r} (known: {', '.join(sorted(CONSOLE_FIELDS))})")
+    client_id = raw.get("client_id")
+    if client_id is None:
+        raise IssuersError(f"{where}: `client_id` is missing (the console's public client at the issuer)")
+    if not isinstance(client_id, str) or not client_id.strip() or any(c.isspace() for c in client_id):
+        raise IssuersError(f"{where}: client_id must be a client id (a string without spaces)")
+    scopes = raw.get("scopes", "openid")
+    if isinstance(scopes, list) and all(isinstance(s, str) for s in scopes):
+        scopes = " ".join(scopes)
+    if not isinstance(scopes, str) or not all(_SCOPE.fullmatch(s) for s in scopes.split()):
+        raise IssuersError(f"{where}: scopes must be OAuth scopes separated by spaces (or a list), not {scopes!r}")
+    name = raw.get("name", urlsplit(issuer).hostname or issuer)
+    if not isinstance(name, str) or not name.strip():
+        raise IssuersError(f"{where}: name must be the text for the button (Sign in with NAME)")
+    return ConsoleClient(client_id=client_id, scopes=" ".join(scopes.split()), name=name.strip())
 
 
 def _entry(raw: Any, where: str) -> Issuer:
@@ -112,6 +158,7 @@ def _entry(raw: Any, where: str) -> Issuer:
     user = raw.get("user")
     if user is not None and (not isinstance(user, str) or not _USERNAME.fullmatch(user)):
         raise IssuersError(f"{where}: user must be a headrace user name")
+    console = _console(raw["console"], issuer, where) if raw.get("console") is not None else None
     return Issuer(
         issuer=issuer,
         audiences=tuple(audiences) if audiences is not None else None,
@@ -122,6 +169,7 @@ def _entry(raw: Any, where: str) -> Issuer:
         create_users=create,
         default_group=group,
         user=user,
+        console=console,
     )
 
 

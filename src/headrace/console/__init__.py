@@ -1,8 +1,9 @@
 """The web console (`/console/`): a page of hand-written HTML, CSS and ES modules in `static/`, served by the
 frontend, that does everything through the public REST APIs with the signed-in user's credentials.
 
-The one route it adds is read-only: `GET /api/v1/scaling`, the caller's own actions' workers, queued and
-running activations and finished activations per second (scaling.py), for the console's charts.
+The routes it adds are read-only: `GET /api/v1/scaling`, the caller's own actions' workers, queued and
+running activations and finished activations per second (scaling.py), for the console's charts; and the
+public `GET /api/v1/console/login`, the OIDC sign-ins configured for it (login.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from fastapi import FastAPI
 from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from headrace.console import scaling
+from headrace.console import login, scaling
 from headrace.storage.service import StorageService
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ def install(app: FastAPI, service: StorageService, controller: Functions | None)
     """Serve the console at /console/ (and its scaling route when functions run)."""
     if controller is not None:
         app.include_router(scaling.router(service, controller))
+    app.include_router(login.router(service))
 
     @app.get("/console", include_in_schema=False)
     async def console_root() -> Response:
