@@ -4,12 +4,16 @@ chromedriver (no browser is downloaded), against a real `headrace up`.
 Signs in, uploads a file and sees its IN_CLOSE_WRITE arrive in the events view, deploys a function from the
 page and sees its activation and logs, redrives a dead letter, shares a link and opens it in a fresh browser,
 pages through a 10,000-entry directory, and checks a second, non-admin user sees none of the first one's
-private files or actions. The SQLite run saves a screenshot of each view to docs/console/ (docs/console.md).
+private files or actions. With an OIDC provider (support/oidc_provider.py) whose console client the issuers
+file names, signs in at the provider's login form (authorization code flow with PKCE) as a non-admin user
+and out again; without one, offers no such button. The SQLite run saves a screenshot of each view to
+docs/console/ (docs/console.md).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -17,6 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from selenium import webdriver
@@ -27,6 +32,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from support.harness import ADMIN_KEY, Server, add_user, client, db_kind, http, wait_for
+from support.oidc_provider import OidcProvider
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -35,6 +41,7 @@ pytestmark = [
     pytest.mark.skipif(
         not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (make test-deps)"
     ),
+    pytest.mark.filterwarnings("ignore:Please `KeySet"),  # Authlib's JWT generator in the test provider
 ]
 SHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
 #: The console's first load (page, styles, scripts, the sign-in's and the files view's API calls) in bytes.
@@ -563,3 +570,146 @@ def test_a_directory_of_10000_entries_is_paged(signed_in: WebDriver, server: Ser
     assert first < 20 and second < 20
     shot(drv, "files-big")
     assert json.dumps(error_text(drv)) == '""'
+
+
+# -- signing in with an OIDC provider ----------------------------------------------------------------------
+
+
+class Oidc:
+    """A server trusting a real OIDC provider whose public client `headrace-console` the issuers file names for
+    the console; `carol` (the provider's `carol-at-idp`) is a non-admin user with a home of her own."""
+
+    CLIENT = "headrace-console"
+
+    def __init__(self, server: Server, provider: OidcProvider) -> None:
+        self.server = server
+        self.provider = provider
+
+
+@pytest.fixture(scope="module")
+def oidc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oidc]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    base = tmp_path_factory.mktemp("oidc")
+    provider = OidcProvider().start()
+    server = Server(data=base / "data", cli_config=base / "cli.json")
+    # as a Keycloak public client: the console's URL as redirect URI, its origin as web origin (CORS)
+    provider.add_public_client(Oidc.CLIENT, server.api_url, f"{server.api_url}/console/")
+    provider.add_user("carol-at-idp", "carol-pw", preferred_username="carol")
+    provider.add_user("stranger", "stranger-pw")  # no headrace user maps to this one
+    issuers = base / "issuers.yaml"
+    issuers.write_text(
+        f"""
+- issuer: {provider.issuer}
+  users: {{carol-at-idp: carol}}
+  console:
+    client_id: {Oidc.CLIENT}
+    scopes: openid profile
+    name: Test IdP
+"""
+    )
+    server.args_extra = ["--token-issuers", str(issuers)]
+    server.start()
+    try:
+        _, key, uid = add_user(server, "carol")
+        ns_post(server, "/", {"action": "mkdir", "name": "home-carol"})
+        ns_post(server, "/home-carol", {"action": "chown", "uid": uid})
+        put(server, "/home-carol/notes.txt", b"carol's notes\n", auth=("carol", key))
+        ns_post(server, "/", {"action": "mkdir", "name": "vault"})
+        ns_post(server, "/vault", {"action": "chmod", "mode": 0o700})
+        put(server, "/vault/secret.txt", b"s")
+        yield Oidc(server, provider)
+    finally:
+        server.stop()
+        provider.stop()
+
+
+def query_of(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query))
+
+
+def provider_login(drv: WebDriver, username: str, password: str) -> None:
+    """At the provider's login form (another origin): the user name, the password, submit."""
+    shown(drv, "#username", "the provider's login form").send_keys(username)
+    drv.find_element(By.ID, "password").send_keys(password)
+    click(drv, "#login")
+
+
+def test_signing_in_with_the_oidc_provider_as_a_non_admin_user(oidc: Oidc, tmp_path: Path) -> None:
+    server, provider = oidc.server, oidc.provider
+    offered = http("GET", f"{server.api_url}/api/v1/console/login").json()["providers"]
+    assert offered == [
+        {
+            "name": "Test IdP",
+            "issuer": provider.issuer,
+            "clientId": Oidc.CLIENT,
+            "scopes": "openid profile",
+            "authorizationEndpoint": f"{provider.issuer}/authorize",
+            "tokenEndpoint": f"{provider.issuer}/token",
+        }
+    ]
+    d = browser()
+    try:
+        d.get(f"{server.api_url}/console/#/files/home-carol")
+        button = shown(d, "#signin-oidc button", "the OIDC sign-in offered")
+        assert button.text == "Sign in with Test IdP"
+        assert find(d, "#signin-user") is not None  # the other ways stay
+        shot(d, "signin-oidc")
+        button.click()
+        until(lambda: d.current_url.startswith(f"{provider.issuer}/authorize?"), "the provider's login page")
+        asked = query_of(d.current_url)
+        assert asked["code_challenge_method"] == "S256" and len(asked["code_challenge"]) == 43
+        assert asked["redirect_uri"] == f"{server.api_url}/console/" and asked["state"]
+        provider_login(d, "carol-at-idp", "carol-pw")
+
+        until(lambda: (w := find(d, "#whoami")) is not None and w.text == "carol", "carol signed in")
+        assert provider.logins[-1] == ("carol-at-idp", Oidc.CLIENT)
+        shown(d, "#files-table tr[data-name='notes.txt']", "carol's files, the view the sign-in started from")
+        assert "code=" not in d.current_url and "state=" not in d.current_url  # the answer leaves the address bar
+        kept = d.execute_script("return JSON.parse(sessionStorage.getItem('headrace.console.auth'))")
+        assert kept["kind"] == "oidc" and kept["token"].count(".") == 2  # the provider's JWT, kept as keys are
+        assert "Test IdP" in find(d, "#whoami").get_attribute("title")
+        # the token goes to the door too: an upload from the page
+        local = tmp_path / "scan.txt"
+        local.write_bytes(b"uploaded with a bearer token\n")
+        d.find_element(By.ID, "upload-input").send_keys(str(local))
+        shown(d, "#files-table tr[data-name='scan.txt']", "the uploaded file listed")
+        stat = http("GET", f"{server.api_url}/api/v1/namespace/home-carol/scan.txt", auth=server.auth).json()
+        assert stat["size"] == len(b"uploaded with a bearer token\n")
+        # another user's private directory: refused, in the API's words
+        go(d, "#/files/vault")
+        until(lambda: error_text(d) != "", "the refusal of the private directory")
+        refusal = error_text(d)
+        assert "denied" in refusal.lower() or "permission" in refusal.lower(), refusal
+        assert "secret.txt" not in d.find_element(By.ID, "main").text and find(d, "#files-table") is None
+
+        click(d, "#signout")
+        shown(d, "#signin-oidc button", "the sign-in page again")
+        assert d.execute_script("return sessionStorage.length") == 0
+        # an identity no headrace user maps to: the provider logs it in, the API refuses it and says why
+        click(d, "#signin-oidc button")
+        provider_login(d, "stranger", "stranger-pw")
+        until(lambda: "no headrace user" in error_text(d), "the API's refusal of the unmapped identity")
+        assert "'stranger'" in error_text(d) and provider.issuer in error_text(d)
+        shown(d, "#signin-oidc button", "the sign-in page after the refusal")
+        assert d.execute_script("return sessionStorage.length") == 0
+        # an answer this tab did not ask for (a forged or replayed redirect): refused before any exchange
+        d.get(f"{server.api_url}/console/?code=forged&state=forged")
+        until(lambda: "not started in this tab" in error_text(d), "the refusal of a foreign state")
+        assert "code=" not in d.current_url
+    finally:
+        d.quit()
+
+
+def test_without_a_console_client_no_oidc_sign_in_is_offered(server: Server) -> None:
+    assert http("GET", f"{server.api_url}/api/v1/console/login").json() == {"providers": []}
+    d = browser()
+    try:
+        d.get(f"{server.api_url}/console/")
+        shown(d, "#signin-user")
+        until(lambda: find(d, ".signin[data-providers]"), "the sign-in page's offer complete")
+        assert find(d, ".signin").get_attribute("data-providers") == "0"
+        assert find(d, "#signin-oidc") is None and "Sign in with" not in d.find_element(By.ID, "main").text.replace(
+            "Sign in with token", ""
+        )
+    finally:
+        d.quit()

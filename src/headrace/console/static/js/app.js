@@ -71,14 +71,45 @@ function signInForm() {
     ),
   );
   user.focus();
+  offerProviders(main.querySelector(".signin"));
+}
+
+// The OIDC sign-ins configured for the console (the issuers file's `console:` clients), above the other ways;
+// oidc.js, which runs the flow, is loaded on the click.
+async function offerProviders(card) {
+  let offered = [];
+  try {
+    offered = (await call("/api/v1/console/login")).providers || [];
+  } catch {
+    // a server without the route: the other ways still work
+  }
+  const go = async (p) => {
+    hideError();
+    const oidc = await guard(() => import("./oidc.js"));
+    if (oidc) await guard(() => oidc.begin(p));
+  };
+  if (offered.length) {
+    card.querySelector("h1").after(
+      h(
+        "div",
+        { id: "signin-oidc", class: "providers" },
+        offered.map((p) =>
+          h("button", { type: "button", class: "primary oidc", dataset: { issuer: p.issuer }, onclick: () => go(p) }, `Sign in with ${p.name}`),
+        ),
+      ),
+    );
+  }
+  card.dataset.providers = String(offered.length); // the offer is complete (what the tests wait for)
 }
 
 function header(me) {
   document.getElementById("nav").hidden = false;
   const restricted = me.authentication && me.authentication.restrictions;
+  const a = auth.get();
+  const via = a && a.kind === "oidc" ? a.name : "";
   clear(
     document.getElementById("who"),
-    h("span", { class: "user", id: "whoami", title: restricted ? "a token with restrictions" : "" }, me.username, restricted ? " (token)" : ""),
+    h("span", { class: "user", id: "whoami", title: restricted ? "a token with restrictions" : via ? `signed in with ${via}` : "" }, me.username, restricted ? " (token)" : ""),
     h("button", { id: "signout", class: "link", onclick: signOut }, "Sign out"),
   );
 }
@@ -135,5 +166,19 @@ async function start() {
 
 window.addEventListener("hashchange", route);
 window.addEventListener("unhandledrejection", (e) => showError(e.reason));
-takeTokenFromUrl();
-start();
+// Back from an OIDC provider's login (?code=...&state=...): finish the sign-in (oidc.js), then start.
+async function boot() {
+  takeTokenFromUrl();
+  const q = new URLSearchParams(location.search);
+  if (q.has("state") && (q.has("code") || q.has("error"))) {
+    try {
+      await (await import("./oidc.js")).complete();
+    } catch (e) {
+      auth.clear();
+      showError(e);
+    }
+  }
+  await start();
+}
+
+boot();
