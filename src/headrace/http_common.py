@@ -1,5 +1,5 @@
 """Small HTTP helpers shared by the door, the pool server and the frontend: error bodies and the error
-envelope of an ASGI application (`answer`), client address, header access."""
+envelope of an ASGI application (`answer`), client address, header access, a JSON object body."""
 
 from __future__ import annotations
 
@@ -198,6 +198,21 @@ def query_param(scope: Mapping[str, Any], name: str) -> str | None:
         return None
     values = parse_qs(qs.decode("latin-1"), keep_blank_values=True).get(name)
     return values[0] if values else None
+
+
+async def json_object_body(request: Request, *, empty: str, not_object: str) -> dict[str, Any]:
+    """The request's body as a JSON object; BadRequest with `empty` when the body is blank, "Malformed JSON: ..."
+    when it does not parse (nested past the parser's limit included) and `not_object` when it is no object."""
+    raw = await request.body()
+    if not raw.strip():
+        raise BadRequest(empty)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest(f"Malformed JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest(not_object)
+    return body
 
 
 def principal_of(service: Any) -> Any:

@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from headrace.auth.access import Principal
 from headrace.errors import BadRequest, HeadraceError, Unauthorized
-from headrace.http_common import principal_of
+from headrace.http_common import json_object_body, principal_of
 from headrace.storage.service import StorageService
 from headrace.tape.requests import (
     DEFAULT_PIN_MS,
@@ -36,16 +36,10 @@ def signed_in(principal: Principal) -> Principal:
 
 
 async def json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise BadRequest("empty request payload.")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadRequest(f"Malformed JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("The JSON entity must be an object")
-    return body
+    """The body as a JSON object, refused with dCache's messages."""
+    return await json_object_body(
+        request, empty="empty request payload.", not_object="The JSON entity must be an object"
+    )
 
 
 def _take(body: dict[str, Any], *names: str) -> Any:

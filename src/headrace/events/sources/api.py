@@ -18,7 +18,6 @@ shown: only that they are set ("***"). A PUT that sends "***" back for one keeps
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -41,7 +40,7 @@ from headrace.events.sources import kinds
 from headrace.events.sources.base import NAME_PATTERN, Fenced, Source, SourceConfigError
 from headrace.events.sources.sink import DatabaseSink
 from headrace.events.sources.store import Readers, SourceRow, SourceStore, now_us
-from headrace.http_common import CONTENT_HEADERS, principal_of
+from headrace.http_common import CONTENT_HEADERS, json_object_body, principal_of
 from headrace.storage.service import StorageService
 
 PREFIX = "/api/v1/sources"
@@ -120,16 +119,9 @@ def check_name(name: str) -> str:
 
 
 async def json_object(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise BadRequest("The request needs a JSON object body")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise BadRequest(f"Malformed JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("The JSON body must be an object")
-    return body
+    return await json_object_body(
+        request, empty="The request needs a JSON object body", not_object="The JSON body must be an object"
+    )
 
 
 def parse_range(header: str | None, size: int | None) -> tuple[int, int | None] | None:
