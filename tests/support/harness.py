@@ -87,15 +87,25 @@ def _ephemeral_ports() -> tuple[int, int]:
 PORTS = range(20000, min(_ephemeral_ports()[0], 32768))
 
 
+#: Ports this process has handed out: a server's door and frontend ports are chosen before either listens,
+#: so the bind test alone gave both the same port now and then (one in ~12,000 pairs; `up` then failed with
+#: "address already in use").
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 nobody listens on, at random below the ephemeral range (see `PORTS`)."""
+    """A port on 127.0.0.1 nobody listens on, at random below the ephemeral range (see `PORTS`), never one
+    this process handed out before."""
     for _ in range(1000):
         port = random.choice(PORTS)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)
             return port
     raise RuntimeError(f"no free port in {PORTS.start}-{PORTS.stop - 1}")
 
