@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any, cast
 
 from headrace.auth.issuers import parse_issuers
+from headrace.auth.jwt_bearer import JwtVerifier
 from headrace.console.login import Discovery, offers
 from support.harness import Server, add_user, http, wait_for
 
@@ -133,7 +135,15 @@ def test_console_login_offers_each_console_client_and_says_when_discovery_fails(
     )
     assert issuers[2].console is not None and issuers[2].console.client_id == "short-id"
     assert issuers[2].console.scopes == "openid" and issuers[2].console.name == "short.example"
-    got = asyncio.run(offers(issuers[:2], Discovery()))
+
+    async def offered() -> list[dict[str, Any]]:
+        verifier = JwtVerifier(issuers[:2], cast(Any, None))  # discovery needs no users
+        try:
+            return await offers(verifier, Discovery())
+        finally:
+            await verifier.close()
+
+    got = asyncio.run(offered())
     assert len(got) == 1
     entry = got[0]
     assert entry["clientId"] == "headrace-console" and entry["scopes"] == "openid profile"

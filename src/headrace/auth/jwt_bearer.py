@@ -88,6 +88,18 @@ def invalid_token(reason: str) -> Unauthorized:
     )
 
 
+async def discovery_document(http: httpx.AsyncClient, issuer: str) -> dict[str, Any]:
+    """The issuer's OpenID discovery document (`/.well-known/openid-configuration`); httpx.HTTPError when it
+    cannot be fetched, ValueError when it is no JSON object."""
+    url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
+    response = await http.get(url)
+    response.raise_for_status()
+    doc = response.json()
+    if not isinstance(doc, dict):
+        raise ValueError(f"{url} is not a JSON object")
+    return doc
+
+
 class IssuerKeys:
     """One issuer's signing keys: discovered, cached, re-fetched (rate-limited) on an unknown key id."""
 
@@ -101,10 +113,7 @@ class IssuerKeys:
         self._lock = asyncio.Lock()
 
     async def _fetch(self) -> None:
-        base = self.issuer.rstrip("/")
-        doc = await self.http.get(f"{base}/.well-known/openid-configuration")
-        doc.raise_for_status()
-        jwks_uri = doc.json()["jwks_uri"]
+        jwks_uri = (await discovery_document(self.http, self.issuer))["jwks_uri"]
         resp = await self.http.get(jwks_uri)
         resp.raise_for_status()
         keyset = PyJWKSet.from_dict(resp.json())
@@ -206,6 +215,10 @@ class JwtVerifier:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=httpx.Timeout(10.0), follow_redirects=False)
         return self._http
+
+    async def discovery(self, issuer: str) -> dict[str, Any]:
+        """`issuer`'s discovery document, through this verifier's client (see `discovery_document`)."""
+        return await discovery_document(self._client(), issuer)
 
     async def verify(self, token: str) -> VerifiedToken:
         """The token's issuer entry and claims if it holds; 401 (`invalid_token`) with the reason if not. A token

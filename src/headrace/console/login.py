@@ -4,7 +4,7 @@ macaroons: one per trusted issuer whose entry names a `console:` client (auth/is
 Public (the page shows it before anyone is signed in) and without secrets: the console's client is a public
 OAuth client, and the page runs the authorization code flow with PKCE itself (static/js/oidc.js), exchanging
 the code at the token endpoint from the browser. The issuer's endpoints come from its discovery document,
-fetched here (the server reaches the issuer anyway, for its keys) rather than by the page, so the issuer
+fetched here through the token verifier (which reads them anyway, for the keys) rather than by the page, so the issuer
 needs CORS for the console's origin on its token endpoint only. A discovery that fails is reported in the
 entry's `error` (the page shows it on the button's click) and tried again after `RETRY` seconds.
 """
@@ -20,7 +20,7 @@ import httpx
 from fastapi import APIRouter
 from starlette.responses import JSONResponse, Response
 
-from headrace.auth.issuers import Issuer
+from headrace.auth.jwt_bearer import JwtVerifier
 from headrace.storage.service import StorageService
 
 ROUTE = "/api/v1/console/login"
@@ -39,41 +39,37 @@ def _endpoint(doc: dict[str, Any], name: str) -> str:
 
 
 class Discovery:
-    """The authorization and token endpoints of the issuers, from their discovery documents, cached."""
+    """The authorization and token endpoints of the issuers, from their discovery documents (fetched by the
+    token verifier, which reads the same documents for the issuers' keys), cached."""
 
     def __init__(self) -> None:
         self._known: dict[str, tuple[float, dict[str, str] | str]] = {}
         self._lock = asyncio.Lock()
 
-    async def endpoints(self, issuer: str) -> dict[str, str] | str:
+    async def endpoints(self, verifier: JwtVerifier, issuer: str) -> dict[str, str] | str:
         """{"authorizationEndpoint", "tokenEndpoint"}, or why they cannot be had (one line)."""
         async with self._lock:
             now = time.monotonic()
             known = self._known.get(issuer)
             if known is not None and now - known[0] < (MAX_AGE if isinstance(known[1], dict) else RETRY):
                 return known[1]
-            url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
             result: dict[str, str] | str
             try:
-                async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
-                    r = await http.get(url)
-                r.raise_for_status()
-                doc = r.json()
-                if not isinstance(doc, dict):
-                    raise ValueError("it is not a JSON object")
+                doc = await verifier.discovery(issuer)
                 result = {
                     "authorizationEndpoint": _endpoint(doc, "authorization_endpoint"),
                     "tokenEndpoint": _endpoint(doc, "token_endpoint"),
                 }
             except (httpx.HTTPError, ValueError) as exc:
+                url = f"{issuer.rstrip('/')}/.well-known/openid-configuration"
                 result = f"The sign-in with {issuer} is not available: its discovery document {url}: {exc}"
             self._known[issuer] = (now, result)
             return result
 
 
-async def offers(issuers: list[Issuer], discovery: Discovery) -> list[dict[str, Any]]:
+async def offers(verifier: JwtVerifier, discovery: Discovery) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for i in issuers:
+    for i in verifier.issuers.values():
         if i.console is None:
             continue
         entry: dict[str, Any] = {
@@ -82,7 +78,7 @@ async def offers(issuers: list[Issuer], discovery: Discovery) -> list[dict[str, 
             "clientId": i.console.client_id,
             "scopes": i.console.scopes,
         }
-        found = await discovery.endpoints(i.issuer)
+        found = await discovery.endpoints(verifier, i.issuer)
         if isinstance(found, str):
             entry["error"] = found
         else:
@@ -98,7 +94,7 @@ def router(service: StorageService) -> APIRouter:
     @r.get(ROUTE, summary="The OIDC sign-ins the console offers (public)")
     async def login() -> Response:
         verifier = service.auth.jwt
-        issuers = list(verifier.issuers.values()) if verifier is not None else []
-        return JSONResponse({"providers": await offers(issuers, discovery)}, headers={"Cache-Control": "no-cache"})
+        providers = await offers(verifier, discovery) if verifier is not None else []
+        return JSONResponse({"providers": providers}, headers={"Cache-Control": "no-cache"})
 
     return r
