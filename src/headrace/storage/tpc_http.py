@@ -117,7 +117,7 @@ class _Parsed:
 
 
 async def _connect(
-    url: str, connect_timeout: float, policy: TransferPolicy | None
+    url: str, connect_timeout: float, policy: TransferPolicy
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str, str]:
     """A connection to `url`'s host (to an address `policy` permits: the one checked is the one connected to);
     also the request target and the Host header."""
@@ -127,7 +127,7 @@ async def _connect(
     port = parts.port or (443 if secure else 80)
     try:
         async with asyncio.timeout(connect_timeout):
-            targets = [host] if policy is None else await policy.addresses(host, port)
+            targets = await policy.addresses(host, port)
             for i, address in enumerate(targets):
                 try:
                     reader, writer = await asyncio.open_connection(
@@ -180,7 +180,7 @@ async def _response(
 
 
 async def _once(
-    url: str, headers: dict[str, str], connect_timeout: float, idle_timeout: float, policy: TransferPolicy | None
+    url: str, headers: dict[str, str], connect_timeout: float, idle_timeout: float, policy: TransferPolicy
 ) -> Response:
     reader, writer, target, netloc = await _connect(url, connect_timeout, policy)
     writer.write(_head("GET", target, netloc, headers))
@@ -267,8 +267,8 @@ async def put(
     *,
     connect_timeout: float,
     idle_timeout: float,
+    policy: TransferPolicy,
     sent: list[int] | None = None,
-    policy: TransferPolicy | None = None,
 ) -> tuple[Response, str]:
     """PUT `size` bytes to `url`: from the chunks of `body`, or the file at the path `body` (sendfile(2) on a
     plain connection: the bytes never enter Python). No redirect is followed (the body cannot be sent twice).
@@ -307,7 +307,7 @@ async def get(
     *,
     connect_timeout: float,
     idle_timeout: float,
-    policy: TransferPolicy | None = None,
+    policy: TransferPolicy,
 ) -> AsyncIterator[Response]:
     """GET `url`, following redirects (each to an address `policy` permits); the final response, its body still
     to read (closed on exit)."""
