@@ -225,10 +225,9 @@ def replay(tree: Tree, delivered: Iterable[RemoteEvent]) -> None:
     taken, as the source made them (`DirectorySource.event`)."""
     for ev in delivered:
         inode = int(ev.detail.get("inode", 0))
-        if ev.kind is EventKind.CLOSE_WRITE:
-            tree[ev.path] = (ev.size or 0, int(ev.detail.get("mtime_ns", 0)), inode)
-        elif ev.kind is EventKind.CREATE:
-            tree[ev.path] = (-1, 0, inode)
+        entry: Entry = (-1, 0, inode) if ev.is_dir else (ev.size or 0, int(ev.detail.get("mtime_ns", 0)), inode)
+        if ev.kind is EventKind.CLOSE_WRITE or ev.kind is EventKind.CREATE:
+            tree[ev.path] = entry
         elif ev.kind is EventKind.DELETE:
             drop_prefix(tree, ev.path)
         elif ev.kind is EventKind.MOVE and ev.old_path is not None:
@@ -237,7 +236,7 @@ def replay(tree: Tree, delivered: Iterable[RemoteEvent]) -> None:
                 rename_prefix(tree, ev.old_path, ev.path)
             else:
                 tree.pop(ev.old_path, None)
-                tree[ev.path] = (ev.size or 0, int(ev.detail.get("mtime_ns", 0)), inode)
+                tree[ev.path] = entry
 
 
 def decode(value: Any) -> Tree | None:

@@ -22,12 +22,6 @@ export function redirectUri() {
   return new URL("./", location.origin + location.pathname).href;
 }
 
-// Whether this page load is the provider sending the browser back.
-export function returning() {
-  const q = new URLSearchParams(location.search);
-  return q.has("state") && (q.has("code") || q.has("error"));
-}
-
 // To the provider's login: the verifier and state stay in this tab (sessionStorage) until it comes back.
 export async function begin(p) {
   if (p.error) throw new Error(p.error);
